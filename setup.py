@@ -1,0 +1,29 @@
+"""nanollm: a transformer inference engine written from scratch to be read."""
+from setuptools import find_packages, setup
+
+setup(
+    name="nanollm",
+    version="0.1.0",
+    description="A from-scratch LLM inference engine (NumPy reference, CUDA kernels, BPE tokenizers)",
+    python_requires=">=3.11",
+    packages=find_packages(include=["nanollm", "nanollm.*", "weights_tools", "weights_tools.*"]),
+    # The .cu sources ship with the package: the CuPy backend and the CPU emulator both compile them at run time.
+    package_data={"nanollm": ["py.typed"]},
+    install_requires=["numpy>=1.26", "regex>=2023.0"],
+    extras_require={
+        "gpu": ["cupy-cuda12x"],
+        "chat": ["jinja2>=3.1"],
+        # Test-only reference libraries. torch is pinned: 2.13.0 is the CPU build on local disk; an unpinned torch
+        # pulls a multi-GB CUDA build.
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "torch==2.13.0",
+            "transformers",
+            "tiktoken",
+            "tokenizers",
+            "sentencepiece",
+            "jinja2>=3.1",
+        ],
+    },
+)

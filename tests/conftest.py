@@ -1,0 +1,31 @@
+"""Shared test fixtures.
+
+Real reference files live in ../shared/data beside the project (see ../shared/README.md). Tests that need them skip
+with a clear reason when that folder is absent, so a user who has only the project still runs the rest.
+"""
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+
+# Hypothesis: no per-example deadline (the first example of a model test pays for building it); CI is derandomized
+# so a red build is reproducible, while local runs keep exploring new examples.
+settings.register_profile(
+    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.register_profile(
+    "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+def shared_file(relative: str) -> Path:
+    """Path of a file under ../shared/data, or skip the calling test with the reason it is missing."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        pytest.skip(f"reference file {path} is not present (../shared/data sits beside the project in CI)")
+    return path
