@@ -1,0 +1,114 @@
+"""The NumPy backend: the reference implementation of every op the model calls.
+
+Each method is the plain-math twin of a CUDA kernel in `kernels/` (named in its docstring); the GPU and emulator
+backends are tested against these. Everything stays float32: reductions and softmax included. A NumPy float64 scalar
+would silently promote float32 arrays to float64 under NumPy 2, so constants here are Python floats, which do not.
+
+Shape notation (see README): B batch, T query positions, S key positions, C model width, nh query heads,
+n_kv key/value heads, hs head size, V vocabulary.
+"""
+import math
+
+import numpy as np
+
+
+class NumpyBackend:
+    name = "numpy"
+
+    # -- moving data ---------------------------------------------------------------------------------------------
+
+    def asarray(self, a, dtype=np.float32) -> np.ndarray:
+        """Host array -> backend array (a no-op here; an upload on the GPU)."""
+        return np.ascontiguousarray(a, dtype=dtype)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def zeros(self, shape, dtype=np.float32) -> np.ndarray:
+        return np.zeros(shape, dtype=dtype)
+
+    # -- the ops -------------------------------------------------------------------------------------------------
+
+    def embedding(self, table, ids):
+        """Row gather. (V, C), int (B, T) -> (B, T, C).  Kernel: embedding_gather in kernels/elementwise.cu."""
+        return table[ids]
+
+    def linear(self, x, w, b=None):
+        """x @ w + b. (..., in), (in, out), (out,) -> (..., out).  On every backend a BLAS matmul, not a kernel.
+
+        Flattening the leading axes gives BLAS one matrix product instead of one per batch row.
+        """
+        y = (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[1])
+        if b is not None:
+            y += b
+        return y
+
+    def add(self, x, y):
+        """Residual add. (B, T, C), (B, T, C) -> (B, T, C).  Kernel: residual_add in kernels/elementwise.cu."""
+        return x + y
+
+    def layer_norm(self, x, w, b, eps: float):
+        """(x - mean) / sqrt(var + eps) * w + b over the last axis. (..., C) -> (..., C).  Kernel: kernels/norms.cu."""
+        mean = x.mean(axis=-1, keepdims=True)
+        xc = x - mean
+        var = (xc * xc).mean(axis=-1, keepdims=True)
+        return xc * (1.0 / np.sqrt(var + eps)) * w + b
+
+    def rms_norm(self, x, w, eps: float):
+        """x / sqrt(mean(x^2) + eps) * w over the last axis. (..., C) -> (..., C).  Kernel: kernels/norms.cu."""
+        ms = (x * x).mean(axis=-1, keepdims=True)
+        return x * (1.0 / np.sqrt(ms + eps)) * w
+
+    def gelu(self, x):
+        """GELU, tanh approximation (GPT-2's "gelu_new"). (...) -> (...).  Kernel: gelu in kernels/elementwise.cu."""
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * (x * x * x))))
+
+    def silu_mul(self, gate, up):
+        """SwiGLU's gating: silu(gate) * up. (..., H), (..., H) -> (..., H).  Kernel: silu_mul in elementwise.cu."""
+        return gate / (1.0 + np.exp(-gate)) * up
+
+    def rope(self, x, cos, sin):
+        """Rotary position embedding in the Hugging Face layout. (B, n, T, hs), (B, T, hs/2) x2 -> (B, n, T, hs).
+
+        Hugging Face Llama checkpoints pair dimension i with i + hs/2 ("rotate_half"), not (2i, 2i+1) as the
+        original Meta code and llama2.c do; their converter permuted q/k weights so the two are equivalent.
+        Kernel: rope in kernels/elementwise.cu.
+        """
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]  # (B, n, T, hs/2) each
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs/2): the same rotation for every head
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+    def softmax(self, x, axis=-1):
+        """Max-subtracted softmax in float32; a row that is entirely -inf gives zeros, not NaN.
+
+        (..., S) -> (..., S).  Kernel: kernels/softmax.cu.
+        """
+        m = x.max(axis=axis, keepdims=True)
+        m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype)  # fully masked row: exp(-inf - 0) = 0 everywhere
+        e = np.exp(x - m)
+        s = e.sum(axis=axis, keepdims=True)
+        return e / np.where(s > 0.0, s, 1.0).astype(x.dtype)
+
+    def attention(self, q, k, v, q_start: int, key_mask=None):
+        """Causal grouped-query attention. (B, nh, T, hs), (B, n_kv, S, hs) x2 -> (B, nh, T, hs).
+
+        Query t sits at key slot q_start + t and sees slots 0 .. q_start + t (prefill: q_start = 0, S = T; decode:
+        T = 1, S = q_start + 1). key_mask (B, S) bool marks real keys; False hides padding from every query.
+        Query head h reads key/value head h // (nh / n_kv), as Hugging Face's repeat_kv does, so the nh/n_kv query
+        heads of a group are folded into the query axis and share one matmul with their K and V.
+        Kernels: kernels/attention.cu (prefill: tiled online softmax; decode: split over S).
+        """
+        B, nh, T, hs = q.shape
+        n_kv, S = k.shape[1], k.shape[2]
+        g = nh // n_kv
+        qg = q.reshape(B, n_kv, g * T, hs)  # (B, n_kv, g*T, hs)
+        att = (qg @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))  # (B, n_kv, g*T, hs) x (B, n_kv, hs, S)
+        att = att.reshape(B, n_kv, g, T, S)  # -> (B, n_kv, g, T, S)
+        visible = np.arange(S) <= q_start + np.arange(T)[:, None]  # (T, S) causal
+        if key_mask is not None:
+            visible = visible & key_mask[:, None, None, None, :]  # (B, 1, 1, T, S)
+        att = np.where(visible, att, -np.inf).astype(np.float32)
+        att = self.softmax(att)
+        y = att.reshape(B, n_kv, g * T, S) @ v  # (B, n_kv, g*T, S) x (B, n_kv, S, hs) -> (B, n_kv, g*T, hs)
+        return y.reshape(B, nh, T, hs)

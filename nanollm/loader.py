@@ -1,0 +1,39 @@
+"""nanollm.load: a model directory (or hub name) -> a ready Model on the chosen backend."""
+import json
+from pathlib import Path
+
+from .backends import get_backend
+from .model import Model
+
+
+def load(source, backend="numpy", *, revision: str = "main") -> Model:
+    """Load a model from a directory holding config.json, *.safetensors (single or sharded) and, when present,
+    tokenizer files and generation_config.json. A name that is not a local directory is fetched from the
+    Hugging Face hub into the cache (weights_tools.hub)."""
+    from weights_tools.convert import load_hf_checkpoint
+
+    path = Path(source)
+    if not path.is_dir():
+        from weights_tools.hub import resolve_model
+
+        path = resolve_model(str(source), revision=revision)
+    cfg, weights = load_hf_checkpoint(path)
+    return Model(cfg, weights, get_backend(backend), tokenizer=load_tokenizer_if_any(path),
+                 generation_defaults=read_generation_config(path))
+
+
+def load_tokenizer_if_any(path: Path):
+    from .tokenizer import load_tokenizer
+
+    return load_tokenizer(path)
+
+
+def read_generation_config(path: Path) -> dict:
+    """generation_config.json as a dict ({} when absent). A corrupt file is an error, not silently ignored."""
+    f = path / "generation_config.json"
+    if not f.exists():
+        return {}
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{f}: not valid JSON ({e})") from None

@@ -1,0 +1,79 @@
+"""Choosing the next token from logits: temperature, top-k, top-p, then a draw.
+
+Each step is a small function over one row of logits (V,). The draw takes its uniform random number `u` as an
+argument instead of owning a random generator, so sampling is a pure function: the GPU kernel
+(kernels/sampling.cu) given the same logits and the same `u` must return the same token, and tests can check it.
+
+The order is fixed: temperature -> top-k -> softmax -> top-p -> inverse-CDF draw.
+"""
+import numpy as np
+
+
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """logits / temperature. (V,) -> (V,). temperature must be > 0 (0 means greedy and never reaches here)."""
+    return logits * (1.0 / temperature)
+
+
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
+    """Keep the k largest logits, -inf elsewhere; k=0 (or k >= V) keeps all. (V,) -> (V,)
+
+    Ties with the k-th largest value are all kept, as transformers' TopKLogitsWarper does.
+    Example: logits=[1, 3, 3, 2], k=2 -> [-inf, 3, 3, -inf]; k=3 -> [-inf, 3, 3, 2].
+    """
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = np.partition(logits, -k)[-k]  # the k-th largest value, without sorting the whole vocabulary
+    return np.where(logits >= kth, logits, -np.inf).astype(logits.dtype, copy=False)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Max-subtracted softmax in float32. (V,) -> (V,)"""
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def top_p_filter(probs: np.ndarray, p: float) -> np.ndarray:
+    """Nucleus filter: keep the most probable tokens until their mass reaches p, zero the rest. (V,) -> (V,)
+
+    The cut is a probability threshold: keep every token at least as probable as the one whose cumulative mass
+    crosses p. That token is always kept, so at least one survives; tokens tied with it are kept too, which makes the
+    rule independent of sort order (the GPU kernel finds the same threshold without sorting). p=1 keeps everything.
+    Example: probs=[0.1, 0.5, 0.3, 0.1], p=0.7 -> sorted 0.5, 0.3 (mass 0.8 >= 0.7) -> [0, 0.5, 0.3, 0].
+    """
+    if p >= 1.0:
+        return probs
+    order = np.argsort(-probs, kind="stable")  # most probable first
+    cumulative = np.cumsum(probs[order])  # (V,)
+    crossing = min(int(np.searchsorted(cumulative, p)), len(order) - 1)  # first index whose cumulative >= p
+    threshold = probs[order[crossing]]
+    return np.where(probs >= threshold, probs, 0.0).astype(probs.dtype, copy=False)
+
+
+def draw(probs: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw: the first token whose cumulative probability exceeds u * total. (V,), u in [0, 1) -> id
+
+    probs need not be normalised (filters leave them unnormalised). A token of probability 0 can never be drawn:
+    the cumulative sum does not rise at it.
+    Example: probs=[0.2, 0, 0.8], u=0.1 -> 0; u=0.2 -> 2 (0.2 is not > 0.2, and token 1 adds nothing).
+    """
+    cumulative = np.cumsum(probs, dtype=np.float64)  # float64: the running sum over a 100k vocabulary stays exact
+    i = int(np.searchsorted(cumulative, u * cumulative[-1], side="right"))
+    return min(i, len(probs) - 1)
+
+
+def sample_token(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> int:
+    """The whole pipeline for one row. (V,) float32 logits, uniform u -> token id. temperature=0 is greedy."""
+    if temperature == 0:
+        return int(np.argmax(logits))  # the first maximum, as torch.argmax does
+    z = top_k_filter(apply_temperature(logits, temperature), top_k)
+    return draw(top_p_filter(softmax(z), top_p), u)
+
+
+def check_sampling_args(temperature: float, top_k: int, top_p: float):
+    """Refuse settings that have no meaning, with a message naming the setting."""
+    if not (temperature >= 0):  # also rejects NaN
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be a whole number >= 0 (0 disables it), got {top_k}")
+    if not (0 < top_p <= 1):
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
