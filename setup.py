@@ -6,9 +6,9 @@ setup(
     version="0.1.0",
     description="A from-scratch LLM inference engine (NumPy reference, CUDA kernels, BPE tokenizers)",
     python_requires=">=3.11",
-    packages=find_packages(include=["nanollm", "nanollm.*", "weights_tools", "weights_tools.*"]),
-    # The .cu sources ship with the package: the CuPy backend and the CPU emulator both compile them at run time.
-    package_data={"nanollm": ["py.typed"]},
+    packages=find_packages(include=["nanollm", "nanollm.*", "weights_tools", "weights_tools.*", "kernels"]),
+    # The CUDA sources ship with the package: the CuPy backend and the CPU emulator both compile them at run time.
+    package_data={"kernels": ["*.cu", "*.cuh", "*.h"]},
     install_requires=["numpy>=1.26", "regex>=2023.0"],
     extras_require={
         "gpu": ["cupy-cuda12x"],

@@ -14,6 +14,11 @@ SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
 # Hypothesis: no per-example deadline (the first example of a model test pays for building it); CI is derandomized
 # so a red build is reproducible, while local runs keep exploring new examples.
+# transformers and the hub client print progress bars and advice on every save/load; tests read none of it.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 settings.register_profile(
     "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
