@@ -1,0 +1,76 @@
+"""Command line: train a tokenizer, encode text to ids, decode ids to text.
+
+    python -m nanollm.tokenizer train --input corpus.txt --vocab-size 1024 --output my_tok [--special "<|endoftext|>"]
+    python -m nanollm.tokenizer encode --tokenizer my_tok "Hello world"       # prints: 72 101 108 ...
+    python -m nanollm.tokenizer decode --tokenizer my_tok 72 101 108           # prints: Hel
+
+``--tokenizer`` takes any directory ``Tokenizer.from_pretrained`` reads. Without text or ids on the command line,
+encode and decode read standard input.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import TokenizerError
+from .loading import from_pretrained
+from .train import train_bpe
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nanollm.tokenizer", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="learn a byte-level BPE from a text file")
+    train.add_argument("--input", required=True, type=Path, help="UTF-8 text file to learn from")
+    train.add_argument("--vocab-size", required=True, type=int, help="256 bytes + merges + special tokens")
+    train.add_argument("--output", required=True, type=Path, help="directory to write nanollm_tokenizer.json into")
+    train.add_argument("--pattern", default="cl100k", help="pre-tokenizer: gpt2, cl100k, o200k, llama3 or a regex")
+    train.add_argument("--special", action="append", default=[], help="a special token (repeatable)")
+    train.add_argument("--bos", help="which special token is BOS (prepended to prompts)")
+    train.add_argument("--eos", help="which special token is EOS")
+
+    encode = commands.add_parser("encode", help="print the ids of some text")
+    encode.add_argument("--tokenizer", required=True, type=Path, help="tokenizer directory")
+    encode.add_argument("--allow-special", action="store_true", help="turn special-token text into special ids")
+    encode.add_argument("text", nargs="?", help="text to encode (default: standard input)")
+
+    decode = commands.add_parser("decode", help="print the text of some ids")
+    decode.add_argument("--tokenizer", required=True, type=Path, help="tokenizer directory")
+    decode.add_argument("ids", nargs="*", help="token ids (default: whitespace-separated ids on standard input)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "train":
+            merges = train_bpe(
+                args.input.read_text(encoding="utf-8"),
+                args.vocab_size,
+                pattern=args.pattern,
+                special_tokens=tuple(args.special),
+                bos_token=args.bos,
+                eos_token=args.eos,
+            )
+            path = merges.save(args.output)
+            print(f"wrote {path} ({len(merges.merges)} merges, {len(merges.special_tokens)} special tokens)")
+        elif args.command == "encode":
+            tok = from_pretrained(args.tokenizer)
+            text = args.text if args.text is not None else sys.stdin.read()
+            ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
+            print(" ".join(map(str, ids)))
+        else:
+            tok = from_pretrained(args.tokenizer)
+            fields = args.ids if args.ids else sys.stdin.read().split()
+            try:
+                ids = [int(f) for f in fields]
+            except ValueError as err:
+                raise TokenizerError(f"ids must be integers: {err}") from None
+            sys.stdout.write(tok.decode(ids) + "\n")
+    except (TokenizerError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

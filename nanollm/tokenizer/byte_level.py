@@ -1,0 +1,253 @@
+"""Byte-level BPE: GPT-2's encoder.json/vocab.bpe, vocab.json/merges.txt, and tiktoken's rank files.
+
+What this module adds on top of ``bpe.py``: the pre-tokenization (a regex splits text into "words", each word is
+UTF-8 encoded and merged on its own, so a merge never crosses a word boundary) and the three file formats that hold
+a byte-level vocabulary:
+
+    encoder.json + vocab.bpe     GPT-2's original release: token string -> id, and the ordered merge list
+    vocab.json + merges.txt      the same two files under Hugging Face's names
+    *.tiktoken                   one "base64(token bytes) rank" per line; the rank is also the token id
+
+GPT-2's files do not store bytes. They store each byte as a printable character chosen by ``bytes_to_unicode`` so
+that the files are readable text with no spaces or control characters in them (the space byte is "Ġ", newline is
+"Ċ"). We undo that map at load time and work on real bytes everywhere else.
+
+Speed: encoding is dominated by a dictionary lookup per regex word. Natural text repeats words constantly, so each
+instance keeps a bounded cache word -> ids (``CACHE_LIMIT`` entries; it is cleared when full, so memory stays
+bounded on adversarial input). Only words never seen before pay for ``bpe_merge``.
+
+Sources: Radford et al. 2019 (GPT-2) and openai/gpt-2 ``encoder.py`` (the byte map and the original pattern);
+openai/tiktoken (the rank format and the r50k/cl100k/o200k patterns).
+"""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import regex
+
+from .bpe import bpe_merge, pair_ranks_from_token_ranks
+from .errors import TokenizerError
+
+# GPT-2's pre-tokenizer pattern as published in encoder.py, which Hugging Face's ByteLevel pre-tokenizer also uses.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# tiktoken's r50k_base/gpt2 pattern: the same splits as GPT2_PATTERN, written with possessive quantifiers that stop
+# the regex engine from backtracking on long runs.
+R50K_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+# GPT-4's cl100k_base (also Llama 3's family): case-insensitive contractions, digits in groups of at most three,
+# and a letter run may take one leading non-letter (" word", "'word", "(word").
+CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|"""
+    r"""\s+(?!\S)|\s"""
+)
+# GPT-4o's o200k_base: words split at case changes, contractions attached to the word before them.
+O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+# Llama 3's pattern (meta-llama/llama3 tokenizer.py): cl100k's family, written without possessive quantifiers.
+LLAMA3_PATTERN = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
+    r"""\s+(?!\S)|\s+"""
+)
+NAMED_PATTERNS = {
+    "gpt2": GPT2_PATTERN,
+    "r50k": R50K_PATTERN,
+    "cl100k": CL100K_PATTERN,
+    "o200k": O200K_PATTERN,
+    "llama3": LLAMA3_PATTERN,
+}
+# The special tokens tiktoken's encodings of these names carry (tiktoken_ext/openai_public.py).
+TIKTOKEN_SPECIAL_TOKENS = {
+    "r50k": {"<|endoftext|>": 50256},
+    "cl100k": {
+        "<|endoftext|>": 100257,
+        "<|fim_prefix|>": 100258,
+        "<|fim_middle|>": 100259,
+        "<|fim_suffix|>": 100260,
+        "<|endofprompt|>": 100276,
+    },
+    "o200k": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+}
+
+CACHE_LIMIT = 100_000
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from each byte value to a printable character.
+
+    Bytes that are already printable Latin-1 characters ("!".."~", "¡".."¬", "®".."ÿ") map to themselves; the other
+    68 (controls, space, soft hyphen, ...) map in order to U+0100, U+0101, ... So b" " (32, the 33rd unprintable)
+    maps to U+0120 "Ġ" and b"\\n" (10) to U+010A "Ċ", the characters seen all over GPT-2's vocabulary.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    next_code = 256
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(next_code)
+            next_code += 1
+    return mapping
+
+
+def unicode_to_bytes(text: str, *, char_to_byte: dict[str, int]) -> bytes:
+    """Undo ``bytes_to_unicode`` for one vocabulary string ("Ġthe" -> b" the")."""
+    try:
+        return bytes(char_to_byte[ch] for ch in text)
+    except KeyError as err:
+        raise TokenizerError(f"token {text!r} contains {err.args[0]!r}, which is not a byte-level character") from None
+
+
+def resolve_pattern(pattern: str) -> str:
+    """A named pattern ("gpt2", "r50k", "cl100k", "o200k") becomes its regex; anything else is taken as a regex."""
+    return NAMED_PATTERNS.get(pattern, pattern)
+
+
+class ByteLevelBPE:
+    """Encode text into ids with byte-level BPE: regex split, UTF-8 encode each word, merge by ``pair_ranks``.
+
+    ``token_ids`` maps token bytes to id. ``pair_ranks`` maps a pair of token bytes to its merge priority.
+    ``whole_word_first``: look the whole word up before merging. tiktoken does this (it is part of its definition of
+    an encoding); Hugging Face BPE only does it when the tokenizer.json says ``ignore_merges``.
+    ``add_prefix_space``: Hugging Face's ByteLevel option that prepends a space to text not starting with one.
+    """
+
+    def __init__(
+        self,
+        *,
+        token_ids: dict[bytes, int],
+        pair_ranks: dict[tuple[bytes, bytes], float],
+        pattern: str,
+        whole_word_first: bool,
+        add_prefix_space: bool = False,
+    ):
+        missing = [b for b in range(256) if bytes([b]) not in token_ids]
+        if missing:
+            raise TokenizerError(f"byte-level vocabulary lacks single-byte tokens for bytes {missing[:8]}...")
+        self.token_ids = token_ids
+        self.pair_ranks = pair_ranks
+        self.pattern = pattern
+        self.whole_word_first = whole_word_first
+        self.add_prefix_space = add_prefix_space
+        self._regex = regex.compile(pattern)
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
+        """Ids for ``text`` with no special-token handling. ``at_start`` is unused: byte-level BPE has no state."""
+        if self.add_prefix_space and not text.startswith(" "):
+            text = " " + text
+        ids: list[int] = []
+        cache = self._cache
+        for word in self._regex.findall(text):
+            word_ids = cache.get(word)
+            if word_ids is None:
+                word_ids = self._encode_word(word)
+                if len(cache) >= CACHE_LIMIT:
+                    cache.clear()
+                cache[word] = word_ids
+            ids.extend(word_ids)
+        return ids
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
+        data = word.encode("utf-8")
+        if self.whole_word_first:
+            whole = self.token_ids.get(data)
+            if whole is not None:
+                return (whole,)
+        parts = bpe_merge([data[i : i + 1] for i in range(len(data))], self.pair_ranks)
+        return tuple(self.token_ids[part] for part in parts)
+
+    def id_to_bytes(self) -> dict[int, bytes]:
+        return {i: b for b, i in self.token_ids.items()}
+
+
+def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
+    """Read a ``*.tiktoken`` file: one ``base64(token bytes) rank`` per line."""
+    ranks = {}
+    for line_number, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            raise TokenizerError(f"{path}:{line_number}: expected 'base64token rank', got {line[:60]!r}")
+        try:
+            ranks[base64.b64decode(fields[0], validate=True)] = int(fields[1])
+        except ValueError as err:
+            raise TokenizerError(f"{path}:{line_number}: {err}") from None
+    return ranks
+
+
+def from_tiktoken_ranks(ranks: dict[bytes, int], pattern: str) -> ByteLevelBPE:
+    """tiktoken's definition: a pair's priority is the rank of the token it makes."""
+    return ByteLevelBPE(
+        token_ids=ranks,
+        pair_ranks=pair_ranks_from_token_ranks(ranks),
+        pattern=resolve_pattern(pattern),
+        whole_word_first=True,
+    )
+
+
+def from_string_vocab(
+    vocab: dict[str, int],
+    merges: list[tuple[str, str]],
+    *,
+    pattern: str = GPT2_PATTERN,
+    whole_word_first: bool = False,
+    add_prefix_space: bool = False,
+    skip: set[str] = frozenset(),
+) -> ByteLevelBPE:
+    """Build from GPT-2-style strings: ``vocab`` maps "Ġthe" -> id, ``merges`` is the ordered list of ("Ġ", "the").
+
+    ``skip`` names vocabulary entries that are special tokens ("<|endoftext|>"), which are not byte-level strings.
+    A pair's priority is its line number in the merge list, exactly as in Hugging Face's BPE model.
+    """
+    char_to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
+    token_ids = {unicode_to_bytes(s, char_to_byte=char_to_byte): i for s, i in vocab.items() if s not in skip}
+    pair_ranks = {}
+    for rank, (left, right) in enumerate(merges):
+        pair = (unicode_to_bytes(left, char_to_byte=char_to_byte), unicode_to_bytes(right, char_to_byte=char_to_byte))
+        if pair[0] + pair[1] not in token_ids:
+            raise TokenizerError(f"merge {left!r} + {right!r} makes a token that is not in the vocabulary")
+        pair_ranks.setdefault(pair, rank)  # a repeated merge line keeps its first (best) rank
+    return ByteLevelBPE(
+        token_ids=token_ids,
+        pair_ranks=pair_ranks,
+        pattern=pattern,
+        whole_word_first=whole_word_first,
+        add_prefix_space=add_prefix_space,
+    )
+
+
+def read_merges_txt(path: str | Path) -> list[tuple[str, str]]:
+    """Read vocab.bpe / merges.txt: an optional "#version" header, then one "left right" merge per line."""
+    merges = []
+    for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
+        if not line or (line_number == 1 and line.startswith("#version")):
+            continue
+        fields = line.split(" ")
+        if len(fields) != 2:
+            raise TokenizerError(f"{path}:{line_number}: expected 'left right', got {line[:60]!r}")
+        merges.append((fields[0], fields[1]))
+    return merges
+
+
+def load_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[ByteLevelBPE, dict[str, int]]:
+    """Load encoder.json + vocab.bpe (or vocab.json + merges.txt); also return the special tokens found in the vocab.
+
+    GPT-2's encoder.json holds "<|endoftext|>" among ordinary tokens; anything of the form <|...|> that is not a
+    byte-level string is treated as a special token.
+    """
+    vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
+    if not isinstance(vocab, dict):
+        raise TokenizerError(f"{vocab_path} should hold a JSON object token -> id")
+    specials = {s: i for s, i in vocab.items() if s.startswith("<|") and s.endswith("|>") and len(s) > 4}
+    model = from_string_vocab(vocab, read_merges_txt(merges_path), pattern=GPT2_PATTERN, skip=set(specials))
+    return model, specials

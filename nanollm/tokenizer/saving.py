@@ -1,0 +1,134 @@
+"""nanollm's own tokenizer file, ``nanollm_tokenizer.json``: a byte-level BPE as merges, versioned and self-describing.
+
+Format, version 1 (a JSON object):
+
+    {
+      "format": "nanollm-tokenizer",      always this string: says what the file is
+      "version": 1,                       bumped on any incompatible change; readers refuse versions they don't know
+      "type": "byte_level_bpe",           the only type so far
+      "pattern": "...",                   the pre-tokenizer regex (Python ``regex`` syntax)
+      "merges": [[97, 97, 256], ...],     [left id, right id, result id] in merge order; ids 0..255 are the bytes
+                                          0..255, a result id is either the next new id or, when left+right spells a
+                                          token that already exists, that token's id
+      "special_tokens": {"<|endoftext|>": 259},
+      "bos_token": null,                  special-token text or null
+      "eos_token": "<|endoftext|>",
+      "add_bos_token": false              whether encode_prompt starts with BOS
+    }
+
+The merge order is the priority order: merge i beats merge j when i < j, exactly as in GPT-2's merges.txt.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .byte_level import ByteLevelBPE
+from .decoding import DecodeRules
+from .errors import TokenizerError
+
+NANOLLM_TOKENIZER_FILE = "nanollm_tokenizer.json"
+FORMAT_NAME = "nanollm-tokenizer"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BPEMerges:
+    """A byte-level BPE defined by its merges: what ``train_bpe`` produces and ``nanollm_tokenizer.json`` stores."""
+
+    pattern: str
+    merges: list[tuple[int, int, int]]
+    special_tokens: dict[str, int] = field(default_factory=dict)
+    bos_token: str | None = None
+    eos_token: str | None = None
+    add_bos_token: bool = False
+
+    def token_bytes(self) -> dict[int, bytes]:
+        """id -> bytes for the 256 byte tokens and every merge result."""
+        table = {b: bytes([b]) for b in range(256)}
+        for left, right, result in self.merges:
+            if left not in table or right not in table:
+                raise TokenizerError(f"merge {[left, right, result]} uses an id no earlier merge defined")
+            merged = table[left] + table[right]
+            if result in table and table[result] != merged:
+                raise TokenizerError(f"merge {[left, right, result]}: id {result} already means {table[result]!r}")
+            if result not in table and result != len(table):
+                raise TokenizerError(f"merge {[left, right, result]}: the next new id should be {len(table)}")
+            table[result] = merged
+        return table
+
+    def tokenizer(self, name: str = "nanollm BPE"):
+        from .tokenizer import Tokenizer
+
+        table = self.token_bytes()
+        token_ids = {b: i for i, b in table.items()}
+        pair_ranks = {}
+        for rank, (left, right, _) in enumerate(self.merges):
+            pair_ranks.setdefault((table[left], table[right]), rank)
+        model = ByteLevelBPE(token_ids=token_ids, pair_ranks=pair_ranks, pattern=self.pattern, whole_word_first=False)
+        decode_table = dict(table)
+        for text, i in self.special_tokens.items():
+            if i in table:
+                raise TokenizerError(f"special token {text!r} reuses id {i} of an ordinary token")
+            decode_table[i] = text.encode("utf-8")
+        bos_id = self.special_tokens.get(self.bos_token) if self.bos_token else None
+        eos_id = self.special_tokens.get(self.eos_token) if self.eos_token else None
+        return Tokenizer(
+            model,
+            DecodeRules(decode_table),
+            special_tokens=self.special_tokens,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            prompt_prefix=[bos_id] if self.add_bos_token and bos_id is not None else [],
+            name=name,
+        )
+
+    def save(self, directory) -> Path:
+        """Write ``directory/nanollm_tokenizer.json`` (creating the directory) and return its path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        record = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "type": "byte_level_bpe",
+            "pattern": self.pattern,
+            "merges": [list(m) for m in self.merges],
+            "special_tokens": self.special_tokens,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_bos_token": self.add_bos_token,
+        }
+        path = directory / NANOLLM_TOKENIZER_FILE
+        path.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path) -> "BPEMerges":
+        path = Path(path)
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise TokenizerError(f"cannot read {path}: {err}") from None
+        if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
+            raise TokenizerError(f"{path} is not a nanollm tokenizer file (no \"format\": \"{FORMAT_NAME}\")")
+        if record.get("version") != FORMAT_VERSION:
+            raise TokenizerError(f"{path} has version {record.get('version')!r}; this nanollm reads version 1")
+        if record.get("type") != "byte_level_bpe":
+            raise TokenizerError(f"{path}: unknown tokenizer type {record.get('type')!r}")
+        try:
+            return cls(
+                pattern=record["pattern"],
+                merges=[(int(a), int(b), int(c)) for a, b, c in record["merges"]],
+                special_tokens={str(k): int(v) for k, v in record.get("special_tokens", {}).items()},
+                bos_token=record.get("bos_token"),
+                eos_token=record.get("eos_token"),
+                add_bos_token=bool(record.get("add_bos_token", False)),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise TokenizerError(f"{path}: malformed field ({err})") from None
+
+
+def load_nanollm_tokenizer(path):
+    """Read ``nanollm_tokenizer.json`` into a Tokenizer."""
+    return BPEMerges.load(path).tokenizer(name=Path(path).name)

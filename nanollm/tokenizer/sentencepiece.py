@@ -1,0 +1,379 @@
+"""SentencePiece BPE models (Llama 1/2, Mistral, ...), read from ``tokenizer.model`` without the sentencepiece package.
+
+What this module adds:
+
+1. A tiny protobuf wire-format reader (``read_fields``), enough to parse the ``ModelProto`` message in
+   ``tokenizer.model``: a list of pieces (string, score, type), a TrainerSpec (model type, byte fallback, special
+   ids) and a NormalizerSpec (dummy prefix, whitespace handling).
+2. ``PieceBPE``: BPE over Unicode characters with SentencePiece's conventions. A space is the character "▁"
+   (U+2581); characters no piece covers fall back to the 256 byte pieces "<0x00>".."<0xFF>" (their UTF-8 bytes), or
+   to <unk> when the model has no byte pieces. ``hf_json.py`` reuses it for Hugging Face's Metaspace tokenizers.
+3. ``SentencePieceModel``: sentencepiece's normalizer and the decode rules (see ``decoding.py``).
+
+How sentencepiece encodes "Hello world" with Llama 2's model (add_dummy_prefix=True, remove_extra_whitespaces=False):
+
+    "Hello world" -> " Hello world"        dummy prefix: every word, the first included, now starts with a space
+                  -> "▁Hello▁world"        spaces become "▁" so they can sit inside pieces
+                  -> ["▁Hello", "▁world"]  BPE on characters; the pair whose merged piece has the highest score first
+                  -> [15043, 3186]
+
+Protobuf in one paragraph (https://protobuf.dev/programming-guides/encoding/): a message is a sequence of
+(key, value) records. The key is a varint ``field_number << 3 | wire_type``. Wire type 0 is a varint (7 bits per
+byte, least significant group first, high bit set on all bytes but the last), 1 is 8 fixed bytes, 2 is a varint
+length followed by that many bytes (strings, bytes and nested messages), 5 is 4 fixed bytes (a float here). A
+negative int32 is sent as a 10-byte varint of its 64-bit two's complement. Fields missing from the file take the
+defaults declared in sentencepiece_model.proto, which ``_TRAINER_DEFAULTS`` and ``_NORMALIZER_DEFAULTS`` repeat.
+
+Not supported (TokenizerError at load): Unigram models, custom normalization rules (a non-empty
+``precompiled_charsmap``, e.g. nmt_nfkc), ``treat_whitespace_as_suffix``. Unused pieces are treated as normal
+pieces rather than re-segmented (sentencepiece re-splits them; Llama has none).
+
+Sources: google/sentencepiece ``sentencepiece_model.proto`` (field numbers, defaults), ``bpe_model.cc`` (merging),
+``normalizer.cc`` (dummy prefix, whitespace), ``sentencepiece_processor.cc`` (byte fallback, unknown runs, decoding).
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import regex
+
+from .bpe import bpe_merge, pair_ranks_from_token_ranks
+from .decoding import DecodeRules
+from .errors import TokenizerError
+
+SPACE = "\u2581"  # "▁", LOWER ONE EIGHTH BLOCK: SentencePiece's visible stand-in for a space
+
+# ModelProto.SentencePiece.Type
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+# TrainerSpec.ModelType
+UNIGRAM, BPE = 1, 2
+
+WIRE_VARINT, WIRE_FIXED64, WIRE_LENGTH, WIRE_FIXED32 = 0, 1, 2, 5
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Protobuf wire format
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Decode the varint starting at ``pos``; return (value, position after it). b"\\x96\\x01" -> 150."""
+    value = 0
+    shift = 0
+    while True:
+        if pos >= len(data):
+            raise TokenizerError("truncated protobuf: a varint runs past the end of the data")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise TokenizerError("malformed protobuf: varint longer than 10 bytes")
+
+
+def read_fields(data: bytes):
+    """Yield (field number, wire type, value) for each record of one message. Length-delimited values are bytes."""
+    pos = 0
+    while pos < len(data):
+        key, pos = read_varint(data, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == WIRE_VARINT:
+            value, pos = read_varint(data, pos)
+        elif wire_type == WIRE_LENGTH:
+            length, pos = read_varint(data, pos)
+            value = data[pos : pos + length]
+            pos += length
+        elif wire_type == WIRE_FIXED32:
+            value = data[pos : pos + 4]
+            pos += 4
+        elif wire_type == WIRE_FIXED64:
+            value = data[pos : pos + 8]
+            pos += 8
+        else:
+            raise TokenizerError(f"unsupported protobuf wire type {wire_type} for field {number}")
+        if pos > len(data):
+            raise TokenizerError(f"truncated protobuf: field {number} runs past the end of the data")
+        yield number, wire_type, value
+
+
+def _int32(value: int) -> int:
+    """A varint read as int32: negative numbers arrive as 64-bit two's complement."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ModelProto
+
+
+@dataclass
+class Piece:
+    text: str
+    score: float = 0.0
+    type: int = NORMAL
+
+
+# field number -> (name, kind, default); only the fields nanollm uses.
+_TRAINER_FIELDS = {
+    3: ("model_type", "int", UNIGRAM),
+    24: ("treat_whitespace_as_suffix", "bool", False),
+    35: ("byte_fallback", "bool", False),
+    40: ("unk_id", "int", 0),
+    41: ("bos_id", "int", 1),
+    42: ("eos_id", "int", 2),
+    43: ("pad_id", "int", -1),
+    44: ("unk_surface", "str", " \u2047 "),
+}
+_NORMALIZER_FIELDS = {
+    1: ("name", "str", ""),
+    2: ("precompiled_charsmap", "bytes", b""),
+    3: ("add_dummy_prefix", "bool", True),
+    4: ("remove_extra_whitespaces", "bool", True),
+    5: ("escape_whitespaces", "bool", True),
+}
+
+
+@dataclass
+class ModelProto:
+    """The parts of sentencepiece's ModelProto that encoding and decoding need."""
+
+    pieces: list[Piece]
+    trainer: dict = field(default_factory=dict)
+    normalizer: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, data: bytes) -> "ModelProto":
+        pieces: list[Piece] = []
+        trainer = {name: default for name, _, default in _TRAINER_FIELDS.values()}
+        normalizer = {name: default for name, _, default in _NORMALIZER_FIELDS.values()}
+        for number, wire_type, value in read_fields(data):
+            if number == 1 and wire_type == WIRE_LENGTH:
+                pieces.append(_parse_piece(value))
+            elif number == 2 and wire_type == WIRE_LENGTH:
+                _parse_scalars(value, _TRAINER_FIELDS, trainer)
+            elif number == 3 and wire_type == WIRE_LENGTH:
+                _parse_scalars(value, _NORMALIZER_FIELDS, normalizer)
+        if not pieces:
+            raise TokenizerError("not a SentencePiece model: no pieces found")
+        return cls(pieces=pieces, trainer=trainer, normalizer=normalizer)
+
+
+def _parse_piece(data: bytes) -> Piece:
+    piece = Piece(text="")
+    for number, wire_type, value in read_fields(data):
+        if number == 1 and wire_type == WIRE_LENGTH:
+            piece.text = value.decode("utf-8")
+        elif number == 2 and wire_type == WIRE_FIXED32:
+            piece.score = struct.unpack("<f", value)[0]
+        elif number == 3 and wire_type == WIRE_VARINT:
+            piece.type = value
+    return piece
+
+
+def _parse_scalars(data: bytes, fields: dict, out: dict) -> None:
+    for number, wire_type, value in read_fields(data):
+        if number not in fields:
+            continue
+        name, kind, _ = fields[number]
+        if kind == "int" and wire_type == WIRE_VARINT:
+            out[name] = _int32(value)
+        elif kind == "bool" and wire_type == WIRE_VARINT:
+            out[name] = bool(value)
+        elif kind == "str" and wire_type == WIRE_LENGTH:
+            out[name] = value.decode("utf-8")
+        elif kind == "bytes" and wire_type == WIRE_LENGTH:
+            out[name] = bytes(value)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BPE over characters, with byte fallback
+
+
+def byte_piece(b: int) -> str:
+    """The name of the byte-fallback piece for byte ``b``: 0x0A -> "<0x0A>"."""
+    return f"<0x{b:02X}>"
+
+
+class PieceBPE:
+    """Encode an already-normalized string ("▁Hello▁world") into ids by character-level BPE.
+
+    ``piece_ids``: the pieces merging may produce or start from (normal and user-defined pieces).
+    ``pair_ranks``: pair -> priority (lower merges first).
+    ``byte_ids``: ids of "<0x00>".."<0xFF>" when the model has byte fallback, else None.
+    ``unk_id``: the id for characters with no piece when there is no byte fallback.
+    ``fuse_unk``: a run of unknown characters becomes one <unk> (sentencepiece always does this).
+    ``user_defined``: pieces matched whole before merging and never merged further.
+
+    Speed: when no piece has "▁" right after another character (true of Llama's vocabulary, whose trainer split at
+    whitespace), no merge can cross the start of a "▁..." word, so each word is merged alone and cached, exactly as
+    byte-level BPE caches regex words. Otherwise the whole string is one merge run.
+    """
+
+    def __init__(
+        self,
+        *,
+        piece_ids: dict[str, int],
+        pair_ranks: dict[tuple[str, str], float],
+        byte_ids: list[int] | None,
+        unk_id: int | None,
+        user_defined: tuple[str, ...] = (),
+        fuse_unk: bool = True,
+    ):
+        self.piece_ids = piece_ids
+        self.pair_ranks = pair_ranks
+        self.byte_ids = byte_ids
+        self.unk_id = unk_id
+        self.fuse_unk = fuse_unk
+        self._user_defined = regex.compile(
+            "(" + "|".join(regex.escape(p) for p in sorted(user_defined, key=lambda p: (-len(p), p))) + ")"
+        ) if user_defined else None
+        splittable = not any(regex.search(f"[^{SPACE}]{SPACE}", p) for p in piece_ids)
+        self._word_boundary = regex.compile(f"(?<=[^{SPACE}])(?={SPACE})") if splittable else None
+        self._cache: dict[str, tuple[int, ...]] = {}
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        if self._user_defined is None:
+            self._encode_run(text, ids)
+        else:
+            for i, chunk in enumerate(self._user_defined.split(text)):
+                if i % 2:
+                    ids.append(self.piece_ids[chunk])  # odd chunks are the user-defined pieces the regex captured
+                elif chunk:
+                    self._encode_run(chunk, ids)
+        if self.fuse_unk and self.unk_id is not None:
+            ids = _fuse_runs(ids, self.unk_id)
+        return ids
+
+    def _encode_run(self, text: str, ids: list[int]) -> None:
+        if self._word_boundary is None:
+            ids.extend(self._encode_word(text))
+            return
+        cache = self._cache
+        for word in self._word_boundary.split(text):
+            word_ids = cache.get(word)
+            if word_ids is None:
+                word_ids = self._encode_word(word)
+                if len(cache) >= 100_000:
+                    cache.clear()
+                cache[word] = word_ids
+            ids.extend(word_ids)
+
+    def _encode_word(self, word: str) -> tuple[int, ...]:
+        out = []
+        for symbol in bpe_merge(list(word), self.pair_ranks):
+            piece_id = self.piece_ids.get(symbol)
+            if piece_id is not None:
+                out.append(piece_id)
+            elif self.byte_ids is not None:
+                out.extend(self.byte_ids[b] for b in symbol.encode("utf-8"))
+            elif self.unk_id is not None:
+                out.append(self.unk_id)
+            else:
+                raise TokenizerError(f"{symbol!r} has no piece, and the model has neither byte fallback nor <unk>")
+        return tuple(out)
+
+
+def _fuse_runs(ids: list[int], unk_id: int) -> list[int]:
+    """[5, unk, unk, 7, unk] -> [5, unk, 7, unk]: sentencepiece merges each run of unknown characters into one."""
+    return [i for k, i in enumerate(ids) if not (i == unk_id and k > 0 and ids[k - 1] == unk_id)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model
+
+
+class SentencePieceModel:
+    """sentencepiece's encoder and decoder for a BPE ``ModelProto``."""
+
+    def __init__(self, proto: ModelProto):
+        trainer, normalizer = proto.trainer, proto.normalizer
+        if trainer["model_type"] != BPE:
+            raise TokenizerError(
+                f"only BPE SentencePiece models are supported; this one has model_type={trainer['model_type']} "
+                "(1 = Unigram)"
+            )
+        if normalizer["precompiled_charsmap"]:
+            raise TokenizerError(
+                f"SentencePiece normalization rules {normalizer['name']!r} (precompiled_charsmap) are not supported; "
+                "only the 'identity' normalizer is"
+            )
+        if trainer["treat_whitespace_as_suffix"]:
+            raise TokenizerError("SentencePiece models with treat_whitespace_as_suffix are not supported")
+        self.proto = proto
+        self.add_dummy_prefix = normalizer["add_dummy_prefix"]
+        self.remove_extra_whitespaces = normalizer["remove_extra_whitespaces"]
+        self.escape_whitespaces = normalizer["escape_whitespaces"]
+
+        pieces = proto.pieces
+        mergeable = {p.text: i for i, p in enumerate(pieces) if p.type in (NORMAL, USER_DEFINED, UNUSED)}
+        # Higher score merges first, so the rank is -score; only pieces a merge can produce are ranked.
+        scores = {p.text: -p.score for p in pieces if p.type in (NORMAL, USER_DEFINED, UNUSED)}
+        byte_ids = None
+        if trainer["byte_fallback"]:
+            by_text = {p.text: i for i, p in enumerate(pieces) if p.type == BYTE}
+            try:
+                byte_ids = [by_text[byte_piece(b)] for b in range(256)]
+            except KeyError as err:
+                raise TokenizerError(f"byte_fallback is on but piece {err.args[0]} is missing") from None
+        unk_id = trainer["unk_id"] if 0 <= trainer["unk_id"] < len(pieces) else None
+        self.bpe = PieceBPE(
+            piece_ids=mergeable,
+            pair_ranks=pair_ranks_from_token_ranks(scores),
+            byte_ids=byte_ids,
+            unk_id=unk_id,
+            user_defined=tuple(p.text for p in pieces if p.type == USER_DEFINED),
+        )
+        self.bos_id = self._control_id(trainer["bos_id"])
+        self.eos_id = self._control_id(trainer["eos_id"])
+        self.unk_surface = trainer["unk_surface"]
+
+    def _control_id(self, i: int) -> int | None:
+        return i if 0 <= i < len(self.proto.pieces) and self.proto.pieces[i].type == CONTROL else None
+
+    @property
+    def control_tokens(self) -> dict[str, int]:
+        """Control pieces (<s>, </s>, ...) by text: nanollm's special tokens for this model."""
+        return {p.text: i for i, p in enumerate(self.proto.pieces) if p.type == CONTROL}
+
+    def normalize(self, text: str, at_start: bool = True) -> str:
+        """sentencepiece's identity normalizer: optional whitespace clean-up, dummy prefix, spaces as "▁"."""
+        if self.remove_extra_whitespaces:
+            text = " ".join(part for part in text.split(" ") if part)
+        if not text:
+            return ""
+        if self.add_dummy_prefix and at_start:
+            text = " " + text
+        if self.escape_whitespaces:
+            text = text.replace(" ", SPACE)
+        return text
+
+    def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
+        """Ids for ``text``; ``at_start`` False (text that follows a special token) skips the dummy prefix."""
+        return self.bpe.encode(self.normalize(text, at_start))
+
+    def decode_rules(self) -> DecodeRules:
+        """Pieces show "▁" as a space, byte pieces their byte, control pieces nothing, <unk> its surface " ⁇ "."""
+        strip_first = self.add_dummy_prefix or self.remove_extra_whitespaces
+        token_bytes, first, keep_start = {}, {}, set()
+        for i, piece in enumerate(self.proto.pieces):
+            if piece.type == CONTROL:
+                token_bytes[i] = b""
+                keep_start.add(i)
+            elif piece.type == UNKNOWN:
+                token_bytes[i] = self.unk_surface.encode("utf-8")
+            elif piece.type == BYTE:
+                token_bytes[i] = bytes([int(piece.text[3:5], 16)])
+            else:
+                token_bytes[i] = piece.text.replace(SPACE, " ").encode("utf-8")
+                if strip_first and piece.text.startswith(SPACE):
+                    first[i] = piece.text[1:].replace(SPACE, " ").encode("utf-8")
+                    if self.remove_extra_whitespaces and piece.text == SPACE:
+                        keep_start.add(i)  # sentencepiece keeps stripping leading spaces in this mode
+        return DecodeRules(token_bytes, first, start_ids=frozenset(keep_start), replace_per_byte=True)
+
+
+def load_sentencepiece(path: str | Path) -> SentencePieceModel:
+    return SentencePieceModel(ModelProto.parse(Path(path).read_bytes()))

@@ -1,0 +1,83 @@
+"""Special tokens (<|endoftext|>, <s>, <|im_start|>, ...) and the policy for finding them in user text.
+
+The danger: a special token is a control signal to the model, so if user text containing the characters
+"<|endoftext|>" were turned into the end-of-text id, a user could end a document or fake a chat turn (prompt
+injection). So, as in tiktoken, text is split on special tokens only when the caller says so:
+
+    allowed_special     which special tokens to turn into their ids: "all" or a collection of strings
+    disallowed_special  which special tokens to refuse (raise TokenizerError): "all" (tiktoken's spelling; "raise"
+                        means the same) for every special token not allowed, or a collection
+
+Unlike tiktoken, whose default is to raise, nanollm's default (both empty) encodes special-token text as the
+ordinary characters it is made of, which is always safe. ``Tokenizer.encode_prompt`` allows them all, because a
+prompt rendered from a chat template is trusted text that must contain them.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import regex
+
+from .errors import TokenizerError
+
+
+def resolve_policy(
+    special_tokens: dict[str, int],
+    allowed_special: str | Collection[str],
+    disallowed_special: str | Collection[str],
+) -> tuple[frozenset[str], frozenset[str]]:
+    """(allowed, disallowed) as sets of token strings, checked against ``special_tokens``."""
+    if allowed_special == "all":
+        allowed = frozenset(special_tokens)
+    elif isinstance(allowed_special, str):
+        raise TokenizerError(f"allowed_special must be 'all' or a collection of strings, not {allowed_special!r}")
+    else:
+        allowed = frozenset(allowed_special)
+        unknown = allowed - special_tokens.keys()
+        if unknown:
+            raise TokenizerError(f"allowed_special names tokens that are not special tokens: {sorted(unknown)}")
+    if disallowed_special in ("all", "raise"):
+        disallowed = frozenset(special_tokens) - allowed
+    elif isinstance(disallowed_special, str):
+        raise TokenizerError(f"disallowed_special must be 'all', 'raise' or a collection, not {disallowed_special!r}")
+    else:
+        disallowed = frozenset(disallowed_special) - allowed
+    return allowed, disallowed
+
+
+def special_regex(tokens: Collection[str]) -> regex.Pattern | None:
+    """A regex matching any of ``tokens``, longest first so "<|im_start|>" wins over a prefix of it."""
+    if not tokens:
+        return None
+    return regex.compile("|".join(regex.escape(t) for t in sorted(tokens, key=lambda t: (-len(t), t))))
+
+
+def refuse_disallowed(text: str, pattern: regex.Pattern | None) -> None:
+    """Raise TokenizerError if ``text`` contains a disallowed special token."""
+    if pattern is None:
+        return
+    found = pattern.search(text)
+    if found:
+        raise TokenizerError(
+            f"text contains the special token {found.group()!r} at offset {found.start()}; pass "
+            f"allowed_special={{{found.group()!r}}} to encode it as a special token, or disallowed_special=() "
+            "to encode it as ordinary text"
+        )
+
+
+def split_on_special(text: str, pattern: regex.Pattern | None):
+    """Yield (start offset, piece, is_special) in order; ordinary pieces may be empty only if the text is empty.
+
+    Example: "a<s>b" with pattern matching "<s>" -> (0, "a", False), (1, "<s>", True), (4, "b", False).
+    """
+    if pattern is None:
+        yield 0, text, False
+        return
+    position = 0
+    for found in pattern.finditer(text):
+        if found.start() > position:
+            yield position, text[position : found.start()], False
+        yield found.start(), found.group(), True
+        position = found.end()
+    if position < len(text) or position == 0:
+        yield position, text[position:], False

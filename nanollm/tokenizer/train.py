@@ -1,0 +1,115 @@
+"""Learning a byte-level BPE from text, the way GPT-2 and GPT-4 tokenizers were trained.
+
+1. Split the text into words with the pre-tokenizer regex and count each distinct word: merges never cross a word
+   boundary, so "the" seen 10,000 times is one entry with count 10,000, not 10,000 copies.
+2. Start every word as its UTF-8 bytes (ids 0..255).
+3. Repeat: count every adjacent pair of ids over all words (weighted by word count); merge the most frequent pair
+   everywhere, left to right, into one new id. Ties are broken deterministically: among pairs with the same count,
+   the one with the smallest (left id, right id) wins, so training is reproducible and hand-checkable.
+4. Stop when the vocabulary (256 bytes + merges + special tokens) reaches ``vocab_size``, or no pair is left.
+
+Worked example (Wikipedia's "aaabdaaabac", a single word; a=97, b=98, c=99, d=100):
+
+    counts (a,a)=4 (a,b)=2 ...      -> merge (97, 97) into 256 "aa"     aa a b d aa a b a c
+    counts (256,a)=2 (a,b)=2 ...    -> tie at 2: (97, 98) < (256, 97), merge into 257 "ab"   aa ab d aa ab a c
+    counts (256,257)=2 ...          -> merge (256, 257) into 258 "aaab"  aaab d aaab a c
+
+Only the words that contain the chosen pair are re-counted after a merge, which keeps each step proportional to the
+text it touches rather than to the whole corpus.
+
+If a merge spells bytes that are already a token (possible when "a"+"bc" and "ab"+"c" are both chosen), the merge
+reuses that token's id instead of creating a duplicate, so every token has distinct bytes.
+
+Source: Sennrich et al. 2016; Karpathy's minbpe (regex-split training).
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+
+import regex
+
+from .byte_level import resolve_pattern
+from .errors import TokenizerError
+from .saving import BPEMerges
+
+
+def train_bpe(
+    text: str,
+    vocab_size: int,
+    *,
+    pattern: str = "cl100k",
+    special_tokens: tuple[str, ...] = (),
+    bos_token: str | None = None,
+    eos_token: str | None = None,
+) -> BPEMerges:
+    """Learn merges from ``text`` until the vocabulary has ``vocab_size`` entries (special tokens included)."""
+    if vocab_size < 256 + len(special_tokens):
+        raise TokenizerError(f"vocab_size must be at least 256 + {len(special_tokens)} special tokens")
+    pattern = resolve_pattern(pattern)
+    word_counts = Counter(regex.findall(pattern, text))
+    words = [list(word.encode("utf-8")) for word in word_counts]
+    counts = list(word_counts.values())
+
+    pair_counts: Counter = Counter()
+    words_with: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for index, symbols in enumerate(words):
+        _add_pairs(symbols, counts[index], index, pair_counts, words_with)
+
+    token_bytes = {b: bytes([b]) for b in range(256)}
+    id_of_bytes = {v: k for k, v in token_bytes.items()}
+    merges: list[tuple[int, int, int]] = []
+    target = vocab_size - len(special_tokens)
+    while len(token_bytes) < target and pair_counts:
+        # Highest count; ties go to the smallest pair of ids (see the module docstring).
+        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
+        merged = token_bytes[best[0]] + token_bytes[best[1]]
+        new_id = id_of_bytes.get(merged)
+        if new_id is None:
+            new_id = len(token_bytes)
+            token_bytes[new_id] = merged
+            id_of_bytes[merged] = new_id
+        merges.append((best[0], best[1], new_id))
+        for index in list(words_with.pop(best, ())):
+            symbols = words[index]
+            _add_pairs(symbols, -counts[index], index, pair_counts, words_with)
+            words[index] = symbols = _merge_pair(symbols, best, new_id)
+            _add_pairs(symbols, counts[index], index, pair_counts, words_with)
+        pair_counts.pop(best, None)
+
+    first_special = len(token_bytes)
+    specials = {token: first_special + k for k, token in enumerate(special_tokens)}
+    for token in (bos_token, eos_token):
+        if token is not None and token not in specials:
+            raise TokenizerError(f"{token!r} must also be listed in special_tokens")
+    return BPEMerges(
+        pattern=pattern,
+        merges=merges,
+        special_tokens=specials,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        add_bos_token=bos_token is not None,
+    )
+
+
+def _add_pairs(symbols: list[int], weight: int, index: int, pair_counts: Counter, words_with: dict) -> None:
+    """Add ``weight`` (negative to remove) to the count of each adjacent pair in one word."""
+    for pair in zip(symbols, symbols[1:]):
+        pair_counts[pair] += weight
+        if weight > 0:
+            words_with[pair].add(index)
+        elif pair_counts[pair] <= 0:
+            del pair_counts[pair]
+
+
+def _merge_pair(symbols: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace each occurrence of ``pair``, left to right: [1, 2, 3, 1, 2], (1, 2), 4 -> [4, 3, 4]."""
+    out = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and symbols[i] == pair[0] and symbols[i + 1] == pair[1]:
+            out.append(new_id)
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
