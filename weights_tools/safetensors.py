@@ -1,0 +1,479 @@
+"""Safetensors, read and written from scratch: the file format every Hugging Face checkpoint uses.
+
+What this module adds: `open_safetensors` parses and validates one file's header and hands out tensors as NumPy views
+of the file mapped into memory (no copies, nothing read until used); `open_checkpoint` does the same across the
+shards of a `model.safetensors.index.json`; `save_safetensors` / `save_sharded` write files byte-identical to the
+reference library's. Every malformed file raises `SafetensorsError`, whose message names the file and the problem.
+
+The format (https://github.com/huggingface/safetensors, README "Format", and `safetensors/src/tensor.rs`):
+
+    bytes [0, 8)         N, the header length: an unsigned 64-bit little-endian integer
+    bytes [8, 8 + N)     the header: UTF-8 JSON, one object
+                           {"__metadata__": {"format": "pt"},                      <- optional, str -> str
+                            "wte.weight": {"dtype": "F32", "shape": [64, 32], "data_offsets": [0, 8192]}, ...}
+    bytes [8 + N, end)   the byte buffer; data_offsets = [begin, end) are relative to its start
+
+Tensors are stored C-order and little-endian. Rules we enforce, all taken from the reference reader (tensor.rs,
+`read_metadata` and `Metadata::validate`, checked against safetensors 0.8's behaviour in tests/test_safetensors.py):
+  - the header is at most 100,000,000 bytes (the reference's MAX_HEADER_SIZE) and fits inside the file;
+  - every entry has a known dtype, a shape of non-negative integers and prod(shape) * itemsize == end - begin;
+  - sorted by offset, the tensors tile the buffer exactly: the first starts at 0, each starts where the previous one
+    ended, the last ends at the end of the file. So overlaps are errors, and so are holes and trailing bytes: the
+    reference rejects a gap between tensors ("invalid offset") and bytes after the last one ("incomplete metadata,
+    file not fully covered"), and so do we. Zero-sized tensors take no room and may share an offset.
+  - one deliberate difference: a name that appears twice in the header is an error here. The reference's JSON parser
+    silently keeps the last one, which would hide a broken writer.
+Unknown keys inside an entry are ignored, as the reference does.
+
+Writing follows the reference writer (tensor.rs, `prepare`): tensors are laid out by decreasing alignment (the order
+of the `_DTYPES` table below, reversed), then by name, so each tensor starts at a multiple of its itemsize once the
+header is padded with spaces to a multiple of 8 bytes. The JSON is compact, `__metadata__` first.
+
+bfloat16: NumPy has no bf16 type. A bf16 value is the top 16 bits of a float32, so reading shifts the bits up
+(exact); writing rounds a float32 to the nearest bf16, ties to even, as PyTorch does, and maps every NaN to 0x7FC0
+as PyTorch's scalar `round_to_nearest_even` does (torch/headeronly/util/BFloat16.h; its vectorised CPU kernel
+writes 0xFFFF instead: any NaN pattern is a NaN).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+HEADER_LENGTH_BYTES = 8
+MAX_HEADER_BYTES = 100_000_000
+METADATA_KEY = "__metadata__"
+SINGLE_FILE_NAME = "model.safetensors"
+INDEX_FILE_NAME = "model.safetensors.index.json"
+
+# Every dtype we read and write, in the reference's `Dtype` enum order (increasing alignment; the writer sorts by
+# the reverse). BF16 is stored as raw 16-bit patterns and converted by hand; FP8/FP4 have no NumPy type and are
+# rejected as unsupported.
+_DTYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "U8": np.dtype("u1"),
+    "I8": np.dtype("i1"),
+    "I16": np.dtype("<i2"),
+    "U16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I32": np.dtype("<i4"),
+    "U32": np.dtype("<u4"),
+    "F32": np.dtype("<f4"),
+    "F64": np.dtype("<f8"),
+    "I64": np.dtype("<i8"),
+    "U64": np.dtype("<u8"),
+}
+_WRITE_ORDER = {name: rank for rank, name in enumerate(_DTYPES)}
+_FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+class SafetensorsError(ValueError):
+    """A safetensors file or checkpoint is malformed (or cannot be written); the message names the file."""
+
+
+def _error(path: str | os.PathLike, problem: str) -> SafetensorsError:
+    return SafetensorsError(f"{os.fspath(path)}: {problem}")
+
+
+class TensorInfo(NamedTuple):
+    """What the header says about one tensor, e.g. TensorInfo("wte.weight", "BF16", (64, 32), 4096)."""
+
+    name: str
+    dtype: str  # the safetensors name: "F32", "BF16", ...
+    shape: tuple[int, ...]
+    nbytes: int  # bytes in the file (2 per element for BF16, although reading yields float32)
+
+
+class _Span(NamedTuple):
+    info: TensorInfo
+    begin: int  # offsets into the byte buffer, [begin, end)
+    end: int
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading one file
+
+
+def open_safetensors(path: str | os.PathLike) -> SafetensorsFile:
+    """Parse and validate the header of `path` now; tensor data stays on disk until a tensor is indexed."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        if file_size < HEADER_LENGTH_BYTES:
+            raise _error(path, f"file is {file_size} bytes, shorter than the 8-byte header length")
+        header_length = int.from_bytes(f.read(HEADER_LENGTH_BYTES), "little")
+        if header_length > MAX_HEADER_BYTES:
+            raise _error(path, f"header length {header_length} exceeds the limit of {MAX_HEADER_BYTES} bytes")
+        if HEADER_LENGTH_BYTES + header_length > file_size:
+            raise _error(path, f"header length {header_length} runs past the end of the {file_size}-byte file")
+        header = _parse_json_object(path, f.read(header_length), what="header")
+    buffer_start = HEADER_LENGTH_BYTES + header_length
+    metadata = _check_metadata(path, header.pop(METADATA_KEY, None))
+    spans = {name: _check_entry(path, name, entry) for name, entry in header.items()}
+    _check_tiling(path, spans, buffer_size=file_size - buffer_start)
+    return SafetensorsFile(path, spans, metadata, buffer_start, file_size - buffer_start)
+
+
+def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """object_pairs_hook for json: a plain dict would silently keep the last of two equal keys."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _parse_json_object(path: Path, raw: bytes, *, what: str) -> dict:
+    """UTF-8 JSON bytes -> dict, or SafetensorsError. Rejects duplicate keys at every level."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _error(path, f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        value = json.loads(text, object_pairs_hook=_reject_duplicates)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, our duplicate check, absurdly deep nesting
+        raise _error(path, f"{what} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise _error(path, f"{what} is a JSON {type(value).__name__}, not an object")
+    return value
+
+
+def _is_uint(value: object) -> bool:
+    # bool is a subclass of int in Python, and JSON true must not pass as 1.
+    return type(value) is int and value >= 0
+
+
+def _check_metadata(path: Path, metadata: object) -> dict[str, str]:
+    if metadata is None:  # absent, or null as the reference also accepts
+        return {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise _error(path, f"{METADATA_KEY!r} must be an object of string values, got {metadata!r:.80}")
+    return metadata
+
+
+def _check_entry(path: Path, name: str, entry: object) -> _Span:
+    """One header entry -> _Span, checking types, dtype and that the byte span fits shape x itemsize."""
+    if not isinstance(entry, dict):
+        raise _error(path, f"tensor {name!r}: entry is a JSON {type(entry).__name__}, not an object")
+    missing = [key for key in ("dtype", "shape", "data_offsets") if key not in entry]
+    if missing:
+        raise _error(path, f"tensor {name!r}: entry lacks {', '.join(missing)}")
+    dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+    if not isinstance(dtype, str):
+        raise _error(path, f"tensor {name!r}: dtype {dtype!r} is not a string")
+    if dtype not in _DTYPES:
+        raise _error(path, f"tensor {name!r}: unknown or unsupported dtype {dtype!r:.40}")
+    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+        raise _error(path, f"tensor {name!r}: shape {shape!r:.80} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets):
+        raise _error(path, f"tensor {name!r}: data_offsets {offsets!r:.80} is not [begin, end] in bytes")
+    begin, end = offsets
+    if begin > end:
+        raise _error(path, f"tensor {name!r}: data_offsets begin {begin} > end {end}")
+    nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+    if nbytes != end - begin:
+        raise _error(path, f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, "
+                           f"data_offsets [{begin}, {end}] hold {end - begin}")
+    return _Span(TensorInfo(name, dtype, tuple(shape), nbytes), begin, end)
+
+
+def _check_tiling(path: Path, spans: dict[str, _Span], *, buffer_size: int) -> None:
+    """Sorted by offset, the spans must cover [0, buffer_size) exactly: no overlap, no hole, nothing after."""
+    covered_to, previous = 0, None
+    for span in sorted(spans.values(), key=lambda s: (s.begin, s.end)):
+        name = span.info.name
+        if span.end > buffer_size:
+            raise _error(path, f"tensor {name!r}: data_offsets end {span.end} is past the end of the "
+                               f"{buffer_size}-byte buffer (file truncated?)")
+        if span.begin < covered_to:
+            raise _error(path, f"tensor {name!r}: bytes [{span.begin}, {span.end}) overlap tensor "
+                               f"{previous!r} which ends at {covered_to}")
+        if span.begin > covered_to:
+            raise _error(path, f"tensor {name!r}: hole in the buffer, bytes [{covered_to}, {span.begin}) "
+                               f"belong to no tensor")
+        covered_to, previous = span.end, name
+    if covered_to != buffer_size:
+        raise _error(path, f"{buffer_size - covered_to} trailing bytes after the last tensor "
+                           f"(buffer is {buffer_size} bytes, tensors cover {covered_to})")
+
+
+class SafetensorsFile(Mapping):
+    """One validated .safetensors file: a read-only mapping name -> np.ndarray, plus info() and metadata.
+
+    f[name] is a view of the memory-mapped file (read-only, no copy) for every dtype but BF16, which NumPy lacks:
+    BF16 comes back as a new float32 array. Names iterate in sorted order, as the reference's keys() does.
+    """
+
+    def __init__(self, path: Path, spans: dict[str, _Span], metadata: dict[str, str], buffer_start: int,
+                 buffer_size: int):
+        self.path = path
+        self.metadata = metadata
+        self._spans = spans
+        self._buffer_start = buffer_start
+        self._buffer_size = buffer_size
+
+    @cached_property
+    def _buffer(self) -> np.ndarray:
+        """The byte buffer, mapped on first use: (buffer_size,) uint8, read-only."""
+        if self._buffer_size == 0:  # mmap cannot map zero bytes; only zero-sized tensors live here
+            return np.zeros(0, np.uint8)
+        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._buffer_start, shape=(self._buffer_size,))
+
+    def info(self, name: str) -> TensorInfo:
+        return self._spans[name].info
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        info, begin, end = self._spans[name]  # KeyError for an unknown name, as for any mapping
+        raw = self._buffer[begin:end]  # (nbytes,) uint8
+        if info.dtype == "BF16":
+            # bf16 bits are the high half of a float32: widen, shift into place, reinterpret.
+            bits = raw.view(_DTYPES["BF16"]).astype(np.uint32) << 16  # (n,) uint32
+            return bits.view(np.float32).reshape(info.shape)
+        return raw.view(_DTYPES[info.dtype]).reshape(info.shape)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._spans))
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._spans
+
+    def __repr__(self) -> str:
+        return f"SafetensorsFile({str(self.path)!r}, {len(self)} tensors)"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a checkpoint: one file, or shards listed by an index
+
+
+class Checkpoint(Mapping):
+    """All tensors of a checkpoint, single-file or sharded, behind the same interface as SafetensorsFile.
+
+    `files` lists the .safetensors files; `metadata` merges their "__metadata__" entries (Hugging Face writes the
+    same {"format": "pt"} into every shard).
+    """
+
+    def __init__(self, files: list[SafetensorsFile]):
+        self.files = files
+        self._owner = {name: f for f in files for name in f}
+        self.metadata = {key: value for f in files for key, value in f.metadata.items()}
+
+    def info(self, name: str) -> TensorInfo:
+        return self._owner[name].info(name)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._owner[name][name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._owner))
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._owner
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({[str(f.path) for f in self.files]}, {len(self)} tensors)"
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """A .safetensors file, an index .json, or a directory -> Checkpoint.
+
+    In a directory we look, as transformers does, for model.safetensors first, then model.safetensors.index.json;
+    failing both, a lone *.safetensors file is accepted.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        if path.name.endswith(".index.json"):
+            return _open_sharded(path)
+        return Checkpoint([open_safetensors(path)])
+    if (path / SINGLE_FILE_NAME).is_file():
+        return Checkpoint([open_safetensors(path / SINGLE_FILE_NAME)])
+    if (path / INDEX_FILE_NAME).is_file():
+        return _open_sharded(path / INDEX_FILE_NAME)
+    candidates = sorted(path.glob("*.safetensors"))
+    if len(candidates) == 1:
+        return Checkpoint([open_safetensors(candidates[0])])
+    raise _error(path, f"no {SINGLE_FILE_NAME} or {INDEX_FILE_NAME} in this directory"
+                       + (f" ({len(candidates)} .safetensors files and no index to tie them)" if candidates else ""))
+
+
+def _open_sharded(index_path: Path) -> Checkpoint:
+    """Open every shard an index names and check that the index and the shards agree, tensor by tensor.
+
+    The index (written by transformers' save_pretrained) is {"metadata": {"total_size": ...}, "weight_map":
+    {tensor name: shard file name}}; shard names are plain file names beside the index.
+    """
+    try:
+        raw = index_path.read_bytes()
+    except FileNotFoundError:
+        raise _error(index_path, "index file does not exist") from None
+    weight_map = _parse_json_object(index_path, raw, what="index").get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise _error(index_path, "index has no \"weight_map\" object of tensor name -> shard file name")
+    shards = {}
+    for shard_name in sorted(set(weight_map.values())):
+        if Path(shard_name).name != shard_name or shard_name in ("", ".", ".."):
+            raise _error(index_path, f"shard name {shard_name!r} is not a plain file name beside the index")
+        shard_path = index_path.parent / shard_name
+        if not shard_path.is_file():
+            raise _error(index_path, f"shard {shard_name!r} named by the index is missing")
+        shards[shard_name] = open_safetensors(shard_path)
+    seen: dict[str, str] = {}
+    for shard_name, shard in shards.items():
+        for name in shard:
+            if name in seen:
+                raise _error(shard.path, f"tensor {name!r} is also in shard {seen[name]!r}")
+            if name not in weight_map:
+                raise _error(shard.path, f"tensor {name!r} is not listed in the index {index_path.name}")
+            seen[name] = shard_name
+    for name, shard_name in weight_map.items():
+        if name not in shards[shard_name]:
+            raise _error(index_path, f"the index places tensor {name!r} in {shard_name!r}, which does not hold it")
+    return Checkpoint(list(shards.values()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+
+def bfloat16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 (...) -> uint16 (...): the nearest bfloat16, ties to even; NaN -> 0x7FC0 (PyTorch's scalar choice).
+
+    Example: 1 + 2**-8 is 0x3F808000, exactly between bf16 0x3F80 and 0x3F81; ties go to the even one, 0x3F80.
+    """
+    bits = np.asarray(x, dtype=np.float32, order="C").reshape(-1).view(np.uint32)  # (n,)
+    # Adding 0x7FFF plus the lowest kept bit carries into bit 16 exactly when the dropped half is > 0x8000, or
+    # == 0x8000 with an odd kept part. Overflow past the largest finite value correctly gives inf.
+    rounded = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16).astype(np.uint16)
+    rounded[np.isnan(bits.view(np.float32))] = 0x7FC0  # rounding could turn a NaN's payload into inf
+    return rounded.reshape(np.shape(x))
+
+
+def _stored_dtype(path: Path, name: str, array: np.ndarray, requested: str | None) -> str:
+    """The safetensors dtype `array` is written as: its own, or `requested` (a float type for a float array)."""
+    little_endian = array.dtype.newbyteorder("<")  # a big-endian array is stored after a byte swap
+    natural = next((st for st, dt in _DTYPES.items() if st != "BF16" and little_endian == dt), None)
+    if requested is None or requested == natural:
+        if natural is None:
+            raise _error(path, f"tensor {name!r}: NumPy dtype {array.dtype} has no safetensors equivalent")
+        return natural
+    if requested not in _FLOAT_DTYPES or array.dtype.kind != "f":
+        raise _error(path, f"tensor {name!r}: cannot store a {array.dtype} array as {requested!r} "
+                           f"(only float arrays convert, to one of {', '.join(_FLOAT_DTYPES)})")
+    return requested
+
+
+def _encode(array: np.ndarray, dtype: str) -> np.ndarray:
+    """array -> C-contiguous little-endian array holding exactly the bytes to store for `dtype`."""
+    with np.errstate(over="ignore"):  # floats beyond the stored type's range become inf, as in torch
+        if dtype == "BF16":
+            return bfloat16_bits(array.astype(np.float32))
+        return np.asarray(array, dtype=_DTYPES[dtype], order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
+
+
+def _prepare(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None,
+             dtypes: Mapping[str, str] | None) -> tuple[bytes, list[np.ndarray]]:
+    """-> (the padded header, the encoded arrays in file order)."""
+    dtypes = dict(dtypes or {})
+    unknown = sorted(set(dtypes) - set(tensors))
+    if unknown:
+        raise _error(path, f"dtypes names tensors that are not being saved: {unknown}")
+    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise _error(path, "metadata must map strings to strings")
+    entries = []
+    for name, array in tensors.items():
+        if not isinstance(name, str) or name == METADATA_KEY:
+            raise _error(path, f"tensor name {name!r} is not allowed")
+        array = np.asarray(array)
+        stored = _stored_dtype(path, name, array, dtypes.get(name))
+        entries.append((name, stored, _encode(array, stored)))
+    # Decreasing alignment, then name: every tensor starts at a multiple of its own itemsize.
+    entries.sort(key=lambda e: (-_WRITE_ORDER[e[1]], e[0]))
+    # Metadata keys sorted: the reference writes them in hash order, which is not reproducible.
+    header: dict[str, object] = {} if metadata is None else {METADATA_KEY: dict(sorted(metadata.items()))}
+    offset = 0
+    for name, stored, data in entries:
+        header[name] = {"dtype": stored, "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
+        offset += data.nbytes
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)  # the buffer then starts 8-byte aligned
+    return raw, [data for _, _, data in entries]
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
+                     metadata: Mapping[str, str] | None = None, *, dtypes: Mapping[str, str] | None = None) -> None:
+    """Write `tensors` to `path` as one safetensors file.
+
+    dtypes: optional {name: "BF16" | "F16" | "F32" | "F64"} to store a float array in another float type
+    (float32 -> BF16 rounds to nearest even; the other conversions are NumPy's astype, also round-to-nearest-even).
+    """
+    path = Path(path)
+    header, arrays = _prepare(path, tensors, metadata, dtypes)
+    with open(path, "wb") as f:
+        f.write(len(header).to_bytes(HEADER_LENGTH_BYTES, "little"))
+        f.write(header)
+        for data in arrays:
+            f.write(data.reshape(-1).data)  # 1-D so 0-d arrays expose their buffer too
+
+
+def save_sharded(directory: str | os.PathLike, tensors: Mapping[str, np.ndarray], *, max_shard_bytes: int,
+                 metadata: Mapping[str, str] | None = None, dtypes: Mapping[str, str] | None = None) -> list[Path]:
+    """Write `tensors` into shards of at most `max_shard_bytes` each, named and indexed as Hugging Face does.
+
+    Shards are filled greedily in the order of `tensors`; a tensor larger than the limit gets a shard of its own
+    (huggingface_hub, `split_state_dict_into_shards_factory`). Several shards are written as
+    model-00001-of-0000N.safetensors plus model.safetensors.index.json; a single shard is written as plain
+    model.safetensors with no index, as save_pretrained does. `metadata` goes into every shard. Returns the paths.
+    """
+    directory = Path(directory)
+    if type(max_shard_bytes) is not int or max_shard_bytes <= 0:
+        raise _error(directory, f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
+    dtypes = dict(dtypes or {})
+    shards: list[list[str]] = []
+    current: list[str] = []
+    current_bytes = total_bytes = total_elements = 0
+    for name, array in tensors.items():
+        array = np.asarray(array)
+        nbytes = array.size * _DTYPES[_stored_dtype(directory, name, array, dtypes.get(name))].itemsize
+        total_bytes += nbytes
+        total_elements += array.size
+        if nbytes > max_shard_bytes:
+            shards.append([name])
+            continue
+        if current_bytes + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(name)
+        current_bytes += nbytes
+    if current or not shards:
+        shards.append(current)
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def write(file_name: str, names: list[str]) -> Path:
+        subset = {name: tensors[name] for name in names}
+        save_safetensors(directory / file_name, subset, metadata,
+                         dtypes={name: dtypes[name] for name in names if name in dtypes})
+        return directory / file_name
+
+    if len(shards) == 1:
+        return [write(SINGLE_FILE_NAME, shards[0])]
+    written, weight_map = [], {}
+    for number, names in enumerate(shards, start=1):
+        file_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        written.append(write(file_name, names))
+        weight_map.update({name: file_name for name in names})
+    index = {"metadata": {"total_parameters": total_elements, "total_size": total_bytes}, "weight_map": weight_map}
+    (directory / INDEX_FILE_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return written + [directory / INDEX_FILE_NAME]
