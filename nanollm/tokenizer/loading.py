@@ -67,7 +67,8 @@ def from_pretrained(directory) -> Tokenizer:
         if (directory / vocab_name).is_file() and (directory / merges_name).is_file():
             model, specials = load_vocab_and_merges(directory / vocab_name, directory / merges_name)
             parts = {"model": model, "decode_rules": _byte_rules(model, specials), "special_tokens": specials}
-            return _finish(parts, config, default_bos=False, name=vocab_name, fallback_eos="<|endoftext|>")
+            return _finish(parts, config, default_bos=False, name=vocab_name, fallback_bos="<|endoftext|>",
+                           fallback_eos="<|endoftext|>")
     tiktoken_files = _tiktoken_files(directory)
     if len(tiktoken_files) == 1:
         return load_tiktoken(tiktoken_files[0], config=config)
