@@ -311,15 +311,17 @@ def _negative_shape(raw, rng):
     return join(header, buffer)
 
 
+ITEMSIZES = {"BOOL": 1, "U8": 1, "I8": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4,
+             "I64": 8, "U64": 8, "F64": 8}
+
+
 def _shape_mismatch(raw, rng):
     header, buffer = split(raw)
     entry = header[rng.choice(entries(header, non_empty=True))]
     if rng.random() < 0.5:
         entry["shape"] = entry["shape"] + [rng.randrange(2, 5)]  # the element count at least doubles
-    else:  # same elements, another itemsize
-        entry["dtype"] = {1: "F32", 2: "F64", 4: "I16", 8: "U8"}[{"BOOL": 1, "U8": 1, "I8": 1}.get(
-            entry["dtype"], 2 if entry["dtype"] in ("I16", "U16", "F16", "BF16") else
-            4 if entry["dtype"] in ("I32", "U32", "F32") else 8)]
+    else:  # same element count, another itemsize
+        entry["dtype"] = rng.choice([d for d, size in ITEMSIZES.items() if size != ITEMSIZES[entry["dtype"]]])
     return join(header, buffer)
 
 
@@ -534,6 +536,8 @@ def test_reads_transformers_sharded_checkpoint(gpt2_sharded):
             assert_same(ckpt[name], array)
             assert_same(ckpt[name], state[name])
     assert sorted(open_checkpoint(directory / "model.safetensors.index.json")) == sorted(ckpt)
+    with pytest.raises(FileNotFoundError):
+        open_checkpoint(directory / "nowhere")
 
 
 def _copy_checkpoint(source, destination):

@@ -2,8 +2,8 @@
 
 What this module adds: `open_safetensors` parses and validates one file's header and hands out tensors as NumPy views
 of the file mapped into memory (no copies, nothing read until used); `open_checkpoint` does the same across the
-shards of a `model.safetensors.index.json`; `save_safetensors` / `save_sharded` write files byte-identical to the
-reference library's. Every malformed file raises `SafetensorsError`, whose message names the file and the problem.
+shards of a `model.safetensors.index.json`; `save_safetensors` / `save_sharded` write the files the reference
+library writes, byte for byte. Every malformed file raises `SafetensorsError`, whose message names the file and the problem.
 
 The format (https://github.com/huggingface/safetensors, README "Format", and `safetensors/src/tensor.rs`):
 
@@ -27,7 +27,9 @@ Unknown keys inside an entry are ignored, as the reference does.
 
 Writing follows the reference writer (tensor.rs, `prepare`): tensors are laid out by decreasing alignment (the order
 of the `_DTYPES` table below, reversed), then by name, so each tensor starts at a multiple of its itemsize once the
-header is padded with spaces to a multiple of 8 bytes. The JSON is compact, `__metadata__` first.
+header is padded with spaces to a multiple of 8 bytes. The JSON is compact, `__metadata__` first, its keys sorted
+(the reference writes them in hash order, so files match it byte for byte when metadata has at most one key).
+Saving no tensors with metadata {} gives `{"__metadata__":{}}`, where safetensors 0.8 writes an unreadable header.
 
 bfloat16: NumPy has no bf16 type. A bf16 value is the top 16 bits of a float32, so reading shifts the bits up
 (exact); writing rounds a float32 to the nearest bf16, ties to even, as PyTorch does, and maps every NaN to 0x7FC0
@@ -37,7 +39,6 @@ writes 0xFFFF instead: any NaN pattern is a NaN).
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterator, Mapping
 from functools import cached_property
@@ -147,8 +148,8 @@ def _parse_json_object(path: Path, raw: bytes, *, what: str) -> dict:
 
 
 def _is_uint(value: object) -> bool:
-    # bool is a subclass of int in Python, and JSON true must not pass as 1.
-    return type(value) is int and value >= 0
+    """A JSON integer in [0, 2**64), the reference's usize. (bool is a subclass of int: JSON true must not pass.)"""
+    return type(value) is int and 0 <= value < 2**64
 
 
 def _check_metadata(path: Path, metadata: object) -> dict[str, str]:
@@ -178,7 +179,15 @@ def _check_entry(path: Path, name: str, entry: object) -> _Span:
     begin, end = offsets
     if begin > end:
         raise _error(path, f"tensor {name!r}: data_offsets begin {begin} > end {end}")
-    nbytes = math.prod(shape) * _DTYPES[dtype].itemsize
+    itemsize = _DTYPES[dtype].itemsize
+    # prod(shape) * itemsize, stopping once it exceeds the span: a hostile header may list thousands of huge
+    # dimensions, whose full product would take minutes to compute.
+    nbytes = 0 if 0 in shape else itemsize
+    for dim in shape:
+        nbytes *= dim
+        if nbytes > end - begin:
+            raise _error(path, f"tensor {name!r}: shape {shape!r:.80} of {dtype} needs more than the "
+                               f"{end - begin} bytes of data_offsets [{begin}, {end}]")
     if nbytes != end - begin:
         raise _error(path, f"tensor {name!r}: shape {shape} of {dtype} needs {nbytes} bytes, "
                            f"data_offsets [{begin}, {end}] hold {end - begin}")
@@ -291,7 +300,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """A .safetensors file, an index .json, or a directory -> Checkpoint.
 
     In a directory we look, as transformers does, for model.safetensors first, then model.safetensors.index.json;
-    failing both, a lone *.safetensors file is accepted.
+    failing both, a lone *.safetensors file is accepted. A path that does not exist raises FileNotFoundError; a
+    checkpoint that is there but wrong raises SafetensorsError.
     """
     path = Path(path)
     if not path.is_dir():
@@ -315,11 +325,7 @@ def _open_sharded(index_path: Path) -> Checkpoint:
     The index (written by transformers' save_pretrained) is {"metadata": {"total_size": ...}, "weight_map":
     {tensor name: shard file name}}; shard names are plain file names beside the index.
     """
-    try:
-        raw = index_path.read_bytes()
-    except FileNotFoundError:
-        raise _error(index_path, "index file does not exist") from None
-    weight_map = _parse_json_object(index_path, raw, what="index").get("weight_map")
+    weight_map = _parse_json_object(index_path, index_path.read_bytes(), what="index").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise _error(index_path, "index has no \"weight_map\" object of tensor name -> shard file name")
     shards = {}
