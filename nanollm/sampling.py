@@ -4,7 +4,9 @@ Each step is a small function over one row of logits (V,). The draw takes its un
 argument instead of owning a random generator, so sampling is a pure function: the GPU kernel
 (kernels/sampling.cu) given the same logits and the same `u` must return the same token, and tests can check it.
 
-The order is fixed: temperature -> top-k -> softmax -> top-p -> inverse-CDF draw.
+The order is fixed: temperature -> top-k -> softmax -> top-p -> min-p -> inverse-CDF draw (transformers' order for
+its warpers). `sample_token` is the kernel's twin (no min-p); `filtered_probs` is the same pipeline with min-p, used by
+the generation loop. The processors that run before temperature (penalties, logit bias) are in logits_processors.py.
 """
 import numpy as np
 
@@ -49,6 +51,18 @@ def top_p_filter(probs: np.ndarray, p: float) -> np.ndarray:
     return np.where(probs >= threshold, probs, 0.0).astype(probs.dtype, copy=False)
 
 
+def min_p_filter(probs: np.ndarray, min_p: float) -> np.ndarray:
+    """Min-p: zero every token less probable than min_p times the most probable one. (V,) -> (V,)
+
+    The rule compares ratios, so probs need not be normalised; the most probable token always survives. min_p=0 keeps
+    all. Source: Nguyen et al. 2024, "Turning Up the Heat: Min-p Sampling"; transformers' MinPLogitsWarper.
+    Example: probs=[0.5, 0.3, 0.15, 0.05], min_p=0.2 -> threshold 0.1 -> [0.5, 0.3, 0.15, 0].
+    """
+    if min_p <= 0.0:
+        return probs
+    return np.where(probs >= min_p * probs.max(), probs, 0.0).astype(probs.dtype, copy=False)
+
+
 def draw(probs: np.ndarray, u: float) -> int:
     """Inverse-CDF draw: the first token whose cumulative probability exceeds u * total. (V,), u in [0, 1) -> id
 
@@ -69,7 +83,19 @@ def sample_token(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: 
     return draw(top_p_filter(softmax(z), top_p), u)
 
 
-def check_sampling_args(temperature: float, top_k: int, top_p: float):
+def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+                   ) -> np.ndarray:
+    """temperature -> top-k -> softmax -> top-p -> min-p: the unnormalised distribution draw() reads. (V,) -> (V,)
+
+    temperature must be > 0. NaN logits raise: np.max propagates NaN, so one pass over the row finds any.
+    """
+    if np.isnan(logits.max()):
+        raise ValueError("the model produced NaN logits: the weights or the input are corrupt")
+    z = top_k_filter(apply_temperature(logits, temperature), top_k)
+    return min_p_filter(top_p_filter(softmax(z), top_p), min_p)
+
+
+def check_sampling_args(temperature: float, top_k: int, top_p: float, min_p: float = 0.0):
     """Refuse settings that have no meaning, with a message naming the setting."""
     if not (temperature >= 0):  # also rejects NaN
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
@@ -77,3 +103,5 @@ def check_sampling_args(temperature: float, top_k: int, top_p: float):
         raise ValueError(f"top_k must be a whole number >= 0 (0 disables it), got {top_k}")
     if not (0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if not (0 <= min_p <= 1):
+        raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {min_p}")

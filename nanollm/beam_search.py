@@ -1,0 +1,145 @@
+"""Beam search: keep the num_beams most probable partial sequences instead of one, and return the best finished one.
+
+Each step, every running beam proposes every next token; a candidate's score is its beam's summed log-probability
+plus the token's log-probability. Of the num_beams * V candidates the best 2 * num_beams are kept (more than
+num_beams, so that after candidates ending in EOS leave, num_beams can still run):
+
+  - a candidate among the top num_beams that ends in EOS (or reaches max_new_tokens) is *finished*: it joins the
+    pool of the num_beams best finished hypotheses with score  sum log p / (new length) ** length_penalty;
+  - the num_beams best candidates that did not finish are the next step's running beams.
+
+length_penalty > 0 favours longer sequences (the division by a larger length shrinks a negative score), < 0 shorter.
+Search ends when every running candidate hits max_new_tokens, or once the pool is full and
+  early_stopping=True:    immediately;
+  early_stopping=False:   the best running beam, scored at its current length, cannot beat the worst finished one;
+  early_stopping="never": the same test, but with length_penalty > 0 scored at the longest possible length.
+
+This follows transformers' `GenerationMixin._beam_search` (v4.50+, the vectorised rewrite) step for step, so the
+ids are the same; its logits processors (repetition penalty, logit bias, min_new_tokens) act on the log-probs there,
+as here. Reference: the transformers source and https://huggingface.co/blog/how-to-generate.
+"""
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .generation import GenerationResult, GenerationSettings, GenerationStats
+from .logits_processors import TokenHistory, process_logits
+
+NEG = np.float32(-1.0e9)  # transformers' "impossible" score: finite so that sums and sorts stay well defined
+
+
+@dataclass
+class Beam:
+    token_ids: list[int]  # new tokens (the EOS that finished it included)
+    score: float  # sum of log-probabilities / len(token_ids) ** length_penalty
+    text: str | None = None
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log p = z - max - log(sum(exp(z - max))) per row, in float32. (B, V) -> (B, V)"""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores, largest first. (N,) -> (k,)"""
+    part = np.argpartition(-scores, k - 1)[:k]
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[list[Beam], GenerationStats]:
+    """All num_beams finished hypotheses, best first, and the run's timing."""
+    if not s.sampling.greedy:
+        raise ValueError("beam search here is deterministic: pass temperature=0 (beam sampling is not implemented)")
+    K, L, new = s.num_beams, len(prompt_ids), s.max_new_tokens
+    if new == 0:
+        return [], GenerationStats(prompt_tokens=L)
+    V = model.config.vocab_size
+    keep = max(2, 1 + len(s.eos_ids)) * K  # candidates kept per step: enough that num_beams survive any EOS
+    eos = np.array(sorted(s.eos_ids), dtype=np.int64)
+    history = TokenHistory([prompt_ids] * K, V) if s.sampling.uses_history else None
+    stats = GenerationStats(prompt_tokens=L, batch_size=K)
+
+    t_start = time.perf_counter()
+    # Prefill once, then give every beam a copy of the prompt's cache.
+    one = model.new_cache(batch_size=1, max_len=L)
+    logits = np.repeat(model.step(np.asarray([prompt_ids]), one)[:, -1], K, axis=0)  # (K, V)
+    cache = model.new_cache(batch_size=K, max_len=L + new)
+    for layer in range(len(cache.k)):
+        cache.k[layer][:, :, :L], cache.v[layer][:, :, :L] = one.k[layer], one.v[layer]
+    cache.length = L
+    stats.kv_cache_bytes = cache.nbytes
+
+    running_scores = np.full(K, NEG, dtype=np.float32)  # (K,) only beam 0 is real at the start: no duplicates
+    running_scores[0] = 0.0
+    running = np.zeros((K, 0), dtype=np.int64)  # (K, n) tokens of each running beam
+    finished: list[Beam] = []  # at most K, best first
+    improvable = True
+    times = []
+    for n in range(new):
+        suppressed = s.eos_ids if n < s.min_new_tokens else ()
+        logp = process_logits(log_softmax(logits), s.sampling, history, suppressed)  # (K, V)
+        candidates = (logp + running_scores[:, None]).reshape(-1)  # (K*V,) score of beam i extended by token j
+        top = top_indices(candidates, keep)  # (keep,)
+        top_scores, parent, token = candidates[top], top // V, top % V  # (keep,) each
+        hits = np.isin(token, eos) | (n + 1 == new)  # (keep,) candidates that finish here
+
+        # Finished candidates among the first K ranks join the pool, scored with the length penalty.
+        lengthened = top_scores / np.float32((n + 1) ** s.length_penalty)  # (keep,)
+        for r in np.flatnonzero(hits[:K]):
+            finished.append(Beam([*running[parent[r]].tolist(), int(token[r])], float(lengthened[r])))
+        finished = sorted(finished, key=lambda b: -b.score)[:K]  # stable: earlier hypotheses win exact ties
+
+        # The K best unfinished candidates run on.
+        alive = top_indices(top_scores + hits * NEG, K)  # (K,) positions in `top`
+        running_scores = (top_scores + hits * NEG)[alive].astype(np.float32)
+        parents = parent[alive]  # (K,) which beam each new beam extends
+        running = np.concatenate([running[parents], token[alive, None]], axis=1)  # (K, n+1)
+        times.append(time.perf_counter())
+
+        # Can search stop? (transformers' _check_early_stop_heuristic and _beam_search_has_unfinished_sequences)
+        full = len(finished) == K
+        best_len = new if (s.early_stopping == "never" and s.length_penalty > 0) else n + 1
+        best_possible = running_scores[0] / np.float32(best_len ** s.length_penalty)
+        worst_finished = finished[-1].score if full else float(NEG)
+        improvable = improvable and bool(best_possible > worst_finished)
+        if not improvable or (full and s.early_stopping is True) or hits.all():
+            break
+
+        if not np.array_equal(parents, np.arange(K)):  # each beam's cache follows its parent's
+            for layer in range(len(cache.k)):
+                cache.k[layer][:, :, : cache.length] = cache.k[layer][parents, :, : cache.length]
+                cache.v[layer][:, :, : cache.length] = cache.v[layer][parents, :, : cache.length]
+        if history is not None:
+            history.reorder(parents)
+            history.add(running[:, -1])
+        logits = model.step(running[:, -1:], cache)[:, -1]  # (K, V)
+
+    stats.new_tokens = len(finished[0].token_ids) if finished else 0
+    stats.ttft_s = times[0] - t_start
+    stats.prefill_tokens_per_s = L / stats.ttft_s
+    if len(times) > 1:
+        gaps = np.diff(times)
+        stats.tpot_s = float(gaps.mean())
+        stats.tpot_p50_s, stats.tpot_p90_s = (float(x) for x in np.percentile(gaps, [50, 90]))
+        stats.tokens_per_s = 1.0 / stats.tpot_s
+    return finished, stats
+
+
+def beam_search_result(model, prompt_ids: list[int], s: GenerationSettings, return_beams: bool = False
+                       ) -> GenerationResult:
+    """The best beam as a GenerationResult (text without its EOS); every beam too with return_beams."""
+    import resource
+
+    beams, stats = beam_search(model, prompt_ids, s)
+    stats.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tok = model.tokenizer
+    for beam in beams:
+        if tok is not None:
+            ids = beam.token_ids[:-1] if beam.token_ids and beam.token_ids[-1] in s.eos_ids else beam.token_ids
+            beam.text = tok.decode(ids)
+    best = beams[0] if beams else Beam([], 0.0, "" if tok is not None else None)
+    reason = "eos" if best.token_ids and best.token_ids[-1] in s.eos_ids else "length"
+    return GenerationResult(text=best.text, token_ids=best.token_ids, stats=stats, finish_reason=reason,
+                            prompt_ids=list(prompt_ids), beams=beams if return_beams else None)

@@ -1,0 +1,165 @@
+"""Logits processors: what happens to the model's next-token logits before a token is chosen.
+
+Every processor is a small function over a batch of logit rows (B, V). One order, the same as transformers'
+`_get_logits_processor` where both define the step, then OpenAI's penalties and the samplers:
+
+    1. logit bias            logits[id] += bias                            (OpenAI `logit_bias`)
+    2. repetition penalty    seen tokens: positive logit / r, negative * r   (transformers RepetitionPenaltyLogitsProcessor,
+                             over prompt and generated tokens)
+    3. presence / frequency  logits -= presence * [count > 0] + frequency * count   (OpenAI, generated tokens only)
+    4. min_new_tokens        EOS logits = -inf until enough new tokens      (transformers MinNewTokensLengthLogitsProcessor)
+    5. then either greedy (argmax; temperature=0) or sampling.py's temperature -> top-k -> softmax -> top-p -> min-p
+       -> inverse-CDF draw with a uniform number from a seeded generator.
+
+A processor that is switched off costs nothing: `process_logits` skips it, and returns the model's own array when
+every one is off (greedy decoding with no penalties does no per-step work here at all).
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .sampling import check_sampling_args, draw, filtered_probs, softmax
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. Defaults are plain multinomial sampling at temperature 1."""
+
+    temperature: float = 1.0  # 0.7; 0 is greedy
+    top_k: int = 0  # 50; 0 disables
+    top_p: float = 1.0  # 0.9; 1 disables
+    min_p: float = 0.0  # 0.05; 0 disables
+    repetition_penalty: float = 1.0  # 1.2; 1 disables
+    presence_penalty: float = 0.0  # 0.5; 0 disables (OpenAI range -2 .. 2)
+    frequency_penalty: float = 0.0  # 0.5; 0 disables
+    logit_bias: dict = field(default_factory=dict)  # {token id: bias}, e.g. {50256: -100.0} bans end-of-text
+
+    def __post_init__(self):
+        check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p)
+        if not (self.repetition_penalty > 0):
+            raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not np.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
+        for token, bias in self.logit_bias.items():
+            if int(token) != token or token < 0 or not np.isfinite(bias):
+                raise ValueError(f"logit_bias maps token ids >= 0 to finite numbers, got {token!r}: {bias!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def uses_history(self) -> bool:
+        """Whether a processor reads the tokens seen so far (then the loop keeps a TokenHistory)."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+class TokenHistory:
+    """Per sequence, which tokens were seen (prompt + generated) and how often each was generated.
+
+    Kept as (B, V) arrays updated by one scatter per step, so the penalties never rescan the whole sequence.
+    """
+
+    def __init__(self, prompts: list[list[int]], vocab_size: int):
+        B = len(prompts)
+        self.seen = np.zeros((B, vocab_size), dtype=bool)  # (B, V) in prompt or generated: repetition penalty
+        self.counts = np.zeros((B, vocab_size), dtype=np.int32)  # (B, V) times generated: presence/frequency
+        for b, ids in enumerate(prompts):
+            self.seen[b, ids] = True
+
+    def add(self, tokens: np.ndarray):
+        """Record one new token per row. int (B,)"""
+        rows = np.arange(len(tokens))
+        self.seen[rows, tokens] = True
+        self.counts[rows, tokens] += 1
+
+    def reorder(self, rows: np.ndarray):
+        """Rows follow their beams (beam search picks each new row's parent). int (B,)"""
+        self.seen, self.counts = self.seen[rows], self.counts[rows]
+
+
+def apply_logit_bias(logits: np.ndarray, bias: dict) -> np.ndarray:
+    """logits[:, id] += bias[id]. (B, V) -> (B, V) in place. Example: [[1, 2, 3]], {0: 5} -> [[6, 2, 3]]."""
+    ids = np.fromiter(bias.keys(), dtype=np.int64, count=len(bias))
+    if ids.size and ids.max() >= logits.shape[-1]:
+        raise ValueError(f"logit_bias names token {int(ids.max())}, outside the vocabulary of {logits.shape[-1]}")
+    logits[:, ids] += np.fromiter(bias.values(), dtype=np.float32, count=len(bias))
+    return logits
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """Make every seen token less likely whatever the sign of its logit. (B, V), bool (B, V) -> (B, V)
+
+    Dividing a negative logit would raise it, so negative logits are multiplied instead (CTRL, Keskar et al. 2019,
+    as transformers' RepetitionPenaltyLogitsProcessor). Example: penalty 2, seen logits [4, -4] -> [2, -8].
+    """
+    penalised = np.where(logits < 0, logits * penalty, logits * (1.0 / penalty)).astype(np.float32)
+    return np.where(seen, penalised, logits)
+
+
+def apply_presence_frequency(logits: np.ndarray, counts: np.ndarray, presence: float, frequency: float
+                             ) -> np.ndarray:
+    """OpenAI's penalties over generated tokens: logits - presence * [count > 0] - frequency * count.
+
+    (B, V), int (B, V) -> (B, V). Example: presence 1, frequency 0.5, a token generated twice loses 1 + 2 * 0.5 = 2.
+    """
+    penalty = frequency * counts + presence * (counts > 0)  # (B, V) float64 from the Python floats
+    return logits - penalty.astype(np.float32)
+
+
+def suppress(logits: np.ndarray, token_ids) -> np.ndarray:
+    """Set the logits of token_ids to -inf, so they cannot be chosen. (B, V) -> (B, V) in place."""
+    logits[:, list(token_ids)] = -np.inf
+    return logits
+
+
+def process_logits(logits: np.ndarray, params: SamplingParams, history: TokenHistory | None,
+                   suppressed=()) -> np.ndarray:
+    """Steps 1-4 of the module docstring. (B, V) -> (B, V); the input itself when no processor is on.
+
+    suppressed: token ids to ban at this step (the EOS ids while fewer than min_new_tokens are generated).
+    """
+    if params.logit_bias or suppressed:
+        logits = logits.copy()  # the in-place steps below must not write into the model's output buffer
+    if params.logit_bias:
+        logits = apply_logit_bias(logits, params.logit_bias)
+    if params.repetition_penalty != 1.0:
+        logits = apply_repetition_penalty(logits, history.seen, params.repetition_penalty)
+    if params.presence_penalty != 0.0 or params.frequency_penalty != 0.0:
+        logits = apply_presence_frequency(logits, history.counts, params.presence_penalty, params.frequency_penalty)
+    if suppressed:
+        logits = suppress(logits, suppressed)
+    return logits
+
+
+def choose_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
+    """Processed logits (B, V) -> int (B,) token ids: argmax when greedy, else one seeded draw per row."""
+    if params.greedy:
+        tokens = logits.argmax(axis=-1)  # (B,) the first maximum, as torch.argmax
+        # argmax returns the first NaN if there is one, so this O(B) look finds any NaN in the rows.
+        if np.isnan(logits[np.arange(len(tokens)), tokens]).any():
+            raise ValueError("the model produced NaN logits: the weights or the input are corrupt")
+        return tokens
+    u = rng.random(len(logits))  # (B,) one uniform number per row
+    return np.array([draw(distribution(row, params), u[b]) for b, row in enumerate(logits)], dtype=np.int64)
+
+
+def distribution(row: np.ndarray, params: SamplingParams) -> np.ndarray:
+    """The unnormalised next-token distribution one processed row (V,) is drawn from. (V,) -> (V,)
+
+    Greedy has no distribution of its own; it shows the softmax at temperature 1, whose top token greedy takes.
+    """
+    if params.greedy:
+        if np.isnan(row.max()):
+            raise ValueError("the model produced NaN logits: the weights or the input are corrupt")
+        return softmax(row)
+    return filtered_probs(row, params.temperature, params.top_k, params.top_p, params.min_p)
+
+
+def top_probabilities(row: np.ndarray, params: SamplingParams, k: int) -> list[tuple[int, float]]:
+    """The k most likely next tokens after every processor, with their normalised probabilities (--show-probs)."""
+    probs = distribution(row, params)
+    probs = probs / probs.sum()
+    top = np.argsort(-probs, kind="stable")[:k]
+    return [(int(i), float(probs[i])) for i in top]
