@@ -12,8 +12,8 @@ pointers and scalars as NumPy scalars of the kernel's C type (np.int32 for int, 
 for float). `linear` is not a kernel: it is the array library's matmul (cuBLAS on the GPU).
 
 Launch rules every kernel relies on: blockDim.x is a multiple of 32 (full warps: the shuffles use the full mask);
-array arguments are C-contiguous, except the views that rope and attention take with explicit strides (the q/k/v
-slices of the fused projection and the filled part of the KV cache), so those are not copied.
+array arguments are C-contiguous; rope and attention also take strided views (the q/k/v slices of the fused
+projection, the filled part of the KV cache) as a flat span plus strides, so those are not copied.
 """
 import math
 from pathlib import Path
@@ -80,10 +80,10 @@ class KernelBackend:
     def _contiguous(self, a, dtype=np.float32):
         return self.xp.ascontiguousarray(a, dtype=dtype)
 
-    def _launch_elementwise(self, file: str, name: str, n: int, *args):
-        """A grid-stride kernel over n elements: args are passed first, then n as long long."""
+    def _launch_elementwise(self, name: str, n: int, args: tuple):
+        """Launch a grid-stride kernel of elementwise.cu with enough blocks for n work items (at most MAX_BLOCKS)."""
         blocks = max(1, min(MAX_BLOCKS, -(-n // ELEMENTWISE_THREADS)))
-        self.kernel(file, name)((blocks,), (ELEMENTWISE_THREADS,), (*args, np.int64(n)))
+        self.kernel("elementwise.cu", name)((blocks,), (ELEMENTWISE_THREADS,), args)
 
     # -- the ops -------------------------------------------------------------------------------------------------
 
@@ -96,8 +96,7 @@ class KernelBackend:
             table, name = self._contiguous(table, np.float16).view(np.uint16), "embedding_gather_f16"
         else:
             table, name = self._contiguous(table), "embedding_gather"
-        self._launch_elementwise("elementwise.cu", name, ids.size * C, table, ids, out, np.int64(ids.size),
-                                 np.int32(C))
+        self._launch_elementwise(name, ids.size * C, (table, ids, out, np.int64(ids.size), np.int32(C)))
         out = out.reshape(*ids.shape, C)
         return out
 
@@ -120,7 +119,7 @@ class KernelBackend:
         """(B, T, C) x2 -> (B, T, C).  elementwise.cu: residual_add."""
         x, y = self._contiguous(x), self._contiguous(y)
         out = self.xp.empty_like(x)
-        self._launch_elementwise("elementwise.cu", "residual_add", x.size, x, y, out)
+        self._launch_elementwise("residual_add", x.size, (x, y, out, np.int64(x.size)))
         return out
 
     def _rows(self, x):
@@ -148,30 +147,37 @@ class KernelBackend:
         """(...) -> (...).  elementwise.cu: gelu_tanh."""
         x = self._contiguous(x)
         y = self.xp.empty_like(x)
-        self._launch_elementwise("elementwise.cu", "gelu_tanh", x.size, x, y)
+        self._launch_elementwise("gelu_tanh", x.size, (x, y, np.int64(x.size)))
         return y
 
     def silu_mul(self, gate, up):
         """(..., H) x2 -> (..., H).  elementwise.cu: silu_mul."""
         gate, up = self._contiguous(gate), self._contiguous(up)
         y = self.xp.empty_like(gate)
-        self._launch_elementwise("elementwise.cu", "silu_mul", gate.size, gate, up, y)
+        self._launch_elementwise("silu_mul", gate.size, (gate, up, y, np.int64(gate.size)))
         return y
 
     def _strided_rows(self, a):
-        """a (B, n, L, hs) as (array, element strides of its first three axes); copied only if hs is not unit-stride."""
-        if a.strides[3] != a.itemsize or a.dtype != np.float32:
+        """A (B, n, L, hs) view -> (flat span, element strides of its first three axes), without copying.
+
+        Kernels take a strided view as a pointer to its first element plus strides. Both module loaders want a
+        contiguous array, so the view is handed over as the 1-D contiguous span of memory from its first to its
+        last element (the same bytes, a different shape). Only a view whose hs axis is not unit-stride is copied.
+        """
+        if a.dtype != np.float32 or a.strides[3] != a.itemsize or min(a.strides) < 0:
             a = self._contiguous(a)
-        return a, tuple(np.int64(s // a.itemsize) for s in a.strides[:3])
+        extent = 1 + sum((n - 1) * s for n, s in zip(a.shape, a.strides)) // a.itemsize if a.size else 0
+        span = self.xp.lib.stride_tricks.as_strided(a, shape=(extent,), strides=(a.itemsize,))
+        return span, tuple(np.int64(s // a.itemsize) for s in a.strides[:3])
 
     def rope(self, x, cos, sin):
         """(B, n, T, hs), (B, T, hs/2) x2 -> (B, n, T, hs), rotate-half pairing.  elementwise.cu: rope_rotate_half."""
         B, n, T, hs = x.shape
         x, (sb, sh, st) = self._strided_rows(x)
         y = self.xp.empty((B, n, T, hs), dtype=np.float32)
-        self._launch_elementwise("elementwise.cu", "rope_rotate_half", B * n * T * (hs // 2), x,
-                                 self._contiguous(cos), self._contiguous(sin), y, np.int32(B), np.int32(n),
-                                 np.int32(T), np.int32(hs), sb, sh, st)
+        self._launch_elementwise("rope_rotate_half", B * n * T * (hs // 2), (
+            x, self._contiguous(cos), self._contiguous(sin), y, np.int32(B), np.int32(n), np.int32(T), np.int32(hs),
+            sb, sh, st))
         return y
 
     def softmax(self, x, axis=-1, *, scale: float = 1.0, causal_T: int = 0, q_start: int = 0):
@@ -201,12 +207,11 @@ class KernelBackend:
             raise ValueError(f"attention.cu supports head sizes up to {MAX_HEAD_DIM}, got {hs}")
         if nh % n_kv:
             raise ValueError(f"{nh} query heads do not divide into {n_kv} key/value heads")
+        if k.strides[2] != hs * 4 or v.strides != k.strides:
+            k, v = self._contiguous(k), self._contiguous(v)  # the kernel takes key rows hs floats apart
         q, q_strides = self._strided_rows(q)
         k, kv_strides = self._strided_rows(k)
-        v, v_strides = self._strided_rows(v)
-        if k.strides[2] != hs * 4 or v.strides[2] != hs * 4 or kv_strides[:2] != v_strides[:2]:
-            k, v = self._contiguous(k), self._contiguous(v)  # the kernel assumes key rows hs floats apart
-            kv_strides = tuple(np.int64(s // 4) for s in k.strides[:3])
+        v, _ = self._strided_rows(v)
         mask = self.xp.ones((B, S), dtype=np.uint8) if key_mask is None else self._contiguous(
             self.xp.asarray(key_mask), np.uint8)
         warps = min(self.attention_warps, (nh // n_kv) * T)

@@ -1,0 +1,325 @@
+"""Every CUDA kernel in kernels/ against its NumPy twin, on the emulator and (where a GPU is visible) on CuPy.
+
+Each property test draws shapes that are not multiples of the block size (including 1) and plants extreme values
+(+-1e4, -inf masks, ties) in seeded random data; the NumPy reference is NumpyBackend (or nanollm.sampling for the
+sampler). Tolerances: 1e-5 relative for softmax, norms and the elementwise ops, 1e-4 for attention, see
+tests/kernel_harness.py for the rule. Shapes stay small because the emulator runs every CUDA thread as a fiber.
+"""
+import math
+import re
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanollm.backends.kernel_backend import KERNEL_DIR
+from nanollm.backends.numpy_backend import NumpyBackend
+from nanollm.rope import rope_cos_sin
+from nanollm.sampling import sample_token, softmax as ref_softmax, top_k_filter
+from tests.kernel_harness import KERNEL_BACKENDS, assert_close, make_backend
+
+REF = NumpyBackend()
+EXAMPLES = settings(max_examples=12)
+
+
+@pytest.fixture(scope="module", params=KERNEL_BACKENDS)
+def be(request):
+    return make_backend(request.param)
+
+
+def planted(rng, shape, extremes=(1e4, -1e4), p=0.1, scale=3.0):
+    """Normal float32 data with a fraction p of entries replaced by extreme values and a few exact ties."""
+    x = (rng.standard_normal(shape) * scale).astype(np.float32)
+    flat = x.reshape(-1)
+    if flat.size:
+        hits = rng.random(flat.size) < p
+        flat[hits] = rng.choice(np.array(extremes, dtype=np.float32), size=int(hits.sum()))
+        ties = rng.integers(0, flat.size, size=max(1, flat.size // 8))
+        flat[ties] = flat[ties[0]]  # a group of exactly equal values
+    return x
+
+
+# -- softmax ------------------------------------------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(rows=st.integers(1, 5), cols=st.integers(1, 300), seed=st.integers(0, 2**32 - 1), masked_row=st.booleans())
+def test_softmax_matches_numpy(be, rows, cols, seed, masked_row):
+    rng = np.random.default_rng(seed)
+    x = planted(rng, (rows, cols), extremes=(1e4, -1e4, -np.inf))
+    if masked_row:
+        x[rng.integers(rows)] = -np.inf  # fully masked: defined as zeros
+    got = be.to_numpy(be.softmax(be.asarray(x)))
+    assert_close(got, REF.softmax(x), 1e-5, "softmax")
+    assert np.array_equal(got == 0, REF.softmax(x) == 0)  # masked entries are exactly zero on both sides
+
+
+@EXAMPLES
+@given(heads=st.integers(1, 3), T=st.integers(1, 9), q_start=st.integers(0, 40), extra=st.integers(0, 5),
+       scale=st.sampled_from([1.0, 0.125, 2.5]), seed=st.integers(0, 2**32 - 1))
+def test_softmax_scale_and_causal_mask(be, heads, T, q_start, extra, scale, seed):
+    """The fused options: row r (query t = r % T at slot q_start + t) sees columns <= q_start + t of scale * x."""
+    S = q_start + T + extra
+    x = planted(np.random.default_rng(seed), (heads, T, S))
+    visible = np.arange(S) <= q_start + np.arange(T)[:, None]  # (T, S)
+    want = REF.softmax(np.where(visible, x * np.float32(scale), -np.inf).astype(np.float32))
+    got = be.to_numpy(be.softmax(be.asarray(x), scale=scale, causal_T=T, q_start=q_start))
+    assert_close(got, want, 1e-5, "masked softmax")
+
+
+def test_softmax_other_axis(be):
+    """axis=0 is the same kernel on the transposed rows."""
+    x = np.random.default_rng(0).standard_normal((7, 3)).astype(np.float32)
+    assert_close(be.to_numpy(be.softmax(be.asarray(x), axis=0)), REF.softmax(x, axis=0), 1e-5, "softmax axis 0")
+
+
+def test_softmax_hand_example(be):
+    """softmax([0, ln 3]) = [1/4, 3/4]; +1e4 beside 0 gives [1, 0] (exp(-1e4) underflows); all -inf gives zeros."""
+    x = np.array([[0.0, math.log(3.0)], [1e4, 0.0], [-np.inf, -np.inf]], dtype=np.float32)
+    got = be.to_numpy(be.softmax(be.asarray(x)))
+    np.testing.assert_allclose(got, [[0.25, 0.75], [1.0, 0.0], [0.0, 0.0]], rtol=1e-6)
+
+
+# -- norms ----------------------------------------------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(rows=st.integers(1, 4), C=st.integers(1, 300), offset=st.floats(-10, 10), eps=st.sampled_from([1e-5, 1e-6]),
+       seed=st.integers(0, 2**32 - 1))
+def test_norms_match_numpy(be, rows, C, offset, eps, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((rows, C)) * 2 + offset).astype(np.float32)
+    w = rng.standard_normal(C).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    got = be.to_numpy(be.layer_norm(be.asarray(x), be.asarray(w), be.asarray(b), eps))
+    assert_close(got, REF.layer_norm(x, w, b, eps), 1e-5, "layer_norm")
+    got = be.to_numpy(be.rms_norm(be.asarray(x), be.asarray(w), eps))
+    assert_close(got, REF.rms_norm(x, w, eps), 1e-5, "rms_norm")
+
+
+def test_norms_hand_example(be):
+    """x = [1, 3]: mean 2, var 1 -> LayerNorm (eps 0) [-1, 1]; RMS = sqrt(5) -> RMSNorm [1, 3] / sqrt(5)."""
+    x, ones, zeros = (np.array(a, dtype=np.float32) for a in ([[1.0, 3.0]], [1.0, 1.0], [0.0, 0.0]))
+    ln = be.to_numpy(be.layer_norm(be.asarray(x), be.asarray(ones), be.asarray(zeros), 0.0))
+    rms = be.to_numpy(be.rms_norm(be.asarray(x), be.asarray(ones), 0.0))
+    np.testing.assert_allclose(ln, [[-1.0, 1.0]], rtol=1e-6)
+    np.testing.assert_allclose(rms, [[1 / math.sqrt(5), 3 / math.sqrt(5)]], rtol=1e-6)
+
+
+# -- elementwise ----------------------------------------------------------------------------------------------------
+
+
+@EXAMPLES
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 70)), seed=st.integers(0, 2**32 - 1))
+def test_elementwise_match_numpy(be, shape, seed):
+    rng = np.random.default_rng(seed)
+    x, y = planted(rng, shape), planted(rng, shape)
+    assert_close(be.to_numpy(be.add(be.asarray(x), be.asarray(y))), REF.add(x, y), 1e-5, "residual_add")
+    # For negative x, 1 + tanh(.) cancels: one float32 ulp of tanh (6e-8) becomes an absolute error of up to
+    # |x| * 6e-8 in the output, whatever the kernel does; hence the input-scaled floor.
+    gelu_floor = 1e-7 * float(np.abs(x).max())
+    assert_close(be.to_numpy(be.gelu(be.asarray(x))), REF.gelu(x), 1e-5, "gelu", atol=gelu_floor)
+    with np.errstate(over="ignore"):  # exp(1e4) = inf in the reference: silu(-1e4) = -1e4 / inf = -0
+        want = REF.silu_mul(x, y)
+    assert_close(be.to_numpy(be.silu_mul(be.asarray(x), be.asarray(y))), want, 1e-5, "silu_mul")
+
+
+@EXAMPLES
+@given(B=st.integers(1, 2), n=st.integers(1, 3), T=st.integers(1, 9), half=st.integers(1, 20),
+       fused=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_rope_matches_numpy(be, B, n, T, half, fused, seed):
+    """Contiguous input, or (fused) a strided head slice of a (B, T, 2n, hs) projection as model.attention makes."""
+    rng = np.random.default_rng(seed)
+    hs = 2 * half
+    inv_freq = (1.0 / 10000.0 ** (np.arange(half) / half)).astype(np.float32)
+    cos, sin = rope_cos_sin(inv_freq, rng.integers(0, 5000, size=(B, T)))
+    if fused:
+        proj = be.asarray(rng.standard_normal((B, T, 2 * n, hs)))
+        x_be = proj.transpose(0, 2, 1, 3)[:, n:]  # (B, n, T, hs) view: strides of the projection
+    else:
+        x_be = be.asarray(rng.standard_normal((B, n, T, hs)))
+    x = be.to_numpy(x_be)
+    got = be.to_numpy(be.rope(x_be, be.asarray(cos), be.asarray(sin)))
+    assert_close(got, REF.rope(x, cos, sin), 1e-5, "rope")
+
+
+@EXAMPLES
+@given(V=st.integers(1, 50), C=st.integers(1, 70), shape=st.tuples(st.integers(1, 3), st.integers(1, 6)),
+       seed=st.integers(0, 2**32 - 1))
+def test_embedding_matches_numpy(be, V, C, shape, seed):
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((V, C)).astype(np.float32)
+    ids = rng.integers(0, V, size=shape)
+    assert np.array_equal(be.to_numpy(be.embedding(be.asarray(table), ids)), REF.embedding(table, ids))
+    half = table.astype(np.float16)
+    got = be.to_numpy(be.embedding(be.xp.asarray(half), ids))
+    assert np.array_equal(got, half.astype(np.float32)[ids])
+
+
+def test_half_to_float_every_bit_pattern(be):
+    """embedding_gather_f16 widens binary16 by hand: all 65536 patterns (subnormals, +-inf, NaN) must equal NumPy's."""
+    table = np.arange(65536, dtype=np.uint16).view(np.float16).reshape(256, 256)
+    got = be.to_numpy(be.embedding(be.xp.asarray(table), np.arange(256)[None]))[0]
+    want = table.astype(np.float32)
+    assert np.array_equal(got, want, equal_nan=True)
+    assert np.array_equal(np.signbit(got), np.signbit(want))  # -0.0 stays -0.0
+
+
+# -- attention ------------------------------------------------------------------------------------------------------
+
+
+def attention_inputs(rng, B, n_kv, g, T, S, hs, max_len, fused):
+    """The arrays the model hands to attention: q_source is (B, nh, T, hs), or with `fused` the whole (B, T,
+    nh + 2*n_kv, hs) projection that q_view slices strided; k and v are full KV-cache buffers, S slots filled."""
+    nh = n_kv * g
+    q_source = rng.standard_normal((B, T, nh + 2 * n_kv, hs) if fused else (B, nh, T, hs)).astype(np.float32)
+    cache_k = np.zeros((B, n_kv, max_len, hs), np.float32)
+    cache_v = np.zeros((B, n_kv, max_len, hs), np.float32)
+    cache_k[:, :, :S] = rng.standard_normal((B, n_kv, S, hs)) * 2
+    cache_v[:, :, :S] = rng.standard_normal((B, n_kv, S, hs))
+    return q_source, cache_k, cache_v
+
+
+def q_view(q_source, nh, fused):
+    """(B, nh, T, hs): a strided slice of the fused projection, as model.attention makes it, or the array itself."""
+    return q_source.transpose(0, 2, 1, 3)[:, :nh] if fused else q_source
+
+
+def run_attention(be, q_source, nh, fused, cache_k, cache_v, S, q_start, key_mask):
+    """(kernel output, NumPy reference) with k/v passed as views of the cache buffers, as KVCache.update returns."""
+    q_be = q_view(be.asarray(q_source), nh, fused)
+    k_be, v_be = be.asarray(cache_k)[:, :, :S], be.asarray(cache_v)[:, :, :S]
+    got = be.to_numpy(be.attention(q_be, k_be, v_be, q_start, key_mask))
+    q = np.ascontiguousarray(q_view(q_source, nh, fused))
+    want = REF.attention(q, cache_k[:, :, :S], cache_v[:, :, :S], q_start, key_mask)
+    return got, want
+
+
+@EXAMPLES
+@given(B=st.integers(1, 2), n_kv=st.integers(1, 2), g=st.sampled_from([1, 2, 3, 4]), T=st.integers(1, 40),
+       cached=st.integers(0, 30), hs=st.sampled_from([1, 5, 16, 33, 64]), masked=st.booleans(), fused=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_prefill_attention_matches_numpy(be, B, n_kv, g, T, cached, hs, masked, fused, seed):
+    """T queries after `cached` positions already in the cache (q_start = cached), GQA ratio g (MQA when n_kv = 1),
+    keys spanning 1 .. 3 tiles of 32, optionally a padding mask that may hide every key of a query."""
+    rng = np.random.default_rng(seed)
+    S = cached + T
+    q, ck, cv = attention_inputs(rng, B, n_kv, g, T, S, hs, S + 3, fused)
+    key_mask = rng.random((B, S)) < 0.8 if masked else None
+    if masked:
+        key_mask[0, : min(S, 5)] = False  # left padding: the first queries of row 0 see nothing
+    got, want = run_attention(be, q, n_kv * g, fused, ck, cv, S, cached, key_mask)
+    assert_close(got, want, 1e-4, "prefill attention")
+
+
+@EXAMPLES
+@given(B=st.integers(1, 2), n_kv=st.integers(1, 2), g=st.sampled_from([1, 2, 4]), S=st.integers(1, 150),
+       pad=st.integers(0, 70), hs=st.sampled_from([8, 31, 64]), seed=st.integers(0, 2**32 - 1))
+def test_decode_attention_matches_numpy(be, B, n_kv, g, S, pad, hs, seed):
+    """One query at slot S-1 against S cached keys: split into 32-key chunks when S > 32 (LAUNCH_OPTIONS). Left
+    padding of up to 70 slots masks whole chunks, whose (m = -inf, l = 0) partials the combine kernel must skip."""
+    rng = np.random.default_rng(seed)
+    q, ck, cv = attention_inputs(rng, B, n_kv, g, 1, S, hs, S + 1, fused=False)
+    key_mask = np.ones((B, S), dtype=bool)
+    key_mask[-1, : min(pad, S - 1)] = False  # the last row is left-padded (its own slot S-1 stays visible)
+    got, want = run_attention(be, q, n_kv * g, False, ck, cv, S, S - 1, key_mask)
+    assert_close(got, want, 1e-4, "decode attention")
+
+
+def test_attention_largest_head_and_long_prefill(be):
+    """hs = 128 (the kernel's maximum, 4 dims per lane) and T = S = 100: four key tiles, rows wrapping over blocks."""
+    rng = np.random.default_rng(1)
+    q, ck, cv = attention_inputs(rng, 1, 1, 2, 100, 100, 128, 100, fused=False)
+    got, want = run_attention(be, q, 2, False, ck, cv, 100, 0, None)
+    assert_close(got, want, 1e-4, "attention hs=128")
+
+
+def test_attention_hand_example(be):
+    """Two keys with equal scores (q = 0): query 0 sees only key 0 -> v0; query 1 averages -> (v0 + v1) / 2."""
+    q = np.zeros((1, 1, 2, 2), np.float32)
+    k = np.ones((1, 1, 2, 2), np.float32)
+    v = np.array([[[[2.0, 0.0], [0.0, 4.0]]]], np.float32)
+    got = be.to_numpy(be.attention(be.asarray(q), be.asarray(k), be.asarray(v), 0))
+    np.testing.assert_allclose(got, [[[[2.0, 0.0], [1.0, 2.0]]]], rtol=1e-6)
+
+
+def test_attention_rejects_head_size_over_128(be):
+    q = be.zeros((1, 1, 1, 130))
+    with pytest.raises(ValueError, match="head sizes up to 128"):
+        be.attention(q, q, q, 0)
+
+
+# -- sampling -------------------------------------------------------------------------------------------------------
+
+
+def near_boundary(row, u, temperature, top_k, top_p) -> bool:
+    """True when float32 rounding may legitimately change the token (kernels/sampling.cu, "Tie rule"): the top-p
+    mass p, or the draw target u * total, lies within 1e-5 of a boundary of the reference's cumulative sums."""
+    z = top_k_filter(row * (1.0 / temperature), top_k)
+    probs = ref_softmax(z).astype(np.float64)
+    desc = np.cumsum(np.sort(probs)[::-1])
+    if top_p < 1.0 and np.abs(desc - top_p).min() < 1e-5:
+        return True
+    for kept in (probs, probs * (probs >= np.sort(probs)[::-1][min(np.searchsorted(desc, top_p), len(desc) - 1)])):
+        cumulative = np.cumsum(kept)
+        if np.abs(cumulative - u * cumulative[-1]).min() < 1e-5 * cumulative[-1]:
+            return True
+    return False
+
+
+@settings(max_examples=40)
+@given(B=st.integers(1, 3), V=st.integers(1, 700), temperature=st.sampled_from([0.0, 0.7, 1.0, 1.5]),
+       top_k=st.integers(0, 12), top_p=st.sampled_from([1.0, 0.95, 0.6, 0.2, 0.01]),
+       u=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=3, max_size=3), seed=st.integers(0, 2**32 - 1))
+def test_sampling_matches_reference_token(be, B, V, temperature, top_k, top_p, u, seed):
+    """The fused kernel picks sample_token's token for the same u, unless float32 rounding sits on a boundary."""
+    rng = np.random.default_rng(seed)
+    logits = planted(rng, (B, V), extremes=(1e4, -1e4, -np.inf), p=0.05)
+    logits[:, 0] = np.maximum(logits[:, 0], 0.0)  # never a row of only -inf (undefined on both sides)
+    uniforms = np.array(u[:B])
+    got = be.sample(be.asarray(logits), uniforms, temperature, top_k, top_p)
+    for b in range(B):
+        want = sample_token(logits[b], float(uniforms[b]), temperature, top_k, top_p)
+        if got[b] != want:
+            assert temperature > 0 and near_boundary(logits[b], uniforms[b], temperature, top_k, top_p), (
+                f"row {b}: kernel token {got[b]}, reference {want}, not at a rounding boundary")
+
+
+def test_sampling_tie_rule(be):
+    """Hand-derived: logits [1, 3, 3, 2] with top_k = 2 keep both 3s (ties with the k-th value stay), each with
+    probability 1/2, and the draw walks ids in order: u < 0.5 -> id 1, u >= 0.5 -> id 2. Greedy takes the first
+    maximum, id 1. With top_k = 0 and top_p = 0.5 the probabilities are e^1, e^3, e^3, e^2 over their sum: the
+    first 3 alone has mass 0.422 < 0.5, so the threshold is e^3/sum and its tie is kept: again ids 1 and 2 at 1/2."""
+    logits = np.array([[1.0, 3.0, 3.0, 2.0]] * 4, dtype=np.float32)
+    u = np.array([0.0, 0.49, 0.5, 0.99])
+    assert be.sample(be.asarray(logits), u, 1.0, 2, 1.0).tolist() == [1, 1, 2, 2]
+    assert be.sample(be.asarray(logits), u, 1.0, 0, 0.5).tolist() == [1, 1, 2, 2]
+    assert be.sample(be.asarray(logits), u, 0.0, 0, 1.0).tolist() == [1, 1, 1, 1]
+    for b in range(4):  # and the reference agrees
+        assert sample_token(logits[b], u[b], 1.0, 2, 1.0) == [1, 1, 2, 2][b]
+
+
+def test_sampling_large_vocabulary(be):
+    """V = 5003 (many ids per thread in the draw) at several u, against the reference."""
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((1, 5003)) * 2).astype(np.float32)
+    for u in (0.0, 0.3, 0.77, 0.999):
+        got = be.sample(be.asarray(logits), np.array([u]), 0.8, 0, 0.9)[0]
+        assert got == sample_token(logits[0], u, 0.8, 0, 0.9)
+
+
+# -- the kernel files themselves ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted(KERNEL_DIR.glob("*.cu")), ids=lambda p: p.name)
+def test_version_list_matches_kernels(path):
+    """Each .cu header lists its numbered versions ("  1. name, name: idea"); that list must name exactly the
+    kernels the file defines, so the documentation cannot drift from the code (STYLE.md, practice 8)."""
+    text = path.read_text()
+    defined = set(re.findall(r'extern "C" __global__ void (\w+)\(', text))
+    listed = set()
+    for names in re.findall(r"^//\s+\d+\.\s+([\w ,+]+):", text, flags=re.M):
+        listed |= set(re.findall(r"\w+", names))
+    assert defined, f"{path.name} defines no kernel"
+    assert listed == defined, f"{path.name}: header lists {sorted(listed)}, file defines {sorted(defined)}"
