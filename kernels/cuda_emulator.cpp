@@ -44,8 +44,9 @@ constexpr int kDeadlock = 1;
 constexpr int kMisuse = 2;
 constexpr int kOutOfMemory = 3;
 
-// A round of failed atomicCAS calls with nothing else happening is a spin lock nobody can release.
-constexpr long kMaxSpinsWithoutProgress = 1L << 20;
+// This many failed atomicCAS / __nanosleep calls in a row, with no thread reaching a sync point or exiting in
+// between, is taken as a spin lock nobody can release (about a tenth of a second of spinning).
+constexpr long kMaxSpinsWithoutProgress = 1L << 18;
 
 struct Fiber {
     ucontext_t context;

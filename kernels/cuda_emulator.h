@@ -93,7 +93,8 @@ enum class WarpOp { syncwarp, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, an
 // tells the integer reductions how to compare.
 std::uint64_t warp_collective(WarpOp op, unsigned mask, std::uint64_t bits, int operand, int width, bool is_signed);
 
-// Called after a failed atomicCAS: lets the other threads of the block run, so a spin lock can be released.
+// Called after a failed atomicCAS and by __nanosleep: lets the other threads of the block run, so a spin lock can
+// be released.
 void spin_yield();
 
 void* dynamic_shared_memory();
@@ -192,6 +193,9 @@ inline unsigned __reduce_max_sync(unsigned mask, unsigned value) {
 // from moving loads and stores across them.
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+// On a GPU __nanosleep suspends the calling thread for about `ns` nanoseconds; here it lets the other threads of
+// the block run, which is what a kernel that sleeps while polling is waiting for.
+inline void __nanosleep(unsigned ns) { (void)ns; nanollm_emu::spin_yield(); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Atomics. The GCC/Clang __atomic built-ins are real hardware atomics, so they stay correct even if blocks ever run

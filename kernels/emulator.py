@@ -72,7 +72,7 @@ class CompilerNotFound(EmulatorError):
 
 
 # C parameter types our kernels use -> the NumPy dtype an argument (array element or scalar) must have.
-# `__nv_bfloat16` has no NumPy dtype: pass its raw bits as uint16. `void*` takes an array of any dtype.
+# `void*` takes an array of any dtype. There is no __half: pass float16 data as `unsigned short*` raw bits.
 C_TYPES = {
     "float": np.float32, "double": np.float64,
     "int": np.int32, "int32_t": np.int32, "signed": np.int32,
@@ -81,7 +81,7 @@ C_TYPES = {
     "unsigned long long": np.uint64, "unsigned long long int": np.uint64, "uint64_t": np.uint64, "size_t": np.uint64,
     "short": np.int16, "int16_t": np.int16, "unsigned short": np.uint16, "uint16_t": np.uint16,
     "char": np.int8, "signed char": np.int8, "int8_t": np.int8, "unsigned char": np.uint8, "uint8_t": np.uint8,
-    "bool": np.bool_, "__half": np.float16, "half": np.float16, "__nv_bfloat16": np.uint16,
+    "bool": np.bool_,
     "void": None,
 }  # fmt: skip
 
@@ -307,7 +307,7 @@ class EmuModule:
             code = path.read_text()
             name = name or path.stem
         name = re.sub(r"\W", "_", name or "module")
-        if re.search(r"extern\s+__shared__", strip_comments(code)):
+        if re.search(r"^(?!\s*#).*\bextern\s+__shared__", strip_comments(code), flags=re.M):  # not in a #define
             raise EmulatorError(f"{name}: declare dynamic shared memory with NANOLLM_DYNAMIC_SHARED(type, name) "
                                 f"inside the kernel, not `extern __shared__`: the emulator cannot give a global "
                                 f"array a size chosen at launch")
