@@ -53,6 +53,10 @@ EDGE_CASES = [
 # Characters that interact with the pre-tokenizer patterns: spaces of all kinds, apostrophes, digits, marks, CJK.
 TRICKY = list(" \t\n\r'sSdtmlrveDTM0123456789aZ.,!?()-_日本🤗\u0301\u2029\u00a0\u3000\u200d\x00") + ["'s", "'LL"]
 tricky_text = st.lists(st.sampled_from(TRICKY), max_size=40).map("".join)
+# Parity is drawn from characters assigned in Python's Unicode tables (14.0): the regex package knows newer Unicode
+# versions than tiktoken's and tokenizers' Rust engines, so a character added since (e.g. U+323B0, Unicode 17) is a
+# letter to one and unassigned to the other and splits differently. See byte_level.py.
+assigned_text = st.text(st.characters(blacklist_categories=("Cs", "Cn")), max_size=60)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +111,7 @@ def test_gpt2_edge_cases_match_tiktoken_and_tokenizers(gpt2, tiktoken_gpt2, hf_g
 
 
 @settings(max_examples=150)
-@given(st.one_of(st.text(max_size=60), tricky_text))
+@given(st.one_of(assigned_text, tricky_text))
 def test_gpt2_random_text_matches_references(gpt2, tiktoken_gpt2, hf_gpt2, text):
     ids = gpt2.encode(text)
     assert ids == tiktoken_gpt2.encode_ordinary(text)
@@ -139,7 +143,7 @@ def test_cl100k_edge_cases_match_tiktoken(cl100k, tiktoken_cl100k, text):
 
 
 @settings(max_examples=150)
-@given(st.one_of(st.text(max_size=60), tricky_text))
+@given(st.one_of(assigned_text, tricky_text))
 def test_cl100k_random_text_matches_tiktoken(cl100k, tiktoken_cl100k, text):
     ids = cl100k.encode(text)
     assert ids == tiktoken_cl100k.encode_ordinary(text)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from nanollm.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from tests.conftest import shared_file
-from tests.test_tokenizer_byte_level import EDGE_CASES, tricky_text
+from tests.test_tokenizer_byte_level import EDGE_CASES, assigned_text, tricky_text
 
 transformers = pytest.importorskip("transformers")
 
@@ -114,3 +114,65 @@ def test_cl100k_by_file_name(tmp_path):
     tok = load_tokenizer(tmp_path)
     assert tok.encode("Hello world") == [9906, 1917]  # the ids tiktoken's README shows for cl100k_base
     assert tok.special_tokens["<|endoftext|>"] == 100257
+
+
+# -- Llama 3 layouts: cl100k's ranks stand in for Llama 3's (same format, same pattern family) -----------------------
+
+LLAMA3_SPECIALS = {"<|begin_of_text|>": 100256, "<|end_of_text|>": 100257}
+
+
+@pytest.fixture(scope="module")
+def llama3_json(tmp_path_factory):
+    """A tokenizer.json laid out as Llama 3's: Split(regex) + ByteLevel(use_regex=False), ignore_merges, made by
+    transformers' own tiktoken converter from the shared cl100k ranks."""
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    from nanollm.tokenizer.byte_level import LLAMA3_PATTERN
+
+    directory = tmp_path_factory.mktemp("llama3_json")
+    converter = TikTokenConverter(vocab_file=str(shared_file("tokenizers/cl100k/cl100k_base.tiktoken")),
+                                  pattern=LLAMA3_PATTERN, extra_special_tokens=list(LLAMA3_SPECIALS))
+    converter.converted().save(str(directory / "tokenizer.json"))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def llama3_pair(llama3_json):
+    tokenizers = pytest.importorskip("tokenizers")
+    return Tokenizer.from_pretrained(llama3_json), tokenizers.Tokenizer.from_file(str(llama3_json / "tokenizer.json"))
+
+
+def test_llama3_style_tokenizer_json_matches_tokenizers(llama3_pair):
+    ours, reference = llama3_pair
+    for text in PROMPTS + ["<|begin_of_text|>Hi<|end_of_text|>"]:
+        assert ours.encode_prompt(text) == reference.encode(text).ids, text
+        assert ours.decode(ours.encode(text)) == text
+
+
+@settings(max_examples=100)
+@given(st.one_of(assigned_text, tricky_text))
+def test_llama3_style_tokenizer_json_random_text(llama3_pair, text):
+    ours, reference = llama3_pair
+    assert ours.encode_prompt(text) == reference.encode(text).ids
+
+
+def test_llama3_style_tokenizer_model_in_tiktoken_format(tmp_path):
+    """Llama 3's original tokenizer.model is tiktoken ranks, not a protobuf; specials come from the config."""
+    tiktoken = pytest.importorskip("tiktoken")
+    from nanollm.tokenizer.byte_level import LLAMA3_PATTERN, load_tiktoken_ranks
+
+    ranks_path = shared_file("tokenizers/cl100k/cl100k_base.tiktoken")
+    shutil.copy(ranks_path, tmp_path / "tokenizer.model")
+    config = {
+        "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>",
+        "add_bos_token": True,
+        "added_tokens_decoder": {str(i): {"content": t, "special": True} for t, i in LLAMA3_SPECIALS.items()},
+    }
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    ours = Tokenizer.from_pretrained(tmp_path)
+    reference = tiktoken.Encoding("llama3-like", pat_str=LLAMA3_PATTERN, mergeable_ranks=load_tiktoken_ranks(ranks_path),
+                                  special_tokens=LLAMA3_SPECIALS)
+    assert (ours.bos_token_id, ours.eos_token_id) == (100256, 100257)
+    for text in EDGE_CASES:
+        assert ours.encode_prompt(text) == [100256] + reference.encode(text, allowed_special="all")
