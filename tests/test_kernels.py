@@ -7,12 +7,16 @@ tests/kernel_harness.py for the rule. Shapes stay small because the emulator run
 """
 import math
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kernels import build
 from nanollm.backends.kernel_backend import KERNEL_DIR
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.rope import rope_cos_sin
@@ -323,3 +327,21 @@ def test_version_list_matches_kernels(path):
         listed |= set(re.findall(r"\w+", names))
     assert defined, f"{path.name} defines no kernel"
     assert listed == defined, f"{path.name}: header lists {sorted(listed)}, file defines {sorted(defined)}"
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvcc_compiles_every_kernel_without_spills(arch):
+    """Every kernel of every .cu file compiles with nvcc (through kernels/build.py, what `make kernels` runs) and
+    ptxas reports 0 bytes of spill stores and loads."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc is not on PATH: the CUDA toolkit is needed to compile the kernels for a GPU")
+    with tempfile.TemporaryDirectory() as out_dir:
+        for source in sorted(KERNEL_DIR.glob("*.cu")):
+            code, output = build.compile_nvcc(nvcc, source, arch, [], Path(out_dir))
+            assert code == 0, f"{source.name} does not compile for {arch}:\n{output}"
+            rows = build.parse_ptxas(output)
+            defined = set(re.findall(r'extern "C" __global__ void (\w+)\(', source.read_text()))
+            assert {r["kernel"] for r in rows} == defined, f"{source.name}: ptxas reported {rows}"
+            spilled = [r for r in rows if r["spill_stores"] or r["spill_loads"]]
+            assert not spilled, f"{source.name} spills registers on {arch}: {spilled}"

@@ -212,8 +212,10 @@ class KernelBackend:
         q, q_strides = self._strided_rows(q)
         k, kv_strides = self._strided_rows(k)
         v, _ = self._strided_rows(v)
+        if key_mask is not None and tuple(key_mask.shape) != (B, S):
+            raise ValueError(f"key_mask must have shape (B, S) = {(B, S)}, got {tuple(key_mask.shape)}")
         mask = self.xp.ones((B, S), dtype=np.uint8) if key_mask is None else self._contiguous(
-            self.xp.asarray(key_mask), np.uint8)
+            self.xp.asarray(key_mask), np.uint8)  # (B, S) one byte per key: 1 = a real key
         warps = min(self.attention_warps, (nh // n_kv) * T)
         grid_rows = -(-(nh // n_kv) * T // warps)
         shared = (warps * hs + TILE_KEYS * (hs + 1) + TILE_KEYS * hs) * 4
