@@ -16,7 +16,7 @@ Speed: encoding is dominated by a dictionary lookup per regex word. Natural text
 instance keeps a bounded cache word -> ids (``CACHE_LIMIT`` entries; it is cleared when full, so memory stays
 bounded on adversarial input). Only words never seen before pay for ``bpe_merge``.
 
-Unicode versions: what counts as a letter (\p{L}) comes from the ``regex`` package's Unicode tables, which are
+Unicode versions: what counts as a letter (regex class \\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
 version (U+323B0, CJK Extension J, Unicode 17) is a letter here and unassigned there, so text containing one can
 split differently. Text made of characters from older Unicode versions tokenizes identically.

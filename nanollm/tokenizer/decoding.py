@@ -73,9 +73,9 @@ def bytes_to_text(rules: DecodeRules, data: bytes) -> str:
 class StreamDecoder:
     """Decode one token at a time; ``push`` returns the text completed by this token (maybe ""), ``flush`` the rest.
 
-    >>> d = tok.stream_decoder()
-    >>> [d.push(i) for i in tok.encode("🤗")] + [d.flush()]    # GPT-2: four byte tokens
-    ['', '', '', '🤗', '']
+    >>> d = gpt2.stream_decoder()
+    >>> [d.push(i) for i in gpt2.encode("🤗")] + [d.flush()]    # GPT-2 spends three tokens on its four bytes
+    ['', '', '🤗', '']
     """
 
     def __init__(self, rules: DecodeRules):

@@ -13,7 +13,8 @@ into nanollm's pieces:
                                                            cuts every added token out of the text)
 
 Anything else (WordPiece, Unigram, other pre-tokenizers) raises TokenizerError naming the unsupported part, so a
-tokenizer is never silently wrong.
+tokenizer is never silently wrong. One known gap: an added token's ``lstrip``/``rstrip``/``single_word`` flags
+(used by a few BERT-era models for <mask>) are ignored; GPT-2 and Llama set none of them.
 
 Metaspace semantics, from tokenizers' ``metaspace.rs``: spaces become "▁"; with prepend_scheme "always" every
 segment gets a leading "▁" unless it already starts with one, with "first" only the segment at the very start of
