@@ -25,8 +25,9 @@
 //      grid-stride loops. Idea not yet tried: float4 loads when C is a multiple of 4.
 #include "common.cuh"
 
-#define GRID_STRIDE_LOOP(i, n) \
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+#define GRID_STRIDE_LOOP(i, n)                                                         \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
+         i += (long long)gridDim.x * blockDim.x)
 
 extern "C" __global__ void residual_add(const float* x, const float* y, float* out, long long n) {
     GRID_STRIDE_LOOP(i, n) out[i] = x[i] + y[i];

@@ -70,11 +70,11 @@ __device__ inline float weight_at_or_above(const SampleRow& s, unsigned int t, b
 }
 
 // The largest key t with weight(keys >= t) >= target, built from the top bit down; 0 when even t = 0 falls short.
-__device__ unsigned int bisect_threshold(const SampleRow& s, float target, bool by_mass, float* scratch) {
+__device__ unsigned int bisect_threshold(const SampleRow& s, double target, bool by_mass, float* scratch) {
     unsigned int t = 0;
     for (int bit = 31; bit >= 0; --bit) {
         const unsigned int candidate = t | (1u << bit);
-        if (weight_at_or_above(s, candidate, by_mass, scratch) >= target) t = candidate;
+        if ((double)weight_at_or_above(s, candidate, by_mass, scratch) >= target) t = candidate;
     }
     return t;
 }
@@ -97,7 +97,8 @@ __device__ void argmax_row(const float* row, int V, long long* out) {
     __syncthreads();
     if (threadIdx.x == 0) {
         for (int w = 1; w < (int)blockDim.x / WARP_SIZE; ++w)
-            if (warp_best[w] > best || (warp_best[w] == best && warp_index[w] < index)) best = warp_best[w], index = warp_index[w];
+            if (warp_best[w] > best || (warp_best[w] == best && warp_index[w] < index))
+                best = warp_best[w], index = warp_index[w];
         *out = index;
     }
 }
@@ -105,7 +106,7 @@ __device__ void argmax_row(const float* row, int V, long long* out) {
 // logits (B, V) float32, uniforms (B,) float64 in [0, 1), out (B,) int64. grid = B, blockDim.x <= 1024.
 // greedy != 0 ignores the other settings; top_k = 0 or >= V disables top-k; top_p >= 1 disables top-p.
 extern "C" __global__ void sample_rows(const float* logits, const double* uniforms, long long* out, int V,
-                                       int greedy, float inv_temperature, int top_k, float top_p) {
+                                       int greedy, float inv_temperature, int top_k, double top_p) {
     __shared__ float scratch[WARP_SIZE];
     __shared__ double span_start[MAX_SAMPLE_THREADS + 1];
     const int b = blockIdx.x;
@@ -120,7 +121,7 @@ extern "C" __global__ void sample_rows(const float* logits, const double* unifor
 
     // top-k threshold, then the softmax over what it keeps (the maximum is always kept)
     s.kth_key = 0;
-    if (top_k > 0 && top_k < V) s.kth_key = bisect_threshold(s, (float)top_k, false, scratch);
+    if (top_k > 0 && top_k < V) s.kth_key = bisect_threshold(s, (double)top_k, false, scratch);
     float m = -INFINITY;
     for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, z_at(s, i));
     s.max_z = block_max(m, scratch);
@@ -129,7 +130,8 @@ extern "C" __global__ void sample_rows(const float* logits, const double* unifor
     for (int i = threadIdx.x; i < V; i += blockDim.x) e += prob_at(s, i);
     s.sum = block_sum(e, scratch);
 
-    const unsigned int tau_key = top_p < 1.0f ? bisect_threshold(s, top_p, true, scratch) : 0u;
+    // p stays a double: NumPy's searchsorted compares the float32 cumulative mass with p in float64
+    const unsigned int tau_key = top_p < 1.0 ? bisect_threshold(s, top_p, true, scratch) : 0u;
 
     // the draw: this thread's contiguous span of ids and its kept mass, in float64 like the reference's cumsum
     const int span = (V + blockDim.x - 1) / blockDim.x;

@@ -44,5 +44,6 @@ extern "C" __global__ void softmax_rows(const float* x, float* y, int rows, int 
     s = block_sum(s, scratch);
     const float denom = s > 0.0f ? s : 1.0f;  // divide (not multiply by 1/s) to round exactly as NumPy does
 
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) out[j] = expf(visible_logit(row, j, scale, last_visible) - m) / denom;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x)
+        out[j] = expf(visible_logit(row, j, scale, last_visible) - m) / denom;
 }

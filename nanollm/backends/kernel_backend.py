@@ -97,7 +97,6 @@ class KernelBackend:
         else:
             table, name = self._contiguous(table), "embedding_gather"
         self._launch_elementwise(name, ids.size * C, (table, ids, out, np.int64(ids.size), np.int32(C)))
-        out = out.reshape(*ids.shape, C)
         return out
 
     def linear(self, x, w, b=None):
@@ -255,5 +254,5 @@ class KernelBackend:
         greedy = temperature == 0
         inv_t = np.float32(0.0 if greedy else 1.0 / temperature)  # rounded to float32 first, as NumPy does
         self.kernel("sampling.cu", "sample_rows")((B,), (row_threads(V),), (
-            logits, u, ids, np.int32(V), np.int32(greedy), inv_t, np.int32(top_k), np.float32(top_p)))
+            logits, u, ids, np.int32(V), np.int32(greedy), inv_t, np.int32(top_k), np.float64(top_p)))
         return self.to_numpy(ids)
