@@ -11,8 +11,8 @@ Building (`EmuModule`):
      pointers to the argument values -- the calling convention of the driver's cuLaunchKernel -- and calls the
      kernel with them;
   3. compile the unmodified source plus the launchers with
-     `g++ -O2 -std=c++17 -fPIC -shared -include cuda_emulator.h -DNANOLLM_EMULATOR -I kernels/` into a shared
-     library, cached under `$NANOLLM_CACHE/emulator` (default `~/.cache/nanollm/emulator`) by the sha256 of
+     `g++ -O2 -std=c++17 -fPIC -shared -include cuda_emulator.h -DNANOLLM_EMULATOR -I kernels/` and link them with
+     the scheduler (cuda_emulator.cpp, compiled once to an object file) into a shared library, cached under `$NANOLLM_CACHE/emulator` (default `~/.cache/nanollm/emulator`) by the sha256 of
      everything that goes into it (source and the headers it includes, emulator sources, options, compiler
      version), so a second EmuModule of the same source loads the library without compiling.
 
@@ -225,8 +225,10 @@ def static_shared_bytes(library: Path, kernel_names) -> dict:
     shared_by_all = 0
     for line in result.stdout.splitlines():
         fields = [f.strip() for f in line.split("|")]
-        if len(fields) < 7 or fields[6] not in (".tbss", ".tdata") or "nanollm_emu" in fields[0] or not fields[4]:
+        if len(fields) < 7 or fields[6] not in (".tbss", ".tdata") or not fields[4]:
             continue
+        if "nanollm_emu" in fields[0] or fields[0].startswith("__"):
+            continue  # the scheduler's own thread-locals, and compiler internals like __tls_guard
         size = int(fields[4], 16)
         owner = re.match(r"_ZZ(\d+)", fields[0])
         kernel = fields[0][len(owner.group()):][: int(owner.group(1))] if owner else None
@@ -237,29 +239,52 @@ def static_shared_bytes(library: Path, kernel_names) -> dict:
     return {name: size + shared_by_all for name, size in sizes.items()}
 
 
+COMPILE_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-Wno-unknown-pragmas", "-DNANOLLM_EMULATOR")
+
+
+def _digest(**parts) -> str:
+    """A short sha256 of everything that determines a build's output."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _run_compiler(command: list, what: str):
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise EmulatorError(f"compiling {what} for the emulator failed:\n{' '.join(command)}\n"
+                            f"{result.stderr}{result.stdout}")
+
+
+def runtime_object(compiler: str, options, cache_dir: Path) -> Path:
+    """cuda_emulator.cpp compiled once to an object file and cached, so each kernel file only compiles itself."""
+    digest = _digest(format=BUILD_FORMAT, header=HEADER.read_text(), runtime=RUNTIME.read_text(),
+                     options=list(options), compiler=[compiler, compiler_version(compiler)])  # fmt: skip
+    target = cache_dir / f"cuda_emulator-{digest}.o"
+    if not target.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache_dir, prefix="build-") as tmp:
+            temporary = Path(tmp) / "cuda_emulator.o"
+            _run_compiler([compiler, *COMPILE_FLAGS, *options, "-c", str(RUNTIME), "-o", str(temporary)],
+                          "the emulator runtime")  # fmt: skip
+            os.replace(temporary, target)
+    return target
+
+
 def build(source: str, name: str, source_path, options, cache_dir: Path, kernels: dict):
-    """Compile `source` (plus launchers and the emulator runtime) into a cached shared library.
+    """Compile `source` plus its launchers, linked with the emulator runtime, into a cached shared library.
 
     Returns (library path, manifest dict, whether the compiler ran).
     """
     compiler = find_compiler()
     include_dirs = [KERNELS_DIR] + ([Path(source_path).resolve().parent] if source_path else [])
-    key_parts = {
-        "format": BUILD_FORMAT,
-        "source": source,
-        "includes": local_includes(source, include_dirs),
-        "header": HEADER.read_text(),
-        "runtime": RUNTIME.read_text(),
-        "options": list(options),
-        "compiler": [compiler, compiler_version(compiler)],
-    }
-    digest = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
+    digest = _digest(format=BUILD_FORMAT, source=source, includes=local_includes(source, include_dirs),
+                     header=HEADER.read_text(), runtime=RUNTIME.read_text(), options=list(options),
+                     compiler=[compiler, compiler_version(compiler)])  # fmt: skip
     library = cache_dir / f"{name}-{digest}.so"
     manifest_path = cache_dir / f"{name}-{digest}.json"
     if library.is_file() and manifest_path.is_file():
         return library, json.loads(manifest_path.read_text()), False
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    runtime = runtime_object(compiler, options, cache_dir)
     with tempfile.TemporaryDirectory(dir=cache_dir, prefix="build-") as tmp:
         tmp = Path(tmp)
         if source_path is None:
@@ -268,15 +293,8 @@ def build(source: str, name: str, source_path, options, cache_dir: Path, kernels
         wrapper = tmp / "module.cpp"
         # Include the source by path so the compiler's messages point at the real file and line.
         wrapper.write_text(f'#include "{Path(source_path).resolve()}"\n\n' + launcher_source(kernels))
-        command = [
-            compiler, "-O2", "-std=c++17", "-fPIC", "-shared", "-Wno-unknown-pragmas",
-            "-DNANOLLM_EMULATOR", "-include", str(HEADER), "-I", str(KERNELS_DIR), *options,
-            str(wrapper), str(RUNTIME), "-o", str(tmp / "module.so"),
-        ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise EmulatorError(f"compiling {name} for the emulator failed:\n{' '.join(command)}\n"
-                                f"{result.stderr}{result.stdout}")
+        _run_compiler([compiler, *COMPILE_FLAGS, "-shared", "-include", str(HEADER), "-I", str(KERNELS_DIR),
+                       *options, str(wrapper), str(runtime), "-o", str(tmp / "module.so")], name)  # fmt: skip
         manifest = {"kernels": {k: [p.declaration for p in ps] for k, ps in kernels.items()},
                     "static_shared_bytes": static_shared_bytes(tmp / "module.so", kernels)}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -289,6 +289,8 @@ def test_static_and_dynamic_shared_memory_count_together(mod):
     raising max_dynamic_shared_size_bytes (CUDA's opt-in attribute) lifts the default limit."""
     kernel = mod.get_function("big_static_shared")
     assert kernel.static_shared_bytes == 40 * 1024
+    assert mod.get_function("block_reverse").static_shared_bytes == 1024 * 4  # float buffer[1024]
+    assert mod.get_function("dynamic_reverse").static_shared_bytes == 0
     out = np.zeros(32, np.float32)
     kernel(1, 32, (out,), shared_mem=8 * 1024)
     np.testing.assert_array_equal(out, np.arange(32))
@@ -358,36 +360,36 @@ def test_a_deadlock_leaves_the_module_usable(mod):
 
 
 @needs_compiler
-def test_compile_error_carries_the_compiler_message(tmp_path):
+def test_compile_error_carries_the_compiler_message(cache_dir):
     code = 'extern "C" __global__ void broken(float* x) { x[0] = undeclared_thing; }'
     with pytest.raises(EmulatorError, match="undeclared_thing") as error:
-        EmuModule(code=code, name="broken", cache_dir=tmp_path)
+        EmuModule(code=code, name="broken", cache_dir=cache_dir)
     assert "compiling broken for the emulator failed" in str(error.value)
 
 
 @needs_compiler
-def test_extern_shared_is_rejected_with_the_macro_to_use(tmp_path):
+def test_extern_shared_is_rejected_with_the_macro_to_use(cache_dir):
     code = 'extern "C" __global__ void k(float* x) { extern __shared__ float s[]; x[0] = s[0]; }'
     with pytest.raises(EmulatorError, match="NANOLLM_DYNAMIC_SHARED"):
-        EmuModule(code=code, name="extern_shared", cache_dir=tmp_path)
+        EmuModule(code=code, name="extern_shared", cache_dir=cache_dir)
 
 
 @needs_compiler
-def test_second_module_of_the_same_source_reuses_the_cached_build(tmp_path):
+def test_second_module_of_the_same_source_reuses_the_cached_build(cache_dir):
     """The library is cached by the hash of its inputs: the same source loads without compiling (the file's mtime
     is unchanged), and a changed source compiles anew."""
     code = 'extern "C" __global__ void add_one(int* x) { x[threadIdx.x] += 1; }'
-    first = EmuModule(code=code, name="cached", cache_dir=tmp_path)
+    first = EmuModule(code=code, name="cached", cache_dir=cache_dir)
     mtime = first.library_path.stat().st_mtime_ns
-    second = EmuModule(code=code, name="cached", cache_dir=tmp_path)
+    second = EmuModule(code=code, name="cached", cache_dir=cache_dir)
     assert first.compiled and not second.compiled
     assert second.library_path == first.library_path and second.library_path.stat().st_mtime_ns == mtime
     x = np.zeros(4, np.int32)
     second.get_function("add_one")(1, 4, (x,))
     assert x.tolist() == [1, 1, 1, 1]
-    changed = EmuModule(code=code + "\n// changed\n", name="cached", cache_dir=tmp_path)
+    changed = EmuModule(code=code + "\n// changed\n", name="cached", cache_dir=cache_dir)
     assert changed.compiled and changed.library_path != first.library_path
-    assert not list(tmp_path.glob("build-*")), "temporary build directories are removed"
+    assert not list(cache_dir.glob("build-*")), "temporary build directories are removed"
 
 
 def test_missing_compiler_is_a_clear_error(monkeypatch):
@@ -466,3 +468,43 @@ def test_build_fails_on_a_spill_and_on_a_compile_error(tmp_path):
     broken.write_text('extern "C" __global__ void broken(float* x) { x[0] = undeclared_thing; }\n')
     result = _build("--nvcc", str(broken))
     assert result.returncode == 1 and "undeclared_thing" in result.stderr
+
+
+# ---- the portable fiber switch and concurrent launches ---------------------------------------------------------
+
+
+@needs_compiler
+def test_ucontext_fallback_gives_the_same_results(cache_dir):
+    """Built with -DNANOLLM_EMU_UCONTEXT the scheduler switches fibers with POSIX swapcontext (what non-x86-64
+    machines use) instead of the hand-written x86-64 switch: barriers, shuffles and deadlocks behave the same."""
+    slow = EmuModule(path=SEMANTICS, cache_dir=cache_dir, options=("-DNANOLLM_EMU_UCONTEXT",))
+    x = np.random.default_rng(3).standard_normal(2 * 96).astype(np.float32)
+    out = np.zeros_like(x)
+    slow.get_function("block_reverse")(2, 96, (x, out))
+    np.testing.assert_array_equal(out, x.reshape(2, 96)[:, ::-1].ravel())
+    values, shuffled = np.arange(32, dtype=np.int32) * 10 + 7, np.zeros(32, np.int32)
+    args = (values, shuffled, np.int32(2), np.uint32(FULL), np.int32(3), np.int32(8))
+    slow.get_function("shuffle")(1, 32, args)
+    np.testing.assert_array_equal(shuffled, expected_shuffle(values, 2, FULL, 3, 8))
+    with pytest.raises(DeadlockError):
+        slow.get_function("divergent_barrier")(1, 32, (np.zeros(32, np.float32),))
+
+
+def test_launches_from_two_python_threads_do_not_mix(mod):
+    """ctypes releases the GIL during a launch, so two Python threads can run kernels of one module at the same
+    time. Scheduler state and __shared__ arrays are per OS thread, so each launch still gets exactly its own
+    answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(4)
+    inputs = [rng.standard_normal(200 * 256).astype(np.float32) for _ in range(4)]
+
+    def reverse(x):
+        out = np.zeros_like(x)
+        mod.get_function("block_reverse")(200, 256, (x, out))
+        return out
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(reverse, inputs))
+    for x, out in zip(inputs, results):
+        np.testing.assert_array_equal(out, x.reshape(200, 256)[:, ::-1].ravel())
