@@ -232,3 +232,29 @@ def test_decode_matches_tiktoken_on_invalid_utf8(gpt2, tiktoken_gpt2):
     """A lone emoji byte token decodes to U+FFFD exactly as tiktoken's decode (errors="replace") does."""
     ids = gpt2.encode("🤗")[:2]
     assert gpt2.decode(ids) == tiktoken_gpt2.decode(ids) == "\ufffd"
+
+
+def test_named_patterns_are_tiktokens():
+    """The r50k/cl100k/o200k regexes equal the ones in tiktoken_ext/openai_public.py, read from its source (building
+    those encodings would download their rank files)."""
+    import ast
+    import inspect
+
+    import tiktoken_ext.openai_public as openai_public
+
+    from nanollm.tokenizer.byte_level import NAMED_PATTERNS
+
+    tree = ast.parse(inspect.getsource(openai_public))
+    found = {}
+    for function in (node for node in tree.body if isinstance(node, ast.FunctionDef)):
+        for node in ast.walk(function):
+            if isinstance(node, ast.Dict):  # return {"name": ..., "pat_str": r"...", ...}
+                for key, value in zip(node.keys, node.values):
+                    if getattr(key, "value", None) == "pat_str" and isinstance(value, ast.Constant):
+                        found[function.name] = value.value
+            is_join = isinstance(node, ast.Assign) and isinstance(node.value, ast.Call) and node.value.args
+            if is_join and getattr(node.targets[0], "id", "") == "pat_str":
+                found[function.name] = "|".join(ast.literal_eval(node.value.args[0]))
+    assert openai_public.r50k_pat_str == NAMED_PATTERNS["r50k"]
+    assert found["cl100k_base"] == NAMED_PATTERNS["cl100k"]
+    assert found["o200k_base"] == NAMED_PATTERNS["o200k"]

@@ -171,8 +171,8 @@ def test_llama3_style_tokenizer_model_in_tiktoken_format(tmp_path):
     }
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     ours = Tokenizer.from_pretrained(tmp_path)
-    reference = tiktoken.Encoding("llama3-like", pat_str=LLAMA3_PATTERN, mergeable_ranks=load_tiktoken_ranks(ranks_path),
-                                  special_tokens=LLAMA3_SPECIALS)
+    reference = tiktoken.Encoding("llama3-like", pat_str=LLAMA3_PATTERN,
+                                  mergeable_ranks=load_tiktoken_ranks(ranks_path), special_tokens=LLAMA3_SPECIALS)
     assert (ours.bos_token_id, ours.eos_token_id) == (100256, 100257)
     for text in EDGE_CASES:
         assert ours.encode_prompt(text) == [100256] + reference.encode(text, allowed_special="all")

@@ -128,7 +128,8 @@ def test_cli_train_encode_decode(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS, encoding="utf-8")
     out = tmp_path / "tok"
-    assert _cli("train", "--input", corpus, "--vocab-size", 300, "--output", out, "--special", "<|eot|>").returncode == 0
+    trained = _cli("train", "--input", corpus, "--vocab-size", 300, "--output", out, "--special", "<|eot|>")
+    assert trained.returncode == 0 and "merges" in trained.stdout
     encoded = _cli("encode", "--tokenizer", out, "the fox 🤗")
     ids = [int(i) for i in encoded.stdout.split()]
     assert ids == Tokenizer.from_pretrained(out).encode("the fox 🤗")

@@ -16,7 +16,7 @@ Speed: encoding is dominated by a dictionary lookup per regex word. Natural text
 instance keeps a bounded cache word -> ids (``CACHE_LIMIT`` entries; it is cleared when full, so memory stays
 bounded on adversarial input). Only words never seen before pay for ``bpe_merge``.
 
-Unicode versions: what counts as a letter (regex class \\p{L}) comes from the ``regex`` package's Unicode tables, which are
+Unicode versions: what counts as a letter (\\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
 version (U+323B0, CJK Extension J, Unicode 17) is a letter here and unassigned there, so text containing one can
 split differently. Text made of characters from older Unicode versions tokenizes identically.
@@ -49,8 +49,10 @@ CL100K_PATTERN = (
 # GPT-4o's o200k_base: words split at case changes, contractions attached to the word before them.
 O200K_PATTERN = "|".join(
     [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
+        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
         r"""\p{N}{1,3}""",
         r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
         r"""\s*[\r\n]+""",

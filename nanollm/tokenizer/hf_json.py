@@ -18,7 +18,8 @@ tokenizer is never silently wrong. One known gap: an added token's ``lstrip``/``
 
 Metaspace semantics, from tokenizers' ``metaspace.rs``: spaces become "▁"; with prepend_scheme "always" every
 segment gets a leading "▁" unless it already starts with one, with "first" only the segment at the very start of
-the input does, with "never" none does. (So " Hello" is "▁Hello" here, where sentencepiece itself makes "▁▁Hello".)
+the input does, with "never" none does. (So " Hello" is "▁Hello" here, where sentencepiece itself makes
+"▁▁Hello".)
 
 Sources: huggingface/tokenizers (``tokenizer/mod.rs``, ``pre_tokenizers/{byte_level,metaspace,split}.rs``,
 ``normalizers/``, ``processors/template.rs``, ``models/bpe/model.rs``).

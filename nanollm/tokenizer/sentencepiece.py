@@ -14,7 +14,7 @@ How sentencepiece encodes "Hello world" with Llama 2's model (add_dummy_prefix=T
 
     "Hello world" -> " Hello world"        dummy prefix: every word, the first included, now starts with a space
                   -> "▁Hello▁world"        spaces become "▁" so they can sit inside pieces
-                  -> ["▁Hello", "▁world"]  BPE on characters; the pair whose merged piece has the highest score first
+                  -> ["▁Hello", "▁world"]  BPE on characters: the pair making the highest-scored piece first
                   -> [15043, 3186]
 
 Protobuf in one paragraph (https://protobuf.dev/programming-guides/encoding/): a message is a sequence of
