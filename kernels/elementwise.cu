@@ -6,9 +6,9 @@
 //
 // Math (NumPy twins in NumpyBackend, same names):
 //   residual_add:  out = x + y
-//   gelu_tanh:     0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))     (GPT-2's "gelu_new")
+//   gelu:          0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))      (GPT-2's "gelu_new")
 //   silu_mul:      gate / (1 + exp(-gate)) * up                                  (SwiGLU)
-//   rope_rotate_half: for i < hs/2, with c = cos[b, t, i], s = sin[b, t, i]:
+//   rope:          for i < hs/2 (Hugging Face's rotate-half pairing), with c = cos[b, t, i], s = sin[b, t, i]:
 //                  y[i] = x[i] * c - x[i + hs/2] * s;   y[i + hs/2] = x[i + hs/2] * c + x[i] * s
 //   embedding_gather: out[r, :] = table[ids[r], :]
 //   The float expressions are written in NumPy's evaluation order so both round alike.
@@ -21,8 +21,8 @@
 //   by all heads, cached), embedding_gather 8 B (4 with a float16 table) per output element.
 //
 // Versions (measured results come from `make bench-kernels` on a GPU; none was available when this was written):
-//   1. residual_add, gelu_tanh, silu_mul, rope_rotate_half, embedding_gather, embedding_gather_f16: scalar
-//      grid-stride loops. Idea not yet tried: float4 loads when C is a multiple of 4.
+//   1. residual_add, gelu, silu_mul, rope, embedding_gather, embedding_gather_f16: scalar grid-stride loops.
+//      Idea not yet tried: float4 loads when C is a multiple of 4.
 #include "common.cuh"
 
 #define GRID_STRIDE_LOOP(i, n)                                                         \
@@ -33,7 +33,7 @@ extern "C" __global__ void residual_add(const float* x, const float* y, float* o
     GRID_STRIDE_LOOP(i, n) out[i] = x[i] + y[i];
 }
 
-extern "C" __global__ void gelu_tanh(const float* x, float* y, long long n) {
+extern "C" __global__ void gelu(const float* x, float* y, long long n) {
     const float sqrt_2_over_pi = 0.7978845608028654f;
     GRID_STRIDE_LOOP(i, n) {
         const float v = x[i];
@@ -50,9 +50,8 @@ extern "C" __global__ void silu_mul(const float* gate, const float* up, float* y
 
 // x is a (B, n_heads, T, hs) view with element strides (x_sb, x_sh, x_st) and contiguous last axis; y is contiguous.
 // cos/sin are contiguous (B, T, hs/2). One thread per rotated pair (i, i + hs/2).
-extern "C" __global__ void rope_rotate_half(const float* x, const float* cos_table, const float* sin_table, float* y,
-                                            int B, int n_heads, int T, int hs, long long x_sb, long long x_sh,
-                                            long long x_st) {
+extern "C" __global__ void rope(const float* x, const float* cos_table, const float* sin_table, float* y, int B,
+                                int n_heads, int T, int hs, long long x_sb, long long x_sh, long long x_st) {
     const int half = hs / 2;
     const long long n_pairs = (long long)B * n_heads * T * half;
     GRID_STRIDE_LOOP(p, n_pairs) {

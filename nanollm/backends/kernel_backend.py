@@ -143,10 +143,10 @@ class KernelBackend:
         return y
 
     def gelu(self, x):
-        """(...) -> (...).  elementwise.cu: gelu_tanh."""
+        """(...) -> (...).  elementwise.cu: gelu."""
         x = self._contiguous(x)
         y = self.xp.empty_like(x)
-        self._launch_elementwise("gelu_tanh", x.size, (x, y, np.int64(x.size)))
+        self._launch_elementwise("gelu", x.size, (x, y, np.int64(x.size)))
         return y
 
     def silu_mul(self, gate, up):
@@ -170,11 +170,11 @@ class KernelBackend:
         return span, tuple(np.int64(s // a.itemsize) for s in a.strides[:3])
 
     def rope(self, x, cos, sin):
-        """(B, n, T, hs), (B, T, hs/2) x2 -> (B, n, T, hs), rotate-half pairing.  elementwise.cu: rope_rotate_half."""
+        """(B, n, T, hs), (B, T, hs/2) x2 -> (B, n, T, hs), rotate-half pairing.  elementwise.cu: rope."""
         B, n, T, hs = x.shape
         x, (sb, sh, st) = self._strided_rows(x)
         y = self.xp.empty((B, n, T, hs), dtype=np.float32)
-        self._launch_elementwise("rope_rotate_half", B * n * T * (hs // 2), (
+        self._launch_elementwise("rope", B * n * T * (hs // 2), (
             x, self._contiguous(cos), self._contiguous(sin), y, np.int32(B), np.int32(n), np.int32(T), np.int32(hs),
             sb, sh, st))
         return y
