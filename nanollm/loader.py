@@ -8,11 +8,15 @@ from .model import Model
 
 def load(source, backend="numpy", *, revision: str = "main") -> Model:
     """Load a model from a directory holding config.json, *.safetensors (single or sharded) and, when present,
-    tokenizer files and generation_config.json. A name that is not a local directory is fetched from the
-    Hugging Face hub into the cache (weights_tools.hub)."""
+    tokenizer files and generation_config.json; or from a llama2.c `.bin` checkpoint. A name that is neither is
+    fetched from the Hugging Face hub into the cache (weights_tools.hub)."""
     from weights_tools.convert import load_hf_checkpoint
 
     path = Path(source)
+    if path.is_file() and path.suffix == ".bin":
+        from weights_tools.llama2c import load_llama2c
+
+        return load_llama2c(path, backend=backend)
     if not path.is_dir():
         from weights_tools.hub import resolve_model
 
