@@ -190,7 +190,12 @@ void pause(Block& b) {
 
 void fiber_main() {
     Block& b = *current_block;
-    b.launcher(b.args);
+    try {
+        b.launcher(b.args);
+    } catch (...) {
+        // An exception must not unwind off the fiber's stack (there is nothing below it): report it instead.
+        fail(b, kMisuse, where(b) + ": a C++ exception escaped the kernel");
+    }
     b.running->state = State::exited;
     b.spins_without_progress = 0;
     pause(b);
@@ -255,7 +260,8 @@ void complete_collective(Fiber* warp, unsigned group) {
             case WarpOp::reduce_min:
             case WarpOp::reduce_max: f.result = reduced; break;
             default: {
-                const int source = shuffle_source(f);
+                int source = shuffle_source(f);
+                if (source < 0 || source > 31) source = f.lane;  // a huge unsigned delta wrapped negative
                 f.result = (group >> source & 1u) ? warp[source].bits : kUndefined;
             }
         }
@@ -329,12 +335,10 @@ bool release_warp_collectives(Block& b) {
 void release_barrier(Block& b) {
     int count = 0;
     for (const Fiber& f : b.fibers) count += f.predicate != 0;
-    const int n = static_cast<int>(b.fibers.size());
     for (Fiber& f : b.fibers) {
         f.barrier_result = count;  // block_barrier turns the count into the and/or answer
         f.state = State::runnable;
     }
-    (void)n;
 }
 
 std::string describe_deadlock(const Block& b) {

@@ -344,14 +344,17 @@ class EmuModule:
         launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_void_p,
                            ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.c_char_p, ctypes.c_ulonglong]
         self._launch = launch
+        self._functions = {}
 
     def get_function(self, name: str) -> "EmuFunction":
         """The kernel `name`, ready to launch; EmulatorError if the source defines no such __global__ function."""
         if name not in self.kernels:
             raise EmulatorError(f"{self.name} has no kernel {name!r}; its kernels are: "
                                 f"{', '.join(self.kernels) or '(none)'}")
-        entry = getattr(self._library, f"nanollm_launch_{name}")
-        return EmuFunction(self, name, self.kernels[name], entry, self._static_shared.get(name, 0))
+        if name not in self._functions:  # one object per kernel, so attributes set on it persist
+            entry = getattr(self._library, f"nanollm_launch_{name}")
+            self._functions[name] = EmuFunction(self, name, self.kernels[name], entry, self._static_shared[name])
+        return self._functions[name]
 
     def __repr__(self):
         return f"EmuModule({self.name!r}, kernels={list(self.kernels)})"

@@ -508,3 +508,24 @@ def test_launches_from_two_python_threads_do_not_mix(mod):
         results = list(pool.map(reverse, inputs))
     for x, out in zip(inputs, results):
         np.testing.assert_array_equal(out, x.reshape(200, 256)[:, ::-1].ravel())
+
+
+def test_math_builtins_match_numpy(mod):
+    """The CUDA math functions (fast `__` intrinsics included) against NumPy in float32; the fast intrinsics are
+    the accurate functions here, so __expf equals expf exactly. __float2int_rn rounds half to even like np.rint."""
+    rng = np.random.default_rng(5)
+    n = 37
+    x = rng.uniform(-3, 3, n).astype(np.float32)
+    y = rng.uniform(0.5, 2, n).astype(np.float32) * rng.choice([-1, 1], n).astype(np.float32)
+    out, iout = np.zeros(10 * n, np.float32), np.zeros(4 * n, np.int32)
+    mod.get_function("math_builtins")(2, 32, (x, y, out, iout, np.int32(n)))
+    out, iout = out.reshape(n, 10), iout.reshape(n, 4)
+    a, b = x.astype(np.float64), y.astype(np.float64)
+    expected = [np.zeros(n), np.exp(a), np.log(abs(a)) + np.log(abs(b)), np.sqrt(abs(a)) / np.sqrt(abs(b)),
+                np.tanh(a), abs(a - b), a / b, abs(a) ** b, np.full(n, -np.finfo(np.float32).max),
+                np.rint(4 * x)]  # fmt: skip
+    np.testing.assert_allclose(out, np.stack(expected, 1), rtol=2e-6, atol=1e-6)
+    i = np.arange(n)
+    popcount = np.array([bin(v).count("1") for v in i])
+    np.testing.assert_array_equal(iout, np.stack([np.full(n, 3), np.minimum(i, 3) + np.maximum(i, 3),
+                                                  np.full(n, 2), popcount + 100], 1))  # fmt: skip

@@ -1,6 +1,7 @@
 // Small kernels that pin down the semantics of the CPU emulator (tests/test_emulator.py). Each one is valid CUDA:
 // the test also compiles this file with nvcc (through kernels/build.py) when nvcc is installed.
 #ifndef NANOLLM_EMULATOR
+#include <cfloat>  // FLT_MAX (the emulator's header already includes it)
 #define NANOLLM_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
@@ -204,4 +205,29 @@ extern "C" __global__ void shuffle_with_exited_lane(float* out) {
 // A lane calls a shuffle with a mask that leaves out its own lane.
 extern "C" __global__ void mask_without_self(float* out) {
     out[threadIdx.x] = __shfl_xor_sync(0xfffffffeu, out[threadIdx.x], 1);
+}
+
+// ---- math built-ins ---------------------------------------------------------------------------------------------
+
+// out[10 * i + k] = the k-th float function of x[i] (and y[i]); iout[4 * i + k] = the integer ones.
+extern "C" __global__ void math_builtins(const float* x, const float* y, float* out, int* iout, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float a = x[i], b = y[i];
+    float* o = out + 10 * i;
+    o[0] = expf(a) - __expf(a);
+    o[1] = __expf(a);
+    o[2] = logf(fabsf(a)) + __logf(fabsf(b));
+    o[3] = sqrtf(fabsf(a)) * rsqrtf(fabsf(b));
+    o[4] = tanhf(a);
+    o[5] = fmaxf(a, b) - fminf(a, b);
+    o[6] = __fdividef(a, b);
+    o[7] = powf(fabsf(a), b);
+    o[8] = fmaxf(-FLT_MAX, -INFINITY);
+    o[9] = (float)__float2int_rn(4.0f * a);
+    int* io = iout + 4 * i;
+    io[0] = isinf(a / 0.0f) + 2 * isnan(sqrtf(-1.0f - fabsf(a)));
+    io[1] = min(i, 3) + max(i, 3);
+    io[2] = __float2int_rn(2.5f) + __float2int_rn(-0.5f) * 10;  // round half to even: 2 + 0
+    io[3] = __popc((unsigned)i) + 100 * (__float_as_int(1.0f) == 0x3f800000);
 }
