@@ -2,6 +2,9 @@
 
     python -m nanollm.generate --model DIR "Once upon a time"
     python -m nanollm.generate --model DIR --prompt-ids 1,450,4996 --max-new-tokens 20 --json
+    python -m nanollm.generate --model DIR --prompt "The sky is" --prompt "Paris is" --stats      (a batch)
+    python -m nanollm.generate --model DIR --temperature 0.8 --top-p 0.9 --show-probs 5 "Paris is the city"
+    python -m nanollm.generate --model DIR --chat --system "You are terse."                        (interactive)
 
 Errors (a bad flag, a missing or corrupt model, a prompt longer than the context) print one line and exit non-zero.
 """
@@ -9,64 +12,187 @@ import argparse
 import json
 import sys
 
-from .generation import GenerationStats, iter_generate
+from .generation import GenerationStats, eos_ids, generate
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message):
+        """One line and exit status 2, instead of argparse's usage block."""
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="python -m nanollm.generate", description=__doc__.split("\n")[0])
-    p.add_argument("prompt", nargs="?", help="the prompt text")
+    p = ArgumentParser(prog="python -m nanollm.generate", description=__doc__.split("\n")[0])
+    p.add_argument("text", nargs="?", help="the prompt text")
     p.add_argument("--model", required=True, help="a model directory (config.json + *.safetensors) or hub name")
-    p.add_argument("--prompt-ids", help="comma-separated token ids, for models without a tokenizer")
     p.add_argument("--backend", default="numpy", help="numpy (default), cupy or emulator")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, help="0 is greedy (default: the model's generation_config.json)")
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) at the end")
-    p.add_argument("--stats", action="store_true", help="print TTFT, TPOT, tokens/s and peak memory to stderr")
+    src = p.add_argument_group("prompts (several make a batch)")
+    src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
+    src.add_argument("--prompts-file", help="a file with one prompt per line")
+    src.add_argument("--prompt-ids", action="append", default=[], help="comma-separated token ids; repeatable")
+    src.add_argument("--chat", action="store_true", help="interactive chat on stdin, with the model's chat template")
+    src.add_argument("--system", help="--chat: the system message")
+    src.add_argument("--chat-template", help="--chat: a built-in template (chatml, llama2, llama3, plain) instead "
+                                             "of the model's own")
+    smp = p.add_argument_group("choosing tokens (unset: the model's generation_config.json)")
+    smp.add_argument("--temperature", type=float, help="0 is greedy")
+    smp.add_argument("--top-k", type=int)
+    smp.add_argument("--top-p", type=float)
+    smp.add_argument("--min-p", type=float)
+    smp.add_argument("--repetition-penalty", type=float)
+    smp.add_argument("--presence-penalty", type=float, default=0.0)
+    smp.add_argument("--frequency-penalty", type=float, default=0.0)
+    smp.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
+    smp.add_argument("--seed", type=int)
+    smp.add_argument("--num-beams", type=int, help="> 1: beam search")
+    smp.add_argument("--length-penalty", type=float)
+    smp.add_argument("--early-stopping", choices=["true", "false", "never"])
+    stop = p.add_argument_group("stopping and context")
+    stop.add_argument("--max-new-tokens", type=int, default=64)
+    stop.add_argument("--min-new-tokens", type=int)
+    stop.add_argument("--stop", action="append", default=[], help="a stop string (never printed); repeatable")
+    stop.add_argument("--keep-recent", action="store_true",
+                      help="a prompt too long for the context keeps its most recent tokens instead of failing")
+    stop.add_argument("--padding-side", choices=["left", "right"], default="left")
+    out = p.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) at the end")
+    out.add_argument("--stats", action="store_true", help="print TTFT, TPOT, tokens/s and memory to stderr")
+    out.add_argument("--show-probs", type=int, default=0, metavar="K",
+                     help="print the K most likely next tokens at every step, after the processors (stderr)")
     args = p.parse_args(argv)
-    if (args.prompt is None) == (args.prompt_ids is None):
-        p.error("give either a prompt or --prompt-ids")
-    if args.prompt_ids is not None:
+
+    try:
+        args.prompt_ids = [[int(t) for t in s.split(",") if t.strip()] for s in args.prompt_ids]
+    except ValueError:
+        p.error(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}")
+    try:
+        args.logit_bias = {int(k): float(v) for k, v in (item.split("=") for item in args.logit_bias)}
+    except ValueError:
+        p.error(f"--logit-bias takes ID=BIAS, e.g. 50256=-100, got {args.logit_bias!r}")
+    if args.early_stopping is not None:
+        args.early_stopping = {"true": True, "false": False, "never": "never"}[args.early_stopping]
+    prompts = ([args.text] if args.text is not None else []) + args.prompt + args.prompt_ids
+    if args.prompts_file is not None:
         try:
-            args.prompt_ids = [int(t) for t in args.prompt_ids.split(",") if t.strip()]
-        except ValueError:
-            p.error(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}")
+            with open(args.prompts_file, encoding="utf-8") as f:
+                prompts += [line.rstrip("\n") for line in f if line.strip()]
+        except OSError as e:
+            p.error(f"cannot read --prompts-file: {e.strerror}: {args.prompts_file}")
+    if args.chat == bool(prompts):
+        p.error("give a prompt (text, --prompt, --prompts-file or --prompt-ids) or --chat, not both")
+    args.prompts = prompts
     return args
+
+
+def generation_options(args) -> dict:
+    """The CLI flags as generate() keyword arguments (unset flags left out, so the model's defaults apply)."""
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                   presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                   logit_bias=args.logit_bias, min_new_tokens=args.min_new_tokens, stop=tuple(args.stop),
+                   context_overflow="truncate_left" if args.keep_recent else "error",
+                   padding_side=args.padding_side, num_beams=args.num_beams, length_penalty=args.length_penalty,
+                   early_stopping=args.early_stopping)
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def format_stats(s: GenerationStats) -> str:
     return (f"prompt {s.prompt_tokens} tokens, {s.new_tokens} new | TTFT {s.ttft_s * 1e3:.1f} ms | "
-            f"TPOT {s.tpot_s * 1e3:.1f} ms | {s.tokens_per_s:.1f} tokens/s | "
-            f"peak memory {s.peak_memory_bytes / 2**20:.0f} MiB (KV cache {s.kv_cache_bytes / 2**20:.1f} MiB)")
+            f"TPOT mean {s.tpot_s * 1e3:.1f} p50 {s.tpot_p50_s * 1e3:.1f} p90 {s.tpot_p90_s * 1e3:.1f} ms | "
+            f"decode {s.tokens_per_s:.1f} tokens/s | prefill {s.prefill_tokens_per_s:.0f} tokens/s | "
+            f"peak memory {s.peak_memory_bytes / 2**20:.0f} MiB (KV cache {s.kv_cache_bytes / 2**20:.2f} MiB)")
+
+
+def probs_printer(model):
+    """on_probs callback for --show-probs: one stderr line per sequence per step."""
+    steps = {}
+
+    def show(row, top):
+        steps[row] = steps.get(row, 0) + 1
+        name = (lambda i: repr(model.tokenizer.decode([i]))) if model.tokenizer is not None else str
+        cells = " | ".join(f"{name(i)} {p:.3f}" for i, p in top)
+        print(f"[{row}] step {steps[row]}: {cells}", file=sys.stderr)
+
+    return show
+
+
+def result_json(r) -> dict:
+    out = {"text": r.text, "token_ids": r.token_ids, "finish_reason": r.finish_reason, "stats": r.stats.as_dict()}
+    if r.beams is not None:
+        out["beams"] = [{"text": b.text, "token_ids": b.token_ids, "score": b.score} for b in r.beams]
+    return out
+
+
+def run_prompts(model, args) -> int:
+    options = generation_options(args)
+    if args.show_probs > 0:
+        options.update(show_probs=args.show_probs, on_probs=probs_printer(model))
+    prompts = args.prompts
+    single = len(prompts) == 1
+    streaming = single and not args.json and model.tokenizer is not None and (args.num_beams or 1) == 1
+    if streaming:
+        stream = generate(model, prompts[0], stream=True, **options)
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        results = stream.results
+    else:
+        results = generate(model, prompts if not single else prompts[0], return_beams=args.json, **options)
+        results = [results] if single else results
+        if args.json:
+            print(json.dumps(result_json(results[0]) if single else {"results": [result_json(r) for r in results]}))
+        else:
+            for i, r in enumerate(results):
+                shown = r.text if r.text is not None else " ".join(map(str, r.token_ids))
+                print(shown if single else f"[{i}] {shown}")
+    if args.stats:
+        for i, r in enumerate(results):
+            print(("" if single else f"[{i}] ") + format_stats(r.stats), file=sys.stderr)
+    return 0
+
+
+def run_chat(model, args) -> int:
+    """The interactive loop: each turn resends the whole conversation, rendered with the chat template."""
+    from .chat import chat_template_for, encode_chat, turn_end_ids
+
+    tok = model.tokenizer
+    if tok is None:
+        raise ValueError("--chat needs a model with tokenizer files")
+    template = chat_template_for(tok, args.chat_template)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    options = generation_options(args)
+    options["eos_token_ids"] = eos_ids(model) | turn_end_ids(tok)  # the turn's end token stops the reply
+    options["stop"] = tuple(options.get("stop", ())) + template.stop
+    print(f"chat ({template.name} template); an empty line or end of input quits", file=sys.stderr)
+    turn = 0
+    while True:
+        print("> ", end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line or not line.strip():
+            return 0
+        turn += 1
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        ids = encode_chat(tok, template.render(messages, add_generation_prompt=True))
+        stream = generate(model, ids, stream=True, **options)
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        r = stream.result
+        messages.append({"role": "assistant", "content": r.text})
+        print(f"[turn {turn}: prompt {r.stats.prompt_tokens} tokens (the whole conversation), "
+              f"{r.stats.new_tokens} new, {r.finish_reason}]", file=sys.stderr)
+        if args.stats:
+            print(format_stats(r.stats), file=sys.stderr)
 
 
 def run(args) -> int:
     from . import load
 
     model = load(args.model, backend=args.backend)
-    prompt = args.prompt_ids if args.prompt_ids is not None else args.prompt
-    stats = GenerationStats(prompt_tokens=0)
-    tokens = iter_generate(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
-                           args.seed, stats)
-    streaming = not args.json
-    decoder = model.tokenizer.stream_decoder() if model.tokenizer is not None else None
-    ids = []
-    for token in tokens:
-        ids.append(token)
-        if streaming:
-            piece = decoder.push(token) if decoder is not None else f"{token} "
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-    text = model.tokenizer.decode(ids) if model.tokenizer is not None else None
-    if streaming:
-        sys.stdout.write((decoder.flush() if decoder is not None else "") + "\n")
-    else:
-        print(json.dumps({"text": text, "token_ids": ids, "stats": stats.as_dict()}))
-    if args.stats:
-        print(format_stats(stats), file=sys.stderr)
-    return 0
+    return run_chat(model, args) if args.chat else run_prompts(model, args)
 
 
 def main(argv=None) -> int:

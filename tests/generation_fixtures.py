@@ -1,0 +1,46 @@
+"""Shared by the generation tests: random-weight models from tests/hf_models.py, loaded without the tokenizer step,
+and a GPT-2 tokenizer for the tests that need text.
+
+`load_model` builds the Model from the checkpoint directly (weights_tools + nanollm.model), so these tests do not
+depend on which tokenizer files a directory holds; `gpt2_tokenizer` is nanollm's own tokenizer over the real GPT-2
+files in ../shared/data.
+"""
+import json
+
+from nanollm.backends import get_backend
+from nanollm.loader import read_generation_config
+from nanollm.model import Model
+from tests.conftest import shared_file
+from tests.hf_models import Options, build_checkpoint
+
+GPT2_VOCAB = 50257
+
+
+def load_model(directory, tokenizer=None) -> Model:
+    from weights_tools.convert import load_hf_checkpoint
+
+    cfg, weights = load_hf_checkpoint(directory)
+    return Model(cfg, weights, get_backend("numpy"), tokenizer=tokenizer,
+                 generation_defaults=read_generation_config(directory))
+
+
+def build(directory, tokenizer=None, **options):
+    """Write a random-weight checkpoint and load it: (nanollm model, transformers reference model)."""
+    path, reference = build_checkpoint(directory, Options(**options))
+    return load_model(path, tokenizer), reference
+
+
+def write_gpt2_tokenizer_files(directory):
+    """vocab.json + merges.txt (the Hugging Face names) from OpenAI's encoder.json + vocab.bpe."""
+    encoder = json.loads(shared_file("tokenizers/gpt2/encoder.json").read_text(encoding="utf-8"))
+    (directory / "vocab.json").write_text(json.dumps(encoder), encoding="utf-8")
+    (directory / "merges.txt").write_text(shared_file("tokenizers/gpt2/vocab.bpe").read_text(encoding="utf-8"),
+                                          encoding="utf-8")
+
+
+def gpt2_tokenizer(directory):
+    """nanollm's tokenizer for the real GPT-2 vocabulary, loaded from files written into directory."""
+    from nanollm.tokenizer import load_tokenizer
+
+    write_gpt2_tokenizer_files(directory)
+    return load_tokenizer(directory)

@@ -1,0 +1,80 @@
+"""Beam search against transformers' `generate(num_beams=...)` on random-weight checkpoints.
+
+The vocabulary is small (12 tokens, EOS = 2) so that beams often end in EOS early: the finishing, length-penalty and
+early-stopping rules are all exercised, not just "run to max_new_tokens". Every returned beam (ids and score) is
+compared, not only the best. transformers is given an explicit all-ones attention mask and a pad_token_id (it would
+otherwise guess padding from the prompt). Its returned beams share one padded length; `beam_indices` (-1 past a
+beam's end) gives each beam's true length.
+"""
+import numpy as np
+import pytest
+import torch
+
+from tests.generation_fixtures import build
+
+PAD = 0
+MAX_NEW = 10
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def models(request, tmp_path_factory):
+    arch = request.param
+    # Weight seeds chosen so that EOS wins some beams (checked by the assertion at the end of the parity test).
+    return build(tmp_path_factory.mktemp(arch), arch=arch, vocab_size=12, n_kv_head=2 if arch == "llama" else 4,
+                 seed={"gpt2": 0, "llama": 1}[arch])
+
+
+def transformers_beams(reference, prompt, num_beams, length_penalty, early_stopping):
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=MAX_NEW, do_sample=False, num_beams=num_beams,
+                                 num_return_sequences=num_beams, length_penalty=length_penalty,
+                                 early_stopping=early_stopping, pad_token_id=PAD, return_dict_in_generate=True,
+                                 output_scores=True)
+    lengths = (out.beam_indices != -1).sum(dim=1).tolist()
+    ids = [row[len(prompt) : len(prompt) + n] for row, n in zip(out.sequences.tolist(), lengths)]
+    return ids, out.sequences_scores.tolist()
+
+
+@pytest.mark.parametrize("length_penalty", [-1.0, 0.0, 1.0, 2.0])
+@pytest.mark.parametrize("early_stopping", [False, True, "never"])
+def test_beams_equal_transformers(models, length_penalty, early_stopping):
+    model, reference = models
+    finished_by_eos = 0
+    for seed, num_beams in [(0, 2), (1, 3), (2, 4)]:
+        prompt = np.random.default_rng(seed).integers(3, 12, 5).tolist()
+        ours = model.generate(prompt, max_new_tokens=MAX_NEW, temperature=0, num_beams=num_beams,
+                              length_penalty=length_penalty, early_stopping=early_stopping, return_beams=True)
+        ids, scores = transformers_beams(reference, prompt, num_beams, length_penalty, early_stopping)
+        assert ours.token_ids == ids[0]  # the best beam, the returned result
+        assert [b.token_ids for b in ours.beams] == ids
+        for beam, their_score in zip(ours.beams, scores):
+            assert beam.score == pytest.approx(their_score, abs=1e-4)
+        finished_by_eos += sum(b.token_ids[-1] == 2 for b in ours.beams)
+    if length_penalty <= 0:  # short sequences are not penalised: EOS-finished beams must reach the result
+        assert finished_by_eos > 0  # the EOS path was exercised, not only max_new_tokens
+
+
+def test_beams_are_sorted_and_scored_by_the_length_penalty(models):
+    """A beam's score is its summed log-probability over its length ** length_penalty, recomputed here from a
+    stateless forward pass over prompt + beam; beams come best first."""
+    model, _ = models
+    prompt = [5, 7, 3, 9]
+    result = model.generate(prompt, max_new_tokens=6, temperature=0, num_beams=3, length_penalty=1.5,
+                            return_beams=True)
+    scores = [b.score for b in result.beams]
+    assert scores == sorted(scores, reverse=True)
+    for beam in result.beams:
+        logits = model.forward([prompt + beam.token_ids])[0].astype(np.float64)  # (T, V)
+        logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+            - logits.max(-1, keepdims=True)
+        total = sum(logp[len(prompt) - 1 + i, t] for i, t in enumerate(beam.token_ids))
+        assert beam.score == pytest.approx(total / len(beam.token_ids) ** 1.5, abs=1e-4)
+
+
+def test_beam_search_refuses_sampling_and_streaming(models):
+    model, _ = models
+    with pytest.raises(ValueError, match="temperature=0"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0.7, num_beams=2)
+    with pytest.raises(ValueError, match="stream"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, stream=True)
