@@ -3,9 +3,9 @@
 // Read kernels/cuda_emulator.h first (what a kernel sees), then this file (how a launch runs).
 //
 // A launch (nanollm_emu_launch, at the bottom) runs the blocks of the grid one after another. For one block:
-//   * every CUDA thread gets a fiber: a saved set of CPU registers plus its own stack (see "Switching stacks"
-//     below for how a switch works). Switching is cooperative: a fiber runs until it
-//     reaches a sync point (__syncthreads, a warp collective, a failed atomicCAS) or returns from the kernel;
+//   * every CUDA thread gets a fiber: its own stack plus, while it is paused, its saved CPU registers ("Switching
+//     stacks" below shows how). Switching is cooperative: a fiber runs until it reaches a sync point
+//     (__syncthreads, a warp collective, a failed atomicCAS, __nanosleep) or returns from the kernel;
 //   * the scheduler works in rounds: it resumes each runnable fiber once, in thread order, and each runs up to its
 //     next sync point. Then it releases whatever can be released: the block barrier when every thread of the block
 //     waits at it, and each warp collective whose mask's lanes have all arrived (computing the shuffled values for
@@ -37,7 +37,7 @@ namespace nanollm_emu {
 //   context_start(c, stack, bytes, entry)  prepare c so that switching to it calls entry() on that stack;
 //   context_switch(from, to)               save the running registers into `from`, continue wherever `to` paused.
 //
-// On x86-64 the switch is ten instructions: push the registers the System V ABI says a called function must
+// On x86-64 the switch is fifteen instructions: push the registers the System V ABI says a called function must
 // preserve (rbx, rbp, r12-r15), store the stack pointer, load the other fiber's stack pointer, pop its registers
 // and `ret` into the code that called context_switch on that stack. Everything else (caller-saved registers, the
 // instruction pointer) is already saved by the compiler around the call. The floating-point control words are not

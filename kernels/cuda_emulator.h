@@ -31,7 +31,13 @@
 //     because the block is not a multiple of 32 threads, returns all-ones bits (NaN for a float, -1 for an int),
 //     the emulator's way of making an undefined value visible.
 //   * printf works (it is the host's printf). A spin loop on a plain variable that another thread must change
-//     never ends here, because a fiber only gives up the CPU at a sync point or a failed atomicCAS.
+//     never ends here, because a fiber only gives up the CPU at a sync point, a failed atomicCAS or __nanosleep.
+//
+// What is not emulated: lanes of a warp do not run in lockstep (as on Volta and later GPUs, so "warp-synchronous"
+// code without __syncwarp breaks here too); out-of-bounds memory accesses are not checked (they corrupt or crash
+// the Python process); only the names defined below exist -- no __half (pass float16 data as unsigned short
+// bits), textures, cooperative groups or dynamic parallelism. Under NVRTC, FLT_MAX needs <cfloat>, which NVRTC
+// may not find: kernels that want to compile everywhere spell it as a literal or define it themselves.
 #ifndef NANOLLM_CUDA_EMULATOR_H
 #define NANOLLM_CUDA_EMULATOR_H
 
