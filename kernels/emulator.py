@@ -184,7 +184,8 @@ def find_compiler() -> str:
 def compiler_version(compiler: str) -> str:
     """The first line of `compiler --version`, part of the cache key (a new compiler means a new build)."""
     result = subprocess.run([compiler, "--version"], capture_output=True, text=True)
-    return (result.stdout or result.stderr).splitlines()[0] if (result.stdout or result.stderr) else compiler
+    output = (result.stdout or result.stderr).strip()
+    return output.splitlines()[0] if output else compiler
 
 
 def default_cache_dir() -> Path:
@@ -312,8 +313,12 @@ class EmuModule:
     """A .cu file built for the emulator: the CPU counterpart of `cupy.RawModule`.
 
     Give either `path` (a .cu file) or `code` (source text, with `name` used for the cache entry and messages).
-    `max_shared_bytes` is the per-block limit on static + dynamic shared memory; `stack_bytes` the stack of each
-    emulated thread.
+    `options` are extra compiler flags (e.g. "-DNANOLLM_EMU_UCONTEXT"); `max_shared_bytes` is the per-block limit
+    on static + dynamic shared memory; `stack_bytes` the stack of each emulated thread (raise it for kernels with
+    large local arrays: an overflow hits a guard page and crashes).
+
+    Attributes: `kernels` ({name: [Param]}), `library_path` (the cached .so), `compiled` (False when the build came
+    from the cache).
     """
 
     def __init__(self, path=None, code=None, name=None, options=(), cache_dir=None,
