@@ -24,6 +24,8 @@ setup(
             "tokenizers",
             "sentencepiece",
             "jinja2>=3.1",
+            # NVRTC, the compiler CuPy uses on a GPU: lets CI compile every kernel exactly as the CuPy path will.
+            "nvidia-cuda-nvrtc-cu12",
         ],
     },
 )

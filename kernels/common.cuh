@@ -23,6 +23,15 @@
 #define NANOLLM_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 #endif
 
+// NVRTC (what CuPy compiles with) has no host headers, so the C macros INFINITY and NAN are undefined there;
+// nvcc and the emulator get them from <cmath>. Build them from their IEEE-754 bit patterns where missing.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+#ifndef NAN
+#define NAN __int_as_float(0x7fffffff)
+#endif
+
 #define WARP_SIZE 32
 #define FULL_MASK 0xffffffffu
 

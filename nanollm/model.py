@@ -120,7 +120,7 @@ class Model:
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, backend, tokenizer=None, generation_defaults=None):
         self.config = cfg
         self.backend = backend
-        self.weights = weights.map(backend.asarray)
+        self.weights = weights.map(backend.weight)
         self.inv_freq = rope_frequencies(cfg) if cfg.arch == "llama" else None  # (hs/2,)
         self.tokenizer = tokenizer
         self.generation_defaults = generation_defaults or {}

@@ -3,9 +3,8 @@
 What this adds over kernel_backend.py: the GPU side of moving data, and where precision is chosen.
   * Weight matrices live on the GPU in float16 (half the memory and bandwidth of float32); products accumulate
     in float32 inside cuBLAS. Vectors (norm weights, biases) and every activation stay float32.
-    The only 2-D float arrays the model uploads through `asarray` are weight matrices (activations are made on
-    the device, the RoPE tables are 3-D), so `asarray` stores a 2-D float array in `weight_dtype`.
-    Pass weight_dtype=np.float32 for bit-for-bit comparable runs against the NumPy reference.
+    The model uploads its weights through `weight` (matrices go to `weight_dtype`) and everything else through
+    `asarray` (float32). Pass weight_dtype=np.float32 for closely comparable runs against the NumPy reference.
   * Each .cu file is compiled at first use by NVRTC (cupy.RawModule) with kernels/ on the include path.
 Importing this module without CuPy, or constructing the backend without a visible GPU, raises an ImportError /
 RuntimeError that says which.
@@ -43,11 +42,9 @@ class CupyBackend(KernelBackend):
         super().__init__(cupy, _load_module, **launch_options)
         self.weight_dtype = np.dtype(weight_dtype)
 
-    def asarray(self, a, dtype=np.float32):
-        a = np.asarray(a)
-        if a.ndim == 2 and np.issubdtype(a.dtype, np.floating) and dtype == np.float32:
-            dtype = self.weight_dtype  # a weight matrix (see the module docstring)
-        return cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
+    def weight(self, a):
+        """Matrices in weight_dtype (float16 by default); vectors (norm weights, biases) stay float32."""
+        return self.asarray(a, dtype=self.weight_dtype if np.ndim(a) == 2 else np.float32)
 
     def to_numpy(self, a) -> np.ndarray:
         return cupy.asnumpy(a) if isinstance(a, cupy.ndarray) else np.asarray(a)

@@ -71,6 +71,10 @@ class KernelBackend:
     def asarray(self, a, dtype=np.float32):
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
+    def weight(self, a):
+        """A checkpoint tensor -> the backend's weight storage (float32 unless a subclass says otherwise)."""
+        return self.asarray(a)
+
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
 

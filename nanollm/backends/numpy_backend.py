@@ -21,6 +21,10 @@ class NumpyBackend:
         """Host array -> backend array (a no-op here; an upload on the GPU)."""
         return np.ascontiguousarray(a, dtype=dtype)
 
+    def weight(self, a) -> np.ndarray:
+        """A checkpoint tensor -> where the backend keeps weights (float32 here; float16 matrices on the GPU)."""
+        return self.asarray(a)
+
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
 
