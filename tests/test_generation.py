@@ -1,0 +1,219 @@
+"""The generation loop: batching, stopping, streaming, context limits, seeds and the numbers it reports.
+
+References: nanollm's own single-prompt greedy run (itself equal to transformers' greedy ids, tests/test_model_parity),
+transformers' `generate` for penalties and min_new_tokens, and the real GPT-2 tokenizer for text.
+"""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import nanollm
+from nanollm.generation import iter_generate
+from nanollm.kv_cache import kv_cache_bytes
+from nanollm.stopping import TextStream, held_back_length
+from tests.generation_fixtures import build, write_gpt2_tokenizer_files
+from tests.hf_models import Options, build_checkpoint
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def models(request, tmp_path_factory):
+    arch = request.param
+    return build(tmp_path_factory.mktemp(arch), arch=arch, n_kv_head=2 if arch == "llama" else 4, seed=5)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A random-weight GPT-2 with the real GPT-2 vocabulary and tokenizer files, loaded by nanollm.load."""
+    directory = tmp_path_factory.mktemp("gpt2text")
+    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50257, seed=2, init_std=0.3))
+    write_gpt2_tokenizer_files(directory)
+    return nanollm.load(directory)
+
+
+PROMPT_LENGTHS = (3, 11, 7, 1)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_batched_greedy_equals_each_prompt_alone(models, padding_side):
+    """Each sequence of a padded batch gets exactly the ids it gets alone, including where it stops on its own:
+    the EOS id is set to a token the first prompt produces early, so sequences finish at different steps."""
+    model, _ = models
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(3, 97, n).tolist() for n in PROMPT_LENGTHS]
+    eos = {model.generate(prompts[0], max_new_tokens=6, temperature=0).token_ids[4]}
+    alone = [model.generate(p, max_new_tokens=24, temperature=0, eos_token_ids=eos) for p in prompts]
+    batch = model.generate(prompts, max_new_tokens=24, temperature=0, eos_token_ids=eos, padding_side=padding_side)
+    assert [r.token_ids for r in batch] == [r.token_ids for r in alone]
+    assert [r.finish_reason for r in batch] == [r.finish_reason for r in alone]
+    assert {r.finish_reason for r in batch} == {"eos", "length"}  # some stopped early, some ran to the limit
+
+
+def test_penalties_and_min_new_tokens_equal_transformers(models):
+    """Greedy with repetition_penalty and min_new_tokens gives transformers' ids. The EOS id is the token greedy
+    would pick second, so suppressing it until min_new_tokens changes the output."""
+    model, reference = models
+    prompt = [5, 17, 42, 8, 5, 17]
+    eos = model.generate(prompt, max_new_tokens=3, temperature=0, repetition_penalty=1.5).token_ids[1]
+    ours = model.generate(prompt, max_new_tokens=20, temperature=0, repetition_penalty=1.5, min_new_tokens=6,
+                          eos_token_ids={eos})
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                 max_new_tokens=20, do_sample=False, repetition_penalty=1.5, min_new_tokens=6,
+                                 eos_token_id=eos, pad_token_id=eos)
+    assert ours.token_ids == out[0, len(prompt):].tolist()
+    assert eos not in ours.token_ids[:6]
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_same_seed_same_tokens(models, seed):
+    model, _ = models
+    kwargs = dict(max_new_tokens=12, temperature=1.3, top_k=30, top_p=0.95, min_p=0.01, presence_penalty=0.4,
+                  seed=seed)
+    first = model.generate([4, 9, 33], **kwargs)
+    assert model.generate([4, 9, 33], **kwargs).token_ids == first.token_ids
+    # the batch path draws one uniform per row per step from the same generator: a batch of one is the same run
+    assert model.generate([[4, 9, 33]], **kwargs)[0].token_ids == first.token_ids
+
+
+def test_context_overflow_errors_or_keeps_the_most_recent_window(models):
+    model, _ = models
+    context = model.config.max_seq_len  # 160
+    prompt = np.random.default_rng(1).integers(3, 97, context - 5).tolist()
+    with pytest.raises(ValueError, match="exceeds the model's context of 160"):
+        model.generate(prompt, max_new_tokens=10, temperature=0)
+    kept = model.generate(prompt, max_new_tokens=10, temperature=0, context_overflow="truncate_left")
+    assert kept.prompt_ids == prompt[-(context - 10):]
+    assert kept.token_ids == model.generate(prompt[-(context - 10):], max_new_tokens=10, temperature=0).token_ids
+    with pytest.raises(ValueError, match="context_overflow"):
+        model.generate(prompt, max_new_tokens=10, context_overflow="wrap")
+
+
+def test_stats_report_the_run(models):
+    model, _ = models
+    r = model.generate([3, 4, 5, 6], max_new_tokens=16, temperature=0, eos_token_ids=set())
+    s = r.stats
+    assert (s.prompt_tokens, s.new_tokens, s.batch_size) == (4, 16, 1)
+    assert s.kv_cache_bytes == kv_cache_bytes(model.config, 1, 4 + 16)
+    assert 0 < s.tpot_p50_s <= s.tpot_p90_s and s.ttft_s > 0 and s.peak_memory_bytes > 2**20
+    assert s.tokens_per_s == pytest.approx(1 / s.tpot_s) and s.prefill_tokens_per_s == pytest.approx(4 / s.ttft_s)
+
+
+def test_show_probs_reports_the_processed_distribution(models):
+    """Greedy: the top entry at each step is the token chosen. top_k=3 sampling: only 3 tokens keep mass."""
+    model, _ = models
+    seen = []
+    r = model.generate([7, 8, 9], max_new_tokens=5, temperature=0, show_probs=4,
+                       on_probs=lambda row, top: seen.append(top))
+    assert [top[0][0] for top in seen] == r.token_ids
+    for top in seen:
+        probs = [p for _, p in top]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    seen.clear()
+    model.generate([7, 8, 9], max_new_tokens=5, temperature=0.9, top_k=3, seed=1, show_probs=5,
+                   on_probs=lambda row, top: seen.append(top))
+    for top in seen:
+        assert sum(p > 0 for _, p in top) == 3 and sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_iter_generate_yields_the_ids_and_fills_stats(models):
+    model, _ = models
+    stats = nanollm.generation.GenerationStats(prompt_tokens=0)
+    ids = list(iter_generate(model, [3, 4], 9, 0, stats=stats, eos_token_ids=set()))
+    assert ids == model.generate([3, 4], max_new_tokens=9, temperature=0, eos_token_ids=set()).token_ids
+    assert stats.new_tokens == 9 and stats.prompt_tokens == 2
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_new_tokens=-1), "max_new_tokens"), (dict(min_new_tokens=1.5), "min_new_tokens"),
+    (dict(padding_side="middle"), "padding_side"), (dict(early_stopping="sometimes"), "early_stopping"),
+    (dict(stop=("x",)), "tokenizer"), (dict(temperature=-1), "temperature"), (dict(stream=True), "tokenizer"),
+])
+def test_invalid_requests_raise(models, kwargs, message):
+    model, _ = models
+    with pytest.raises(ValueError, match=message):
+        model.generate([3, 4], **kwargs)
+
+
+# -- text: streaming and stop strings ------------------------------------------------------------------------------
+
+def test_streamed_text_equals_final_text(text_model):
+    """Pieces arrive as tokens do, UTF-8 safe (random tokens include partial characters), and join to .text."""
+    stream = text_model.generate("The meaning of life is", max_new_tokens=40, temperature=1.0, seed=4, stream=True,
+                                 eos_token_ids=set())
+    pieces = list(stream)
+    assert all(isinstance(p, str) and p for p in pieces) and len(pieces) > 5
+    r = stream.result
+    assert "".join(pieces) == r.text == text_model.tokenizer.decode(r.token_ids)
+
+
+@pytest.mark.parametrize("at", [3, 9, 17])
+def test_a_stop_string_spanning_tokens_stops_and_is_never_streamed(text_model, at):
+    """The stop string is the last 2 characters of token `at` and the first 2 of token `at`+1 of a free run, so it
+    only exists once both tokens are out. The stream must hold the first half back, then drop it."""
+    tok = text_model.tokenizer
+    kwargs = dict(max_new_tokens=30, temperature=0, eos_token_ids=set())
+    free = text_model.generate("Once upon a time", **kwargs)
+    texts = [tok.decode([t]) for t in free.token_ids]
+    i = next(i for i in range(at, 28) if len(texts[i]) >= 2 and len(texts[i + 1]) >= 2 and "\ufffd" not in
+             texts[i] + texts[i + 1])
+    stop = texts[i][-2:] + texts[i + 1][:2]
+    stream = text_model.generate("Once upon a time", stream=True, stop=stop, **kwargs)
+    pieces = list(stream)
+    r = stream.result
+    expected = free.text[: free.text.find(stop)]
+    assert "".join(pieces) == r.text == expected
+    assert stop not in r.text and not any(stop in p for p in pieces)
+    assert r.finish_reason == "stop" and r.token_ids == free.token_ids[: len(r.token_ids)]
+    assert len(r.token_ids) <= i + 2  # stopped no later than the token completing the stop string
+
+
+def test_batch_stream_yields_indexed_pieces(text_model):
+    prompts = ["Hello", "A much longer prompt than the first one"]
+    stream = text_model.generate(prompts, max_new_tokens=8, temperature=0, stream=True, eos_token_ids=set())
+    joined = {0: "", 1: ""}
+    for index, piece in stream:
+        joined[index] += piece
+    assert [joined[0], joined[1]] == [r.text for r in stream.results]
+    assert [r.token_ids for r in stream.results] == \
+        [text_model.generate(p, max_new_tokens=8, temperature=0, eos_token_ids=set()).token_ids for p in prompts]
+
+
+class PieceDecoder:
+    """A stand-in stream decoder whose "token" is the text piece itself."""
+
+    def push(self, piece):
+        return piece
+
+    def flush(self):
+        return ""
+
+
+@settings(max_examples=200)
+@given(text=st.text(alphabet="abc\n:", max_size=40), cuts=st.lists(st.integers(0, 40), max_size=10),
+       stops=st.lists(st.text(alphabet="abc\n:", min_size=1, max_size=4), min_size=1, max_size=3))
+def test_text_stream_cuts_at_the_first_stop_string(text, cuts, stops):
+    """However the text is split into pieces, the output is the text up to the earliest stop string, and no stop
+    string ever appears in what was released."""
+    bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
+    pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    stream = TextStream(PieceDecoder(), stops)
+    out = ""
+    for piece in pieces:
+        out += stream.push(piece)
+        assert not any(s in out for s in stops)
+        if stream.stopped:
+            break
+    out += stream.finish()
+    hits = [text.find(s) for s in stops if s in text]
+    assert out == (text[: min(hits)] if hits else text)
+    assert stream.stopped == bool(hits)
+
+
+def test_held_back_length_examples():
+    """"Hello Us" may still become "User:", so "Us" waits; "Hello" cannot, so nothing waits."""
+    assert held_back_length("Hello Us", ("User:",)) == 2
+    assert held_back_length("Hello", ("User:",)) == 0
+    assert held_back_length("ab", ("abc", "b")) == 2
