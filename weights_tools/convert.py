@@ -148,6 +148,14 @@ class TensorSource:
             raise CheckpointError(f"{self.where}: tensors nanollm does not know how to use: {unused[:5]}{more}")
 
 
+def output_projection(cfg: ModelConfig, src: TensorSource):
+    """lm_head (C, V), or None when tied to the token embedding (some files still save a copy: not needed)."""
+    if cfg.tie_embeddings:
+        src.ignore("lm_head.weight")
+        return None
+    return src.take("lm_head.weight", (cfg.n_embd, cfg.vocab_size), transpose=True)
+
+
 def gpt2_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
     C, H, V = cfg.n_embd, cfg.n_hidden, cfg.vocab_size
     layers = []
@@ -161,14 +169,10 @@ def gpt2_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
             w_up=src.take(p + "mlp.c_fc.weight", (C, H)), b_up=src.take(p + "mlp.c_fc.bias", (H,)), w_gate=None,
             w_down=src.take(p + "mlp.c_proj.weight", (H, C)), b_down=src.take(p + "mlp.c_proj.bias", (C,)),
         ))
-    lm_head = None
-    if not cfg.tie_embeddings:
-        lm_head = src.take("lm_head.weight", (C, V), transpose=True)
-    else:
-        src.ignore("lm_head.weight")  # some files save a copy of the tied embedding: not needed
     w = ModelWeights(
         tok_emb=src.take("wte.weight", (V, C)), pos_emb=src.take("wpe.weight", (cfg.max_seq_len, C)), layers=layers,
-        norm_f_w=src.take("ln_f.weight", (C,)), norm_f_b=src.take("ln_f.bias", (C,)), lm_head=lm_head,
+        norm_f_w=src.take("ln_f.weight", (C,)), norm_f_b=src.take("ln_f.bias", (C,)),
+        lm_head=output_projection(cfg, src),
     )
     src.check_all_used(skippable=(".attn.bias", ".attn.masked_bias"))
     return w
@@ -204,14 +208,9 @@ def llama_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
         for i in range(cfg.n_layer):  # SwiGLU's gate bias has no slot in LayerWeights: refuse rather than drop it
             if f"model.layers.{i}.mlp.gate_proj.bias" in src:
                 raise CheckpointError(f"{src.where}: gate_proj biases are not supported")
-    lm_head = None
-    if not cfg.tie_embeddings:
-        lm_head = src.take("lm_head.weight", (C, V), transpose=True)
-    else:
-        src.ignore("lm_head.weight")  # some files save a copy of the tied embedding: not needed
     w = ModelWeights(
         tok_emb=src.take("model.embed_tokens.weight", (V, C)), pos_emb=None, layers=layers,
-        norm_f_w=src.take("model.norm.weight", (C,)), norm_f_b=None, lm_head=lm_head,
+        norm_f_w=src.take("model.norm.weight", (C,)), norm_f_b=None, lm_head=output_projection(cfg, src),
     )
     src.check_all_used(skippable=(".rotary_emb.inv_freq",))
     return w
