@@ -165,9 +165,10 @@ def run_chat(model, args) -> int:
     options["eos_token_ids"] = eos_ids(model) | turn_end_ids(tok)  # the turn's end token stops the reply
     options["stop"] = tuple(options.get("stop", ())) + template.stop
     print(f"chat ({template.name} template); an empty line or end of input quits", file=sys.stderr)
-    turn = 0
+    turn, interactive = 0, sys.stdin.isatty()
     while True:
-        print("> ", end="", file=sys.stderr, flush=True)
+        if interactive:  # piped input needs no prompt marker mixed into the report lines
+            print("> ", end="", file=sys.stderr, flush=True)
         line = sys.stdin.readline()
         if not line or not line.strip():
             return 0

@@ -7,6 +7,7 @@ tokenizer.model). Both the Jinja path (the template from the files, rendered in 
 Python template of the same family must produce transformers' string, and the ids must be transformers' ids.
 """
 import json
+
 import pytest
 from transformers import AutoTokenizer
 

@@ -1,0 +1,161 @@
+"""`python -m nanollm.generate` run as a user runs it (a subprocess), checked against the Python API in-process.
+
+The interactive `--chat` loop reads piped stdin: two user turns, then end of input. Each reply must be what the API
+produces for the conversation so far, and the prompt-token report must show the resent history growing.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import nanollm
+from nanollm.chat import chat_template_for, encode_chat, turn_end_ids
+from nanollm.generation import eos_ids
+from tests.conftest import PROJECT_ROOT
+from tests.generation_fixtures import write_gpt2_tokenizer_files
+from tests.hf_models import Options, build_checkpoint
+
+
+def cli(*args, stdin=None, cwd=None):
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.run([sys.executable, "-m", "nanollm.generate", *args], input=stdin, capture_output=True,
+                          text=True, env=env, cwd=cwd, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def ids_model(tmp_path_factory):
+    """A tiny GPT-2 without tokenizer files (vocabulary 97, context 160)."""
+    directory = tmp_path_factory.mktemp("ids")
+    build_checkpoint(directory, Options(arch="gpt2", seed=3))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    """A random-weight GPT-2 with the real GPT-2 tokenizer files (no chat template: the plain fallback)."""
+    directory = tmp_path_factory.mktemp("text")
+    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50257, seed=2, init_std=0.3))
+    write_gpt2_tokenizer_files(directory)
+    return directory
+
+
+def test_prompt_ids_json_equals_the_api(ids_model, tmp_path):
+    out = cli("--model", str(ids_model), "--prompt-ids", "3,4,5", "--max-new-tokens", "12", "--temperature", "0",
+              "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    expected = nanollm.load(ids_model).generate([3, 4, 5], max_new_tokens=12, temperature=0)
+    assert got["token_ids"] == expected.token_ids and got["text"] is None
+    assert {"ttft_s", "tpot_s", "tpot_p50_s", "tpot_p90_s", "tokens_per_s", "prefill_tokens_per_s",
+            "peak_memory_bytes", "kv_cache_bytes", "prompt_tokens", "new_tokens"} <= set(got["stats"])
+
+
+def test_streams_the_text_and_prints_stats(text_model, tmp_path):
+    out = cli("--model", str(text_model), "--max-new-tokens", "10", "--temperature", "0", "--stats", "Hello there",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == nanollm.load(text_model).generate("Hello there", max_new_tokens=10, temperature=0).text + "\n"
+    assert all(word in out.stderr for word in ("TTFT", "p50", "p90", "tokens/s", "peak memory", "KV cache"))
+
+
+def test_a_batch_from_flags_and_a_file(text_model, tmp_path):
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("The sky\nOnce upon a time, in a land\n", encoding="utf-8")
+    out = cli("--model", str(text_model), "--prompt", "Paris is", "--prompts-file", str(prompts_file),
+              "--max-new-tokens", "6", "--temperature", "0", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)["results"]
+    model = nanollm.load(text_model)
+    expected = [model.generate(p, max_new_tokens=6, temperature=0) for p in
+                ["Paris is", "The sky", "Once upon a time, in a land"]]
+    assert [r["token_ids"] for r in results] == [e.token_ids for e in expected]
+    assert [r["text"] for r in results] == [e.text for e in expected]
+
+
+def test_show_probs_prints_k_tokens_per_step(text_model, tmp_path):
+    out = cli("--model", str(text_model), "--max-new-tokens", "4", "--temperature", "0.8", "--top-k", "2",
+              "--seed", "1", "--show-probs", "3", "Paris is the city", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("[0] step")]
+    assert len(lines) == 4 and all(line.count(" | ") == 2 for line in lines)
+    assert all(line.endswith(" 0.000") for line in lines)  # top-k 2: the third token has no mass left
+
+
+def test_beam_search_and_sampling_flags(ids_model, tmp_path):
+    out = cli("--model", str(ids_model), "--prompt-ids", "7,8,9", "--max-new-tokens", "8", "--temperature", "0",
+              "--num-beams", "3", "--length-penalty", "0.5", "--early-stopping", "true", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    expected = nanollm.load(ids_model).generate([7, 8, 9], max_new_tokens=8, temperature=0, num_beams=3,
+                                                length_penalty=0.5, early_stopping=True, return_beams=True)
+    assert got["token_ids"] == expected.token_ids and len(got["beams"]) == 3
+    out = cli("--model", str(ids_model), "--prompt-ids", "7,8,9", "--max-new-tokens", "8", "--temperature", "0.9",
+              "--top-p", "0.9", "--min-p", "0.05", "--repetition-penalty", "1.2", "--presence-penalty", "0.3",
+              "--frequency-penalty", "0.2", "--logit-bias", "5=-100", "--min-new-tokens", "3", "--seed", "4",
+              "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    expected = nanollm.load(ids_model).generate(
+        [7, 8, 9], max_new_tokens=8, temperature=0.9, top_p=0.9, min_p=0.05, repetition_penalty=1.2,
+        presence_penalty=0.3, frequency_penalty=0.2, logit_bias={5: -100.0}, min_new_tokens=3, seed=4)
+    assert json.loads(out.stdout)["token_ids"] == expected.token_ids and 5 not in expected.token_ids
+
+
+def test_keep_recent_keeps_the_most_recent_window(ids_model, tmp_path):
+    long_prompt = ",".join(str(3 + i % 90) for i in range(158))
+    out = cli("--model", str(ids_model), "--prompt-ids", long_prompt, "--max-new-tokens", "5", "--json",
+              cwd=tmp_path)
+    assert out.returncode == 1 and "exceeds the model's context" in out.stderr
+    out = cli("--model", str(ids_model), "--prompt-ids", long_prompt, "--max-new-tokens", "5", "--keep-recent",
+              "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["stats"]["prompt_tokens"] == 155
+
+
+@pytest.mark.parametrize("args, status", [
+    (["--prompt-ids", "1,2", "--max-new-tokens", "many"], 2),
+    (["--prompt-ids", "1,x"], 2),
+    (["--prompt-ids", "1,2", "--bogus"], 2),
+    (["--prompt-ids", "1,2", "--temperature", "-1"], 1),
+    (["--prompt-ids", "1,2", "--top-p", "0"], 1),
+    (["--prompt-ids", "1,2", "--logit-bias", "5"], 2),
+    (["--chat", "--prompt-ids", "1,2"], 2),
+    ([], 2),
+])
+def test_bad_flags_exit_with_one_line(ids_model, tmp_path, args, status):
+    out = cli("--model", str(ids_model), *args, cwd=tmp_path)
+    assert out.returncode == status
+    assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_bad_model_exits_with_one_line(tmp_path):
+    out = cli("--model", str(tmp_path / "missing"), "--prompt-ids", "1,2", cwd=tmp_path)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_chat_through_piped_stdin(text_model, tmp_path):
+    """Two turns then end of input. Expected replies come from the API with the same template, end tokens and
+    stop string; the second turn's prompt holds the whole first exchange, so its token count is larger."""
+    out = cli("--model", str(text_model), "--chat", "--system", "Be brief.", "--max-new-tokens", "8",
+              "--temperature", "0", stdin="Hi there\nWhat next?\n", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+
+    model = nanollm.load(text_model)
+    template = chat_template_for(model.tokenizer)
+    assert template.name == "plain"  # GPT-2 files have no chat template and no chat special tokens
+    messages = [{"role": "system", "content": "Be brief."}]
+    replies, prompt_sizes = [], []
+    for user in ["Hi there", "What next?"]:
+        messages.append({"role": "user", "content": user})
+        ids = encode_chat(model.tokenizer, template.render(messages))
+        r = model.generate(ids, max_new_tokens=8, temperature=0, stop=template.stop,
+                           eos_token_ids=eos_ids(model) | turn_end_ids(model.tokenizer))
+        messages.append({"role": "assistant", "content": r.text})
+        replies.append(r.text)
+        prompt_sizes.append(len(ids))
+    assert out.stdout == "".join(reply + "\n" for reply in replies)
+    reported = [int(line.split("prompt ")[1].split()[0]) for line in out.stderr.splitlines()
+                if line.startswith("[turn")]
+    assert reported == prompt_sizes and reported[1] > reported[0]
