@@ -231,6 +231,8 @@ class Batch:
             logits = model.step(ids, cache)[:, -1]  # (B, V)
         else:
             mask = key_mask[:, :T]
+            # Right padding puts each row's last prompt token at a different position, so every position is
+            # projected to the vocabulary (B, T, V) and each row's own picked out; left padding needs only the last.
             all_logits = model.step(ids, cache, positions, mask, last_only=s.padding_side == "left")  # (B, T|1, V)
             logits = all_logits[:, -1] if s.padding_side == "left" else all_logits[np.arange(B), last]  # (B, V)
         for n in range(s.max_new_tokens):

@@ -3,11 +3,12 @@
 Every processor is a small function over a batch of logit rows (B, V). One order, the same as transformers'
 `_get_logits_processor` where both define the step, then OpenAI's penalties and the samplers:
 
-    1. logit bias            logits[id] += bias                            (OpenAI `logit_bias`)
-    2. repetition penalty    seen tokens: positive logit / r, negative * r   (transformers RepetitionPenaltyLogitsProcessor,
-                             over prompt and generated tokens)
-    3. presence / frequency  logits -= presence * [count > 0] + frequency * count   (OpenAI, generated tokens only)
-    4. min_new_tokens        EOS logits = -inf until enough new tokens      (transformers MinNewTokensLengthLogitsProcessor)
+    1. logit bias            logits[id] += bias                                (OpenAI `logit_bias`)
+    2. repetition penalty    seen: positive logit / r, negative logit * r      (transformers
+                             RepetitionPenaltyLogitsProcessor; prompt and generated tokens)
+    3. presence / frequency  logits -= presence * [count > 0] + frequency * count   (OpenAI; generated tokens)
+    4. min_new_tokens        EOS logits = -inf until enough new tokens         (transformers
+                             MinNewTokensLengthLogitsProcessor)
     5. then either greedy (argmax; temperature=0) or sampling.py's temperature -> top-k -> softmax -> top-p -> min-p
        -> inverse-CDF draw with a uniform number from a seeded generator.
 

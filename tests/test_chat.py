@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from nanollm.chat import ChatTemplate, chat_template_for, encode_chat, render_plain, turn_end_ids
 from nanollm.tokenizer import load_tokenizer
 from tests.conftest import shared_file
-from tests.generation_fixtures import write_gpt2_tokenizer_files
+from tests.generation_fixtures import single_torch_thread, write_gpt2_tokenizer_files
 
 # The official templates, as their model repositories' tokenizer_config.json hold them.
 CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
@@ -33,6 +33,8 @@ LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messag
           "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
           "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
           "{% endfor %}")
+
+pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)
 
 
 FAMILIES = {  # template, vocabulary files, special tokens: (bos, eos, tokens added to the vocabulary)

@@ -13,8 +13,10 @@ import nanollm
 from nanollm.generation import iter_generate
 from nanollm.kv_cache import kv_cache_bytes
 from nanollm.stopping import TextStream, held_back_length
-from tests.generation_fixtures import build, write_gpt2_tokenizer_files
+from tests.generation_fixtures import build, single_torch_thread, write_gpt2_tokenizer_files
 from tests.hf_models import Options, build_checkpoint
+
+pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])
@@ -147,6 +149,9 @@ def test_streamed_text_equals_final_text(text_model):
     assert all(isinstance(p, str) and p for p in pieces) and len(pieces) > 5
     r = stream.result
     assert "".join(pieces) == r.text == text_model.tokenizer.decode(r.token_ids)
+    again = text_model.generate("The meaning of life is", max_new_tokens=40, temperature=1.0, seed=4,
+                                eos_token_ids=set())
+    assert again.text == r.text  # the same seed gives the same text
 
 
 @pytest.mark.parametrize("at", [3, 9, 17])
