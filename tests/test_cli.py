@@ -14,7 +14,7 @@ import nanollm
 from nanollm.chat import chat_template_for, encode_chat, turn_end_ids
 from nanollm.generation import eos_ids
 from tests.conftest import PROJECT_ROOT
-from tests.generation_fixtures import write_gpt2_tokenizer_files
+from tests.generation_fixtures import write_family, write_gpt2_tokenizer_files
 from tests.hf_models import Options, build_checkpoint
 
 
@@ -159,3 +159,32 @@ def test_chat_through_piped_stdin(text_model, tmp_path):
     reported = [int(line.split("prompt ")[1].split()[0]) for line in out.stderr.splitlines()
                 if line.startswith("[turn")]
     assert reported == prompt_sizes and reported[1] > reported[0]
+
+
+def test_chat_with_the_model_template_stops_at_the_turn_end_token(tmp_path_factory, tmp_path):
+    """A ChatML model (template in tokenizer_config.json, rendered by jinja2): <|im_end|> (id 50258) is pushed up
+    by a logit bias, and min_new_tokens holds it back for 2 tokens, so each reply is 2 tokens and then the turn ends
+    on <|im_end|>, which is never printed."""
+    directory = tmp_path_factory.mktemp("chatml")
+    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50259, seed=4, init_std=0.3))
+    write_family(directory, "chatml")
+    out = cli("--model", str(directory), "--chat", "--max-new-tokens", "6", "--temperature", "0",
+              "--min-new-tokens", "2", "--logit-bias", "50258=50", stdin="Hi\nAnd now?\n", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "chat (jinja template)" in out.stderr
+    turns = [line for line in out.stderr.splitlines() if line.startswith("[turn")]
+    assert len(turns) == 2 and all("3 new, eos" in line for line in turns)
+
+    model = nanollm.load(directory)
+    template = chat_template_for(model.tokenizer)
+    messages, replies = [], []
+    for user in ["Hi", "And now?"]:
+        messages.append({"role": "user", "content": user})
+        ids = encode_chat(model.tokenizer, template.render(messages))
+        r = model.generate(ids, max_new_tokens=6, temperature=0, min_new_tokens=2, logit_bias={50258: 50.0},
+                           eos_token_ids=eos_ids(model) | turn_end_ids(model.tokenizer))
+        assert r.token_ids[-1] == 50258 and len(r.token_ids) == 3
+        messages.append({"role": "assistant", "content": r.text})
+        replies.append(r.text)
+    assert out.stdout == "".join(reply + "\n" for reply in replies) and "<|im_end|>" not in out.stdout
+
