@@ -308,9 +308,12 @@ def hf_to_llama2c(config: dict, state: Mapping[str, np.ndarray], where: str = "m
     header = Llama2cHeader(cfg.n_embd, cfg.n_hidden, cfg.n_layer, cfg.n_head, cfg.n_kv_head, cfg.vocab_size,
                            cfg.max_seq_len, shared_classifier=cfg.tie_embeddings, version=1)
 
+    used = set()
+
     def get(name: str) -> np.ndarray:
         if name not in state:
             raise Llama2cError(f"{where}: missing tensor {name!r}")
+        used.add(name)
         return np.asarray(state[name], dtype=np.float32)
 
     tensors = {"token_embedding_table": get("model.embed_tokens.weight")}
@@ -327,6 +330,11 @@ def hf_to_llama2c(config: dict, state: Mapping[str, np.ndarray], where: str = "m
     tensors["rms_final_weight"] = get("model.norm.weight")
     if not cfg.tie_embeddings:
         tensors["wcls"] = get("lm_head.weight")
+    else:
+        used.add("lm_head.weight")  # a saved copy of the tied embedding, if any
+    unused = sorted(n for n in state if n not in used and not n.endswith(".rotary_emb.inv_freq"))
+    if unused:
+        raise Llama2cError(f"{where}: tensors llama2.c has no place for: {unused[:5]}")
     for name, shape in header.tensor_shapes().items():
         if tensors[name].shape != shape:
             raise Llama2cError(f"{where}: {name} has shape {tensors[name].shape}, config.json implies {shape}")
