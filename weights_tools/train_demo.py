@@ -52,7 +52,7 @@ class DemoSettings:
     lr: float = 3e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    weight_decay: float = 0.1  # on matrices only, not on norms, biases or embeddings... (GPT-2 practice)
+    weight_decay: float = 0.1  # on the blocks' weight matrices only; not on norms, biases or the embeddings
     dropout: float = 0.1
     eval_every: int = 100
     eval_batches: int = 8
