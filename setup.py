@@ -8,7 +8,12 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["nanollm", "nanollm.*", "weights_tools", "weights_tools.*", "kernels"]),
     # The CUDA sources ship with the package: the CuPy backend and the CPU emulator both compile them at run time.
-    package_data={"kernels": ["*.cu", "*.cuh", "*.h", "*.cpp"]},
+    package_data={
+        "kernels": ["*.cu", "*.cuh", "*.h", "*.cpp"],
+        # The offline demo model (weights_tools/train_demo.py trains it): `python -m nanollm.generate` with no
+        # network still produces text.
+        "nanollm": ["demo_model/*"],
+    },
     install_requires=["numpy>=1.26", "regex>=2023.0"],
     extras_require={
         "gpu": ["cupy-cuda12x"],
