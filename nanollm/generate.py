@@ -24,7 +24,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def parse_args(argv):
     p = ArgumentParser(prog="python -m nanollm.generate", description=__doc__.split("\n")[0])
     p.add_argument("text", nargs="?", help="the prompt text")
-    p.add_argument("--model", required=True, help="a model directory (config.json + *.safetensors) or hub name")
+    p.add_argument("--model", help="a model directory (config.json + *.safetensors), a llama2.c .bin, or a hub name "
+                                   "(default: GPT-2 from the cache or the hub, else the small demo model shipped inside "
+                                   "nanollm)")
     p.add_argument("--backend", default="numpy", help="numpy (default), cupy or emulator")
     src = p.add_argument_group("prompts (several make a batch)")
     src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
@@ -192,6 +194,10 @@ def run_chat(model, args) -> int:
 def run(args) -> int:
     from . import load
 
+    if args.model is None:
+        from weights_tools.default_model import default_model_path
+
+        args.model = default_model_path()
     model = load(args.model, backend=args.backend)
     return run_chat(model, args) if args.chat else run_prompts(model, args)
 

@@ -121,13 +121,20 @@ def test_cached_gpt2_is_preferred(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_generate_cli_offline_produces_text_from_the_demo(tmp_path):
-    """What the README's run command does on a machine with no network, with the demo named explicitly."""
+@pytest.mark.parametrize("no_network", [
+    {"NANOLLM_OFFLINE": "1"},  # told not to use the network
+    {"NANOLLM_HUB_URL": "http://127.0.0.1:9"},  # no NANOLLM_OFFLINE, but the hub cannot be reached (discard port)
+])
+def test_readme_run_command_without_network_produces_the_demo_text(tmp_path, no_network):
+    """`python -m nanollm.generate "prompt"` with no --model, no network and an empty cache: one notice line on
+    stderr, then exactly the demo model's own greedy continuation on stdout."""
     result = subprocess.run(
-        [sys.executable, "-m", "nanollm.generate", "--model", str(demo_model_path()), "--max-new-tokens", "12",
+        [sys.executable, "-m", "nanollm.generate", "--max-new-tokens", "12", "--temperature", "0",
          "The with statement"],
         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120,
-        env=dict(os.environ, NANOLLM_OFFLINE="1", NANOLLM_CACHE=str(tmp_path)),
+        env=dict(os.environ, NANOLLM_CACHE=str(tmp_path), **no_network),
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip(), "no text on stdout"
+    assert result.stderr.count("\n") == 1 and "demo model" in result.stderr
+    expected = nanollm.load(demo_model_path()).generate("The with statement", max_new_tokens=12, temperature=0)
+    assert expected.text.strip() and result.stdout.rstrip("\n") == expected.text
