@@ -8,26 +8,12 @@ depend on which tokenizer files a directory holds; `write_gpt2_tokenizer_files` 
 """
 import json
 
-import pytest
-import torch
 
 from nanollm.backends import get_backend
 from nanollm.loader import read_generation_config
 from nanollm.model import Model
 from tests.conftest import shared_file
 from tests.hf_models import Options, build_checkpoint
-
-
-
-@pytest.fixture(scope="module")
-def single_torch_thread():
-    """Run transformers on one thread for the module, then restore the setting. With two cores shared by other
-    test runs, torch's default of two threads made beam search ~100x slower (measured: 0.04 s vs 5-8 s for the same
-    12 generate calls)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def load_model(directory, tokenizer=None) -> Model:
@@ -69,8 +55,6 @@ LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messag
           "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
           "{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}"
           "{% endfor %}")
-
-pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)
 
 
 FAMILIES = {  # template, vocabulary files, special tokens: (bos, eos, tokens added to the vocabulary)

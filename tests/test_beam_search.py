@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.generation_fixtures import build, single_torch_thread
+from tests.generation_fixtures import build
 
 PAD = 0
 MAX_NEW = 10
 
-pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

@@ -11,9 +11,8 @@ from transformers import AutoTokenizer
 
 from nanollm.chat import ChatTemplate, chat_template_for, encode_chat, render_plain, turn_end_ids
 from nanollm.tokenizer import load_tokenizer
-from tests.generation_fixtures import FAMILIES, LLAMA2, single_torch_thread, write_family
+from tests.generation_fixtures import FAMILIES, LLAMA2, write_family
 
-pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Hello!"}],

@@ -13,10 +13,9 @@ import nanollm
 from nanollm.generation import iter_generate
 from nanollm.kv_cache import kv_cache_bytes
 from nanollm.stopping import TextStream, held_back_length
-from tests.generation_fixtures import build, single_torch_thread, write_gpt2_tokenizer_files
+from tests.generation_fixtures import build, write_gpt2_tokenizer_files
 from tests.hf_models import Options, build_checkpoint
 
-pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama"])

@@ -22,11 +22,10 @@ from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenal
 from nanollm.logits_processors import (SamplingParams, TokenHistory, apply_presence_frequency,
                                        apply_repetition_penalty, choose_tokens, distribution, process_logits)
 from nanollm.sampling import draw, filtered_probs, min_p_filter, sample_token, top_k_filter, top_p_filter
-from tests.generation_fixtures import build, single_torch_thread
+from tests.generation_fixtures import build
 
 ROWS = 12  # next-token rows per architecture: prefixes of one random sequence
 
-pytestmark = pytest.mark.usefixtures(single_torch_thread.__name__)
 
 
 @pytest.fixture(scope="module")
