@@ -9,14 +9,6 @@ Reading order:
   the GPU path    backends/kernel_backend.py -> kernels/*.cu; kernels/emulator.py runs them on the CPU
 """
 from .loader import load
+from .tokenizer import Tokenizer
 
 __all__ = ["load", "Tokenizer"]
-
-
-def __getattr__(name):
-    # The tokenizer package is imported on first use, so `import nanollm` stays light.
-    if name == "Tokenizer":
-        from .tokenizer import Tokenizer
-
-        return Tokenizer
-    raise AttributeError(f"module 'nanollm' has no attribute {name!r}")

@@ -11,7 +11,7 @@ class RopeScaling:
     """Llama 3's frequency-dependent RoPE scaling (`rope_type: "llama3"` in config.json).
 
     Long wavelengths (low frequencies) are divided by `factor`, short ones kept, and the band between blended
-    smoothly; see `nanollm.layers.rope_frequencies`.
+    smoothly; see `nanollm.rope.rope_frequencies`.
     """
 
     factor: float  # 8.0
@@ -43,6 +43,15 @@ class ModelConfig:
     def __post_init__(self):
         if self.arch not in ("gpt2", "llama"):
             raise ValueError(f"unknown architecture {self.arch!r}: nanollm runs 'gpt2' and 'llama'")
+        for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "n_hidden", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
+        if not self.norm_eps > 0:
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        if self.arch == "gpt2" and self.n_head * self.head_dim != self.n_embd:
+            raise ValueError(f"GPT-2 needs n_embd = n_head * head_dim, got {self.n_embd} != {self.n_head} * "
+                             f"{self.head_dim}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if self.arch == "llama" and self.head_dim % 2:

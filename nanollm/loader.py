@@ -1,9 +1,9 @@
 """nanollm.load: a model directory (or hub name) -> a ready Model on the chosen backend."""
-import json
 from pathlib import Path
 
 from .backends import get_backend
 from .model import Model
+from .tokenizer import load_tokenizer
 
 
 def load(source, backend="numpy", *, revision: str = "main") -> Model:
@@ -22,22 +22,13 @@ def load(source, backend="numpy", *, revision: str = "main") -> Model:
 
         path = resolve_model(str(source), revision=revision)
     cfg, weights = load_hf_checkpoint(path)
-    return Model(cfg, weights, get_backend(backend), tokenizer=load_tokenizer_if_any(path),
+    return Model(cfg, weights, get_backend(backend), tokenizer=load_tokenizer(path),
                  generation_defaults=read_generation_config(path))
-
-
-def load_tokenizer_if_any(path: Path):
-    from .tokenizer import load_tokenizer
-
-    return load_tokenizer(path)
 
 
 def read_generation_config(path: Path) -> dict:
     """generation_config.json as a dict ({} when absent). A corrupt file is an error, not silently ignored."""
+    from weights_tools.convert import read_json
+
     f = path / "generation_config.json"
-    if not f.exists():
-        return {}
-    try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{f}: not valid JSON ({e})") from None
+    return read_json(f) if f.exists() else {}

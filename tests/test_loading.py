@@ -71,6 +71,11 @@ def test_gpt2_files_as_the_hub_stores_them(tmp_path, gpt2_dir):
     (lambda t, c: t.update({"transformer.h.0.attn.q_norm.weight": np.ones(8, np.float32)}),
      "does not know how to use: ['transformer.h.0.attn.q_norm.weight']"),
     (lambda t, c: c.update(n_embd=48), "has shape"),
+    (lambda t, c: c.update(n_head=0), "n_embd=32 is not a positive multiple of n_head=0"),
+    (lambda t, c: c.update(n_head=3), "n_embd=32 is not a positive multiple of n_head=3"),
+    (lambda t, c: c.update(n_layer=-1), "n_layer must be a positive whole number, got -1"),
+    (lambda t, c: c.update(vocab_size=[97]), "invalid config (TypeError"),
+    (lambda t, c: c.update(layer_norm_epsilon=0), "norm_eps must be > 0"),
 ])
 def test_bad_gpt2_checkpoints_fail_clearly(tmp_path, gpt2_dir, edit, message):
     bad = rewrite(gpt2_dir, tmp_path / "bad", edit)
@@ -103,6 +108,22 @@ def test_missing_and_corrupt_config(tmp_path, gpt2_dir):
     broken = rewrite(gpt2_dir, tmp_path / "broken", lambda t, c: None)
     (broken / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="config.json: not valid JSON"):
+        nanollm.load(broken)
+    (broken / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="config.json: expected a JSON object"):
+        nanollm.load(broken)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "generation_config.json: not valid JSON"),
+    ("[1, 2]", "generation_config.json: expected a JSON object"),
+    (b"\xff\xfe{}", "generation_config.json: not valid JSON"),
+])
+def test_corrupt_generation_config(tmp_path, gpt2_dir, content, message):
+    broken = rewrite(gpt2_dir, tmp_path / "broken", lambda t, c: None)
+    target = broken / "generation_config.json"
+    target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
+    with pytest.raises(CheckpointError, match=message):
         nanollm.load(broken)
 
 

@@ -45,6 +45,12 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def require_multiple(total: int, total_name: str, parts: int, parts_name: str, where: str):
+    """Refuse a width that does not split evenly into heads (checked before dividing by a possibly zero count)."""
+    if parts <= 0 or total % parts:
+        raise CheckpointError(f"{where}: {total_name}={total} is not a positive multiple of {parts_name}={parts}")
+
+
 def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     """A Hugging Face config.json dict -> ModelConfig, reading every field that changes the computation."""
 
@@ -70,6 +76,7 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
             if get("scale_attn_by_inverse_layer_idx", False) or not get("scale_attn_weights", True):
                 raise CheckpointError(f"{where}: non-standard GPT-2 attention scaling is not supported")
             C, nh = int(get("n_embd")), int(get("n_head"))
+            require_multiple(C, "n_embd", nh, "n_head", where)
             return ModelConfig(
                 arch="gpt2", vocab_size=int(get("vocab_size")), n_layer=int(get("n_layer")), n_head=nh, n_kv_head=nh,
                 n_embd=C, head_dim=C // nh, n_hidden=int(get("n_inner", 4 * C)),
@@ -81,6 +88,8 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         if act != "silu":
             raise CheckpointError(f"{where}: hidden_act={act!r} is not supported (Llama uses silu)")
         C, nh = int(get("hidden_size")), int(get("num_attention_heads"))
+        if "head_dim" not in hf or hf["head_dim"] is None:  # the default head size divides the width among heads
+            require_multiple(C, "hidden_size", nh, "num_attention_heads", where)
         # transformers >= 5 writes `rope_parameters` (theta inside); older files write rope_theta + rope_scaling.
         rope = dict(get("rope_parameters", None) or get("rope_scaling", None) or {})
         theta = float(rope.get("rope_theta", get("rope_theta", 10000.0)))
