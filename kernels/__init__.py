@@ -6,4 +6,4 @@ compiler for the CPU emulator (kernels/emulator.py, kernels/cuda_emulator.h, ker
 """
 from pathlib import Path
 
-KERNELS_DIR = Path(__file__).parent
+KERNELS_DIR = Path(__file__).resolve().parent  # where the .cu sources and the emulator live

@@ -42,7 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-KERNELS_DIR = Path(__file__).resolve().parent
+from . import KERNELS_DIR
+
 HEADER = KERNELS_DIR / "cuda_emulator.h"
 RUNTIME = KERNELS_DIR / "cuda_emulator.cpp"
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kernels import build
-from nanollm.backends.kernel_backend import KERNEL_DIR
+from kernels import KERNELS_DIR
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.rope import rope_cos_sin
 from nanollm.sampling import sample_token, softmax as ref_softmax, top_k_filter
@@ -316,7 +316,7 @@ def test_sampling_large_vocabulary(be):
 # -- the kernel files themselves ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(KERNEL_DIR.glob("*.cu")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(KERNELS_DIR.glob("*.cu")), ids=lambda p: p.name)
 def test_version_list_matches_kernels(path):
     """Each .cu header lists its numbered versions ("  1. name, name: idea"); that list must name exactly the
     kernels the file defines, so the documentation cannot drift from the code (STYLE.md, practice 8)."""
@@ -329,6 +329,19 @@ def test_version_list_matches_kernels(path):
     assert listed == defined, f"{path.name}: header lists {sorted(listed)}, file defines {sorted(defined)}"
 
 
+def test_launcher_constants_match_the_kernels_defines():
+    """kernel_backend.py sizes shared memory and refuses head sizes from constants that attention.cu and common.cuh
+    fix with #define: the two must agree, or a launch would reserve the wrong shared memory."""
+    from nanollm.backends import kernel_backend
+
+    defines = {}
+    for name in ("attention.cu", "common.cuh"):
+        defines.update(re.findall(r"^#define (\w+) (\d+)\b", (KERNELS_DIR / name).read_text(), flags=re.M))
+    assert int(defines["TILE_KEYS"]) == kernel_backend.TILE_KEYS
+    assert int(defines["MAX_HEAD_DIM"]) == kernel_backend.MAX_HEAD_DIM
+    assert int(defines["WARP_SIZE"]) == kernel_backend.WARP
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_nvcc_compiles_every_kernel_without_spills(arch):
     """Every kernel of every .cu file compiles with nvcc (through kernels/build.py, what `make kernels` runs) and
@@ -337,7 +350,7 @@ def test_nvcc_compiles_every_kernel_without_spills(arch):
     if nvcc is None:
         pytest.skip("nvcc is not on PATH: the CUDA toolkit is needed to compile the kernels for a GPU")
     with tempfile.TemporaryDirectory() as out_dir:
-        for source in sorted(KERNEL_DIR.glob("*.cu")):
+        for source in sorted(KERNELS_DIR.glob("*.cu")):
             code, output = build.compile_nvcc(nvcc, source, arch, [], Path(out_dir))
             assert code == 0, f"{source.name} does not compile for {arch}:\n{output}"
             rows = build.parse_ptxas(output)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from nanollm.backends.kernel_backend import KERNEL_DIR
+from kernels import KERNELS_DIR
 
-KERNEL_FILES = sorted(KERNEL_DIR.glob("*.cu"))
+KERNEL_FILES = sorted(KERNELS_DIR.glob("*.cu"))
 
 
 def load_nvrtc():
@@ -31,7 +31,7 @@ def nvrtc_compile(lib, path: Path, arch: str) -> tuple[int, str]:
     prog = ctypes.c_void_p()
     source = path.read_bytes()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), source, path.name.encode(), 0, None, None) == 0
-    options = [f"-I{KERNEL_DIR}".encode(), b"--std=c++17", f"--gpu-architecture={arch}".encode()]
+    options = [f"-I{KERNELS_DIR}".encode(), b"--std=c++17", f"--gpu-architecture={arch}".encode()]
     result = lib.nvrtcCompileProgram(prog, len(options), (ctypes.c_char_p * len(options))(*options))
     size = ctypes.c_size_t()
     lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))

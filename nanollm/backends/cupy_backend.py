@@ -11,7 +11,9 @@ RuntimeError that says which.
 """
 import numpy as np
 
-from .kernel_backend import KERNEL_DIR, KernelBackend
+from kernels import KERNELS_DIR
+
+from .kernel_backend import KernelBackend
 
 try:
     import cupy
@@ -30,7 +32,7 @@ def gpu_count() -> int:
 
 
 def _load_module(path):
-    return cupy.RawModule(code=path.read_text(), options=("-I" + str(KERNEL_DIR), "--std=c++17"))
+    return cupy.RawModule(code=path.read_text(), options=("-I" + str(KERNELS_DIR), "--std=c++17"))
 
 
 class CupyBackend(KernelBackend):

@@ -16,16 +16,16 @@ array arguments are C-contiguous; rope and attention also take strided views (th
 projection, the filled part of the KV cache) as a flat span plus strides, so those are not copied.
 """
 import math
-from pathlib import Path
 
 import numpy as np
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+from kernels import KERNELS_DIR
 
 WARP = 32
 ROW_THREADS = 256  # threads per block for the one-row-per-block kernels (softmax, norms, sampling)
 ELEMENTWISE_THREADS = 256
 MAX_BLOCKS = 4096  # grid-stride loops cover any size with at most this many blocks
+FLOAT32_BYTES = np.dtype(np.float32).itemsize
 MAX_HEAD_DIM = 128  # attention.cu keeps hs / 32 <= 4 output values per lane in registers
 TILE_KEYS = 32  # attention.cu's keys per tile
 
@@ -34,9 +34,9 @@ def _round_up(n: int, multiple: int) -> int:
     return (n + multiple - 1) // multiple * multiple
 
 
-def row_threads(cols: int, limit: int = ROW_THREADS) -> int:
-    """Threads for a one-row-per-block kernel: enough full warps to cover the row once, at most `limit`."""
-    return max(WARP, min(limit, _round_up(cols, WARP)))
+def row_threads(cols: int) -> int:
+    """Threads for a one-row-per-block kernel: enough full warps to cover the row once, at most ROW_THREADS."""
+    return max(WARP, min(ROW_THREADS, _round_up(cols, WARP)))
 
 
 class KernelBackend:
@@ -63,7 +63,7 @@ class KernelBackend:
     def kernel(self, file: str, name: str):
         """The kernel `name` of kernels/<file>, compiling the file on first use."""
         if file not in self._modules:
-            self._modules[file] = self._load_module(KERNEL_DIR / file)
+            self._modules[file] = self._load_module(KERNELS_DIR / file)
         return self._modules[file].get_function(name)
 
     # -- moving data ---------------------------------------------------------------------------------------------
@@ -118,12 +118,16 @@ class KernelBackend:
             y += b
         return y
 
+    def _map(self, name: str, *inputs):
+        """out[i] = f(inputs[0][i], inputs[1][i], ...) by the same-shape kernel `name` of elementwise.cu."""
+        inputs = [self._contiguous(a) for a in inputs]
+        out = self.xp.empty_like(inputs[0])
+        self._launch_elementwise(name, out.size, (*inputs, out, np.int64(out.size)))
+        return out
+
     def add(self, x, y):
         """(B, T, C) x2 -> (B, T, C).  elementwise.cu: residual_add."""
-        x, y = self._contiguous(x), self._contiguous(y)
-        out = self.xp.empty_like(x)
-        self._launch_elementwise("residual_add", x.size, (x, y, out, np.int64(x.size)))
-        return out
+        return self._map("residual_add", x, y)
 
     def _rows(self, x):
         x = self._contiguous(x)
@@ -148,17 +152,11 @@ class KernelBackend:
 
     def gelu(self, x):
         """(...) -> (...).  elementwise.cu: gelu."""
-        x = self._contiguous(x)
-        y = self.xp.empty_like(x)
-        self._launch_elementwise("gelu", x.size, (x, y, np.int64(x.size)))
-        return y
+        return self._map("gelu", x)
 
     def silu_mul(self, gate, up):
         """(..., H) x2 -> (..., H).  elementwise.cu: silu_mul."""
-        gate, up = self._contiguous(gate), self._contiguous(up)
-        y = self.xp.empty_like(gate)
-        self._launch_elementwise("silu_mul", gate.size, (gate, up, y, np.int64(gate.size)))
-        return y
+        return self._map("silu_mul", gate, up)
 
     def _strided_rows(self, a):
         """A (B, n, L, hs) view -> (flat span, element strides of its first three axes), without copying.
@@ -210,7 +208,7 @@ class KernelBackend:
             raise ValueError(f"attention.cu supports head sizes up to {MAX_HEAD_DIM}, got {hs}")
         if nh % n_kv:
             raise ValueError(f"{nh} query heads do not divide into {n_kv} key/value heads")
-        if k.strides[2] != hs * 4 or v.strides != k.strides:
+        if k.strides[2] != hs * FLOAT32_BYTES or v.strides != k.strides:
             k, v = self._contiguous(k), self._contiguous(v)  # the kernel takes key rows hs floats apart
         q, q_strides = self._strided_rows(q)
         k, kv_strides = self._strided_rows(k)
@@ -221,7 +219,7 @@ class KernelBackend:
             self.xp.asarray(key_mask), np.uint8)  # (B, S) one byte per key: 1 = a real key
         warps = min(self.attention_warps, (nh // n_kv) * T)
         grid_rows = -(-(nh // n_kv) * T // warps)
-        shared = (warps * hs + TILE_KEYS * (hs + 1) + TILE_KEYS * hs) * 4
+        shared = (warps * hs + TILE_KEYS * (hs + 1) + TILE_KEYS * hs) * FLOAT32_BYTES
         shape_args = (*q_strides, *kv_strides[:2], np.int32(nh), np.int32(n_kv), np.int32(T), np.int32(S),
                       np.int32(hs), np.int32(q_start), np.float32(1.0 / math.sqrt(hs)))
         y = self.xp.empty((B, nh, T, hs), dtype=np.float32)
