@@ -6,14 +6,14 @@ This is the Python half of nanollm's emulator of the CUDA execution model; the C
 
 Building (`EmuModule`):
   1. find every `extern "C" __global__ void name(...)` in the source with a regular expression and parse its
-     parameter list (our kernels only take pointers like `const float* __restrict__ x` and scalars like `int n`);
+     parameter list (our kernels only take pointers like `const float* x` and scalars like `int n`);
   2. generate one small C++ launcher per kernel, `nanollm_launch_<name>(void** args)`, which unpacks an array of
      pointers to the argument values -- the calling convention of the driver's cuLaunchKernel -- and calls the
      kernel with them;
   3. compile the unmodified source plus the launchers with
      `g++ -O2 -std=c++17 -fPIC -shared -include cuda_emulator.h -DNANOLLM_EMULATOR -I kernels/` and link them with
-     the scheduler (cuda_emulator.cpp, compiled once to an object file) into a shared library, cached under `$NANOLLM_CACHE/emulator` (default `~/.cache/nanollm/emulator`) by the sha256 of
-     everything that goes into it (source and the headers it includes, emulator sources, options, compiler
+     the scheduler (cuda_emulator.cpp, compiled once to an object file) into a shared library, cached under
+     `$NANOLLM_CACHE/emulator` (default `~/.cache/nanollm/emulator`) by the sha256 of everything that goes into it (source and the headers it includes, emulator sources, options, compiler
      version), so a second EmuModule of the same source loads the library without compiling.
 
 Launching (`EmuFunction.__call__`, the same shape as `cupy.RawKernel.__call__`): check the grid, block, shared
@@ -21,9 +21,9 @@ memory and every argument against the kernel's parsed signature in Python, where
 exception, then call `nanollm_emu_launch` in the library through ctypes. NumPy arrays are passed by pointer, so
 the kernel's writes land in the caller's arrays.
 
-    mod = EmuModule(path="kernels/softmax.cu")
-    kern = mod.get_function("softmax_rows")
-    kern((n_rows,), (256,), (x, out, np.int32(n_cols)), shared_mem=0)
+    mod = EmuModule(path="kernels/elementwise.cu")
+    kern = mod.get_function("residual_add")        # residual_add(const float* x, const float* y, float* out, long long n)
+    kern((4,), (256,), (x, y, out, np.int64(x.size)))
 
 Sources: CUDA C++ Programming Guide (execution model, warp shuffle functions, launch limits for compute capability
 8.x/9.x); CUDA Driver API, cuLaunchKernel (the `void** kernelParams` convention); CuPy RawKernel (the call shape).
