@@ -79,7 +79,7 @@ def attention(be, cfg: ModelConfig, layer: LayerWeights, x, rope, cache: KVCache
     qkv = qkv.reshape(B, T, nh + 2 * n_kv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2*n_kv, T, hs)
     q, k, v = qkv[:, :nh], qkv[:, nh : nh + n_kv], qkv[:, nh + n_kv :]  # (B, nh, T, hs), (B, n_kv, T, hs) x2
     if rope is not None:
-        q, k = be.rope(q, *rope), be.rope(k, *rope)
+        q, k = be.rope(q, *rope), be.rope(k, *rope)  # (B, nh, T, hs), (B, n_kv, T, hs): positions enter here
     if cache is not None:
         k, v = cache.update(i, k, v, start)  # (B, n_kv, start+T, hs) x2
     y = be.attention(q, k, v, start, key_mask)  # (B, nh, T, hs)
@@ -143,7 +143,7 @@ class Model:
         """A stateless full pass: int (B, T) -> float32 NumPy logits (B, T, V)."""
         ids = self.check_ids(ids)
         B, T = ids.shape
-        positions = np.broadcast_to(np.arange(T), (B, T))
+        positions = np.broadcast_to(np.arange(T), (B, T))  # (B, T)
         logits = forward(self.backend, self.config, self.weights, self.inv_freq, ids, positions)
         return self.backend.to_numpy(logits)
 
@@ -152,7 +152,7 @@ class Model:
         B, T = ids.shape
         start = cache.length
         if positions is None:
-            positions = np.broadcast_to(np.arange(start, start + T), (B, T))
+            positions = np.broadcast_to(np.arange(start, start + T), (B, T))  # (B, T)
         logits = forward(self.backend, self.config, self.weights, self.inv_freq, ids, positions, cache, start,
                          key_mask, last_only)
         cache.length = start + T

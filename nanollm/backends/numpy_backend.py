@@ -53,15 +53,15 @@ class NumpyBackend:
 
     def layer_norm(self, x, w, b, eps: float):
         """(x - mean) / sqrt(var + eps) * w + b over the last axis. (..., C) -> (..., C).  Kernel: kernels/norms.cu."""
-        mean = x.mean(axis=-1, keepdims=True)
-        xc = x - mean
-        var = (xc * xc).mean(axis=-1, keepdims=True)
-        return xc * (1.0 / np.sqrt(var + eps)) * w + b
+        mean = x.mean(axis=-1, keepdims=True)  # (..., 1)
+        xc = x - mean  # (..., C)
+        var = (xc * xc).mean(axis=-1, keepdims=True)  # (..., 1) two passes: no cancellation from E[x^2] - E[x]^2
+        return xc * (1.0 / np.sqrt(var + eps)) * w + b  # (..., C)
 
     def rms_norm(self, x, w, eps: float):
         """x / sqrt(mean(x^2) + eps) * w over the last axis. (..., C) -> (..., C).  Kernel: kernels/norms.cu."""
-        ms = (x * x).mean(axis=-1, keepdims=True)
-        return x * (1.0 / np.sqrt(ms + eps)) * w
+        ms = (x * x).mean(axis=-1, keepdims=True)  # (..., 1)
+        return x * (1.0 / np.sqrt(ms + eps)) * w  # (..., C)
 
     def gelu(self, x):
         """GELU, tanh approximation (GPT-2's "gelu_new"). (...) -> (...).  Kernel: gelu in kernels/elementwise.cu."""
@@ -88,11 +88,11 @@ class NumpyBackend:
 
         (..., S) -> (..., S).  Kernel: kernels/softmax.cu.
         """
-        m = x.max(axis=axis, keepdims=True)
+        m = x.max(axis=axis, keepdims=True)  # (..., 1)
         m = np.where(np.isfinite(m), m, 0.0).astype(x.dtype)  # fully masked row: exp(-inf - 0) = 0 everywhere
-        e = np.exp(x - m)
-        s = e.sum(axis=axis, keepdims=True)
-        return e / np.where(s > 0.0, s, 1.0).astype(x.dtype)
+        e = np.exp(x - m)  # (..., S) every value in (0, 1]: no overflow
+        s = e.sum(axis=axis, keepdims=True)  # (..., 1)
+        return e / np.where(s > 0.0, s, 1.0).astype(x.dtype)  # (..., S)
 
     def attention(self, q, k, v, q_start: int, key_mask=None):
         """Causal grouped-query attention. (B, nh, T, hs), (B, n_kv, S, hs) x2 -> (B, nh, T, hs).
@@ -112,7 +112,7 @@ class NumpyBackend:
         visible = np.arange(S) <= q_start + np.arange(T)[:, None]  # (T, S) causal
         if key_mask is not None:
             visible = visible & key_mask[:, None, None, None, :]  # (B, 1, 1, T, S)
-        att = np.where(visible, att, -np.inf).astype(np.float32)
-        att = self.softmax(att)
+        att = np.where(visible, att, -np.inf).astype(np.float32)  # (B, n_kv, g, T, S) hidden keys get no weight
+        att = self.softmax(att)  # (B, n_kv, g, T, S)
         y = att.reshape(B, n_kv, g * T, S) @ v  # (B, n_kv, g*T, S) x (B, n_kv, S, hs) -> (B, n_kv, g*T, hs)
         return y.reshape(B, nh, T, hs)
