@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sampling import check_sampling_args, draw, filtered_probs, softmax
+from .sampling import check_sampling_args, draw, filtered_probs, refuse_nan, softmax
 
 
 @dataclass(frozen=True)
@@ -138,9 +138,7 @@ def choose_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Gen
     """Processed logits (B, V) -> int (B,) token ids: argmax when greedy, else one seeded draw per row."""
     if params.greedy:
         tokens = logits.argmax(axis=-1)  # (B,) the first maximum, as torch.argmax
-        # argmax returns the first NaN if there is one, so this O(B) look finds any NaN in the rows.
-        if np.isnan(logits[np.arange(len(tokens)), tokens]).any():
-            raise ValueError("the model produced NaN logits: the weights or the input are corrupt")
+        refuse_nan(logits[np.arange(len(tokens)), tokens])  # (B,) each row's value at its argmax
         return tokens
     u = rng.random(len(logits))  # (B,) one uniform number per row
     return np.array([draw(distribution(row, params), u[b]) for b, row in enumerate(logits)], dtype=np.int64)
@@ -152,8 +150,7 @@ def distribution(row: np.ndarray, params: SamplingParams) -> np.ndarray:
     Greedy has no distribution of its own; it shows the softmax at temperature 1, whose top token greedy takes.
     """
     if params.greedy:
-        if np.isnan(row.max()):
-            raise ValueError("the model produced NaN logits: the weights or the input are corrupt")
+        refuse_nan(row.max())
         return softmax(row)
     return filtered_probs(row, params.temperature, params.top_k, params.top_p, params.min_p)
 

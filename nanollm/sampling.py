@@ -11,9 +11,39 @@ the generation loop. The processors that run before temperature (penalties, logi
 import numpy as np
 
 
+NAN_LOGITS = "the model produced NaN logits: the weights or the input are corrupt"
+
+
+def refuse_nan(maxima) -> None:
+    """Raise if any row maximum is NaN. float or (B,) -> None
+
+    np.max propagates NaN and np.argmax stops at the first NaN, so a row's max (or its value at the argmax) is NaN
+    exactly when the row holds one: one value per row tells, instead of a second pass over the vocabulary.
+    """
+    if np.isnan(maxima).any():
+        raise ValueError(NAN_LOGITS)
+
+
 def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """logits / temperature. (V,) -> (V,). temperature must be > 0 (0 means greedy and never reaches here)."""
-    return logits * (1.0 / temperature)
+    """logits / temperature, as logits * (1 / temperature) with the reciprocal rounded to float32. (V,) -> (V,)
+
+    temperature must be > 0 (0 means greedy and never reaches here). A temperature so small that the result leaves
+    float32's range gives infinite (or NaN, 0 * inf) entries: `overflowed` detects that; the callers go greedy.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is handled by the callers, see `overflowed`
+        return logits * (1.0 / temperature)
+
+
+def overflowed(logits: np.ndarray, z: np.ndarray) -> bool:
+    """Whether z = apply_temperature(logits, T) left float32's range: the logits' max is finite, z's is not.
+    (V,), (V,) -> bool
+
+    softmax(z / T) tends to the argmax as T -> 0, and once z / T overflows nothing closer can be computed (softmax
+    would give NaN), so such a temperature is greedy. Examples: T=1e-45 (1 / T = 1e45 > float32's 3.4e38: every z is
+    +-inf or NaN), T=1e-38 with a largest logit of 5 (5e38 -> +inf) or of -5 (-5e38 -> -inf: every z is -inf).
+    The logits were checked for NaN before, so a NaN in z is 0 * inf.
+    """
+    return logits.max() > -np.inf and not np.isfinite(z.max())
 
 
 def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
@@ -76,23 +106,31 @@ def draw(probs: np.ndarray, u: float) -> int:
 
 
 def sample_token(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> int:
-    """The whole pipeline for one row. (V,) float32 logits, uniform u -> token id. temperature=0 is greedy."""
-    if temperature == 0:
+    """The whole pipeline for one row. (V,) float32 logits, uniform u -> token id.
+
+    temperature=0 is greedy, and so is a temperature too small for float32 (see `overflowed`). NaN logits raise.
+    """
+    refuse_nan(logits.max())
+    z = apply_temperature(logits, temperature) if temperature != 0 else None
+    if z is None or overflowed(logits, z):
         return int(np.argmax(logits))  # the first maximum, as torch.argmax does
-    z = top_k_filter(apply_temperature(logits, temperature), top_k)
-    return draw(top_p_filter(softmax(z), top_p), u)
+    return draw(top_p_filter(softmax(top_k_filter(z, top_k)), top_p), u)
 
 
 def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
                    ) -> np.ndarray:
     """temperature -> top-k -> softmax -> top-p -> min-p: the unnormalised distribution draw() reads. (V,) -> (V,)
 
-    temperature must be > 0. NaN logits raise: np.max propagates NaN, so one pass over the row finds any.
+    temperature must be > 0; one too small for float32 (see `overflowed`) gives all the mass to the first argmax,
+    as greedy would choose. NaN logits raise.
     """
-    if np.isnan(logits.max()):
-        raise ValueError("the model produced NaN logits: the weights or the input are corrupt")
-    z = top_k_filter(apply_temperature(logits, temperature), top_k)
-    return min_p_filter(top_p_filter(softmax(z), top_p), min_p)
+    refuse_nan(logits.max())
+    z = apply_temperature(logits, temperature)
+    if overflowed(logits, z):
+        probs = np.zeros_like(logits)
+        probs[np.argmax(logits)] = 1.0
+        return probs
+    return min_p_filter(top_p_filter(softmax(top_k_filter(z, top_k)), top_p), min_p)
 
 
 def check_sampling_args(temperature: float, top_k: int, top_p: float, min_p: float = 0.0):

@@ -192,3 +192,22 @@ def test_nan_logits_raise(temperature):
     logits = np.array([[0.1, np.nan, 0.3]], np.float32)
     with pytest.raises(ValueError, match="NaN"):
         choose_tokens(logits, SamplingParams(temperature=temperature), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="NaN"):  # the kernel's twin checks too, whatever the temperature
+        sample_token(logits[0], 0.5, temperature=temperature)
+
+
+@pytest.mark.parametrize("temperature, logits", [
+    (1e-45, [0.0, 2.0, -1.0, 2.0, 0.5]),  # 1 / T = 1e45 overflows float32: z = [NaN, inf, -inf, inf, inf]
+    (1e-38, [0.0, 5.0, -1.0, 5.0, 0.5]),  # 1 / T = 1e38 fits, but 5 / T = 5e38 does not: z max = +inf
+    (1e-38, [-9.0, -5.0, -7.0, -5.0, -6.0]),  # every z is -inf, softmax would be all NaN
+])
+def test_a_temperature_too_small_for_float32_is_greedy(temperature, logits):
+    """softmax(z / T) -> argmax as T -> 0. Where z / T overflows float32 the T -> 0 limit is all that can be
+    computed, so the token is the first largest logit (index 1, tied with 3) for every u, not the last id (4) that
+    a NaN row used to draw."""
+    logits = np.array(logits, np.float32)
+    for u in (0.0, 0.3, 0.99):
+        assert sample_token(logits, u, temperature=temperature, top_k=2, top_p=0.9) == 1
+    assert filtered_probs(logits, temperature, 2, 0.9, 0.1).tolist() == [0, 1, 0, 0, 0]
+    p = SamplingParams(temperature=temperature, top_k=2)
+    assert choose_tokens(np.stack([logits, logits[::-1]]), p, np.random.default_rng(0)).tolist() == [1, 1]
