@@ -176,3 +176,127 @@ def test_llama3_style_tokenizer_model_in_tiktoken_format(tmp_path):
     assert (ours.bos_token_id, ours.eos_token_id) == (100256, 100257)
     for text in EDGE_CASES:
         assert ours.encode_prompt(text) == [100256] + reference.encode(text, allowed_special="all")
+
+
+# -- Added tokens beside vocab.json + merges.txt (a ChatML fine-tune of GPT-2, saved as a slow tokenizer would) ------
+
+CHATML = ["<|im_start|>", "<|im_end|>"]
+# "hello world" is new; "hello" is already GPT-2 token 31373, so it keeps that id but is still cut out of the text
+# (" hello" becomes [Ġ, hello], not the single token " hello") -- except in the legacy layout, whose
+# added_tokens.json lists only ids past the vocabulary; "café" decodes through GPT-2's byte map (é -> 0xE9).
+PLAIN_ADDED = ["hello world", "hello", "café"]
+
+
+def _write_slow_layout(directory, source, *, with_decoder: bool):
+    """A GPT-2 directory with ChatML added, laid out as transformers 4's slow GPT2Tokenizer saved one.
+
+    transformers 5 has no slow GPT2Tokenizer and saves tokenizer.json only, so its save is turned into the slow
+    layout here: vocab.json + merges.txt, tokenizer_config.json with ``added_tokens_decoder`` (written by 4.34 and
+    later; ``with_decoder=False`` gives the older layout without it), special_tokens_map.json, added_tokens.json.
+    """
+    tokenizer = transformers.GPT2Tokenizer.from_pretrained(source)
+    tokenizer.add_special_tokens({"additional_special_tokens": CHATML, "eos_token": "<|im_end|>"})
+    tokenizer.add_tokens(PLAIN_ADDED)
+    tokenizer.save_pretrained(directory)
+    (directory / "tokenizer.json").unlink(missing_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(source / name, directory / name)
+    config = json.loads((directory / "tokenizer_config.json").read_text())
+    decoder = {str(i): token.__getstate__() for i, token in tokenizer.added_tokens_decoder.items()}
+    config["additional_special_tokens"] = config.pop("extra_special_tokens")
+    named = {key: config[key] for key in ("bos_token", "eos_token", "unk_token")}
+    (directory / "special_tokens_map.json").write_text(json.dumps({**named, "additional_special_tokens": CHATML}))
+    added = {token["content"]: int(i) for i, token in decoder.items() if int(i) >= 50257}
+    (directory / "added_tokens.json").write_text(json.dumps(added))
+    if with_decoder:
+        config["added_tokens_decoder"] = decoder
+    else:
+        config["eos_token"] = "<|endoftext|>"  # special_tokens_map.json's "<|im_end|>" must win, as in transformers
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+@pytest.fixture(scope="module", params=["added_tokens_decoder", "legacy_files"])
+def chatml_pair(request, gpt2_source, tmp_path_factory):
+    directory = _write_slow_layout(tmp_path_factory.mktemp(request.param), gpt2_source,
+                                   with_decoder=request.param == "added_tokens_decoder")
+    return Tokenizer.from_pretrained(directory), transformers.AutoTokenizer.from_pretrained(directory, use_fast=False)
+
+
+CHATML_PROMPTS = [
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n",
+    "say hello worldly, hello there, café au lait",
+    " hello worldhello world<|im_start|><|im_end|><|endoftext|>",
+    "<|im_start|><|im_start|>> <|im_end",
+]
+
+
+def test_chatml_added_tokens_match_auto_tokenizer(chatml_pair):
+    """Hand-checked ids: new tokens count up from GPT-2's vocabulary size (50257) in the order they were added
+    (eos <|im_end|> first, then <|im_start|>, "hello world", "café"); encode_prompt, decode and the added vocabulary
+    agree with transformers."""
+    ours, reference = chatml_pair
+    new = {"<|im_end|>": 50257, "<|im_start|>": 50258, "hello world": 50259, "café": 50260}
+    assert {t: ours.special_tokens[t] for t in new} == new
+    assert ours.special_tokens == reference.get_added_vocab()
+    assert (ours.bos_token_id, ours.eos_token_id) == (reference.bos_token_id, reference.eos_token_id) == (50256, 50257)
+    for text in CHATML_PROMPTS + PROMPTS:
+        ids = reference(text)["input_ids"]
+        assert ours.encode_prompt(text) == ids, text
+        assert ours.decode(ids) == reference.decode(ids), text
+
+
+def test_chatml_use_fast_agrees(gpt2_source, tmp_path):
+    """AutoTokenizer with use_fast=True loads the same directory (transformers 5 has one GPT2Tokenizer for both)."""
+    directory = _write_slow_layout(tmp_path, gpt2_source, with_decoder=True)
+    ours = Tokenizer.from_pretrained(directory)
+    fast = transformers.AutoTokenizer.from_pretrained(directory, use_fast=True)
+    for text in CHATML_PROMPTS:
+        assert ours.encode_prompt(text) == fast(text)["input_ids"], text
+
+
+chatml_text = st.lists(
+    st.one_of(st.sampled_from(CHATML + PLAIN_ADDED + ["<|endoftext|>", "<|im", "_end|>", "hello", " world"]),
+              st.text(max_size=8), tricky_text),
+    max_size=12,
+).map("".join)
+
+
+@settings(max_examples=80)
+@given(chatml_text)
+def test_chatml_random_text_matches_auto_tokenizer(chatml_pair, text):
+    ours, reference = chatml_pair
+    ids = reference(text)["input_ids"]
+    assert ours.encode_prompt(text) == ids
+    assert ours.decode(ids) == reference.decode(ids)
+
+
+def test_named_tokens_outside_the_vocabulary_get_new_ids(gpt2_source, tmp_path):
+    """Only names in the config, no added_tokens_decoder: transformers adds bos, eos, unk, sep, pad, cls, mask, then
+    the extras, each new one at the next id. So <|im_end|> (eos) is 50257, <pad> 50258, <|im_start|> 50259."""
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(gpt2_source / name, tmp_path / name)
+    config = {"tokenizer_class": "GPT2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<pad>",
+              "additional_special_tokens": CHATML}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    ours = Tokenizer.from_pretrained(tmp_path)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, use_fast=False)
+    expected = {"<|endoftext|>": 50256, "<|im_end|>": 50257, "<pad>": 50258, "<|im_start|>": 50259}
+    assert ours.special_tokens == reference.get_added_vocab() == expected
+    assert ours.eos_token_id == reference.eos_token_id == 50257
+    for text in CHATML_PROMPTS:
+        assert ours.encode_prompt(text) == reference(text)["input_ids"], text
+
+
+def test_encoder_json_names_load_the_same_added_tokens(gpt2_source, tmp_path):
+    """OpenAI's file names (encoder.json + vocab.bpe) with the same settings files give the same tokenizer;
+    transformers cannot load these names, so the reference is our own load of vocab.json + merges.txt (which the
+    tests above compare with transformers)."""
+    directory = _write_slow_layout(tmp_path, gpt2_source, with_decoder=True)
+    ours = Tokenizer.from_pretrained(directory)
+    (directory / "vocab.json").rename(directory / "encoder.json")
+    (directory / "merges.txt").rename(directory / "vocab.bpe")
+    renamed = Tokenizer.from_pretrained(directory)
+    assert renamed.special_tokens == ours.special_tokens
+    for text in CHATML_PROMPTS:
+        assert renamed.encode_prompt(text) == ours.encode_prompt(text)

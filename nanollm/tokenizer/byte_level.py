@@ -213,7 +213,7 @@ def from_string_vocab(
 ) -> ByteLevelBPE:
     """Build from GPT-2-style strings: ``vocab`` maps "Ġthe" -> id, ``merges`` is the ordered list of ("Ġ", "the").
 
-    ``skip`` names vocabulary entries that are special tokens ("<|endoftext|>"), which are not byte-level strings.
+    ``skip`` names vocabulary entries to leave out of the model (ones that are not byte-level strings).
     A pair's priority is its line number in the merge list, exactly as in Hugging Face's BPE model.
     """
     char_to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
@@ -246,15 +246,30 @@ def read_merges_txt(path: str | Path) -> list[tuple[str, str]]:
     return merges
 
 
-def load_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[ByteLevelBPE, dict[str, int]]:
-    """Load encoder.json + vocab.bpe (or vocab.json + merges.txt); also return the special tokens found in the vocab.
+def token_text_bytes(text: str, *, char_to_byte: dict[str, int]) -> bytes:
+    """The bytes Hugging Face's ByteLevel decoder makes of one token string.
 
-    GPT-2's encoder.json holds "<|endoftext|>" among ordinary tokens; anything of the form <|...|> that is not a
-    byte-level string is treated as a special token.
+    A string of byte-level characters maps back to its bytes ("Ġfoo" -> b" foo"); a string with any other character
+    (an added token such as "hello world": the space is not a byte-level character) is taken as its own UTF-8. Note
+    that an added "café" is the first kind (é is the byte-level character for byte 0xE9), so it decodes to
+    b"caf\\xe9", invalid UTF-8, exactly as in transformers. (tokenizers, ``decoders/byte_level.rs``.)
+    """
+    if all(ch in char_to_byte for ch in text):
+        return bytes(char_to_byte[ch] for ch in text)
+    return text.encode("utf-8")
+
+
+def load_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[ByteLevelBPE, dict[str, int]]:
+    """Load encoder.json + vocab.bpe (or vocab.json + merges.txt); also return the vocabulary as written (str -> id).
+
+    Which tokens are special is not said by these two files but by the settings beside them (``loading.py``). An
+    entry that is not a byte-level string (possible in a hand-edited vocab.json) cannot come out of merging bytes,
+    so the BPE model leaves it out; it still decodes, by ``token_text_bytes``.
     """
     vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
     if not isinstance(vocab, dict):
         raise TokenizerError(f"{vocab_path} should hold a JSON object token -> id")
-    specials = {s: i for s, i in vocab.items() if s.startswith("<|") and s.endswith("|>") and len(s) > 4}
-    model = from_string_vocab(vocab, read_merges_txt(merges_path), pattern=GPT2_PATTERN, skip=set(specials))
-    return model, specials
+    byte_chars = set(bytes_to_unicode().values())
+    not_byte_level = {s for s in vocab if not set(s) <= byte_chars}
+    model = from_string_vocab(vocab, read_merges_txt(merges_path), pattern=GPT2_PATTERN, skip=not_byte_level)
+    return model, vocab
