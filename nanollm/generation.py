@@ -21,9 +21,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .logits_processors import SamplingParams, TokenHistory, choose_tokens, process_logits, top_probabilities
+from .sampling import whole_number
 from .stopping import TextStream
 
 CONTEXT_OVERFLOW = ("error", "truncate_left")
+# transformers' top_k when sampling is on and nothing names one (GenerationConfig._get_default_generation_params)
+TRANSFORMERS_DEFAULT_TOP_K = 50
 
 
 @dataclass
@@ -71,10 +74,11 @@ class GenerationSettings:
     early_stopping: bool | str = False  # True, False or "never", as transformers
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "min_new_tokens", "num_beams"):
-            value = getattr(self, name)
-            if int(value) != value or value < (1 if name == "num_beams" else 0):
-                raise ValueError(f"{name} must be a whole number >= {1 if name == 'num_beams' else 0}, got {value}")
+        # Checked first, then stored as ints (2.0 -> 2), so NumPy never sees a float count. Frozen: object.__setattr__.
+        for name, minimum in (("max_new_tokens", 0), ("min_new_tokens", 0), ("num_beams", 1)):
+            object.__setattr__(self, name, whole_number(name, getattr(self, name), minimum))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", whole_number("seed", self.seed))
         if self.context_overflow not in CONTEXT_OVERFLOW:
             raise ValueError(f"context_overflow must be one of {CONTEXT_OVERFLOW}, got {self.context_overflow!r}")
         if self.padding_side not in ("left", "right"):
@@ -105,7 +109,7 @@ def resolve_settings(model, *, max_new_tokens=64, temperature=None, top_k=None, 
 
     params = SamplingParams(
         temperature=float(default(temperature, "temperature", 1.0 if sampling else 0.0, True)),
-        top_k=int(default(top_k, "top_k", 50 if sampling else 0, True)),
+        top_k=default(top_k, "top_k", TRANSFORMERS_DEFAULT_TOP_K if sampling else 0, True),
         top_p=float(default(top_p, "top_p", 1.0, True)),
         min_p=float(default(min_p, "min_p", 0.0, True)),
         repetition_penalty=float(default(repetition_penalty, "repetition_penalty", 1.0)),

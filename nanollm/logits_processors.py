@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .sampling import check_sampling_args, draw, filtered_probs, refuse_nan, softmax
+from .sampling import check_sampling_args, draw, filtered_probs, refuse_nan, softmax, whole_number
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class SamplingParams:
 
     def __post_init__(self):
         check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p)
+        object.__setattr__(self, "top_k", whole_number("top_k", self.top_k))  # 2.0 -> 2, once checked (frozen)
         if not (self.repetition_penalty > 0):
             raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
         for name in ("presence_penalty", "frequency_penalty"):

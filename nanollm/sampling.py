@@ -8,6 +8,8 @@ The order is fixed: temperature -> top-k -> softmax -> top-p -> min-p -> inverse
 its warpers). `sample_token` is the kernel's twin (no min-p); `filtered_probs` is the same pipeline with min-p, used by
 the generation loop. The processors that run before temperature (penalties, logit bias) are in logits_processors.py.
 """
+from numbers import Real
+
 import numpy as np
 
 
@@ -133,12 +135,21 @@ def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p
     return min_p_filter(top_p_filter(softmax(top_k_filter(z, top_k)), top_p), min_p)
 
 
+def whole_number(name: str, value, minimum: int = 0) -> int:
+    """value as an int if it is a whole number >= minimum, else a ValueError naming the setting.
+
+    Examples: 3 -> 3, 2.0 -> 2 (a whole number written as a float, as JSON may); 2.5, True, "3", inf -> error.
+    """
+    if isinstance(value, bool) or not isinstance(value, Real) or not float(value).is_integer() or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def check_sampling_args(temperature: float, top_k: int, top_p: float, min_p: float = 0.0):
     """Refuse settings that have no meaning, with a message naming the setting."""
     if not (temperature >= 0):  # also rejects NaN
         raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    if int(top_k) != top_k or top_k < 0:
-        raise ValueError(f"top_k must be a whole number >= 0 (0 disables it), got {top_k}")
+    whole_number("top_k (0 disables it)", top_k)
     if not (0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if not (0 <= min_p <= 1):

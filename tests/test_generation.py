@@ -131,11 +131,22 @@ def test_iter_generate_yields_the_ids_and_fills_stats(models):
     (dict(max_new_tokens=-1), "max_new_tokens"), (dict(min_new_tokens=1.5), "min_new_tokens"),
     (dict(padding_side="middle"), "padding_side"), (dict(early_stopping="sometimes"), "early_stopping"),
     (dict(stop=("x",)), "tokenizer"), (dict(temperature=-1), "temperature"), (dict(stream=True), "tokenizer"),
+    (dict(temperature=0.7, top_k=2.5), "top_k"), (dict(max_new_tokens=float("inf")), "max_new_tokens"),
+    (dict(max_new_tokens="3"), "max_new_tokens"), (dict(seed=-1), "seed"), (dict(num_beams=True), "num_beams"),
 ])
 def test_invalid_requests_raise(models, kwargs, message):
     model, _ = models
     with pytest.raises(ValueError, match=message):
         model.generate([3, 4], **kwargs)
+
+
+def test_whole_numbers_written_as_floats_are_counts(models):
+    """max_new_tokens=2.0 (as a JSON config may write it) means 2; top_k=3.0 means 3: the same run as with ints."""
+    model, _ = models
+    kwargs = dict(temperature=0.9, seed=3, eos_token_ids=set())
+    floats = model.generate([3, 4], max_new_tokens=2.0, min_new_tokens=1.0, top_k=3.0, **kwargs)
+    ints = model.generate([3, 4], max_new_tokens=2, min_new_tokens=1, top_k=3, **kwargs)
+    assert floats.token_ids == ints.token_ids and len(floats.token_ids) == 2
 
 
 # -- text: streaming and stop strings ------------------------------------------------------------------------------
