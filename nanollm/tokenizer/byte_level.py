@@ -114,8 +114,29 @@ def unicode_to_bytes(text: str, *, char_to_byte: dict[str, int]) -> bytes:
 
 
 def resolve_pattern(pattern: str) -> str:
-    """A named pattern ("gpt2", "r50k", "cl100k", "o200k") becomes its regex; anything else is taken as a regex."""
+    """A key of ``NAMED_PATTERNS`` ("gpt2", ...) becomes its regex; anything else is taken as a regex."""
     return NAMED_PATTERNS.get(pattern, pattern)
+
+
+def compile_pattern(pattern: str) -> regex.Pattern:
+    """Compile a pre-tokenizer regex, or raise TokenizerError saying why it cannot be one.
+
+    Splitting uses ``findall``, which returns the whole match only when the pattern has no capturing groups (with
+    groups it returns the groups' text, silently dropping the rest of each match), so groups must be written
+    ``(?:...)``, as every pattern in ``NAMED_PATTERNS`` is.
+    """
+    if not isinstance(pattern, str):
+        raise TokenizerError(f"a pre-tokenizer pattern must be a string, not {type(pattern).__name__}")
+    try:
+        compiled = regex.compile(pattern)
+    except regex.error as err:
+        raise TokenizerError(f"pre-tokenizer pattern {pattern!r} is not a valid regex: {err}") from None
+    if compiled.groups:
+        raise TokenizerError(
+            f"pre-tokenizer pattern {pattern!r} has {compiled.groups} capturing group(s); write them (?:...) so "
+            "that each match is one whole word"
+        )
+    return compiled
 
 
 class ByteLevelBPE:
@@ -144,7 +165,7 @@ class ByteLevelBPE:
         self.pattern = pattern
         self.whole_word_first = whole_word_first
         self.add_prefix_space = add_prefix_space
-        self._regex = regex.compile(pattern)
+        self._regex = compile_pattern(pattern)
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:

@@ -17,6 +17,10 @@ Format, version 1 (a JSON object):
     }
 
 The merge order is the priority order: merge i beats merge j when i < j, exactly as in GPT-2's merges.txt.
+
+The reader checks everything before a Tokenizer is built: each field's JSON type, that merges are numbered as above,
+that the pattern compiles, that special tokens have distinct ids above the ordinary ones, that BOS/EOS are special
+tokens. Any problem raises TokenizerError naming the file, never a traceback from deeper down at encode time.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .byte_level import ByteLevelBPE
+from .byte_level import ByteLevelBPE, compile_pattern
 from .decoding import DecodeRules
 from .errors import TokenizerError
 
@@ -58,10 +62,32 @@ class BPEMerges:
             table[result] = merged
         return table
 
+    def check(self) -> dict[int, bytes]:
+        """Raise TokenizerError unless these fields make a usable tokenizer; return ``token_bytes()``."""
+        table = self.token_bytes()
+        compile_pattern(self.pattern)
+        owner: dict[int, str] = {}
+        for text, i in self.special_tokens.items():
+            if not text:
+                raise TokenizerError("a special token is the empty string")
+            if not _encodes_as_utf8(text):
+                raise TokenizerError(f"special token {text!r} is not valid Unicode (a lone surrogate)")
+            if i < len(table):
+                raise TokenizerError(f"special token {text!r} reuses id {i} of an ordinary token")
+            if i in owner:
+                raise TokenizerError(f"special tokens {owner[i]!r} and {text!r} share id {i}")
+            owner[i] = text
+        for role, token in (("bos_token", self.bos_token), ("eos_token", self.eos_token)):
+            if token is not None and token not in self.special_tokens:
+                raise TokenizerError(f"{role} {token!r} is not one of the special tokens")
+        if self.add_bos_token and self.bos_token is None:
+            raise TokenizerError("add_bos_token is true but there is no bos_token")
+        return table
+
     def tokenizer(self, name: str = "nanollm BPE"):
         from .tokenizer import Tokenizer
 
-        table = self.token_bytes()
+        table = self.check()
         token_ids = {b: i for i, b in table.items()}
         pair_ranks = {}
         for rank, (left, right, _) in enumerate(self.merges):
@@ -69,8 +95,6 @@ class BPEMerges:
         model = ByteLevelBPE(token_ids=token_ids, pair_ranks=pair_ranks, pattern=self.pattern, whole_word_first=False)
         decode_table = dict(table)
         for text, i in self.special_tokens.items():
-            if i in table:
-                raise TokenizerError(f"special token {text!r} reuses id {i} of an ordinary token")
             decode_table[i] = text.encode("utf-8")
         bos_id = self.special_tokens.get(self.bos_token) if self.bos_token else None
         eos_id = self.special_tokens.get(self.eos_token) if self.eos_token else None
@@ -105,28 +129,71 @@ class BPEMerges:
 
     @classmethod
     def load(cls, path) -> "BPEMerges":
+        """Read and check ``nanollm_tokenizer.json``; any problem with it raises TokenizerError naming the file."""
         path = Path(path)
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as err:
+            record = json.loads(path.read_bytes().decode("utf-8"))
+        except OSError as err:
             raise TokenizerError(f"cannot read {path}: {err}") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
-            raise TokenizerError(f"{path} is not a nanollm tokenizer file (no \"format\": \"{FORMAT_NAME}\")")
-        if record.get("version") != FORMAT_VERSION:
-            raise TokenizerError(f"{path} has version {record.get('version')!r}; this nanollm reads version 1")
-        if record.get("type") != "byte_level_bpe":
-            raise TokenizerError(f"{path}: unknown tokenizer type {record.get('type')!r}")
+        except UnicodeDecodeError as err:
+            raise TokenizerError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+        except json.JSONDecodeError as err:
+            raise TokenizerError(f"{path} is not valid JSON: {err}") from None
         try:
-            return cls(
-                pattern=record["pattern"],
-                merges=[(int(a), int(b), int(c)) for a, b, c in record["merges"]],
-                special_tokens={str(k): int(v) for k, v in record.get("special_tokens", {}).items()},
-                bos_token=record.get("bos_token"),
-                eos_token=record.get("eos_token"),
-                add_bos_token=bool(record.get("add_bos_token", False)),
-            )
-        except (KeyError, TypeError, ValueError) as err:
-            raise TokenizerError(f"{path}: malformed field ({err})") from None
+            merges = _from_record(record)
+            merges.check()
+        except TokenizerError as err:
+            raise TokenizerError(f"{path}: {err}") from None
+        return merges
+
+
+def _from_record(record) -> BPEMerges:
+    """A BPEMerges from the parsed JSON, refusing any field of the wrong JSON type (a float or a bool is not an id)."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
+        raise TokenizerError(f'not a nanollm tokenizer file (no "format": "{FORMAT_NAME}")')
+    version = record.get("version")
+    if not _is_id(version) or version != FORMAT_VERSION:
+        raise TokenizerError(f"version {version!r}; this nanollm reads version {FORMAT_VERSION}")
+    if record.get("type") != "byte_level_bpe":
+        raise TokenizerError(f"unknown tokenizer type {record.get('type')!r}")
+    for key in ("pattern", "merges"):
+        if key not in record:
+            raise TokenizerError(f'no "{key}" field')
+    if not isinstance(record["pattern"], str):
+        raise TokenizerError(f'"pattern" should be a string, not {record["pattern"]!r}')
+    merges = record["merges"]
+    if not isinstance(merges, list) or not all(
+        isinstance(m, list) and len(m) == 3 and all(map(_is_id, m)) for m in merges
+    ):
+        raise TokenizerError('"merges" should be a list of [left id, right id, result id] triples of integers >= 0')
+    specials = record.get("special_tokens", {})
+    if not isinstance(specials, dict) or not all(map(_is_id, specials.values())):
+        raise TokenizerError('"special_tokens" should map token text to an integer id >= 0')
+    for key in ("bos_token", "eos_token"):
+        if record.get(key) is not None and not isinstance(record[key], str):
+            raise TokenizerError(f'"{key}" should be a string or null, not {record[key]!r}')
+    if not isinstance(record.get("add_bos_token", False), bool):
+        raise TokenizerError(f'"add_bos_token" should be true or false, not {record["add_bos_token"]!r}')
+    return BPEMerges(
+        pattern=record["pattern"],
+        merges=[(a, b, c) for a, b, c in merges],
+        special_tokens=dict(specials),
+        bos_token=record.get("bos_token"),
+        eos_token=record.get("eos_token"),
+        add_bos_token=record.get("add_bos_token", False),
+    )
+
+
+def _is_id(value) -> bool:
+    return type(value) is int and value >= 0  # type(), not isinstance: JSON true/false load as bool, a subclass of int
+
+
+def _encodes_as_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def load_nanollm_tokenizer(path):

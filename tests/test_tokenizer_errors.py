@@ -1,0 +1,146 @@
+"""A bad nanollm_tokenizer.json ends in one clear TokenizerError naming the file, not a traceback.
+
+Each test states the input and the message it expects; the hypothesis test corrupts a valid saved file at random and
+checks that nothing but TokenizerError (or a working tokenizer) comes out of loading it.
+"""
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanollm.tokenizer import TokenizerError
+from nanollm.tokenizer.saving import BPEMerges, load_nanollm_tokenizer
+from nanollm.tokenizer.train import train_bpe
+
+# Wikipedia's example (train.py's docstring): merges aa=256, ab=257, aaab=258; then <s>=259 and </s>=260.
+VALID = train_bpe("aaabdaaabac", 256 + 3 + 2, special_tokens=("<s>", "</s>"), bos_token="<s>", eos_token="</s>")
+
+
+def _saved_record(tmp_path):
+    path = VALID.save(tmp_path)
+    return path, json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_valid_file_loads_and_names_its_tokens(tmp_path):
+    """The base every corruption below starts from is itself fine: BOS <s> = 259 is prepended, aaab = 258."""
+    path, _ = _saved_record(tmp_path)
+    tok = load_nanollm_tokenizer(path)
+    assert tok.encode_prompt("aaab</s>") == [259, 258, 260]
+
+
+# -- the saved file (B7) ------------------------------------------------------------------------------------------
+
+
+def test_saved_file_that_is_not_utf8(tmp_path):
+    """Byte 0xFF never occurs in UTF-8; before the fix this was a UnicodeDecodeError traceback."""
+    path, _ = _saved_record(tmp_path)
+    path.write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(TokenizerError, match=r"nanollm_tokenizer\.json is not UTF-8 text \(byte 12"):
+        BPEMerges.load(path)
+
+
+@pytest.mark.parametrize("pattern, message", [
+    ("(", "not a valid regex: missing \\)"),
+    ("(a)|.", "1 capturing group"),  # findall would return the group, "" for every "." match, and drop text
+    (5, '"pattern" should be a string'),
+])
+def test_saved_file_with_bad_pattern_fails_at_load(tmp_path, pattern, message):
+    """Refused by BPEMerges.load itself, with the file's name, before any Tokenizer is built or any text encoded."""
+    path, record = _saved_record(tmp_path)
+    record["pattern"] = pattern
+    path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"nanollm_tokenizer\.json: .*" + message):
+        BPEMerges.load(path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("version", True, "version True"),  # True == 1 in Python, but it is not the integer 1
+    ("version", 1.0, "version 1.0"),
+    ("type", "unigram", "unknown tokenizer type"),
+    ("merges", {"97": 97}, '"merges" should be a list'),
+    ("merges", [[97, 97]], '"merges" should be a list'),
+    ("merges", [[97.0, 97, 256]], '"merges" should be a list'),  # 97.0 == 97 as a dict key: floats must not pass
+    ("merges", [[97, 97, 256], [97, 98, 300]], "the next new id should be 257"),
+    ("merges", [[97, 700, 256]], "uses an id no earlier merge defined"),
+    ("merges", [[97, 97, 256], [97, 98, 256]], "id 256 already means b'aa'"),
+    ("special_tokens", ["<s>"], '"special_tokens" should map'),
+    ("special_tokens", {"<s>": 259, "</s>": -1}, '"special_tokens" should map'),
+    ("special_tokens", {"<s>": 259, "</s>": 259}, "'<s>' and '</s>' share id 259"),
+    ("special_tokens", {"<s>": 259, "</s>": 97}, "reuses id 97"),
+    ("special_tokens", {"<s>": 259, "</s>": 260, "": 261}, "empty string"),
+    ("special_tokens", {"<s>": 259, "</s>": 260, "\ud800": 261}, "lone surrogate"),
+    ("bos_token", 259, '"bos_token" should be a string or null'),
+    ("eos_token", "<eos>", "eos_token '<eos>' is not one of the special tokens"),
+    ("add_bos_token", "yes", '"add_bos_token" should be true or false'),
+])
+def test_saved_file_with_malformed_field(tmp_path, field, value, message):
+    path, record = _saved_record(tmp_path)
+    record[field] = value
+    path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=r"nanollm_tokenizer\.json: .*" + message):
+        BPEMerges.load(path)
+
+
+def test_saved_file_missing_a_required_field(tmp_path):
+    path, record = _saved_record(tmp_path)
+    del record["merges"]
+    path.write_text(json.dumps(record), encoding="utf-8")
+    with pytest.raises(TokenizerError, match='no "merges" field'):
+        BPEMerges.load(path)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 1000) | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=12,
+)
+_fields = st.sampled_from(
+    ["format", "version", "type", "pattern", "merges", "special_tokens", "bos_token", "eos_token", "add_bos_token"]
+)
+_edits = st.one_of(
+    st.tuples(st.just("set"), _fields, _json_values),
+    st.tuples(st.just("delete"), _fields, st.none()),
+    st.tuples(st.just("merge"), st.integers(0, 2), st.tuples(st.integers(0, 2), _json_values)),
+    st.tuples(st.just("byte"), st.integers(0, 10_000), st.integers(0, 255)),
+)
+
+
+def _apply(edit, text: str) -> bytes:
+    kind, where, what = edit
+    if kind == "byte":  # overwrite one byte of the file as written: bad JSON, bad UTF-8, or a subtly changed value
+        data = bytearray(text.encode("utf-8"))
+        data[where % len(data)] = what
+        return bytes(data)
+    record = json.loads(text)
+    try:
+        if kind == "set":
+            record[where] = what
+        elif kind == "delete":
+            del record[where]
+        else:  # one number of one merge
+            record["merges"][where][what[0]] = what[1]
+    except (KeyError, IndexError, TypeError):
+        pass  # an earlier edit removed what this one would change
+    return json.dumps(record).encode("utf-8")
+
+
+@settings(max_examples=300)
+@given(st.lists(_edits, min_size=1, max_size=3), st.text(max_size=20))
+def test_corrupted_saved_file_loads_or_raises_tokenizer_error(tmp_path_factory, edits, text):
+    """Whatever a corruption does, loading either raises TokenizerError or gives a tokenizer that encodes and decodes
+    without any other exception."""
+    path = VALID.save(tmp_path_factory.mktemp("corrupt"))
+    data = path.read_bytes()
+    for edit in edits:
+        try:
+            data = _apply(edit, data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            break  # an earlier byte edit already broke the file; load it as it is
+    path.write_bytes(data)
+    try:
+        tok = load_nanollm_tokenizer(path)
+    except TokenizerError:
+        return
+    tok.decode(tok.encode(text))
+    tok.encode_prompt(text)
