@@ -17,6 +17,7 @@ beam_search.py. `generate` is the public entry point (`model.generate` calls it)
 import resource
 import time
 from dataclasses import dataclass, field, replace
+from numbers import Integral
 
 import numpy as np
 
@@ -118,7 +119,10 @@ def resolve_settings(model, *, max_new_tokens=64, temperature=None, top_k=None, 
     )
     if isinstance(stop, str):
         stop = (stop,)
-    eos = eos_ids(model) if eos_token_ids is None else set(eos_token_ids)
+    if eos_token_ids is None:
+        eos = eos_ids(model)
+    else:
+        eos = checked_token_ids(eos_token_ids, model.config.vocab_size, "the eos_token_ids argument")
     return GenerationSettings(
         sampling=params, max_new_tokens=max_new_tokens, min_new_tokens=default(min_new_tokens, "min_new_tokens", 0),
         eos_ids=frozenset(eos), stop=tuple(stop), seed=seed, context_overflow=context_overflow,
@@ -129,9 +133,26 @@ def resolve_settings(model, *, max_new_tokens=64, temperature=None, top_k=None, 
 
 
 def eos_ids(model) -> set[int]:
-    """End-of-sequence ids: generation_config.json when present, else config.json (as transformers does)."""
-    eos = model.generation_defaults.get("eos_token_id", model.config.eos_token_ids)
-    return set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    """End-of-sequence ids: generation_config.json when it names them, else config.json (as transformers does),
+    checked against the vocabulary. Either file may hold one id, a list, or null (no EOS)."""
+    if "eos_token_id" in model.generation_defaults:
+        eos, source = model.generation_defaults["eos_token_id"], "eos_token_id in generation_config.json"
+    else:
+        eos, source = model.config.eos_token_ids, "eos_token_id in config.json"
+    eos = [] if eos is None else eos
+    return checked_token_ids(eos, model.config.vocab_size, source)
+
+
+def checked_token_ids(ids, vocab_size: int, source: str) -> set[int]:
+    """One token id or several -> the set of them, each a whole number in [0, vocab_size); else a ValueError that
+    names the id and where it came from. Checked once here, so a processor that indexes the logits with these ids
+    cannot fail mid-run (IndexError) or, worse, silently index from the end (id -24 is token V-24 to NumPy)."""
+    ids = [ids] if isinstance(ids, Integral) else list(ids)
+    for token in ids:
+        if isinstance(token, bool) or not isinstance(token, Integral) or not 0 <= token < vocab_size:
+            raise ValueError(f"{source} names token {token!r}, outside the vocabulary of {vocab_size} tokens "
+                             f"(ids 0 .. {vocab_size - 1})")
+    return {int(token) for token in ids}
 
 
 def encode_prompt(model, prompt, settings: GenerationSettings | None = None) -> list[int]:

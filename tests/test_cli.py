@@ -5,6 +5,7 @@ produces for the conversation so far, and the prompt-token report must show the 
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -128,6 +129,18 @@ def test_bad_flags_exit_with_one_line(ids_model, tmp_path, args, status):
     assert out.returncode == status
     assert out.stderr.startswith("error: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_eos_id_outside_the_vocabulary_exits_with_one_line(ids_model, tmp_path):
+    """generation_config.json names EOS 99999 in a vocabulary of 97 and asks for min_new_tokens: this used to end in
+    an IndexError traceback from the EOS suppression; now one line names the id and the file."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(ids_model, model_dir)
+    (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": 99999, "min_new_tokens": 1}),
+                                                      encoding="utf-8")
+    out = cli("--model", str(model_dir), "--prompt-ids", "1,2", "--max-new-tokens", "3", cwd=tmp_path)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "generation_config.json names token 99999" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_bad_model_exits_with_one_line(tmp_path):

@@ -3,6 +3,8 @@
 References: nanollm's own single-prompt greedy run (itself equal to transformers' greedy ids, tests/test_model_parity),
 transformers' `generate` for penalties and min_new_tokens, and the real GPT-2 tokenizer for text.
 """
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -138,6 +140,31 @@ def test_invalid_requests_raise(models, kwargs, message):
     model, _ = models
     with pytest.raises(ValueError, match=message):
         model.generate([3, 4], **kwargs)
+
+
+@pytest.mark.parametrize("eos", [[5000], [-24], 97, [2, 1.0]])
+def test_eos_ids_outside_the_vocabulary_are_refused(models, eos):
+    """The vocabulary is 0 .. 96. 5000 and 97 used to raise IndexError mid-run (with min_new_tokens); -24 silently
+    banned token 97 - 24 = 73 by NumPy's negative indexing; 1.0 is not a token id."""
+    model, _ = models
+    with pytest.raises(ValueError, match=r"eos_token_ids argument names token .* vocabulary of 97"):
+        model.generate([3, 4], max_new_tokens=3, min_new_tokens=2, eos_token_ids=eos)
+
+
+@pytest.mark.parametrize("config_file", ["generation_config.json", "config.json"])
+def test_eos_ids_from_the_model_files_are_checked_naming_the_file(tmp_path, config_file):
+    """eos_token_id 99999 in a vocabulary of 97: the error names the id and the file it came from.
+    generation_config.json wins over config.json (as in transformers), so for config.json it is left without one."""
+    build_checkpoint(tmp_path, Options(arch="gpt2", seed=3))
+    generation_config = json.loads((tmp_path / "generation_config.json").read_text(encoding="utf-8"))
+    generation_config.pop("eos_token_id", None)
+    generation_config["min_new_tokens"] = 1
+    (tmp_path / "generation_config.json").write_text(json.dumps(generation_config), encoding="utf-8")
+    edited = json.loads((tmp_path / config_file).read_text(encoding="utf-8"))
+    edited["eos_token_id"] = 99999
+    (tmp_path / config_file).write_text(json.dumps(edited), encoding="utf-8")
+    with pytest.raises(ValueError, match=f"eos_token_id in {config_file} names token 99999"):
+        nanollm.load(tmp_path).generate([3, 4], max_new_tokens=3)
 
 
 def test_whole_numbers_written_as_floats_are_counts(models):
