@@ -1,4 +1,4 @@
-"""A bad nanollm_tokenizer.json ends in one clear TokenizerError naming the file, not a traceback.
+"""Bad input to the tokenizer's trainer and saved file ends in one clear TokenizerError, not a traceback.
 
 Each test states the input and the message it expects; the hypothesis test corrupts a valid saved file at random and
 checks that nothing but TokenizerError (or a working tokenizer) comes out of loading it.
@@ -144,3 +144,26 @@ def test_corrupted_saved_file_loads_or_raises_tokenizer_error(tmp_path_factory, 
         return
     tok.decode(tok.encode(text))
     tok.encode_prompt(text)
+
+
+# -- training (B8, B9) --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"pattern": "("}, "is not a valid regex"),
+    ({"pattern": "(a+)|[^a]+"}, "1 capturing group"),
+    ({"pattern": "a+"}, r"first missed: 'b' at offset 3"),  # "aaab...": the first b is skipped
+    ({"special_tokens": ("<s>", "<s>")}, "'<s>' is listed twice"),  # B9: was {'<s>': 257} with 256 holding nothing
+    ({"special_tokens": ("",)}, "non-empty string"),
+    ({"special_tokens": ("<s>",), "eos_token": "</s>"}, "eos_token '</s>' must also be listed"),
+])
+def test_train_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(TokenizerError, match=message):
+        train_bpe("aaabdaaabac", 300, **kwargs)
+
+
+def test_trained_special_ids_follow_the_merges_without_gaps():
+    """"ab" gives one merge (256), so the two special tokens take 257 and 258 and every id below 259 means something."""
+    trained = train_bpe("ab", 259, special_tokens=("<s>", "</s>"))
+    assert trained.special_tokens == {"<s>": 257, "</s>": 258}
+    assert sorted([*trained.token_bytes(), *trained.special_tokens.values()]) == list(range(259))

@@ -20,15 +20,18 @@ text it touches rather than to the whole corpus.
 If a merge spells bytes that are already a token (possible when "a"+"bc" and "ab"+"c" are both chosen), the merge
 reuses that token's id instead of creating a duplicate, so every token has distinct bytes.
 
+Special tokens take the ids right after the last merge, in the order given. Listing one twice is refused rather than
+silently dropped: it is almost always a typo, and numbering both copies would leave an id that stands for nothing.
+The pattern must match every character of the text (as the named ones do): ``findall`` skips what no alternative
+matches, so a tokenizer trained with such a pattern would drop those characters when encoding.
+
 Source: Sennrich et al. 2016; Karpathy's minbpe (regex-split training).
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-import regex
-
-from .byte_level import resolve_pattern
+from .byte_level import compile_pattern, resolve_pattern
 from .errors import TokenizerError
 from .saving import BPEMerges
 
@@ -42,11 +45,19 @@ def train_bpe(
     bos_token: str | None = None,
     eos_token: str | None = None,
 ) -> BPEMerges:
-    """Learn merges from ``text`` until the vocabulary has ``vocab_size`` entries (special tokens included)."""
+    """Learn merges from ``text`` until the vocabulary has ``vocab_size`` entries (special tokens included).
+
+    Arguments are checked before any work: a bad pattern, a repeated or empty special token, or a BOS/EOS that is not
+    among the special tokens raises TokenizerError.
+    """
+    _check_special_tokens(special_tokens, bos_token, eos_token)
     if vocab_size < 256 + len(special_tokens):
         raise TokenizerError(f"vocab_size must be at least 256 + {len(special_tokens)} special tokens")
     pattern = resolve_pattern(pattern)
-    word_counts = Counter(regex.findall(pattern, text))
+    splitter = compile_pattern(pattern)
+    words_in_order = splitter.findall(text)
+    _check_pattern_covers(splitter, text, words_in_order)
+    word_counts = Counter(words_in_order)
     words = [list(word.encode("utf-8")) for word in word_counts]
     counts = list(word_counts.values())
 
@@ -78,9 +89,6 @@ def train_bpe(
 
     first_special = len(token_bytes)
     specials = {token: first_special + k for k, token in enumerate(special_tokens)}
-    for token in (bos_token, eos_token):
-        if token is not None and token not in specials:
-            raise TokenizerError(f"{token!r} must also be listed in special_tokens")
     return BPEMerges(
         pattern=pattern,
         merges=merges,
@@ -88,6 +96,38 @@ def train_bpe(
         bos_token=bos_token,
         eos_token=eos_token,
         add_bos_token=bos_token is not None,
+    )
+
+
+def _check_special_tokens(special_tokens: tuple[str, ...], bos_token: str | None, eos_token: str | None) -> None:
+    seen = set()
+    for token in special_tokens:
+        if not isinstance(token, str) or not token:
+            raise TokenizerError(f"a special token must be a non-empty string, not {token!r}")
+        if token in seen:
+            raise TokenizerError(f"special token {token!r} is listed twice")
+        seen.add(token)
+    for role, token in (("bos_token", bos_token), ("eos_token", eos_token)):
+        if token is not None and token not in seen:
+            raise TokenizerError(f"{role} {token!r} must also be listed in special_tokens")
+
+
+def _check_pattern_covers(splitter, text: str, words: list[str]) -> None:
+    """Refuse a pattern whose matches skip characters of ``text``.
+
+    findall's matches are in order and never overlap, so their lengths add up to len(text) exactly when nothing was
+    skipped; only when they do not is it worth walking the matches to name the first character skipped.
+    """
+    if sum(map(len, words)) == len(text):
+        return
+    position = 0
+    for match in splitter.finditer(text):
+        if match.start() != position:
+            break
+        position = match.end()
+    raise TokenizerError(
+        f"pattern {splitter.pattern!r} does not match every character of the text (first missed: "
+        f"{text[position]!r} at offset {position}); encoding with it would drop such characters"
     )
 
 
