@@ -1,15 +1,18 @@
-"""Bad input to the tokenizer's trainer and saved file ends in one clear TokenizerError, not a traceback.
+"""Bad input to the tokenizer's trainer, saved file and command line ends in one clear TokenizerError, not a traceback.
 
 Each test states the input and the message it expects; the hypothesis test corrupts a valid saved file at random and
 checks that nothing but TokenizerError (or a working tokenizer) comes out of loading it.
 """
 import json
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanollm.tokenizer import TokenizerError
+from nanollm.tokenizer.byte_level import NAMED_PATTERNS
 from nanollm.tokenizer.saving import BPEMerges, load_nanollm_tokenizer
 from nanollm.tokenizer.train import train_bpe
 
@@ -167,3 +170,44 @@ def test_trained_special_ids_follow_the_merges_without_gaps():
     trained = train_bpe("ab", 259, special_tokens=("<s>", "</s>"))
     assert trained.special_tokens == {"<s>": 257, "</s>": 258}
     assert sorted([*trained.token_bytes(), *trained.special_tokens.values()]) == list(range(259))
+
+
+# -- command line (B8, D4) ----------------------------------------------------------------------------------------
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "nanollm.tokenizer", *map(str, args)], capture_output=True,
+                          check=False)
+
+
+@pytest.mark.parametrize("case", ["bad pattern", "not utf-8", "repeated special"])
+def test_cli_train_errors_are_one_line(tmp_path, case):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"caf\xe9 au lait" if case == "not utf-8" else b"the cat sat")  # Latin-1 e-acute
+    extra = {"bad pattern": ["--pattern", "("], "not utf-8": [], "repeated special": ["--special", "<s>"] * 2}[case]
+    result = _cli("train", "--input", corpus, "--vocab-size", 300, "--output", tmp_path / "tok", *extra)
+    expected = {"bad pattern": "is not a valid regex", "not utf-8": "corpus.txt is not UTF-8 text (byte 3",
+                "repeated special": "'<s>' is listed twice"}[case]
+    stderr = result.stderr.decode()
+    assert result.returncode == 1 and stderr.startswith("error: ") and expected in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert not (tmp_path / "tok").exists()
+
+
+def test_cli_encode_refuses_stdin_that_is_not_utf8(tmp_path):
+    VALID.save(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "nanollm.tokenizer", "encode", "--tokenizer", str(tmp_path)],
+                            input=b"ok \xff", capture_output=True, check=False)
+    assert result.returncode == 1
+    assert result.stderr.decode() == "error: standard input is not UTF-8 text (byte 3: invalid start byte)\n"
+
+
+def test_cli_help_names_every_named_pattern(capsys):
+    """The help text is built from NAMED_PATTERNS, so r50k and llama3 (once missing from it) are listed."""
+    from nanollm.tokenizer.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert all(name in help_text for name in NAMED_PATTERNS)
+    assert set(NAMED_PATTERNS) == {"gpt2", "r50k", "cl100k", "o200k", "llama3"}

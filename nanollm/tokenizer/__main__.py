@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .byte_level import NAMED_PATTERNS
 from .errors import TokenizerError
 from .loading import from_pretrained
 from .train import train_bpe
@@ -26,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--input", required=True, type=Path, help="UTF-8 text file to learn from")
     train.add_argument("--vocab-size", required=True, type=int, help="256 bytes + merges + special tokens")
     train.add_argument("--output", required=True, type=Path, help="directory to write nanollm_tokenizer.json into")
-    train.add_argument("--pattern", default="cl100k", help="pre-tokenizer: gpt2, cl100k, o200k, llama3 or a regex")
+    names = ", ".join(NAMED_PATTERNS)
+    train.add_argument("--pattern", default="cl100k", help=f"pre-tokenizer: one of {names}, or a regex")
     train.add_argument("--special", action="append", default=[], help="a special token (repeatable)")
     train.add_argument("--bos", help="which special token is BOS (prepended to prompts)")
     train.add_argument("--eos", help="which special token is EOS")
@@ -43,24 +45,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command == "train":
-            merges = train_bpe(
-                args.input.read_text(encoding="utf-8"),
+            trained = train_bpe(
+                _read_utf8(args.input),
                 args.vocab_size,
                 pattern=args.pattern,
                 special_tokens=tuple(args.special),
                 bos_token=args.bos,
                 eos_token=args.eos,
             )
-            path = merges.save(args.output)
-            print(f"wrote {path} ({len(merges.merges)} merges, {len(merges.special_tokens)} special tokens)")
+            path = trained.save(args.output)
+            print(f"wrote {path} ({len(trained.merges)} merges, {len(trained.special_tokens)} special tokens)")
         elif args.command == "encode":
             tok = from_pretrained(args.tokenizer)
-            text = args.text if args.text is not None else sys.stdin.read()
+            text = args.text if args.text is not None else _read_utf8(None)
             ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
             print(" ".join(map(str, ids)))
         else:
             tok = from_pretrained(args.tokenizer)
-            fields = args.ids if args.ids else sys.stdin.read().split()
+            fields = args.ids if args.ids else _read_utf8(None).split()
             try:
                 ids = [int(f) for f in fields]
             except ValueError as err:
@@ -70,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _read_utf8(path: Path | None) -> str:
+    """The text of a file, or of standard input when ``path`` is None; bytes that are not UTF-8 are an error."""
+    data = sys.stdin.buffer.read() if path is None else path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        source = "standard input" if path is None else str(path)
+        raise TokenizerError(f"{source} is not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 if __name__ == "__main__":
