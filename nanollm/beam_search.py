@@ -14,6 +14,11 @@ Search ends when every running candidate hits max_new_tokens, or once the pool i
   early_stopping=False:   the best running beam, scored at its current length, cannot beat the worst finished one;
   early_stopping="never": the same test, but with length_penalty > 0 scored at the longest possible length.
 
+Not supported, and refused by `generate` rather than ignored: streaming (the best beam is known only at the end),
+stop strings (transformers' StopStringCriteria ends a beam there but keeps the string; cutting it out would leave a
+beam scored on tokens it no longer shows, so here beams end only by EOS or length), and show_probs (one
+distribution per step and sequence; beam search has num_beams of them).
+
 This follows transformers' `GenerationMixin._beam_search` (v4.50+, the vectorised rewrite) step for step, so the
 ids are the same; its logits processors (repetition penalty, logit bias, min_new_tokens) act on the log-probs there,
 as here. Reference: the transformers source and https://huggingface.co/blog/how-to-generate.

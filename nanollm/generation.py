@@ -354,7 +354,8 @@ def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top
     pieces. temperature=0 is greedy; every other option is a field of GenerationSettings or SamplingParams
     (min_p, repetition_penalty, presence_penalty, frequency_penalty, logit_bias, min_new_tokens, eos_token_ids, stop,
     context_overflow, padding_side, num_beams, length_penalty, early_stopping). show_probs=K calls
-    on_probs(sequence index, [(token id, probability)] * K) at every step.
+    on_probs(sequence index, [(token id, probability)] * K) at every step. Beam search (num_beams > 1) takes neither
+    stream, stop nor show_probs: each raises a ValueError instead of being ignored.
     """
     settings = resolve_settings(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, **options)
@@ -363,8 +364,7 @@ def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top
     if (show_probs > 0) != (on_probs is not None):
         raise ValueError("show_probs=K and on_probs=callback go together")
     if settings.num_beams > 1:
-        if stream:
-            raise ValueError("beam search cannot stream: the best sequence is known only at the end")
+        check_beam_request(settings, stream, on_probs)
         from .beam_search import beam_search_result
 
         results = [beam_search_result(model, ids, settings, return_beams) for ids in prompts]
@@ -378,6 +378,19 @@ def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top
         pass
     results = batch.results()
     return results if batched else results[0]
+
+
+def check_beam_request(settings: GenerationSettings, stream: bool, on_probs) -> None:
+    """Refuse what beam search does not do, rather than silently ignore it (beam_search.py says why each is left out).
+    """
+    if stream:
+        raise ValueError("beam search cannot stream: the best sequence is known only at the end")
+    if settings.stop:
+        raise ValueError("beam search does not take stop strings (a beam cut at one would be scored on fewer tokens "
+                         "than it holds): end beams with eos_token_ids, or use stop without num_beams")
+    if on_probs is not None:
+        raise ValueError("show_probs reports one sequence's next-token distribution per step; beam search scores "
+                         "num_beams of them at once: use show_probs without num_beams")
 
 
 def iter_generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top_p=None, seed=None,

@@ -79,3 +79,15 @@ def test_beam_search_refuses_sampling_and_streaming(models):
         model.generate([3, 4], max_new_tokens=3, temperature=0.7, num_beams=2)
     with pytest.raises(ValueError, match="stream"):
         model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, stream=True)
+
+
+def test_beam_search_refuses_stop_strings_and_show_probs(models):
+    """Both used to be ignored without a word: a result containing the stop string, a callback never called."""
+    model, _ = models
+    with pytest.raises(ValueError, match="beam search does not take stop strings"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, stop="x")
+    seen = []
+    with pytest.raises(ValueError, match="show_probs"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, show_probs=2,
+                       on_probs=lambda row, top: seen.append(top))
+    assert seen == []

@@ -121,6 +121,8 @@ def test_keep_recent_keeps_the_most_recent_window(ids_model, tmp_path):
     (["--prompt-ids", "1,2", "--temperature", "-1"], 1),
     (["--prompt-ids", "1,2", "--top-p", "0"], 1),
     (["--prompt-ids", "1,2", "--logit-bias", "5"], 2),
+    (["--prompt-ids", "1,2", "--temperature", "0", "--num-beams", "2", "--stop", "x"], 1),
+    (["--prompt-ids", "1,2", "--temperature", "0", "--num-beams", "2", "--show-probs", "2"], 1),
     (["--chat", "--prompt-ids", "1,2"], 2),
     ([], 2),
 ])
