@@ -64,9 +64,9 @@ def test_heap_merge_equals_textbook_loop(text, ranks):
 
 def test_hand_checked_tiny_corpus():
     """Wikipedia's example, derived in train.py's docstring: aa (256), then ab (257, wins the tie), then aaab (258)."""
-    merges = train_bpe("aaabdaaabac", 256 + 3)
-    assert merges.merges == [(97, 97, 256), (97, 98, 257), (256, 257, 258)]
-    tok = merges.tokenizer()
+    learned = train_bpe("aaabdaaabac", 256 + 3)
+    assert learned.merges == [(97, 97, 256), (97, 98, 257), (256, 257, 258)]
+    tok = learned.tokenizer()
     assert tok.encode("aaabdaaabac") == [258, 100, 258, 97, 99]
     assert tok.decode([258]) == "aaab"
 
@@ -76,18 +76,18 @@ def test_training_stops_when_no_pair_is_left():
 
 
 def test_trained_tokenizer_round_trips_and_reloads(tmp_path):
-    merges = train_bpe(CORPUS, 256 + 60, special_tokens=("<|endoftext|>",), eos_token="<|endoftext|>")
-    tok = merges.tokenizer()
+    learned = train_bpe(CORPUS, 256 + 60, special_tokens=("<|endoftext|>",), eos_token="<|endoftext|>")
+    tok = learned.tokenizer()
     assert tok.vocab_size == 256 + 60
     assert tok.eos_token_id == tok.special_tokens["<|endoftext|>"] == 256 + 59
     assert len(tok.encode(CORPUS)) < 0.6 * len(CORPUS.encode())  # 59 merges learned on it save > 40% of tokens
-    merges.save(tmp_path)
+    learned.save(tmp_path)
     loaded = Tokenizer.from_pretrained(tmp_path)
     for text in [CORPUS, "unseen words, Ünïcödé, 🤗🤗", "x<|endoftext|>y"]:
         assert loaded.encode(text) == tok.encode(text)
         assert loaded.decode(loaded.encode(text)) == text
     assert loaded.encode("a<|endoftext|>", allowed_special="all")[-1] == 256 + 59
-    assert BPEMerges.load(tmp_path / NANOLLM_TOKENIZER_FILE) == merges
+    assert BPEMerges.load(tmp_path / NANOLLM_TOKENIZER_FILE) == learned
 
 
 @settings(max_examples=100)
@@ -128,8 +128,8 @@ def test_cli_train_encode_decode(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS, encoding="utf-8")
     out = tmp_path / "tok"
-    trained = _cli("train", "--input", corpus, "--vocab-size", 300, "--output", out, "--special", "<|eot|>")
-    assert trained.returncode == 0 and "merges" in trained.stdout
+    training = _cli("train", "--input", corpus, "--vocab-size", 300, "--output", out, "--special", "<|eot|>")
+    assert training.returncode == 0 and "merges" in training.stdout
     encoded = _cli("encode", "--tokenizer", out, "the fox 🤗")
     ids = [int(i) for i in encoded.stdout.split()]
     assert ids == Tokenizer.from_pretrained(out).encode("the fox 🤗")
