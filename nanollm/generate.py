@@ -71,6 +71,10 @@ def parse_args(argv):
         args.logit_bias = {int(k): float(v) for k, v in (item.split("=") for item in args.logit_bias)}
     except ValueError:
         p.error(f"--logit-bias takes ID=BIAS, e.g. 50256=-100, got {args.logit_bias!r}")
+    if args.seed is not None and args.seed < 0:
+        p.error(f"--seed must be >= 0, got {args.seed}")
+    if args.show_probs < 0:
+        p.error(f"--show-probs K must be >= 0 (0 shows nothing), got {args.show_probs}")
     if args.early_stopping is not None:
         args.early_stopping = {"true": True, "false": False, "never": "never"}[args.early_stopping]
     prompts = ([args.text] if args.text is not None else []) + args.prompt + args.prompt_ids

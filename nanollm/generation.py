@@ -155,8 +155,43 @@ def checked_token_ids(ids, vocab_size: int, source: str) -> set[int]:
     return {int(token) for token in ids}
 
 
-def encode_prompt(model, prompt, settings: GenerationSettings | None = None) -> list[int]:
-    """A string (needs the model's tokenizer) or a list of token ids -> validated prompt ids that fit the context.
+PROMPT_TYPES = "a prompt is a str or a list of int token ids, and a batch a list of prompts"
+
+
+def is_prompt(prompt) -> bool:
+    """One prompt: a string, or a list, tuple or 1-D array of int token ids (bool is not an id)."""
+    if isinstance(prompt, str):
+        return True
+    return isinstance(prompt, (list, tuple, np.ndarray)) and \
+        all(isinstance(t, Integral) and not isinstance(t, bool) for t in prompt)
+
+
+def split_prompts(prompt) -> tuple[list, bool]:
+    """prompt -> (the prompts, whether they are a batch); anything else is a TypeError that shows what was given.
+
+    Examples: "Hi" -> (["Hi"], False); [1, 2] -> ([[1, 2]], False); ["Hi", [1, 2]] -> (["Hi", [1, 2]], True);
+    [1.0, 2.0] -> TypeError (... got list[float]), since 1.0 is neither a token id nor a prompt.
+    """
+    if is_prompt(prompt):
+        return [prompt], False
+    if isinstance(prompt, (list, tuple)) and all(is_prompt(p) for p in prompt):
+        return list(prompt), True  # not empty: an empty list is one (empty) prompt, caught by encode_prompt
+    raise TypeError(f"{PROMPT_TYPES}; got {type_outline(prompt)}")
+
+
+def type_outline(value, depth: int = 2) -> str:
+    """What a value holds, two levels deep, for error messages.
+
+    Examples: [1.0, 2.0] -> "list[float]"; [[1], "a"] -> "list[list[int] | str]"; 3 -> "int".
+    """
+    name = type(value).__name__
+    if depth == 0 or not isinstance(value, (list, tuple)) or not value:
+        return name
+    return f"{name}[{' | '.join(sorted({type_outline(v, depth - 1) for v in value}))}]"
+
+
+def encode_prompt(model, prompt, settings: GenerationSettings) -> list[int]:
+    """One prompt (see `is_prompt`; a string needs the model's tokenizer) -> validated ids that fit the context.
 
     A prompt that leaves no room for max_new_tokens is an error, or with context_overflow="truncate_left" loses its
     oldest tokens: the model then sees the most recent window of max_seq_len - max_new_tokens tokens.
@@ -169,10 +204,9 @@ def encode_prompt(model, prompt, settings: GenerationSettings | None = None) -> 
         ids = [int(t) for t in prompt]
     if not ids:
         raise ValueError("the prompt is empty")
-    new = settings.max_new_tokens if settings is not None else 0
-    context = model.config.max_seq_len
+    new, context = settings.max_new_tokens, model.config.max_seq_len
     if len(ids) + new > context:
-        if settings is None or settings.context_overflow == "error":
+        if settings.context_overflow == "error":
             raise ValueError(f"prompt of {len(ids)} tokens + {new} new tokens = {len(ids) + new} exceeds the model's "
                              f"context of {context} tokens (context_overflow='truncate_left' keeps the most recent "
                              f"{context - new})")
@@ -341,14 +375,9 @@ class GenerationStream:
         self.results = self.batch.results()
 
 
-def is_batch(prompt) -> bool:
-    """A list of strings or of id lists is a batch; a string or a flat list of ids is one prompt."""
-    return isinstance(prompt, (list, tuple)) and len(prompt) > 0 and not isinstance(prompt[0], (int, np.integer))
-
-
 def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top_p=None, seed=None, *,
              stream=False, return_beams=False, show_probs=0, on_probs=None, **options):
-    """Generate after prompt: a string, a list of token ids, or a list of several of either (a batch).
+    """Generate after prompt: a string, a list of int token ids, or a list of several of either (a batch).
 
     Returns a GenerationResult (a list of them for a batch), or with stream=True a GenerationStream yielding text
     pieces. temperature=0 is greedy; every other option is a field of GenerationSettings or SamplingParams
@@ -359,9 +388,9 @@ def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top
     """
     settings = resolve_settings(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, **options)
-    batched = is_batch(prompt)
-    prompts = [encode_prompt(model, p, settings) for p in (prompt if batched else [prompt])]
-    if (show_probs > 0) != (on_probs is not None):
+    prompts, batched = split_prompts(prompt)
+    prompts = [encode_prompt(model, p, settings) for p in prompts]
+    if (whole_number("show_probs", show_probs) > 0) != (on_probs is not None):
         raise ValueError("show_probs=K and on_probs=callback go together")
     if settings.num_beams > 1:
         check_beam_request(settings, stream, on_probs)
@@ -398,6 +427,8 @@ def iter_generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None
     """Yield each new token id of one prompt as it is chosen; `stats` (if given) is filled in when the loop ends."""
     settings = resolve_settings(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, **options)
+    if not is_prompt(prompt):
+        raise TypeError(f"iter_generate takes one prompt ({PROMPT_TYPES}); got {type_outline(prompt)}")
     batch = Batch(model, [encode_prompt(model, prompt, settings)], settings)
     for events in batch.steps():
         yield events[0][1]

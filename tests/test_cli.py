@@ -145,6 +145,15 @@ def test_an_eos_id_outside_the_vocabulary_exits_with_one_line(ids_model, tmp_pat
     assert "generation_config.json names token 99999" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--show-probs", "-3")])
+def test_a_negative_seed_or_show_probs_is_refused_naming_the_flag(ids_model, tmp_path, flag, value):
+    """--seed -1 used to print NumPy's "expected non-negative integer" without naming the flag; --show-probs -3 was
+    silently ignored."""
+    out = cli("--model", str(ids_model), "--prompt-ids", "1,2", "--max-new-tokens", "2", flag, value, cwd=tmp_path)
+    assert out.returncode == 2 and out.stderr.startswith(f"error: {flag} "), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
 def test_a_bad_model_exits_with_one_line(tmp_path):
     out = cli("--model", str(tmp_path / "missing"), "--prompt-ids", "1,2", cwd=tmp_path)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr

@@ -4,6 +4,7 @@ References: nanollm's own single-prompt greedy run (itself equal to transformers
 transformers' `generate` for penalties and min_new_tokens, and the real GPT-2 tokenizer for text.
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -135,6 +136,7 @@ def test_iter_generate_yields_the_ids_and_fills_stats(models):
     (dict(stop=("x",)), "tokenizer"), (dict(temperature=-1), "temperature"), (dict(stream=True), "tokenizer"),
     (dict(temperature=0.7, top_k=2.5), "top_k"), (dict(max_new_tokens=float("inf")), "max_new_tokens"),
     (dict(max_new_tokens="3"), "max_new_tokens"), (dict(seed=-1), "seed"), (dict(num_beams=True), "num_beams"),
+    (dict(show_probs=-3, on_probs=print), "show_probs"),
 ])
 def test_invalid_requests_raise(models, kwargs, message):
     model, _ = models
@@ -165,6 +167,28 @@ def test_eos_ids_from_the_model_files_are_checked_naming_the_file(tmp_path, conf
     (tmp_path / config_file).write_text(json.dumps(edited), encoding="utf-8")
     with pytest.raises(ValueError, match=f"eos_token_id in {config_file} names token 99999"):
         nanollm.load(tmp_path).generate([3, 4], max_new_tokens=3)
+
+
+@pytest.mark.parametrize("prompt, outline", [
+    ([1.0, 2.0], "list[float]"), (3, "int"), ([[1, 2], [1.5]], "list[list[float] | list[int]]"),
+    ([True, False], "list[bool]"), ({"text": "Hi"}, "dict"),
+])
+def test_a_prompt_of_the_wrong_type_is_a_type_error_showing_what_was_given(models, prompt, outline):
+    """[1.0, 2.0] used to be taken for a batch of two prompts and fail with "'float' object is not iterable"."""
+    model, _ = models
+    with pytest.raises(TypeError, match="a prompt is a str or a list of int token ids.*got " + re.escape(outline)):
+        model.generate(prompt, max_new_tokens=2)
+    with pytest.raises(TypeError, match="iter_generate takes one prompt"):
+        next(iter_generate(model, [[3, 4]], 2))
+
+
+def test_prompt_ids_as_a_tuple_or_an_array_are_one_prompt(models):
+    model, _ = models
+    expected = model.generate([3, 4, 5], max_new_tokens=4, temperature=0).token_ids
+    assert model.generate((3, 4, 5), max_new_tokens=4, temperature=0).token_ids == expected
+    assert model.generate(np.array([3, 4, 5]), max_new_tokens=4, temperature=0).token_ids == expected
+    batch = model.generate([(3, 4, 5), np.array([3, 4, 5])], max_new_tokens=4, temperature=0)
+    assert [r.token_ids for r in batch] == [expected, expected]
 
 
 def test_whole_numbers_written_as_floats_are_counts(models):
