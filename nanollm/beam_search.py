@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .generation import GenerationResult, GenerationSettings, GenerationStats
+from .generation import GenerationResult, GenerationSettings, GenerationStats, record_timing
 from .logits_processors import TokenHistory, process_logits
 
 NEG = np.float32(-1.0e9)  # transformers' "impossible" score: finite so that sums and sorts stay well defined
@@ -58,13 +58,13 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
     if not s.sampling.greedy:
         raise ValueError("beam search here is deterministic: pass temperature=0 (beam sampling is not implemented)")
     K, L, new = s.num_beams, len(prompt_ids), s.max_new_tokens
+    stats = GenerationStats(prompt_tokens=L, batch_size=K)
     if new == 0:
-        return [], GenerationStats(prompt_tokens=L)
+        return [], record_timing(stats, None, [], L)
     V = model.config.vocab_size
     keep = max(2, 1 + len(s.eos_ids)) * K  # candidates kept per step: enough that num_beams survive any EOS
     eos = np.array(sorted(s.eos_ids), dtype=np.int64)
     history = TokenHistory([prompt_ids] * K, V) if s.sampling.uses_history else None
-    stats = GenerationStats(prompt_tokens=L, batch_size=K)
 
     t_start = time.perf_counter()
     # Prefill once, then give every beam a copy of the prompt's cache.
@@ -122,23 +122,13 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
         logits = model.step(running[:, -1:], cache)[:, -1]  # (K, V)
 
     stats.new_tokens = len(finished[0].token_ids) if finished else 0
-    stats.ttft_s = times[0] - t_start
-    stats.prefill_tokens_per_s = L / stats.ttft_s
-    if len(times) > 1:
-        gaps = np.diff(times)
-        stats.tpot_s = float(gaps.mean())
-        stats.tpot_p50_s, stats.tpot_p90_s = (float(x) for x in np.percentile(gaps, [50, 90]))
-        stats.tokens_per_s = 1.0 / stats.tpot_s
-    return finished, stats
+    return finished, record_timing(stats, t_start, times, L)  # times: one per step, all beams at once
 
 
 def beam_search_result(model, prompt_ids: list[int], s: GenerationSettings, return_beams: bool = False
                        ) -> GenerationResult:
     """The best beam as a GenerationResult (text without its EOS); every beam too with return_beams."""
-    import resource
-
     beams, stats = beam_search(model, prompt_ids, s)
-    stats.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     tok = model.tokenizer
     for beam in beams:
         if tok is not None:

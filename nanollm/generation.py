@@ -48,6 +48,25 @@ class GenerationStats:
         return dict(vars(self))
 
 
+def record_timing(stats: GenerationStats, start: float | None, token_times: list[float], prefill_tokens: int
+                  ) -> GenerationStats:
+    """Fill in stats' timing and memory fields; returns stats. The greedy/sampling loop and beam search share it.
+
+    start: perf_counter() as prefill began; token_times: perf_counter() when each new token was chosen (n,);
+    prefill_tokens: the prompt tokens the prefill processed (every sequence of a batch).
+    """
+    stats.peak_memory_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    if token_times:
+        stats.ttft_s = token_times[0] - start
+        stats.prefill_tokens_per_s = prefill_tokens / stats.ttft_s
+    if len(token_times) > 1:
+        gaps = np.diff(token_times)  # (n-1,) seconds between consecutive new tokens
+        stats.tpot_s = float(gaps.mean())
+        stats.tpot_p50_s, stats.tpot_p90_s = (float(x) for x in np.percentile(gaps, [50, 90]))
+        stats.tokens_per_s = 1.0 / stats.tpot_s if stats.tpot_s > 0 else 0.0
+    return stats
+
+
 @dataclass
 class GenerationResult:
     text: str | None  # the new text (None when the model has no tokenizer); never contains a stop string or EOS
@@ -247,6 +266,7 @@ class Batch:
         if settings.stop and tok is None:
             raise ValueError("stop strings need the model's tokenizer (this model has none)")
         self.stats = GenerationStats(prompt_tokens=sum(len(p) for p in prompts), batch_size=len(prompts))
+        self.t_start: float | None = None  # perf_counter() as prefill begins
         self.token_times: list[float] = []  # perf_counter() when each step's tokens were chosen
 
     def prefill_inputs(self):
@@ -335,20 +355,11 @@ class Batch:
 
     def results(self) -> list[GenerationResult]:
         """Per-sequence results with their stats; call once steps() is exhausted."""
-        times = self.token_times
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
         out = []
         for seq in self.seqs:
-            n = len(seq.token_ids)
-            stats = replace(self.stats, prompt_tokens=len(seq.prompt_ids), new_tokens=n, peak_memory_bytes=peak)
-            if n:
-                stats.ttft_s = times[0] - self.t_start
-                stats.prefill_tokens_per_s = self.stats.prompt_tokens / stats.ttft_s
-            if n > 1:
-                gaps = np.diff(times[:n])  # (n-1,) seconds between consecutive tokens of this sequence
-                stats.tpot_s = float(gaps.mean())
-                stats.tpot_p50_s, stats.tpot_p90_s = (float(x) for x in np.percentile(gaps, [50, 90]))
-                stats.tokens_per_s = 1.0 / stats.tpot_s if stats.tpot_s > 0 else 0.0
+            n = len(seq.token_ids)  # a sequence's n tokens were chosen at the batch's first n steps
+            stats = record_timing(replace(self.stats, prompt_tokens=len(seq.prompt_ids), new_tokens=n),
+                                  self.t_start, self.token_times[:n], self.stats.prompt_tokens)
             text = "".join(seq.pieces) if seq.text is not None else None
             out.append(GenerationResult(text=text, token_ids=seq.token_ids, stats=stats,
                                         finish_reason=seq.finish_reason or "length", prompt_ids=seq.prompt_ids))

@@ -91,3 +91,15 @@ def test_beam_search_refuses_stop_strings_and_show_probs(models):
         model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, show_probs=2,
                        on_probs=lambda row, top: seen.append(top))
     assert seen == []
+
+
+def test_beam_search_reports_its_timing_like_the_main_loop(models):
+    """The same stats fields as a greedy run (one shared helper): prompt and beam counts, time to the first step,
+    per-step times whose p50 <= p90, throughput = 1 / mean step time, and the process's peak memory."""
+    model, _ = models
+    result = model.generate([5, 7, 3], max_new_tokens=6, temperature=0, num_beams=3, early_stopping="never",
+                            eos_token_ids=set())
+    s = result.stats
+    assert (s.prompt_tokens, s.batch_size, s.new_tokens) == (3, 3, len(result.token_ids)) and s.new_tokens == 6
+    assert s.ttft_s > 0 and 0 < s.tpot_p50_s <= s.tpot_p90_s and s.peak_memory_bytes > 2**20
+    assert s.tokens_per_s == pytest.approx(1 / s.tpot_s) and s.prefill_tokens_per_s == pytest.approx(3 / s.ttft_s)
