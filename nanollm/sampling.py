@@ -1,12 +1,17 @@
 """Choosing the next token from logits: temperature, top-k, top-p, then a draw.
 
 Each step is a small function over one row of logits (V,). The draw takes its uniform random number `u` as an
-argument instead of owning a random generator, so sampling is a pure function: the GPU kernel
-(kernels/sampling.cu) given the same logits and the same `u` must return the same token, and tests can check it.
+argument instead of owning a random generator, so sampling is a pure function that a test can pin down.
 
 The order is fixed: temperature -> top-k -> softmax -> top-p -> min-p -> inverse-CDF draw (transformers' order for
-its warpers). `sample_token` is the kernel's twin (no min-p); `filtered_probs` is the same pipeline with min-p, used by
-the generation loop. The processors that run before temperature (penalties, logit bias) are in logits_processors.py.
+its warpers). `filtered_probs` is the pipeline with min-p; the generation loop (logits_processors.choose_tokens)
+draws from it, in NumPy, on every backend. The processors that run before temperature (penalties, logit bias) are in
+logits_processors.py.
+
+`sample_token` (no min-p) is the reference for the GPU kernel kernels/sampling.cu: given the same logits and the same
+`u` the kernel must return the same token, which tests/test_kernels.py checks (on the CPU emulator, or a GPU when
+there is one). The kernel is not used by generation yet: on the CuPy backend the logits come back to the host and
+are sampled here. Wiring the kernel into choose_tokens is future work.
 """
 from numbers import Real
 
@@ -43,7 +48,8 @@ def overflowed(logits: np.ndarray, z: np.ndarray) -> bool:
     softmax(z / T) tends to the argmax as T -> 0, and once z / T overflows nothing closer can be computed (softmax
     would give NaN), so such a temperature is greedy. Examples: T=1e-45 (1 / T = 1e45 > float32's 3.4e38: every z is
     +-inf or NaN), T=1e-38 with a largest logit of 5 (5e38 -> +inf) or of -5 (-5e38 -> -inf: every z is -inf).
-    The logits were checked for NaN before, so a NaN in z is 0 * inf.
+    The logits were checked for NaN before, so a NaN in z is 0 * inf. kernels/sampling.cu does not apply this rule
+    (such rows are undefined there), so the kernel tests keep to ordinary temperatures.
     """
     return logits.max() > -np.inf and not np.isfinite(z.max())
 
