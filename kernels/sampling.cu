@@ -1,7 +1,9 @@
 // sampling.cu: logits -> one token id per row: temperature, top-k, softmax, top-p and the draw in one kernel.
 //
 // Math (NumPy twin: nanollm.sampling.sample_token, applied row by row; this kernel must return the same token):
-//   greedy (temperature 0): the first index of the largest logit.
+//   greedy (temperature 0): the first index of the largest logit. So is a temperature too small for float32: when
+//     max(logits) * (1/temperature) is not finite (nanollm.sampling.overflowed: softmax would be NaN there, and its
+//     T -> 0 limit is the argmax).
 //   z = logits * (1/temperature)                         (the reciprocal rounded to float32 first, as NumPy does)
 //   top-k: keep z_i >= kth, kth = the k-th largest z counted with multiplicity; ties with kth are all kept.
 //   softmax: prob_i = exp(z_i - max z) / sum_j exp(z_j - max z) over the kept z (the others have prob 0).
@@ -29,7 +31,7 @@
 //
 // Memory traffic: nothing is written but the id. Values are recomputed from the logits at every pass instead of
 //   being stored: ~1 (max) + 32 (top-k bisection) + 1 (sum) + 32 (top-p bisection) + 1 (draw) reads of the row,
-//   which for a 128k vocabulary (512 KB) stay in L2. Greedy is one read.
+//   which for a 128k vocabulary (512 KB) stay in L2, plus one read for the overflow check. Greedy is one read.
 //
 // Versions (measured results come from `make bench-kernels` on a GPU; none was available when this was written):
 //   1. sample_rows: 1-bit bisection for both thresholds. Idea not yet tried: 8-bit radix select (a 256-bin
@@ -118,6 +120,16 @@ extern "C" __global__ void sample_rows(const float* logits, const double* unifor
         return;
     }
     s.inv_temperature = inv_temperature;
+
+    // z = logits / T past float32's range (T ~ 1e-45, or ~1e-38 with logits of a few units): greedy, the T -> 0
+    // limit. Decided on the largest raw logit, so the NaN of 0 * inf never enters a comparison.
+    float largest = -INFINITY;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) largest = fmaxf(largest, s.logits[i]);
+    largest = block_max(largest, scratch);  // every thread holds it: the whole block takes the same branch
+    if (largest > -INFINITY && !isfinite(largest * inv_temperature)) {
+        argmax_row(s.logits, V, out + b);
+        return;
+    }
 
     // top-k threshold, then the softmax over what it keeps (the maximum is always kept)
     s.kth_key = 0;

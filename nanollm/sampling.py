@@ -48,8 +48,8 @@ def overflowed(logits: np.ndarray, z: np.ndarray) -> bool:
     softmax(z / T) tends to the argmax as T -> 0, and once z / T overflows nothing closer can be computed (softmax
     would give NaN), so such a temperature is greedy. Examples: T=1e-45 (1 / T = 1e45 > float32's 3.4e38: every z is
     +-inf or NaN), T=1e-38 with a largest logit of 5 (5e38 -> +inf) or of -5 (-5e38 -> -inf: every z is -inf).
-    The logits were checked for NaN before, so a NaN in z is 0 * inf. kernels/sampling.cu does not apply this rule
-    (such rows are undefined there), so the kernel tests keep to ordinary temperatures.
+    The logits were checked for NaN before, so a NaN in z is 0 * inf. kernels/sampling.cu applies the same rule,
+    decided on max(logits) * (1/T), which is the same test since scaling by a positive number keeps the order.
     """
     return logits.max() > -np.inf and not np.isfinite(z.max())
 

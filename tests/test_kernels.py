@@ -304,6 +304,18 @@ def test_sampling_tie_rule(be):
         assert sample_token(logits[b], u[b], 1.0, 2, 1.0) == [1, 1, 2, 2][b]
 
 
+@pytest.mark.parametrize("temperature, scale", [(1e-45, 1.0), (1e-38, 5.0), (1e-38, -5.0), (1e-30, 1e-3)])
+def test_sampling_temperature_too_small_for_float32(be, temperature, scale):
+    """Where logits / T leaves float32 (softmax would be NaN) both sides take the argmax, the T -> 0 limit; the
+    last case stays in range and must sample as usual. Rows: all positive, all negative, mixed with a -inf."""
+    rng = np.random.default_rng(3)
+    logits = (rng.uniform(0.5, 1.0, (3, 50)) * scale).astype(np.float32)
+    logits[2, 10] = -np.inf
+    u = np.array([0.1, 0.5, 0.9])
+    got = be.sample(be.asarray(logits), u, temperature, 0, 1.0)
+    assert got.tolist() == [sample_token(logits[b], float(u[b]), temperature) for b in range(3)]
+
+
 def test_sampling_large_vocabulary(be):
     """V = 5003 (many ids per thread in the draw) at several u, against the reference."""
     rng = np.random.default_rng(7)

@@ -254,7 +254,8 @@ class KernelBackend:
             raise ValueError(f"sample needs one uniform per row: {B} rows, {u.shape[0]} uniforms")
         ids = self.xp.empty((B,), dtype=np.int64)
         greedy = temperature == 0
-        inv_t = np.float32(0.0 if greedy else 1.0 / temperature)  # rounded to float32 first, as NumPy does
+        with np.errstate(over="ignore"):  # 1/T past float32 becomes inf: the kernel then takes the argmax
+            inv_t = np.float32(0.0 if greedy else 1.0 / temperature)  # rounded to float32 first, as NumPy does
         self.kernel("sampling.cu", "sample_rows")((B,), (row_threads(V),), (
             logits, u, ids, np.int32(V), np.int32(greedy), inv_t, np.int32(top_k), np.float64(top_p)))
         return self.to_numpy(ids)
