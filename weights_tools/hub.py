@@ -73,6 +73,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .safetensors import INDEX_FILE_NAME as WEIGHTS_INDEX
+from .safetensors import SINGLE_FILE_NAME as WEIGHTS_FILE
+
 DEFAULT_HUB_URL = "https://huggingface.co"
 TIMEOUT_SECONDS = 30.0  # per socket operation: the connect, then each read
 MAX_REDIRECTS = 5
@@ -83,8 +86,6 @@ USER_AGENT = "nanollm (python-urllib)"
 
 CONFIG_FILE = "config.json"
 OPTIONAL_FILES = ("generation_config.json",)
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",

@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from .convert import CheckpointError, config_from_hf, llama_weights, read_json, TensorSource
-from .safetensors import SafetensorsError, TensorInfo, open_checkpoint, save_safetensors
+from .safetensors import SINGLE_FILE_NAME, SafetensorsError, TensorInfo, open_checkpoint, save_safetensors
 
 MAGIC = 0x616B3432  # "ak42"
 VERSION1_HEADER_BYTES = 256
@@ -362,7 +362,7 @@ def convert_to_hf_dir(bin_path: str | os.PathLike, out_dir: str | os.PathLike) -
     config, state = llama2c_to_hf(model)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_safetensors(out_dir / "model.safetensors", state, metadata={"format": "pt"})
+    save_safetensors(out_dir / SINGLE_FILE_NAME, state, metadata={"format": "pt"})
     return out_dir
 
 
