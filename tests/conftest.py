@@ -8,23 +8,24 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
 
-# Hypothesis: no per-example deadline (the first example of a model test pays for building it); CI is derandomized
-# so a red build is reproducible, while local runs keep exploring new examples.
 # transformers and the hub client print progress bars and advice on every save/load; tests read none of it.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-settings.register_profile(
-    "default", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
-settings.register_profile(
-    "ci", deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
-)
+# Hypothesis: no per-example deadline (the first example of a model test pays for building it); CI is derandomized
+# so a red build is reproducible, while local runs keep exploring new examples. Tests write nothing into the working
+# directory: hypothesis keeps its files (the example database that replays past failures, its constants cache) in
+# the user's cache instead of ./.hypothesis; CI keeps no example database.
+set_hypothesis_home_dir(Path(os.environ.get("NANOLLM_CACHE", Path.home() / ".cache" / "nanollm")) / "hypothesis")
+HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("default", deadline=None, suppress_health_check=HEALTH)
+settings.register_profile("ci", deadline=None, derandomize=True, suppress_health_check=HEALTH, database=None)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
