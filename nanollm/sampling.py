@@ -116,13 +116,13 @@ def draw(probs: np.ndarray, u: float) -> int:
 def sample_token(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> int:
     """The whole pipeline for one row. (V,) float32 logits, uniform u -> token id.
 
-    temperature=0 is greedy, and so is a temperature too small for float32 (see `overflowed`). NaN logits raise.
+    temperature=0 is greedy, and so is a temperature too small for float32 (see `overflowed`: filtered_probs then
+    puts all the mass on the first argmax, which the draw returns for any u). NaN logits raise.
     """
-    refuse_nan(logits.max())
-    z = apply_temperature(logits, temperature) if temperature != 0 else None
-    if z is None or overflowed(logits, z):
+    if temperature == 0:
+        refuse_nan(logits.max())
         return int(np.argmax(logits))  # the first maximum, as torch.argmax does
-    return draw(top_p_filter(softmax(top_k_filter(z, top_k)), top_p), u)
+    return draw(filtered_probs(logits, temperature, top_k, top_p), u)
 
 
 def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
