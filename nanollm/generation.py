@@ -136,6 +136,7 @@ def resolve_settings(model, *, max_new_tokens=64, temperature=None, top_k=None, 
         presence_penalty=float(presence_penalty), frequency_penalty=float(frequency_penalty),
         logit_bias=dict(logit_bias or {}),
     )
+    checked_token_ids(list(params.logit_bias), model.config.vocab_size, "logit_bias")
     if isinstance(stop, str):
         stop = (stop,)
     if eos_token_ids is None:
@@ -270,8 +271,8 @@ class Batch:
         self.token_times: list[float] = []  # perf_counter() when each step's tokens were chosen
 
     def prefill_inputs(self):
-        """Padded ids (B, T), positions (B, T), the key mask over the whole cache (B, T + max_new) or None, and
-        the index of each prompt's last position (B,)."""
+        """Padded ids (B, T), positions (B, T), the key mask over the whole cache (B, T + max_new) or None, the
+        index of each prompt's last position (B,), and each prompt's length (B,): its first new token's position."""
         lengths = np.array([len(s.prompt_ids) for s in self.seqs])  # (B,)
         B, T = len(self.seqs), int(lengths.max())
         ids = np.zeros((B, T), dtype=np.int64)  # the pad id is irrelevant: padded slots are masked out

@@ -290,3 +290,13 @@ def test_held_back_length_examples():
     assert held_back_length("Hello Us", ("User:",)) == 2
     assert held_back_length("Hello", ("User:",)) == 0
     assert held_back_length("ab", ("abc", "b")) == 2
+
+
+def test_logit_bias_ids_outside_the_vocabulary_are_refused_before_generating(models):
+    """Checked once with the other token ids, not on every step: a NumPy index of -1 or V would otherwise mean
+    token V-1 or crash mid-run."""
+    model, _ = models
+    V = model.config.vocab_size
+    for bad in (V, V + 100):
+        with pytest.raises(ValueError, match=f"logit_bias names token {bad}, outside the vocabulary of {V} tokens"):
+            model.generate([3, 4], max_new_tokens=2, temperature=0, logit_bias={bad: 1.0})
