@@ -240,10 +240,8 @@ def _read_config(directory: Path) -> dict:
             config[key] = value
         if "additional_special_tokens" in config and "extra_special_tokens" not in config:
             config["extra_special_tokens"] = config.pop("additional_special_tokens")
-        added_tokens = _read_json(directory / "added_tokens.json")
+        added_tokens = _read_json(directory / "added_tokens.json")  # token -> id
         if added_tokens is not None:
-            if not isinstance(added_tokens, dict):
-                raise TokenizerError(f"{directory / 'added_tokens.json'} should hold a JSON object token -> id")
             config["added_tokens_decoder"] = {str(i): {"content": text} for text, i in added_tokens.items()}
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": "..."}, {"name": "tool_use", ...}]
@@ -261,11 +259,15 @@ def _rename_additional_special_tokens(config: dict) -> None:
         config["extra_special_tokens"] = config.pop("additional_special_tokens")
 
 
-def _read_json(path: Path):
-    """The parsed JSON file, or None when it does not exist."""
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in the file, or None when it does not exist. Each file read this way (tokenizer_config.json,
+    special_tokens_map.json, added_tokens.json) holds one object; anything else is a TokenizerError naming it."""
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise TokenizerError(f"cannot parse {path}: {err}") from None
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path} should hold a JSON object, not a {type(data).__name__}")
+    return data
