@@ -103,14 +103,16 @@ def test_chat_template_is_read(gpt2_saved, tmp_path):
     assert Tokenizer.from_pretrained(gpt2_saved).chat_template is None
 
 
-@pytest.mark.parametrize("name", ["tokenizer_config.json", "special_tokens_map.json", "added_tokens.json"])
+@pytest.mark.parametrize("name", ["tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                                  "tokenizer.json", "vocab.json"])
 @pytest.mark.parametrize("content, message", [
     (b"[1, 2]", "should hold a JSON object, not a list"),
     (b"{not json", "cannot parse"),
     (b"\xff\xfe{}", "cannot parse"),
 ])
 def test_corrupt_side_files_are_a_tokenizer_error(gpt2_source, tmp_path, name, content, message):
-    """The JSON files beside vocab.json + merges.txt each hold one object; anything else names the file."""
+    """Every JSON file of a tokenizer directory holds one object; anything else is a TokenizerError naming the file
+    (a tokenizer.json written beside vocab.json + merges.txt is the file loaded first)."""
     directory = tmp_path / "corrupt"
     shutil.copytree(gpt2_source, directory)
     (directory / name).write_bytes(content)

@@ -27,13 +27,12 @@ openai/tiktoken (the rank format and the r50k/cl100k/o200k patterns).
 from __future__ import annotations
 
 import base64
-import json
 from pathlib import Path
 
 import regex
 
 from .bpe import bpe_merge, pair_ranks_from_token_ranks
-from .errors import TokenizerError
+from .errors import TokenizerError, read_json_object
 
 # GPT-2's pre-tokenizer pattern as published in encoder.py, which Hugging Face's ByteLevel pre-tokenizer also uses.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -287,9 +286,7 @@ def load_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tu
     entry that is not a byte-level string (possible in a hand-edited vocab.json) cannot come out of merging bytes,
     so the BPE model leaves it out; it still decodes, by ``token_text_bytes``.
     """
-    vocab = json.loads(Path(vocab_path).read_text(encoding="utf-8"))
-    if not isinstance(vocab, dict):
-        raise TokenizerError(f"{vocab_path} should hold a JSON object token -> id")
+    vocab = read_json_object(vocab_path)  # token -> id
     byte_chars = set(bytes_to_unicode().values())
     not_byte_level = {s for s in vocab if not set(s) <= byte_chars}
     model = from_string_vocab(vocab, read_merges_txt(merges_path), pattern=GPT2_PATTERN, skip=not_byte_level)

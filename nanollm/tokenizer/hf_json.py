@@ -26,7 +26,6 @@ Sources: huggingface/tokenizers (``tokenizer/mod.rs``, ``pre_tokenizers/{byte_le
 """
 from __future__ import annotations
 
-import json
 import unicodedata
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import regex
 
 from .byte_level import GPT2_PATTERN, from_string_vocab
 from .decoding import DecodeRules
-from .errors import TokenizerError
+from .errors import TokenizerError, read_json_object
 from .sentencepiece import SPACE, PieceBPE, byte_piece
 
 
@@ -141,10 +140,7 @@ def _merges(model: dict) -> list[tuple[str, str]]:
 
 def load_tokenizer_json(path: str | Path) -> dict:
     """Read tokenizer.json; return the keyword arguments of ``Tokenizer`` (model, decode_rules, special tokens...)."""
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise TokenizerError(f"cannot read {path}: {err}") from None
+    spec = read_json_object(path)
     model = spec.get("model") or {}
     if model.get("type", "BPE") != "BPE" or "merges" not in model:
         raise TokenizerError(f"{path}: only BPE tokenizer.json models are supported, not {model.get('type')!r}")

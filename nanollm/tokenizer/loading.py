@@ -36,7 +36,6 @@ Sources: transformers ``tokenization_utils_base.py`` (``_from_pretrained``), ``t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .byte_level import (
@@ -48,7 +47,7 @@ from .byte_level import (
     token_text_bytes,
 )
 from .decoding import DecodeRules
-from .errors import TokenizerError
+from .errors import TokenizerError, read_json_object
 from .hf_json import load_tokenizer_json
 from .saving import NANOLLM_TOKENIZER_FILE, load_nanollm_tokenizer
 from .sentencepiece import ModelProto, SentencePieceModel
@@ -260,14 +259,6 @@ def _rename_additional_special_tokens(config: dict) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
-    """The JSON object in the file, or None when it does not exist. Each file read this way (tokenizer_config.json,
-    special_tokens_map.json, added_tokens.json) holds one object; anything else is a TokenizerError naming it."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise TokenizerError(f"cannot parse {path}: {err}") from None
-    if not isinstance(data, dict):
-        raise TokenizerError(f"{path} should hold a JSON object, not a {type(data).__name__}")
-    return data
+    """The JSON object in an optional file (tokenizer_config.json, special_tokens_map.json, added_tokens.json), or
+    None when it does not exist."""
+    return read_json_object(path) if path.is_file() else None
