@@ -160,7 +160,7 @@ def run_prompts(model, args) -> int:
 
 def run_chat(model, args) -> int:
     """The interactive loop: each turn resends the whole conversation, rendered with the chat template."""
-    from .chat import chat_template_for, encode_chat, turn_end_ids
+    from .chat import chat_template_for, turn_end_ids
 
     tok = model.tokenizer
     if tok is None:
@@ -180,7 +180,7 @@ def run_chat(model, args) -> int:
             return 0
         turn += 1
         messages.append({"role": "user", "content": line.rstrip("\n")})
-        ids = encode_chat(tok, template.render(messages, add_generation_prompt=True))
+        ids = template.encode(tok, messages)  # message text never becomes special tokens
         stream = generate(model, ids, stream=True, **options)
         for piece in stream:
             sys.stdout.write(piece)

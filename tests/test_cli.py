@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import nanollm
-from nanollm.chat import chat_template_for, encode_chat, turn_end_ids
+from nanollm.chat import chat_template_for, turn_end_ids
 from nanollm.generation import eos_ids
 from tests.conftest import PROJECT_ROOT
 from tests.generation_fixtures import write_family, write_gpt2_tokenizer_files
@@ -173,7 +173,7 @@ def test_chat_through_piped_stdin(text_model, tmp_path):
     replies, prompt_sizes = [], []
     for user in ["Hi there", "What next?"]:
         messages.append({"role": "user", "content": user})
-        ids = encode_chat(model.tokenizer, template.render(messages))
+        ids = template.encode(model.tokenizer, messages)
         r = model.generate(ids, max_new_tokens=8, temperature=0, stop=template.stop,
                            eos_token_ids=eos_ids(model) | turn_end_ids(model.tokenizer))
         messages.append({"role": "assistant", "content": r.text})
@@ -204,7 +204,7 @@ def test_chat_with_the_model_template_stops_at_the_turn_end_token(tmp_path_facto
     messages, replies = [], []
     for user in ["Hi", "And now?"]:
         messages.append({"role": "user", "content": user})
-        ids = encode_chat(model.tokenizer, template.render(messages))
+        ids = template.encode(model.tokenizer, messages)
         r = model.generate(ids, max_new_tokens=6, temperature=0, min_new_tokens=2, logit_bias={50258: 50.0},
                            eos_token_ids=eos_ids(model) | turn_end_ids(model.tokenizer))
         assert r.token_ids[-1] == 50258 and len(r.token_ids) == 3
