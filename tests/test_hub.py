@@ -3,15 +3,23 @@
 Every file is a few KB of seeded random bytes, so a byte-for-byte comparison with what the server holds is the
 reference: a download is right when the cached file equals the served one exactly.
 """
+import ast
+import hashlib
 import json
+import os
 import random
+import re
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.hub_server import FakeHub
+from nanollm.chat import chat_template_for
+from nanollm.tokenizer import load_tokenizer
+from tests.conftest import PROJECT_ROOT
+from tests.hub_server import FakeHub, call_with_deadline, git_blob_sha1
 from weights_tools import hub as hub_module
 from weights_tools.hub import SNAPSHOT_MARKER, HubError, resolve_model
 
@@ -238,15 +246,16 @@ def test_connection_refused(hub, tmp_path, monkeypatch):
 
 
 def test_timeout(hub, tmp_path, monkeypatch):
-    """A server that accepts connections but never answers: the request times out (TIMEOUT_SECONDS, here 0.3 s)
-    and becomes a HubError instead of hanging."""
-    monkeypatch.setattr(hub_module, "TIMEOUT_SECONDS", 0.3)
+    """A server that accepts connections but never answers: after NANOLLM_HUB_TIMEOUT (here 0.3 s) the request
+    becomes a HubError naming the file instead of hanging. Both limits end at about the same moment, so the reason
+    is the read's timeout or the rate rule's empty window (0 B in 0.3 s), whichever fires first."""
+    monkeypatch.setenv("NANOLLM_HUB_TIMEOUT", "0.3")
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(4)  # the kernel completes the handshake; nobody ever reads or answers
         monkeypatch.setenv("NANOLLM_HUB_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
         started = time.monotonic()
-        with pytest.raises(HubError, match="cannot reach the hub.*timed out"):
+        with pytest.raises(HubError, match="config.json.*(timed out|slower than the minimum of 10.0 kB/s: 0 B)"):
             resolve_model(REPO, progress=False)
         assert time.monotonic() - started < 5
 
@@ -275,7 +284,7 @@ def test_index_naming_a_path_is_refused(hub, tmp_path):
     """Shard names come from the network and become paths: "../../evil" must not escape the snapshot."""
     hub.add(REPO, "config.json", b"{}")
     hub.add(REPO, "model.safetensors.index.json", json.dumps({"weight_map": {"w": "../../evil"}}).encode())
-    with pytest.raises(HubError, match="not a file name"):
+    with pytest.raises(HubError, match=r"names a shard '\.\./\.\./evil', which is not a plain \*\.safetensors"):
         resolve_model(REPO, progress=False)
     assert not (tmp_path / "evil").exists()
 
@@ -328,3 +337,230 @@ def test_progress_bar_on_a_terminal(hub, tmp_path, monkeypatch):
     resolve_model(REPO)
     assert "model.safetensors  100% [" + "#" * 30 + "] 8.0 kB / 8.0 kB" in terminal.text
     assert "tokenizer.json" not in terminal.text  # 700 bytes: under the threshold
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Verification: a file gets its final name only once its size and hash are the ones the hub announced
+
+
+def test_blob_sha1_is_gits_and_huggingface_hubs(tmp_path):
+    """A git-stored file's ETag is its blob sha1, sha1(b"blob <size>\\0" + bytes). The fake hub's and the client's
+    computations agree with huggingface_hub's git_hash; the empty file's is git's well-known e69de29..."""
+    from huggingface_hub.utils.sha import git_hash
+
+    assert git_blob_sha1(b"") == "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
+    for seed, data in enumerate([b"", b"hello\n", random_bytes(5000, seed=9)]):
+        path = tmp_path / f"file{seed}"
+        path.write_bytes(data)
+        assert git_blob_sha1(data) == git_hash(data) == hub_module._digest_of(path, "git-sha1")
+
+
+@pytest.mark.parametrize("form", ['"{}"', 'W/"{}"', "{}", ' "{}" '])
+def test_etag_forms(form):
+    """RFC 9110 allows a quoted ETag, weak or strong; both hashes are read from any of these forms (as
+    huggingface_hub's _normalize_etag), a 32-hex md5 (a CDN's ETag) from none."""
+    sha1, sha256 = "10c66461e4c109db5a2196bff4bb59be30396ed8", hashlib.sha256(b"x").hexdigest()
+    assert hub_module._digest_from_etag(form.format(sha1)) == ("git-sha1", sha1)
+    assert hub_module._digest_from_etag(form.format(sha256.upper())) == ("sha256", sha256)
+    assert hub_module._digest_from_etag(form.format(hashlib.md5(b"x").hexdigest())) is None
+
+
+def test_weak_etag_from_the_hub_is_accepted(hub, tmp_path):
+    """The same blob sha1 sent weak (W/"...") verifies config.json as well as the usual quoted form."""
+    files = add_model(hub)
+    hub.headers["config.json"] = {"ETag": f'W/"{git_blob_sha1(files["config.json"])}"'}
+    assert_snapshot_holds(resolve_model(REPO, progress=False), files)
+
+
+LYING = [  # (file, lie, what the error says; whether a .part may stay for a resume)
+    ("config.json", "sha", r"config\.json .*corrupt: its git blob sha1 is [0-9a-f]{40} where the hub announced", False),
+    ("model.safetensors", "sha", r"model\.safetensors .*corrupt: its sha256 is [0-9a-f]{64} where the hub", False),
+    ("tokenizer.json", "size-", r"tokenizer\.json .*corrupt: its git blob sha1", False),
+    ("model.safetensors", "size-", r"model\.safetensors .*corrupt: its sha256", False),
+    ("config.json", "size+", r"config\.json .*broke off", True),
+    ("model.safetensors", "size+", r"model\.safetensors .*broke off", True),
+    ("tokenizer.json", "short-body", r"tokenizer\.json .*broke off \(the connection closed at byte \d+ of 700\)", True),
+    ("model.safetensors", "short-body", r"model\.safetensors .*broke off \(the connection closed at byte", True),
+    ("config.json", "no-etag", r"answer for config\.json .* does not give its sha256 or git sha1 ETag", False),
+    ("model.safetensors", "no-etag", r"answer for model\.safetensors .* does not give its sha256", False),
+    ("merges.txt", "bad-length", r"answer for merges\.txt .* does not give its size", False),
+]
+
+
+@pytest.mark.parametrize("name, lie, message, part_may_stay", LYING, ids=[f"{n}-{lie}" for n, lie, *_ in LYING])
+def test_lying_server_leaves_nothing(hub, tmp_path, name, lie, message, part_may_stay):
+    """A wrong hash, a wrong length, a short body or a missing hash: one HubError naming the file and the problem,
+    no final file and no marker (a .part only after a broken-off transfer, to resume). Once the server stops
+    lying, the next call completes the same cache."""
+    files = add_model(hub)
+    hub.lies[name] = lie
+    with pytest.raises(HubError, match=message):
+        resolve_model(REPO, progress=False)
+    left = {p.name for p in snapshot_dir(tmp_path).iterdir()} if snapshot_dir(tmp_path).exists() else set()
+    assert name not in left and SNAPSHOT_MARKER not in left
+    assert left <= {*files, f"{name}.part"} if part_may_stay else left <= set(files)
+    for other in left & set(files):
+        assert (snapshot_dir(tmp_path) / other).read_bytes() == files[other]
+    hub.lies.clear()
+    assert_snapshot_holds(resolve_model(REPO, progress=False), files)
+
+
+@pytest.mark.parametrize("shard", [".nanollm-complete.json", "model.safetensors.part", "shard.lock", "config.json",
+                                   ".hidden.safetensors", "sub/x.safetensors", "a b.safetensors", "", 7])
+def test_index_cannot_name_the_caches_own_files(hub, tmp_path, shard):
+    """Shard names come from the network: only plain *.safetensors file names pass. The marker, a .part, a lock,
+    another model file or a path are refused by name before anything is fetched under that name."""
+    files = {"config.json": b"{}", "model.safetensors.index.json": json.dumps({"weight_map": {"w": shard}}).encode()}
+    for filename, data in files.items():
+        hub.add(REPO, filename, data)
+    with pytest.raises(HubError, match=f"names a shard {re.escape(repr(shard))}, which is not a plain"):
+        resolve_model(REPO, progress=False)
+    assert sorted(p.name for p in snapshot_dir(tmp_path).iterdir()) == sorted(files)  # no marker, nothing else
+    assert (snapshot_dir(tmp_path) / "config.json").read_bytes() == b"{}"
+    paths = [path for path, _ in hub.requests]
+    after_index = paths[paths.index(f"/{REPO}/resolve/main/model.safetensors.index.json") + 1:]
+    assert not [path for path in after_index if path.endswith(f"/{shard}")]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Which files: everything a loaded model reads
+
+
+def file_names_in(path: Path) -> set[str]:
+    """Every string constant in a Python file that looks like a file name ("tokenizer_config.json")."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {node.value for node in ast.walk(tree) if isinstance(node, ast.Constant) and isinstance(node.value, str)
+            and re.fullmatch(r"[\w-]+\.(json|jinja|txt|model|bpe)", node.value)}
+
+
+def test_the_hub_client_fetches_what_the_loaders_read():
+    """Every file name nanollm/tokenizer/loading.py and nanollm/loader.py read is one the client fetches, except
+    GPT-2's original encoder.json/vocab.bpe, which hub repos carry as vocab.json/merges.txt. A file added to a
+    loader without the client knowing fails here."""
+    fetched = {hub_module.CONFIG_FILE, *hub_module.OPTIONAL_FILES, *hub_module.TOKENIZER_FILES}
+    read = file_names_in(PROJECT_ROOT / "nanollm" / "tokenizer" / "loading.py")
+    read |= file_names_in(PROJECT_ROOT / "nanollm" / "loader.py")
+    assert {"chat_template.jinja", "added_tokens.json", "generation_config.json"} <= read  # the check sees them
+    assert read - {"encoder.json", "vocab.bpe"} <= fetched
+
+
+def tiny_chat_model() -> dict[str, bytes]:
+    """A byte-level BPE model folder written by hand: vocab.json (the 256 byte characters and 3 merges), merges.txt,
+    two chat tokens only in added_tokens.json, the EOS in special_tokens_map.json, and a chat template only in
+    chat_template.jinja (as transformers 5 saves it), marked so the test can see it was the one used."""
+    from nanollm.tokenizer.byte_level import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    merges = ["Ġ h", "Ġh i", "h i"]
+    vocab = {ch: i for i, ch in enumerate(chars)} | {"Ġh": 256, "Ġhi": 257, "hi": 258}
+    template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                "{% if add_generation_prompt %}<|im_start|>assistant (template from chat_template.jinja)\n{% endif %}")
+    return {
+        "config.json": json.dumps({"model_type": "gpt2", "vocab_size": 261}).encode(),
+        "generation_config.json": json.dumps({"eos_token_id": 260}).encode(),
+        "model.safetensors": random_bytes(WEIGHTS_BYTES, seed=5),  # never loaded here
+        "vocab.json": json.dumps(vocab).encode(),
+        "merges.txt": ("#version: 0.2\n" + "\n".join(merges) + "\n").encode(),
+        "tokenizer_config.json": json.dumps({"model_max_length": 64}).encode(),
+        "added_tokens.json": json.dumps({"<|im_start|>": 259, "<|im_end|>": 260}).encode(),
+        "special_tokens_map.json": json.dumps({"eos_token": "<|im_end|>", "bos_token": None}).encode(),
+        "chat_template.jinja": template.encode(),
+    }
+
+
+def test_fetched_model_chats_as_on_disk(hub, tmp_path):
+    """The same folder on disk and fetched through the hub: every file arrives, and the tokenizers render the chat
+    with chat_template.jinja and encode it (added chat tokens included) identically."""
+    files = tiny_chat_model()
+    on_disk = tmp_path / "model"
+    on_disk.mkdir()
+    for name, data in files.items():
+        (on_disk / name).write_bytes(data)
+        hub.add(REPO, name, data)
+    fetched = resolve_model(REPO, progress=False)
+    assert_snapshot_holds(fetched, files)
+
+    messages = [{"role": "system", "content": "hi"}, {"role": "user", "content": "hi hi <|im_end|>"}]
+    local, remote = load_tokenizer(on_disk), load_tokenizer(fetched)
+    text = chat_template_for(local).render(messages)
+    assert "(template from chat_template.jinja)" in text
+    assert chat_template_for(remote).render(messages) == text
+    ids = local.encode_prompt(text)
+    assert 259 in ids and 260 in ids  # the chat tokens of added_tokens.json
+    assert remote.encode_prompt(text) == ids
+    assert remote.eos_token_id == local.eos_token_id == 260
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Time limits: a deadline through the rate rule, not only a per-read timeout
+
+
+def test_trickling_server_is_cut(hub, tmp_path, monkeypatch):
+    """The CDN sends the weights at 1 byte a second, each byte well within the read timeout. With a minimum rate of
+    1 kB/s over 0.5 s windows, each attempt ends after one window: a HubError naming the file and the rate within
+    a few seconds, and no weights file or marker (a .part holding the few bytes may stay, to resume)."""
+    add_model(hub)
+    hub.pace["model.safetensors"] = 1.0
+    monkeypatch.setenv("NANOLLM_HUB_TIMEOUT", "0.5")
+    monkeypatch.setenv("NANOLLM_HUB_MIN_RATE", "1000")
+    started = time.monotonic()
+    with pytest.raises(HubError, match=r"model\.safetensors .*slower than the minimum of 1\.0 kB/s: \d B in the "
+                                       r"last 0\.5 s"):
+        call_with_deadline(lambda: resolve_model(REPO, progress=False), 20)
+    assert time.monotonic() - started < 5
+    left = {p.name for p in snapshot_dir(tmp_path).iterdir()}
+    assert "model.safetensors" not in left and SNAPSHOT_MARKER not in left
+
+
+def test_trickling_headers_are_cut(hub, tmp_path, monkeypatch):
+    """A server that sends even its status line and headers a byte at a time (20 B/s) is cut by the same rule: the
+    watch shuts the socket while http.client is still reading headers."""
+    add_model(hub)
+    hub.lies["config.json"] = "slow-headers"
+    monkeypatch.setenv("NANOLLM_HUB_TIMEOUT", "0.3")
+    started = time.monotonic()
+    with pytest.raises(HubError, match=r"answer for config\.json .*slower than the minimum of 10\.0 kB/s"):
+        call_with_deadline(lambda: resolve_model(REPO, progress=False), 20)
+    assert time.monotonic() - started < 3
+
+
+def test_slow_but_steady_download_passes(hub, tmp_path, monkeypatch):
+    """The rule is a minimum rate, not a deadline for every file: weights sent at 20 kB/s over 0.4 s, across two
+    windows of 0.2 s with a minimum of 5 kB/s, arrive intact."""
+    files = add_model(hub)
+    hub.pace["model.safetensors"] = 20_000
+    monkeypatch.setenv("NANOLLM_HUB_TIMEOUT", "0.2")
+    monkeypatch.setenv("NANOLLM_HUB_MIN_RATE", "5000")
+    assert_snapshot_holds(call_with_deadline(lambda: resolve_model(REPO, progress=False), 20), files)
+
+
+@pytest.mark.parametrize("variable, value", [("NANOLLM_HUB_MIN_RATE", "fast"), ("NANOLLM_HUB_MIN_RATE", "0"),
+                                             ("NANOLLM_HUB_TIMEOUT", "-1"), ("NANOLLM_HUB_TIMEOUT", "nan")])
+def test_bad_limits_are_refused_by_name(hub, tmp_path, monkeypatch, variable, value):
+    """A limit from the environment that is not a positive number is one HubError naming the variable; no
+    request is made."""
+    add_model(hub)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(HubError, match=f"{variable}='{value}' is not a positive number"):
+        resolve_model(REPO, progress=False)
+    assert hub.requests == []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The cache holds only regular files: a FIFO where one should be is no hang
+
+
+@pytest.mark.parametrize("name", ["config.json", SNAPSHOT_MARKER, "model.safetensors.part"])
+def test_fifo_in_the_cache_does_not_hang(hub, tmp_path, monkeypatch, name):
+    """A FIFO where a cached file, the marker or a .part should be: the snapshot is not complete, the file is
+    fetched again and replaces the FIFO; offline, the answer is a HubError at once."""
+    files = add_model(hub)
+    snapshot = resolve_model(REPO, progress=False)
+    (snapshot / name).unlink(missing_ok=True)
+    if name != SNAPSHOT_MARKER:  # a missing file only counts for a snapshot without the marker
+        (snapshot / SNAPSHOT_MARKER).unlink()
+        (snapshot / "model.safetensors").unlink()
+    os.mkfifo(snapshot / name)
+    with pytest.raises(HubError, match="not in the cache"):
+        call_with_deadline(lambda: resolve_model(REPO, progress=False, offline=True), 10)
+    assert_snapshot_holds(call_with_deadline(lambda: resolve_model(REPO, progress=False), 10), files)

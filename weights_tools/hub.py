@@ -11,8 +11,8 @@ Every file of a repo at a revision (a branch, a tag or a commit hash) has one UR
     {base}/{repo_id}/resolve/{revision}/{filename}     https://huggingface.co/gpt2/resolve/main/config.json
 
 1. Small files kept in git itself (config.json, tokenizer.json) are answered directly: 200, the bytes, and an ETag
-   that is the git blob's sha1 (40 hex digits). That is not a sha256 of the bytes, so for these files we check the
-   size (Content-Length) only.
+   that is the git blob's sha1 (40 hex digits, in quotes, sometimes written weak as W/"..."): the sha1 of
+   b"blob <size>\\0" followed by the bytes, what `git hash-object` prints.
 2. Large files kept in git-LFS (model.safetensors) are answered with a redirect (302 or 307) to a CDN. The redirect
    itself says what the bytes must be: `X-Linked-Size` (their count) and `X-Linked-Etag`, their sha256 (64 hex
    digits, in quotes). The CDN's own ETag means something else, so urllib must not follow the redirect for us:
@@ -28,7 +28,37 @@ Every file of a repo at a revision (a branch, a tag or a commit hash) has one UR
 
 Which files: config.json (required); generation_config.json (if present); the weights, either
 model.safetensors.index.json plus every shard named in its `weight_map` (large models are split), or
-model.safetensors; then whichever tokenizer files the repo has. nanollm reads safetensors only, never pickles.
+model.safetensors; then whichever tokenizer files the repo has, which are the files nanollm/tokenizer/loading.py
+reads (chat_template.jinja among them: transformers 5 saves a chat template only there). nanollm reads safetensors
+only, never pickles.
+
+Verification: every file is checked before it gets its final name
+-------------------------------------------------------------------
+A file's bytes must have the size the hub announced (X-Linked-Size, else Content-Length, or the total of a 206's
+Content-Range) and the hash it announced: the sha256 for an LFS file, the git blob sha1 for a git-stored one (as
+huggingface_hub's `utils.sha.git_hash` computes it). A file the hub does not describe with both is refused before
+a byte is stored, as huggingface_hub refuses a file without an ETag ("we won't be able to reliably ensure
+reproducibility"). No more than the announced size is ever read, and a file larger than the free space of the
+cache is refused up front. A wrong size or hash deletes the download and raises a HubError naming the file and the
+mismatch; nothing stays behind.
+
+Names from the network: the shard names in an index become paths, so each must be a plain `*.safetensors` file name
+(letters, digits, ".", "_", "-", not starting with "."). That refuses "../../.bashrc" and also every name of the
+cache's own bookkeeping (the marker, `.part` and `.lock` files, temporary files), which no remote file may overwrite.
+
+Time limits: nothing waits forever
+----------------------------------
+- Each socket operation (the connect, each read) may wait TIMEOUT_SECONDS (30 s): a server that stops sending
+  fails that long after its last byte.
+- The rate rule: in every window of TIMEOUT_SECONDS, the body of the file must grow by at least MIN_BYTES_PER_S
+  (10 kB/s) on average, counted from the first request of an attempt, so the headers and redirects count too. A
+  server that trickles (one byte a second, each read within the timeout) is cut at the end of the first window.
+  This makes a deadline per attempt: a file of N bytes is complete within N / MIN_BYTES_PER_S + TIMEOUT_SECONDS
+  seconds or the attempt ends. A small thread watches the count and, when a window falls short, shuts the socket,
+  which wakes the blocked read at once, wherever it is (reading headers or the body).
+- An attempt that brought new bytes is resumed, at most MAX_ATTEMPTS (5) times per file.
+The tests shrink both limits through the environment: $NANOLLM_HUB_TIMEOUT (seconds) and $NANOLLM_HUB_MIN_RATE
+(bytes per second) replace TIMEOUT_SECONDS and MIN_BYTES_PER_S.
 
 The cache
 ---------
@@ -36,48 +66,69 @@ The cache
         config.json  model.safetensors  tokenizer.json ...   final names: only complete, verified files
         model.safetensors.part                              an interrupted download, resumed by the next run
         .nanollm-complete.json                              written last: the files of a complete snapshot
+    <cache>/.locks/<repo_id>/<revision>/<filename>.lock      one lock file per cached file
 
 `<cache>` is `cache_dir`, else $NANOLLM_CACHE, else ~/.cache/nanollm. Each file is written to `<name>.part`,
-checked (its size; its sha256 when the hub gives one) and only then renamed to its final name with `os.replace`,
-which is atomic on one filesystem: a reader sees no file or the whole verified file, never half of one. A `.part`
-that fails verification is deleted at once. A `.part` is kept only after a network failure, for the next run to
-resume (one run also retries by itself, as long as each attempt brings new bytes). The snapshot marker is written
-after every file is in place, and only a directory with the marker is ever returned, so a half-fetched model never
-reaches the loader.
+flushed to disk, verified, and only then renamed to its final name with `os.replace`, which is atomic on one
+filesystem: a reader sees no file or the whole verified file, never half of one. A `.part` that fails verification
+is deleted at once. A `.part` is kept only after a network failure, for the next run to resume (one run also
+retries by itself, as long as each attempt brings new bytes). The snapshot marker is written (atomically, through
+nanollm.files) after every file is in place, and only a directory with the marker is ever returned, so a
+half-fetched model never reaches the loader. Every cache file is read through nanollm.files, so a FIFO or a device
+where a file should be is an error at once, not a hang; a `.part` that is not a regular file is removed.
+
+Several processes may share one cache. Whoever fetches a file first holds an exclusive `fcntl.flock` on its lock
+file while it downloads or resumes the `.part`; another process that wants the same file waits for the lock (saying
+so on stderr), then finds the final, verified file and skips it. The kernel releases a lock when its holder exits,
+even when killed, so a crash leaves a `.part` for the next holder to resume, never a stuck lock. Lock files stay
+in place: deleting one while another process waits on it would let a third process lock a new file of the same
+name, and two downloads would share one `.part`.
 
 A snapshot with its marker is used without asking the network. So a branch like `main` that has moved on the hub is
 not fetched again: pin a commit hash as `revision`, or delete the folder, to refresh it.
 
 Environment: $NANOLLM_HUB_URL (default https://huggingface.co; the tests point it at a local server), $HF_TOKEN,
-$NANOLLM_OFFLINE=1 or $HF_HUB_OFFLINE=1 (use the cache only, never the network). Every request has a timeout
-(TIMEOUT_SECONDS, per connect and per read, so a slow but live download is not cut off).
+$NANOLLM_OFFLINE=1 or $HF_HUB_OFFLINE=1 (use the cache only, never the network), $NANOLLM_HUB_TIMEOUT and
+$NANOLLM_HUB_MIN_RATE (the time limits above).
 
 Progress: with `progress=True`, a bar on stderr for each file over 1 MB when stderr is a terminal, and, whenever
 something was downloaded, one summary line on stderr at the end (also when stderr is a log file).
 
 Sources: huggingface_hub's `hf_hub_download` documentation and its `file_download.py`/`utils/_http.py` for the
-headers and error codes above; RFC 9110 for redirects and range requests.
+headers and error codes above, `utils/sha.py` for the git blob sha1; RFC 9110 for redirects and range requests;
+flock(2) for the locks.
 """
 from __future__ import annotations
 
+import fcntl
+import functools
 import hashlib
 import http.client
 import json
+import math
 import os
 import re
+import shutil
+import socket
+import stat
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from nanollm import files
 
 from .safetensors import INDEX_FILE_NAME as WEIGHTS_INDEX
 from .safetensors import SINGLE_FILE_NAME as WEIGHTS_FILE
 
 DEFAULT_HUB_URL = "https://huggingface.co"
-TIMEOUT_SECONDS = 30.0  # per socket operation: the connect, then each read
+TIMEOUT_SECONDS = 30.0  # per socket operation (the connect, then each read), and the window of the rate rule
+MIN_BYTES_PER_S = 10_000  # the slowest transfer accepted, averaged over each window of TIMEOUT_SECONDS
 MAX_REDIRECTS = 5
 MAX_ATTEMPTS = 5  # tries per file, retried only while each attempt brings new bytes
 CHUNK_BYTES = 1 << 20
@@ -86,21 +137,28 @@ USER_AGENT = "nanollm (python-urllib)"
 
 CONFIG_FILE = "config.json"
 OPTIONAL_FILES = ("generation_config.json",)
+# What nanollm/tokenizer/loading.py reads, in the names the hub uses (tests/test_hub.py checks the two agree).
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
 )
 SNAPSHOT_MARKER = ".nanollm-complete.json"
+LOCKS_FOLDER = ".locks"  # under the cache root; no repo id can be named so (a repo id starts with a letter or digit)
 
 _REDIRECTS = (301, 302, 303, 307, 308)
 # The hub's own rule for names: letters, digits, "-", "_", "."; at most one "/"; no "--" or "..".
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+_SHARD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.safetensors")  # model-00001-of-00002.safetensors
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
+_COUNT = re.compile(r"[0-9]{1,18}")  # a byte count in a header: ASCII digits only ("²".isdigit() is True)
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -131,11 +189,24 @@ class _Remote:
 
 
 @dataclass(frozen=True)
+class _Limits:
+    """The time limits of the module docstring, with the environment's overrides applied."""
+
+    timeout: float  # seconds: per socket operation, and the window of the rate rule (30.0)
+    min_rate: float  # bytes per second, averaged over each window (10_000)
+
+    @classmethod
+    def from_environment(cls) -> _Limits:
+        return cls(_positive_setting("NANOLLM_HUB_TIMEOUT", TIMEOUT_SECONDS, "seconds"),
+                   _positive_setting("NANOLLM_HUB_MIN_RATE", MIN_BYTES_PER_S, "bytes per second"))
+
+
+@dataclass(frozen=True)
 class _Expected:
     """What the hub says a file is; None where it does not say."""
 
     size: int | None
-    sha256: str | None  # lowercase hex
+    digest: tuple[str, str] | None  # ("sha256", hex) for an LFS file, ("git-sha1", hex) for a git-stored one
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -165,7 +236,8 @@ def resolve_model(
         raise HubError(f"{revision!r} is not a revision (a branch, a tag or a commit hash)")
 
     root = _cache_root(cache_dir)
-    snapshot = root / repo_id.replace("/", "--") / revision.replace("/", "--")
+    folder = Path(repo_id.replace("/", "--"), revision.replace("/", "--"))
+    snapshot = root / folder
     if _is_complete(snapshot):
         return snapshot
     reason = _offline_reason(offline)
@@ -174,16 +246,20 @@ def resolve_model(
             f"model {repo_id} (revision {revision}) is not in the cache at {snapshot} and {reason}: "
             f"run once with network access to fetch it"
         )
+    limits = _Limits.from_environment()
     token = token if token is not None else os.environ.get("HF_TOKEN") or None
     base_url = (os.environ.get("NANOLLM_HUB_URL") or DEFAULT_HUB_URL).rstrip("/")
+    remote = _Remote(repo_id, revision, base_url, token)
     try:
-        return _fetch_snapshot(_Remote(repo_id, revision, base_url, token), snapshot, progress=progress)
-    except HubError:
+        return _fetch_snapshot(remote, snapshot, root / LOCKS_FOLDER / folder, limits=limits, progress=progress)
+    except (HubError, OSError) as error:
         # A failed first attempt should not leave empty folders behind (a kept .part or verified file stays).
-        for folder in (snapshot, snapshot.parent):
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
-        raise
+        for empty in (snapshot, snapshot.parent):
+            _remove_if_empty(empty)
+        if isinstance(error, HubError):
+            raise
+        # The network's errors are HubErrors already: an OSError here is the cache itself (full, read-only, ...).
+        raise HubError(f"cannot write model {repo_id} into the cache at {snapshot}: {error}") from None
 
 
 def _cache_root(cache_dir: str | Path | None) -> Path:
@@ -204,20 +280,41 @@ def _offline_reason(offline: bool | None) -> str | None:
     return None
 
 
-def _is_complete(snapshot: Path) -> bool:
-    """True when the snapshot's marker exists and every file it lists is in place."""
+def _positive_setting(name: str, default: float, unit: str) -> float:
+    """The number in environment variable `name` ("0.5"), else `default`; anything but a positive number is refused."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
     try:
-        files = json.loads((snapshot / SNAPSHOT_MARKER).read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise HubError(f"{name}={text!r} is not a positive number of {unit}")
+    return value
+
+
+def _is_complete(snapshot: Path) -> bool:
+    """True when the snapshot's marker exists and every file it lists is in place (a regular file)."""
+    try:
+        names = json.loads(files.read_text(snapshot / SNAPSHOT_MARKER))["files"]
+        return all((snapshot / name).is_file() for name in names)
+    except (OSError, ValueError, KeyError, TypeError):  # FileError (a FIFO, not UTF-8) is an OSError
         return False
-    return all((snapshot / name).is_file() for name in files)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (another process may be filling it), or already gone
+        pass
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Which files make a model
 
 
-def _fetch_snapshot(remote: _Remote, snapshot: Path, *, progress: bool) -> Path:
+def _fetch_snapshot(remote: _Remote, snapshot: Path, locks: Path, *, limits: _Limits, progress: bool) -> Path:
     """Fetch every file of the model into `snapshot` (skipping those already there), then write the marker."""
     snapshot.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -228,7 +325,7 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, *, progress: bool) -> Path:
         """Fetch one file; False when it is optional and the hub has no such file (404)."""
         nonlocal downloaded
         try:
-            downloaded += _fetch_file(remote, filename, snapshot, progress=progress)
+            downloaded += _fetch_file(remote, filename, snapshot, locks, limits=limits, progress=progress)
         except _HttpStatus as answer:
             if answer.status == 404 and not required:
                 return False
@@ -251,10 +348,8 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, *, progress: bool) -> Path:
     for filename in TOKENIZER_FILES:
         fetch(filename)
 
-    _write_atomically(
-        snapshot / SNAPSHOT_MARKER,
-        json.dumps({"repo_id": remote.repo_id, "revision": remote.revision, "files": present}, indent=1).encode(),
-    )
+    marker = {"repo_id": remote.repo_id, "revision": remote.revision, "files": present}
+    files.write_text(snapshot / SNAPSHOT_MARKER, json.dumps(marker, indent=1))
     if progress and downloaded:
         seconds = time.monotonic() - started
         print(
@@ -266,16 +361,20 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, *, progress: bool) -> Path:
 
 
 def _shard_names(index_path: Path, remote: _Remote) -> list[str]:
-    """The shard files an index names, e.g. ["model-00001-of-00002.safetensors", ...], each checked to be a plain
-    file name: they come from the network and become paths, so "../../.bashrc" must not get through."""
+    """The shard files an index names, e.g. ["model-00001-of-00002.safetensors", ...], each a plain *.safetensors
+    file name: they come from the network and become paths, so neither "../../.bashrc" nor the name of one of the
+    cache's own files (".nanollm-complete.json", "x.part", "x.lock") may get through."""
     try:
-        weight_map = json.loads(index_path.read_text())["weight_map"]
+        weight_map = json.loads(files.read_text(index_path))["weight_map"]
         names = sorted(set(weight_map.values()))
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise HubError(f"model {remote.repo_id}: {WEIGHTS_INDEX} has no readable weight_map ({error})") from None
     for name in names:
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\\" in name:
-            raise HubError(f"model {remote.repo_id}: {WEIGHTS_INDEX} names a shard {name!r} that is not a file name")
+        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+            raise HubError(
+                f"model {remote.repo_id}: {WEIGHTS_INDEX} names a shard {name!r}, which is not a plain *.safetensors "
+                f"file name (letters, digits, '.', '_', '-', not starting with '.'); refusing it"
+            )
     return names
 
 
@@ -304,61 +403,104 @@ def _explain(remote: _Remote, answer: _HttpStatus) -> HubError:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# One file: download to .part, resume, verify, rename
+# One file: lock, download to .part, resume, verify, rename
 
 
-def _fetch_file(remote: _Remote, filename: str, snapshot: Path, *, progress: bool) -> int:
+def _fetch_file(remote: _Remote, filename: str, snapshot: Path, locks: Path, *, limits: _Limits,
+                progress: bool) -> int:
     """Put `filename` into `snapshot`, complete and verified. -> bytes downloaded (0 when it was already there).
 
     Raises _HttpStatus for an error status (404: no such file) and HubError for network or verification failures.
     """
     final = snapshot / filename
-    if final.is_file():  # only verified files ever get a final name
-        return 0
-    part = final.with_name(final.name + ".part")
-    downloaded = 0
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        start = part.stat().st_size if part.exists() else 0
+    with _locked(locks / f"{filename}.lock", filename=filename, progress=progress):
+        if final.is_file():  # only verified files ever get a final name; perhaps another process's, while we waited
+            return 0
+        return _download(remote, filename, final, limits=limits, progress=progress)
+
+
+@contextmanager
+def _locked(lock_file: Path, *, filename: str, progress: bool):
+    """Hold an exclusive flock on `lock_file` for the block; wait (saying so) while another process holds it."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
         try:
-            response, url, expected = _open(remote, filename, start=start)
-        except _HttpStatus as answer:
-            if answer.status == 416 and start > 0:  # our .part is already as long as the file (or longer): redo
-                part.unlink()
-                continue
-            raise
-        with response:
-            if response.status == 206:
-                offset = _content_range_start(response.headers.get("Content-Range"))
-                if offset != start:  # not the bytes we asked for: start over rather than guess
-                    part.unlink(missing_ok=True)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if progress:
+                print(f"nanollm: waiting for another process that is downloading {filename} (lock {lock_file})",
+                      file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _download(remote: _Remote, filename: str, final: Path, *, limits: _Limits, progress: bool) -> int:
+    """Download `filename` to `<final>.part`, resuming what is there, verify it, and rename it to `final`.
+    -> bytes downloaded. The caller holds the file's lock."""
+    part = final.with_name(final.name + ".part")
+    downloaded, failure, url = 0, None, remote.url(filename)
+    for _ in range(MAX_ATTEMPTS):
+        start = _part_size(part)
+        with _RateWatch(limits) as watch:
+            try:
+                response, url, expected = _open(remote, filename, start=start, watch=watch)
+            except _HttpStatus as answer:
+                if answer.status == 416 and start > 0:  # our .part is already as long as the file (or longer): redo
+                    part.unlink()
+                    failure = f"the hub refused to resume from byte {start} (HTTP 416)"
                     continue
-            else:  # 200: the whole file, whether or not we asked for a range
-                start = 0
-            bar = _ProgressBar(filename, expected.size, enabled=progress)
-            received, failure = _stream(response, part, append=start > 0, bar=bar, already=start)
-            bar.close()
+                raise
+            with response:
+                _check_described(expected, start=start, filename=filename, remote=remote, url=url, folder=final.parent)
+                if response.status == 206:
+                    offset = _content_range_start(response.headers.get("Content-Range"))
+                    if offset != start or start >= expected.size:  # not the bytes we asked for: start over
+                        part.unlink(missing_ok=True)
+                        failure = f"the hub answered a resume from byte {start} with another range"
+                        continue
+                else:  # 200: the whole file, whether or not we asked for a range
+                    start = 0
+                bar = _ProgressBar(filename, expected.size, enabled=progress)
+                received, failure = _stream(response, part, start=start, size=expected.size, watch=watch, bar=bar)
+                bar.close()
         downloaded += received
-        size = part.stat().st_size
-        if failure is None and expected.size is not None and size < expected.size:
-            failure = f"the connection closed at byte {size} of {expected.size}"
-        if failure is not None:
-            if received > 0 and attempt < MAX_ATTEMPTS:
-                continue  # that attempt made progress: resume from where it stopped
-            raise HubError(
-                f"download of {filename} for model {remote.repo_id} broke off ({failure}) at {url}; "
-                f"run again to resume from byte {size}"
-            )
-        _verify(part, expected, filename=filename, remote=remote, url=url)
-        os.replace(part, final)
-        return downloaded
-    raise HubError(f"gave up on {filename} for model {remote.repo_id} after {MAX_ATTEMPTS} attempts")
+        size = _part_size(part)
+        if size == expected.size:
+            _verify(part, expected, filename=filename, remote=remote, url=url)
+            os.replace(part, final)
+            return downloaded
+        failure = watch.failure or failure or f"the connection closed at byte {size} of {expected.size}"
+        if received == 0:
+            break  # retry only while each attempt brings new bytes
+    size = _part_size(part)
+    if size == 0:
+        part.unlink(missing_ok=True)  # nothing to resume
+    resume = f"run again to resume from byte {size}" if size else "run again to retry"
+    raise HubError(f"download of {filename} for model {remote.repo_id} broke off ({failure}) at {url}; {resume}")
 
 
-def _open(remote: _Remote, filename: str, *, start: int) -> tuple[http.client.HTTPResponse, str, _Expected]:
+def _part_size(part: Path) -> int:
+    """Bytes already in `part` (0 when there is none). Anything there that is not a regular file (a FIFO, a link)
+    is removed first: the name is the cache's own, and opening a FIFO to append to it would wait forever."""
+    try:
+        info = os.lstat(part)
+    except FileNotFoundError:
+        return 0
+    if stat.S_ISREG(info.st_mode):
+        return info.st_size
+    part.unlink()  # a directory raises IsADirectoryError, reported by resolve_model as a cache problem
+    return 0
+
+
+def _open(remote: _Remote, filename: str, *, start: int, watch: _RateWatch
+          ) -> tuple[http.client.HTTPResponse, str, _Expected]:
     """GET `filename` from byte `start` on, following redirects by hand.
 
     -> (the open response with status 200 or 206, its URL, what the hub says the file is). Raises _HttpStatus for
-    an error status and HubError when the hub cannot be reached.
+    an error status and HubError when the hub cannot be reached or its answer cannot be read.
     """
     url = remote.url(filename)
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -367,30 +509,45 @@ def _open(remote: _Remote, filename: str, *, start: int) -> tuple[http.client.HT
     if start > 0:
         headers["Range"] = f"bytes={start}-"
     linked = None  # the X-Linked-* headers of the hub's redirect, when it sends them
-    opener = urllib.request.build_opener(_NoRedirects())  # per call: it reads the proxy settings of this moment
+    # Per call: it reads the proxy settings of this moment, and hands every connection it makes to this watch.
+    opener = urllib.request.build_opener(_NoRedirects(), _WatchedHTTP(watch), _WatchedHTTPS(watch))
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            response = opener.open(urllib.request.Request(url, headers=headers), timeout=TIMEOUT_SECONDS)
+            response = opener.open(urllib.request.Request(url, headers=headers), timeout=watch.limits.timeout)
         except urllib.error.HTTPError as answer:
             with answer:
                 if answer.code not in _REDIRECTS or not answer.headers.get("Location"):
                     raise _HttpStatus(answer.code, answer.headers.get("X-Error-Code"), url) from None
                 linked = linked or _linked_expectation(answer.headers)
-                target = urllib.parse.urljoin(url, answer.headers["Location"])  # the hub may send a relative one
-            if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
-                raise HubError(f"model {remote.repo_id}: the hub redirected {url} to a non-HTTP URL {target}")
+                target = _redirect_target(url, answer.headers["Location"], remote)
             if urllib.parse.urlsplit(target).netloc != urllib.parse.urlsplit(url).netloc:
                 headers.pop("Authorization", None)
             url = target
             continue
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as error:
-            reason = getattr(error, "reason", None) or error
+        except urllib.error.URLError as error:  # the connection itself failed (refused, no route, DNS, timeout)
             raise HubError(
-                f"cannot reach the hub for model {remote.repo_id}: {reason} ({url}); check the network, or set "
-                f"NANOLLM_OFFLINE=1 to use only the cache"
+                f"cannot reach the hub for model {remote.repo_id}: {watch.failure or _reason(error.reason)} ({url}); "
+                f"check the network, or set NANOLLM_OFFLINE=1 to use only the cache"
             ) from None
+        except (http.client.HTTPException, OSError, ValueError) as error:  # a broken, cut or garbled answer
+            raise HubError(
+                f"the hub's answer for {filename} of model {remote.repo_id} could not be read: "
+                f"{watch.failure or _reason(error)} ({url})"
+            ) from None
+        if response.status not in (200, 206):  # 204, 299, ...: 2xx answers that are no file
+            response.close()
+            raise _HttpStatus(response.status, response.headers.get("X-Error-Code"), url)
         return response, url, linked or _direct_expectation(response)
     raise HubError(f"model {remote.repo_id}: more than {MAX_REDIRECTS} redirects for {remote.url(filename)}")
+
+
+def _redirect_target(url: str, location: str, remote: _Remote) -> str:
+    """The absolute URL a redirect's Location (perhaps relative) points to; only http(s) is followed. (urllib has
+    already parsed the Location: one that is no URL at all, "http://[::1", fails there as a ValueError.)"""
+    target = urllib.parse.urljoin(url, location)
+    if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+        raise HubError(f"model {remote.repo_id}: the hub redirected {url} to {location!r}, which is not an HTTP URL")
+    return target
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -405,78 +562,210 @@ def _linked_expectation(headers) -> _Expected | None:
     size, etag = headers.get("X-Linked-Size"), headers.get("X-Linked-Etag")
     if size is None and etag is None:
         return None  # e.g. a renamed repo: the next hop will tell
-    return _Expected(int(size) if size and size.isdigit() else None, _sha256_from_etag(etag))
+    return _Expected(_count(size), _digest_from_etag(etag))
 
 
 def _direct_expectation(response: http.client.HTTPResponse) -> _Expected:
-    """Size and sha256 from a response that carries the bytes itself."""
+    """Size and hash from a response that carries the bytes itself."""
     if response.status == 206:  # Content-Range: bytes 100-999/1000 -> the whole file is 1000 bytes
-        total = (response.headers.get("Content-Range") or "").rpartition("/")[2]
-        size = int(total) if total.isdigit() else None
+        size = _count((response.headers.get("Content-Range") or "").rpartition("/")[2])
     else:
-        length = response.headers.get("Content-Length")
-        size = int(length) if length and length.isdigit() else None
-    return _Expected(size, _sha256_from_etag(response.headers.get("ETag")))
+        size = _count(response.headers.get("Content-Length"))
+    return _Expected(size, _digest_from_etag(response.headers.get("ETag")))
 
 
-def _sha256_from_etag(etag: str | None) -> str | None:
-    """'"9e55...d347"' -> '9e55...d347' when the tag is a sha256; a git sha1 or a CDN's tag -> None."""
-    if not etag:
-        return None
-    tag = etag.strip().removeprefix("W/").strip('"').lower()
-    return tag if _SHA256.fullmatch(tag) else None
+def _count(value: str | None) -> int | None:
+    """'8000' -> 8000; anything but plain ASCII digits -> None."""
+    value = (value or "").strip()
+    return int(value) if _COUNT.fullmatch(value) else None
+
+
+def _digest_from_etag(etag: str | None) -> tuple[str, str] | None:
+    """'"9e55...d347"' (64 hex) -> ("sha256", "9e55...d347"); 'W/"10c6...96ed8"' (40 hex) -> ("git-sha1", ...);
+    a CDN's md5 or anything else -> None."""
+    tag = (etag or "").strip().removeprefix("W/").strip('"').lower()
+    if _SHA256.fullmatch(tag):
+        return "sha256", tag
+    if _GIT_SHA1.fullmatch(tag):
+        return "git-sha1", tag
+    return None
 
 
 def _content_range_start(value: str | None) -> int | None:
-    """'bytes 100-999/1000' -> 100."""
-    match = re.fullmatch(r"bytes (\d+)-\d+/(\d+|\*)", (value or "").strip())
-    return int(match.group(1)) if match else None
+    """'bytes 100-999/1000' -> 100; None unless the range is well formed (first <= last < total)."""
+    match = re.fullmatch(r"bytes ([0-9]{1,18})-([0-9]{1,18})/([0-9]{1,18})", (value or "").strip())
+    if match is None:
+        return None
+    first, last, total = map(int, match.groups())
+    return first if first <= last < total else None
 
 
-def _stream(response, part: Path, *, append: bool, bar: _ProgressBar, already: int) -> tuple[int, str | None]:
-    """Copy the response body into `part`. -> (bytes received, None or what interrupted the transfer).
+def _check_described(expected: _Expected, *, start: int, filename: str, remote: _Remote, url: str,
+                     folder: Path) -> None:
+    """Refuse a file the hub does not describe (size and hash), or one larger than the cache's free space."""
+    missing = [what for what, value in (("size", expected.size), ("sha256 or git sha1 ETag", expected.digest))
+               if value is None]
+    if missing:
+        raise HubError(
+            f"the hub's answer for {filename} of model {remote.repo_id} does not give its {' or '.join(missing)} "
+            f"({url}), so the download could not be verified; refusing it"
+        )
+    free = shutil.disk_usage(folder).free
+    if expected.size - start > free:
+        raise HubError(
+            f"{filename} of model {remote.repo_id} needs {_human(expected.size - start)} more but the cache at "
+            f"{folder} has {_human(free)} free"
+        )
 
-    A dropped connection is not an exception here: the bytes received so far stay in `part` for the resume.
+
+def _stream(response, part: Path, *, start: int, size: int, watch: _RateWatch, bar: _ProgressBar
+            ) -> tuple[int, str | None]:
+    """Copy the response body into `part` from byte `start` on, never past the announced `size`, then flush it to
+    disk. -> (bytes received, None or what interrupted the transfer).
+
+    A dropped connection is not an exception here: the bytes received so far stay in `part` for the resume. read1
+    returns whatever one read brings, so the rate watch sees a trickle byte by byte.
     """
     received = 0
+    part.parent.mkdir(parents=True, exist_ok=True)  # a process that failed may have removed the empty snapshot
     try:
-        with open(part, "ab" if append else "wb") as sink:
-            while chunk := response.read(CHUNK_BYTES):
+        with open(part, "ab" if start else "wb") as sink:
+            while start + received < size:
+                chunk = response.read1(min(CHUNK_BYTES, size - start - received))
+                if not chunk:
+                    break
                 sink.write(chunk)
                 received += len(chunk)
-                bar.update(already + received)
-    except (OSError, http.client.HTTPException) as error:  # reset, timeout, truncated chunk
-        return received, str(error) or type(error).__name__
+                watch.received = received
+                bar.update(start + received)
+            sink.flush()
+            os.fsync(sink.fileno())
+    except (OSError, http.client.HTTPException) as error:  # reset, timeout, truncated chunk, cut by the watch
+        return received, _reason(error)
     return received, None
 
 
+def _reason(error) -> str:
+    """An exception (or urllib's reason) as a short single line: a hostile server's garbage status line or header
+    must not put newlines or kilobytes into the one-line error."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def _verify(part: Path, expected: _Expected, *, filename: str, remote: _Remote, url: str) -> None:
-    """Check size and sha256; on a mismatch delete the part file and raise, so no bad bytes stay in the cache."""
-    size = part.stat().st_size
-    problem = None
-    if expected.size is not None and size != expected.size:
-        problem = f"it has {size} bytes where the hub announced {expected.size}"
-    elif expected.sha256 is not None:
-        digest = _sha256_of(part)
-        if digest != expected.sha256:
-            problem = f"its sha256 is {digest} where the hub announced {expected.sha256}"
-    if problem is not None:
+    """Check the hash (the size is checked by the caller); on a mismatch delete the part file and raise, so no bad
+    bytes stay in the cache."""
+    algorithm, announced = expected.digest
+    digest = _digest_of(part, algorithm)
+    if digest != announced:
         part.unlink()
-        raise HubError(f"download of {filename} for model {remote.repo_id} is corrupt: {problem} ({url}); deleted it")
+        what = "sha256" if algorithm == "sha256" else "git blob sha1"
+        raise HubError(
+            f"download of {filename} for model {remote.repo_id} is corrupt: its {what} is {digest} where the hub "
+            f"announced {announced} ({url}); deleted it"
+        )
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
+def _digest_of(path: Path, algorithm: str) -> str:
+    """The sha256 of the file's bytes, or git's blob sha1: the sha1 of b"blob <size>\\0" + the bytes."""
+    with files.open_regular(path) as source:
+        if algorithm == "sha256":
+            digest = hashlib.sha256()
+        else:
+            digest = hashlib.sha1(b"blob %d\0" % os.fstat(source.fileno()).st_size)
         while block := source.read(CHUNK_BYTES):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    part = path.with_name(path.name + ".part")
-    part.write_bytes(data)
-    os.replace(part, path)
+# ----------------------------------------------------------------------------------------------------------------
+# The rate rule: a watch per attempt, fed every connection the attempt opens
+
+
+class _RateWatch:
+    """Cuts an attempt that brings fewer than min_rate x timeout body bytes in any window of `timeout` seconds.
+
+    A thread wakes once per window and compares the count of body bytes (`received`, kept by the downloading
+    thread) with the count at its last visit. When the window fell short it records why in `failure` and shuts the
+    socket down: a blocked read, of the headers or of the body, returns at once and the attempt fails with this
+    reason. Used as a context manager around one attempt.
+    """
+
+    def __init__(self, limits: _Limits):
+        self.limits = limits
+        self.received = 0  # body bytes of this attempt so far
+        self.failure: str | None = None
+        self._socket = None
+        self._guard = threading.Lock()  # attach() and the thread's shutdown must not interleave
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="nanollm-hub-rate", daemon=True)
+
+    def __enter__(self) -> _RateWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def attach(self, sock) -> None:
+        """Watch this connection from now on (each redirect opens a new one)."""
+        with self._guard:
+            self._socket = sock
+            if self.failure is not None:
+                self._shut()
+
+    def _watch(self) -> None:
+        window, needed = self.limits.timeout, self.limits.timeout * self.limits.min_rate
+        counted = 0
+        while not self._done.wait(window):
+            got = self.received - counted
+            if got < needed:
+                with self._guard:
+                    self.failure = (f"slower than the minimum of {_human(self.limits.min_rate)}/s: "
+                                    f"{_human(got)} in the last {window:g} s")
+                    self._shut()
+                return
+            counted += got
+
+    def _shut(self) -> None:
+        if self._socket is not None:
+            try:
+                self._socket.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                pass
+
+
+def _watched_connection(http_class, watch: _RateWatch, *args, **kwargs):
+    """An http.client connection that hands its socket to `watch` as soon as it is connected."""
+    connection = http_class(*args, **kwargs)
+    connect = connection.connect
+
+    def connect_and_watch():
+        connect()
+        watch.attach(connection.sock)
+
+    connection.connect = connect_and_watch
+    return connection
+
+
+class _WatchedConnections:
+    """For urllib's HTTP and HTTPS handlers: every connection they open is a `_watched_connection`."""
+
+    def __init__(self, watch: _RateWatch):
+        super().__init__()
+        self.watch = watch
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(functools.partial(_watched_connection, http_class, self.watch), req, **kwargs)
+
+
+class _WatchedHTTP(_WatchedConnections, urllib.request.HTTPHandler):
+    pass
+
+
+class _WatchedHTTPS(_WatchedConnections, urllib.request.HTTPSHandler):
+    pass
 
 
 # ----------------------------------------------------------------------------------------------------------------
