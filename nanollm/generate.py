@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from .files import read_text
 from .generation import GenerationStats, eos_ids, generate
 
 
@@ -77,17 +78,25 @@ def parse_args(argv):
         p.error(f"--show-probs K must be >= 0 (0 shows nothing), got {args.show_probs}")
     if args.early_stopping is not None:
         args.early_stopping = {"true": True, "false": False, "never": "never"}[args.early_stopping]
+    if args.chat == bool(args.text is not None or args.prompt or args.prompt_ids or args.prompts_file):
+        p.error("give a prompt (text, --prompt, --prompts-file or --prompt-ids) or --chat, not both")
+    return args
+
+
+def read_prompts(args) -> list:
+    """Every prompt the flags name, in order: text, --prompt, --prompt-ids, then --prompts-file's non-empty lines.
+    Called inside main's error handling, so a file that is missing, not UTF-8 or a FIFO is one line, not a traceback.
+    """
     prompts = ([args.text] if args.text is not None else []) + args.prompt + args.prompt_ids
     if args.prompts_file is not None:
         try:
-            with open(args.prompts_file, encoding="utf-8") as f:
-                prompts += [line.rstrip("\n") for line in f if line.strip()]
+            text = read_text(args.prompts_file)
         except OSError as e:
-            p.error(f"cannot read --prompts-file: {e.strerror}: {args.prompts_file}")
-    if args.chat == bool(prompts):
-        p.error("give a prompt (text, --prompt, --prompts-file or --prompt-ids) or --chat, not both")
-    args.prompts = prompts
-    return args
+            raise ValueError(f"--prompts-file: {e}") from None
+        prompts += [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+        if not prompts:
+            raise ValueError(f"--prompts-file {args.prompts_file} holds no prompt (every line is empty)")
+    return prompts
 
 
 def generation_options(args) -> dict:
@@ -129,11 +138,10 @@ def result_json(r) -> dict:
     return out
 
 
-def run_prompts(model, args) -> int:
+def run_prompts(model, args, prompts: list) -> int:
     options = generation_options(args)
     if args.show_probs > 0:
         options.update(show_probs=args.show_probs, on_probs=probs_printer(model))
-    prompts = args.prompts
     single = len(prompts) == 1
     streaming = single and not args.json and model.tokenizer is not None and (args.num_beams or 1) == 1
     if streaming:
@@ -170,12 +178,18 @@ def run_chat(model, args) -> int:
     options = generation_options(args)
     options["eos_token_ids"] = eos_ids(model) | turn_end_ids(tok)  # the turn's end token stops the reply
     options["stop"] = tuple(options.get("stop", ())) + template.stop
+    if sys.stdin is None:  # started with standard input closed (`<&-`)
+        raise ValueError("--chat reads the conversation from standard input, which is closed")
     print(f"chat ({template.name} template); an empty line or end of input quits", file=sys.stderr)
     turn, interactive = 0, sys.stdin.isatty()
     while True:
         if interactive:  # piped input needs no prompt marker mixed into the report lines
             print("> ", end="", file=sys.stderr, flush=True)
-        line = sys.stdin.readline()
+        raw = sys.stdin.buffer.readline()  # bytes, decoded here: the locale may not be UTF-8, or may hide errors
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"standard input is not UTF-8 text (byte {raw[e.start]:#04x} in line {turn + 1})") from None
         if not line or not line.strip():
             return 0
         turn += 1
@@ -202,8 +216,9 @@ def run(args) -> int:
         from weights_tools.default_model import default_model_path
 
         args.model = default_model_path()
+    prompts = [] if args.chat else read_prompts(args)  # before loading: a bad file fails fast
     model = load(args.model, backend=args.backend)
-    return run_chat(model, args) if args.chat else run_prompts(model, args)
+    return run_chat(model, args) if args.chat else run_prompts(model, args, prompts)
 
 
 def main(argv=None) -> int:
@@ -212,8 +227,12 @@ def main(argv=None) -> int:
         return run(args)
     except KeyboardInterrupt:
         return 130
-    except (OSError, ValueError, ImportError, RuntimeError) as e:
+    except BrokenPipeError:  # the reader went away (`| head -1`): nothing left to say, and no one to say it to
+        sys.stderr.close()
+        return 1
+    except (OSError, ValueError, ImportError, RuntimeError, MemoryError) as e:
         # Every error the engine raises on purpose names the problem; a traceback would only bury that line.
+        # (NumPy's own MemoryError names the size: "Unable to allocate 1.2 TiB for an array with shape ...".)
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -133,16 +133,19 @@ def test_bad_flags_exit_with_one_line(ids_model, tmp_path, args, status):
     assert "Traceback" not in out.stderr
 
 
-def test_an_eos_id_outside_the_vocabulary_exits_with_one_line(ids_model, tmp_path):
-    """generation_config.json names EOS 99999 in a vocabulary of 97 and asks for min_new_tokens: this used to end in
-    an IndexError traceback from the EOS suppression; now one line names the id and the file."""
+def test_an_eos_id_outside_the_vocabulary_is_a_warning_and_ignored(ids_model, tmp_path):
+    """generation_config.json names EOS 99999 in a vocabulary of 97 (as every GPT2Config(vocab_size=N) keeps 50256).
+    transformers loads such a model with a warning and never meets that id; so does nanollm: one warning line that
+    names the file and the id, then generation runs to max_new_tokens."""
     model_dir = tmp_path / "model"
     shutil.copytree(ids_model, model_dir)
     (model_dir / "generation_config.json").write_text(json.dumps({"eos_token_id": 99999, "min_new_tokens": 1}),
                                                       encoding="utf-8")
-    out = cli("--model", str(model_dir), "--prompt-ids", "1,2", "--max-new-tokens", "3", cwd=tmp_path)
-    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "generation_config.json names token 99999" in out.stderr and "Traceback" not in out.stderr
+    out = cli("--model", str(model_dir), "--prompt-ids", "1,2", "--max-new-tokens", "3", "--json", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert len(json.loads(out.stdout)["token_ids"]) == 3
+    warning = [line for line in out.stderr.splitlines() if "99999" in line]
+    assert len(warning) == 1 and "generation_config.json" in warning[0] and "Traceback" not in out.stderr
 
 
 @pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--show-probs", "-3")])
@@ -212,3 +215,44 @@ def test_chat_with_the_model_template_stops_at_the_turn_end_token(tmp_path_facto
         replies.append(r.text)
     assert out.stdout == "".join(reply + "\n" for reply in replies) and "<|im_end|>" not in out.stdout
 
+
+
+# -- input the CLI reads itself: every failure is one line, at once ---------------------------------------------------
+
+def one_line_error(out, *words):
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert all(w in out.stderr for w in words), out.stderr
+
+
+def test_a_prompts_file_that_is_not_utf8_or_not_a_file_is_one_line(ids_model, tmp_path):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("caf\xe9\n".encode("latin-1"))
+    one_line_error(cli("--model", str(ids_model), "--prompts-file", str(bad), cwd=tmp_path), "latin1.txt", "UTF-8")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # open() would wait for a writer forever; cli() would time out after 120 s
+    one_line_error(cli("--model", str(ids_model), "--prompts-file", str(fifo), cwd=tmp_path), "FIFO")
+    one_line_error(cli("--model", str(ids_model), "--prompts-file", str(tmp_path / "none"), cwd=tmp_path), "none")
+
+
+def test_chat_with_stdin_closed_or_not_utf8_is_one_line(text_model, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    closed = subprocess.run([sys.executable, "-m", "nanollm.generate", "--model", str(text_model), "--chat"],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=tmp_path,
+                            timeout=120, preexec_fn=lambda: os.close(0))
+    one_line_error(closed, "standard input", "closed")
+    latin1 = subprocess.run([sys.executable, "-m", "nanollm.generate", "--model", str(text_model), "--chat"],
+                            input="caf\xe9\n".encode("latin-1"), capture_output=True, env=env, cwd=tmp_path,
+                            timeout=120)
+    latin1.stderr = latin1.stderr.decode()
+    assert latin1.returncode == 1 and latin1.stderr.splitlines()[-1].startswith("error: standard input is not UTF-8")
+
+
+def test_chat_with_a_hostile_template_is_one_line(tmp_path_factory, tmp_path):
+    directory = tmp_path_factory.mktemp("hostile")
+    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50259, seed=4))
+    write_family(directory, "chatml")
+    (directory / "chat_template.jinja").write_text("{{ 'x' * 10**10 }}", encoding="utf-8")  # wins over the config's
+    out = cli("--model", str(directory), "--chat", stdin="Hi\n", cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.splitlines()[-1] == "error: the chat template needed more than 1024 " \
+                                                                  "MiB of memory", out.stderr
