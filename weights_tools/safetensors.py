@@ -30,6 +30,10 @@ of the `_DTYPES` table below, reversed), then by name, so each tensor starts at 
 header is padded with spaces to a multiple of 8 bytes. The JSON is compact, `__metadata__` first, its keys sorted
 (the reference writes them in hash order, so files match it byte for byte when metadata has at most one key).
 Saving no tensors with metadata {} gives `{"__metadata__":{}}`, where safetensors 0.8 writes an unreadable header.
+The writer refuses what the reader refuses, before writing a byte: a header over MAX_HEADER_BYTES (as the reference
+writer does), a `tensors` that is not a mapping, names that are not str, `__metadata__` or not valid Unicode,
+values that are not NumPy arrays (SafetensorsError, where the reference raises AttributeError or TypeError).
+Every file is written atomically (nanollm.files.atomic_write): a failed save leaves the previous file as it was.
 
 bfloat16: NumPy has no bf16 type. A bf16 value is the top 16 bits of a float32, so reading shifts the bits up
 (exact); writing rounds a float32 to the nearest bf16, ties to even, as PyTorch does, and maps every NaN to 0x7FC0
@@ -40,12 +44,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
+
+from nanollm.files import atomic_write, open_regular, read_bytes
 
 HEADER_LENGTH_BYTES = 8
 MAX_HEADER_BYTES = 100_000_000
@@ -105,7 +113,7 @@ class _Span(NamedTuple):
 def open_safetensors(path: str | os.PathLike) -> SafetensorsFile:
     """Parse and validate the header of `path` now; tensor data stays on disk until a tensor is indexed."""
     path = Path(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO or /dev/zero is refused here, before a byte is read
         file_size = os.fstat(f.fileno()).st_size
         if file_size < HEADER_LENGTH_BYTES:
             raise _error(path, f"file is {file_size} bytes, shorter than the 8-byte header length")
@@ -142,6 +150,8 @@ def _parse_json_object(path: Path, raw: bytes, *, what: str) -> dict:
         value = json.loads(text, object_pairs_hook=_reject_duplicates)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, our duplicate check, absurdly deep nesting
         raise _error(path, f"{what} is not valid JSON: {e}") from None
+    except MemoryError:  # a header of millions of tiny entries takes many times its size as Python objects
+        raise _error(path, f"out of memory parsing the {len(raw):,}-byte {what}") from None
     if not isinstance(value, dict):
         raise _error(path, f"{what} is a JSON {type(value).__name__}, not an object")
     return value
@@ -234,7 +244,8 @@ class SafetensorsFile(Mapping):
         """The byte buffer, mapped on first use: (buffer_size,) uint8, read-only."""
         if self._buffer_size == 0:  # mmap cannot map zero bytes; only zero-sized tensors live here
             return np.zeros(0, np.uint8)
-        return np.memmap(self.path, dtype=np.uint8, mode="r", offset=self._buffer_start, shape=(self._buffer_size,))
+        with open_regular(self.path) as f:  # the map keeps its own handle on the file
+            return np.memmap(f, dtype=np.uint8, mode="r", offset=self._buffer_start, shape=(self._buffer_size,))
 
     def info(self, name: str) -> TensorInfo:
         return self._spans[name].info
@@ -300,17 +311,19 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """A .safetensors file, an index .json, or a directory -> Checkpoint.
 
     In a directory we look, as transformers does, for model.safetensors first, then model.safetensors.index.json;
-    failing both, a lone *.safetensors file is accepted. A path that does not exist raises FileNotFoundError; a
-    checkpoint that is there but wrong raises SafetensorsError.
+    failing both, a lone *.safetensors file is accepted. A path that does not exist raises FileNotFoundError; a name
+    that is there but not a regular file (a FIFO, a directory, a link to /dev/zero) raises nanollm.files.FileError,
+    both OSErrors; a checkpoint that is there but wrong raises SafetensorsError.
     """
     path = Path(path)
     if not path.is_dir():
         if path.name.endswith(".index.json"):
             return _open_sharded(path)
         return Checkpoint([open_safetensors(path)])
-    if (path / SINGLE_FILE_NAME).is_file():
+    # exists(), not is_file(): a model.safetensors that is a FIFO must be reported, not skipped for another file.
+    if (path / SINGLE_FILE_NAME).exists():
         return Checkpoint([open_safetensors(path / SINGLE_FILE_NAME)])
-    if (path / INDEX_FILE_NAME).is_file():
+    if (path / INDEX_FILE_NAME).exists():
         return _open_sharded(path / INDEX_FILE_NAME)
     candidates = sorted(path.glob("*.safetensors"))
     if len(candidates) == 1:
@@ -325,7 +338,7 @@ def _open_sharded(index_path: Path) -> Checkpoint:
     The index (written by transformers' save_pretrained) is {"metadata": {"total_size": ...}, "weight_map":
     {tensor name: shard file name}}; shard names are plain file names beside the index.
     """
-    weight_map = _parse_json_object(index_path, index_path.read_bytes(), what="index").get("weight_map")
+    weight_map = _parse_json_object(index_path, read_bytes(index_path), what="index").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise _error(index_path, "index has no \"weight_map\" object of tensor name -> shard file name")
     shards = {}
@@ -333,7 +346,7 @@ def _open_sharded(index_path: Path) -> Checkpoint:
         if Path(shard_name).name != shard_name or shard_name in ("", ".", ".."):
             raise _error(index_path, f"shard name {shard_name!r} is not a plain file name beside the index")
         shard_path = index_path.parent / shard_name
-        if not shard_path.is_file():
+        if not shard_path.exists():
             raise _error(index_path, f"shard {shard_name!r} named by the index is missing")
         shards[shard_name] = open_safetensors(shard_path)
     seen: dict[str, str] = {}
@@ -367,7 +380,63 @@ def bfloat16_bits(x: np.ndarray) -> np.ndarray:
     return rounded.reshape(np.shape(x))
 
 
-def _stored_dtype(path: Path, name: str, array: np.ndarray, requested: str | None) -> str:
+class _Entry(NamedTuple):
+    """One tensor to write, checked: e.g. _Entry("wte.weight", <float32 array (64, 32)>, "BF16")."""
+
+    name: str
+    array: np.ndarray  # as given; encoded into `dtype` only while it is written, one tensor at a time
+    dtype: str  # the safetensors dtype it is stored as
+
+
+class _Layout(NamedTuple):
+    header: bytes  # the JSON header, padded with spaces to a multiple of 8 bytes
+    entries: list[_Entry]  # in file order
+
+
+def _check_text(path: Path, what: str, text: str) -> None:
+    """The header is UTF-8 JSON; a Python str holding a lone surrogate ("\\ud800") has no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _error(path, f"{what} {text!r:.80} is not valid Unicode (lone surrogate at index {e.start})") from None
+
+
+def _check_arguments(path: Path, tensors: object, metadata: object, dtypes: object) -> list[_Entry]:
+    """Refuse, before a byte is written, every argument the reader above would refuse in the file.
+
+    The reference writer raises AttributeError or TypeError for most of these (a list for `tensors`, an int for a
+    name, a list for a value); here each is a SafetensorsError naming the file and the culprit.
+    """
+    if not isinstance(tensors, Mapping):
+        raise _error(path, f"tensors must be a mapping of name -> NumPy array, got a {type(tensors).__name__}")
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                        for k, v in metadata.items()):
+            raise _error(path, f"metadata must map strings to strings, got {metadata!r:.80}")
+        for key, value in metadata.items():
+            _check_text(path, "metadata key", key)
+            _check_text(path, f"metadata[{key!r:.40}]", value)
+    if dtypes is not None and not isinstance(dtypes, Mapping):
+        raise _error(path, f"dtypes must be a mapping of tensor name -> dtype name, got a {type(dtypes).__name__}")
+    dtypes = dict(dtypes or {})
+    unknown = [name for name in dtypes if name not in tensors]
+    if unknown:
+        raise _error(path, f"dtypes names tensors that are not being saved: {unknown!r:.200}")
+    entries = []
+    for name, array in tensors.items():
+        if not isinstance(name, str):
+            raise _error(path, f"tensor name {name!r:.80} is a {type(name).__name__}, not a str")
+        if name == METADATA_KEY:
+            raise _error(path, f"tensor name {METADATA_KEY!r} is reserved for the file's metadata")
+        _check_text(path, "tensor name", name)
+        if not isinstance(array, np.ndarray):
+            raise _error(path, f"tensor {name!r}: value is a {type(array).__name__}, not a NumPy array "
+                               f"(np.asarray converts one)")
+        entries.append(_Entry(name, array, _stored_dtype(path, name, array, dtypes.get(name))))
+    return entries
+
+
+def _stored_dtype(path: Path, name: str, array: np.ndarray, requested: object) -> str:
     """The safetensors dtype `array` is written as: its own, or `requested` (a float type for a float array)."""
     little_endian = array.dtype.newbyteorder("<")  # a big-endian array is stored after a byte swap
     natural = next((st for st, dt in _DTYPES.items() if st != "BF16" and little_endian == dt), None)
@@ -376,7 +445,7 @@ def _stored_dtype(path: Path, name: str, array: np.ndarray, requested: str | Non
             raise _error(path, f"tensor {name!r}: NumPy dtype {array.dtype} has no safetensors equivalent")
         return natural
     if requested not in _FLOAT_DTYPES or array.dtype.kind != "f":
-        raise _error(path, f"tensor {name!r}: cannot store a {array.dtype} array as {requested!r} "
+        raise _error(path, f"tensor {name!r}: cannot store a {array.dtype} array as {requested!r:.40} "
                            f"(only float arrays convert, to one of {', '.join(_FLOAT_DTYPES)})")
     return requested
 
@@ -389,33 +458,30 @@ def _encode(array: np.ndarray, dtype: str) -> np.ndarray:
         return np.asarray(array, dtype=_DTYPES[dtype], order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
 
 
-def _prepare(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None,
-             dtypes: Mapping[str, str] | None) -> tuple[bytes, list[np.ndarray]]:
-    """-> (the padded header, the encoded arrays in file order)."""
-    dtypes = dict(dtypes or {})
-    unknown = sorted(set(dtypes) - set(tensors))
-    if unknown:
-        raise _error(path, f"dtypes names tensors that are not being saved: {unknown}")
-    if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise _error(path, "metadata must map strings to strings")
-    entries = []
-    for name, array in tensors.items():
-        if not isinstance(name, str) or name == METADATA_KEY:
-            raise _error(path, f"tensor name {name!r} is not allowed")
-        array = np.asarray(array)
-        stored = _stored_dtype(path, name, array, dtypes.get(name))
-        entries.append((name, stored, _encode(array, stored)))
+def _layout(path: Path, entries: list[_Entry], metadata: Mapping[str, str] | None) -> _Layout:
+    """Checked entries -> the padded header and the file order; refuses a header the reader would refuse."""
     # Decreasing alignment, then name: every tensor starts at a multiple of its own itemsize.
-    entries.sort(key=lambda e: (-_WRITE_ORDER[e[1]], e[0]))
+    entries = sorted(entries, key=lambda e: (-_WRITE_ORDER[e.dtype], e.name))
     # Metadata keys sorted: the reference writes them in hash order, which is not reproducible.
     header: dict[str, object] = {} if metadata is None else {METADATA_KEY: dict(sorted(metadata.items()))}
     offset = 0
-    for name, stored, data in entries:
-        header[name] = {"dtype": stored, "shape": list(data.shape), "data_offsets": [offset, offset + data.nbytes]}
-        offset += data.nbytes
+    for e in entries:
+        nbytes = e.array.size * _DTYPES[e.dtype].itemsize
+        header[e.name] = {"dtype": e.dtype, "shape": list(e.array.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # the buffer then starts 8-byte aligned
-    return raw, [data for _, _, data in entries]
+    if len(raw) > MAX_HEADER_BYTES:  # the reference writer refuses it too ("header too large")
+        raise _error(path, f"the header would be {len(raw):,} bytes, over the format's limit of "
+                           f"{MAX_HEADER_BYTES:,} that every reader enforces (too many or too long names/metadata)")
+    return _Layout(raw, entries)
+
+
+def _write(f: BinaryIO, layout: _Layout) -> None:
+    f.write(len(layout.header).to_bytes(HEADER_LENGTH_BYTES, "little"))
+    f.write(layout.header)
+    for e in layout.entries:
+        f.write(_encode(e.array, e.dtype).reshape(-1).data)  # 1-D so 0-d arrays expose their buffer too
 
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
@@ -424,62 +490,79 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
 
     dtypes: optional {name: "BF16" | "F16" | "F32" | "F64"} to store a float array in another float type
     (float32 -> BF16 rounds to nearest even; the other conversions are NumPy's astype, also round-to-nearest-even).
+    Every argument is checked first; the file is then written atomically (nanollm.files.atomic_write): a failure
+    leaves an existing file at `path` as it was, and `tensors` may be views of that very file.
     """
     path = Path(path)
-    header, arrays = _prepare(path, tensors, metadata, dtypes)
-    with open(path, "wb") as f:
-        f.write(len(header).to_bytes(HEADER_LENGTH_BYTES, "little"))
-        f.write(header)
-        for data in arrays:
-            f.write(data.reshape(-1).data)  # 1-D so 0-d arrays expose their buffer too
+    layout = _layout(path, _check_arguments(path, tensors, metadata, dtypes), metadata)
+    with atomic_write(path) as f:
+        _write(f, layout)
+
+
+_SHARD_NAME = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def _split(entries: list[_Entry], max_shard_bytes: int) -> list[list[_Entry]]:
+    """Fill shards greedily in the given order; a tensor larger than the limit gets a shard of its own
+    (huggingface_hub, `split_state_dict_into_shards_factory`)."""
+    shards: list[list[_Entry]] = []
+    current: list[_Entry] = []
+    current_bytes = 0
+    for e in entries:
+        nbytes = e.array.size * _DTYPES[e.dtype].itemsize
+        if nbytes > max_shard_bytes:
+            shards.append([e])
+            continue
+        if current_bytes + nbytes > max_shard_bytes:
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(e)
+        current_bytes += nbytes
+    if current or not shards:
+        shards.append(current)
+    return shards
 
 
 def save_sharded(directory: str | os.PathLike, tensors: Mapping[str, np.ndarray], *, max_shard_bytes: int,
                  metadata: Mapping[str, str] | None = None, dtypes: Mapping[str, str] | None = None) -> list[Path]:
     """Write `tensors` into shards of at most `max_shard_bytes` each, named and indexed as Hugging Face does.
 
-    Shards are filled greedily in the order of `tensors`; a tensor larger than the limit gets a shard of its own
-    (huggingface_hub, `split_state_dict_into_shards_factory`). Several shards are written as
-    model-00001-of-0000N.safetensors plus model.safetensors.index.json; a single shard is written as plain
-    model.safetensors with no index, as save_pretrained does. `metadata` goes into every shard. Returns the paths.
+    Several shards are written as model-00001-of-0000N.safetensors plus model.safetensors.index.json; a single shard
+    is written as plain model.safetensors with no index, as save_pretrained does. `metadata` goes into every shard.
+    Returns the paths.
+
+    Saving over an older checkpoint replaces it whole or not at all: every header is checked, then every file is
+    written to a temporary file, and only when all are written are they renamed into place, the index last. Files
+    of the older checkpoint that the new one does not replace are then removed (as save_pretrained removes stale
+    shards): a stale model.safetensors would otherwise be read instead of the new index (see open_checkpoint).
     """
     directory = Path(directory)
     if type(max_shard_bytes) is not int or max_shard_bytes <= 0:
-        raise _error(directory, f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
-    dtypes = dict(dtypes or {})
-    shards: list[list[str]] = []
-    current: list[str] = []
-    current_bytes = total_bytes = total_elements = 0
-    for name, array in tensors.items():
-        array = np.asarray(array)
-        nbytes = array.size * _DTYPES[_stored_dtype(directory, name, array, dtypes.get(name))].itemsize
-        total_bytes += nbytes
-        total_elements += array.size
-        if nbytes > max_shard_bytes:
-            shards.append([name])
-            continue
-        if current_bytes + nbytes > max_shard_bytes:
-            shards.append(current)
-            current, current_bytes = [], 0
-        current.append(name)
-        current_bytes += nbytes
-    if current or not shards:
-        shards.append(current)
+        raise _error(directory, f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r:.40}")
+    shards = _split(_check_arguments(directory, tensors, metadata, dtypes), max_shard_bytes)
+    names = [SINGLE_FILE_NAME] if len(shards) == 1 else [f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+                                                         for number in range(1, len(shards) + 1)]
+    layouts = {name: _layout(directory / name, shard, metadata) for name, shard in zip(names, shards)}
     directory.mkdir(parents=True, exist_ok=True)
-
-    def write(file_name: str, names: list[str]) -> Path:
-        subset = {name: tensors[name] for name in names}
-        save_safetensors(directory / file_name, subset, metadata,
-                         dtypes={name: dtypes[name] for name in names if name in dtypes})
-        return directory / file_name
-
-    if len(shards) == 1:
-        return [write(SINGLE_FILE_NAME, shards[0])]
-    written, weight_map = [], {}
-    for number, names in enumerate(shards, start=1):
-        file_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
-        written.append(write(file_name, names))
-        weight_map.update({name: file_name for name in names})
-    index = {"metadata": {"total_parameters": total_elements, "total_size": total_bytes}, "weight_map": weight_map}
-    (directory / INDEX_FILE_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return written + [directory / INDEX_FILE_NAME]
+    # Each file is flushed as soon as it is written, so a full disk fails inside the block, before any file is
+    # renamed; the renames happen as the contexts close, in reverse: the index, entered first, is renamed last.
+    with ExitStack() as stack:
+        if len(shards) > 1:
+            entries = [e for shard in shards for e in shard]
+            weight_map = {e.name: name for name, shard in zip(names, shards) for e in shard}
+            index = {"metadata": {"total_parameters": sum(e.array.size for e in entries),
+                                  "total_size": sum(e.array.size * _DTYPES[e.dtype].itemsize for e in entries)},
+                     "weight_map": weight_map}
+            f = stack.enter_context(atomic_write(directory / INDEX_FILE_NAME))
+            f.write((json.dumps(index, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+            f.flush()
+            names.append(INDEX_FILE_NAME)
+        for name, layout in layouts.items():
+            f = stack.enter_context(atomic_write(directory / name))
+            _write(f, layout)
+            f.flush()
+    for stale in directory.iterdir():
+        ours = stale.name in (SINGLE_FILE_NAME, INDEX_FILE_NAME) or _SHARD_NAME.fullmatch(stale.name)
+        if ours and stale.name not in names and stale.is_file():
+            stale.unlink()
+    return [directory / name for name in names]
