@@ -26,7 +26,7 @@ from nanollm.config import ModelConfig
 from nanollm.kv_cache import kv_cache_bytes
 
 from .convert import CheckpointError, config_from_hf, read_json
-from .llama2c import Llama2cError, hf_config, read_llama2c
+from .llama2c import Llama2cError, hf_config, out_of_memory_message, read_llama2c
 from .safetensors import SafetensorsError, TensorInfo, open_checkpoint
 
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq", "freq_cis_real", "freq_cis_imag")
@@ -144,6 +144,9 @@ def main(argv=None) -> int:
         report = inspect_path(args.path)
     except (CheckpointError, SafetensorsError, Llama2cError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:
+        print(out_of_memory_message(e, args.path), file=sys.stderr)
         return 1
     print(format_report(report))
     return 0

@@ -43,11 +43,16 @@ did) silently scrambles grouped-query models. wv and wo do not meet RoPE and kee
 
 What llama2.c cannot express is refused on export rather than lost: biases, a RoPE base other than 10000 or any
 RoPE scaling, head_dim != dim / n_heads, and an RMSNorm epsilon other than run.c's hard-coded 1e-5.
+
+Files from the world: a .bin is opened only if it is a regular file (nanollm.files.open_regular), and its header's
+sizes are checked against the file's real size before anything is allocated. Every output is written atomically
+(nanollm.files), and an output that is one of the inputs is refused before anything is touched.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import struct
 import sys
@@ -56,6 +61,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nanollm.files import atomic_write, open_regular, refuse_overwriting_inputs, write_text
 
 from .convert import CheckpointError, config_from_hf, llama_weights, read_json, TensorSource
 from .safetensors import SINGLE_FILE_NAME, SafetensorsError, TensorInfo, open_checkpoint, save_safetensors
@@ -114,6 +121,10 @@ class Llama2cHeader:
             order.append("wcls")
         return {name: shape[name] for name in order}
 
+    def float32_bytes(self) -> int:
+        """The bytes of float32 tensors the file holds after its header (exact: Python ints never overflow)."""
+        return sum(math.prod(shape) for shape in self.tensor_shapes().values()) * F32.itemsize
+
     def check_positive(self, where: str) -> None:
         numbers = {k: getattr(self, k) for k in ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads",
                                                   "vocab_size", "seq_len")}
@@ -145,12 +156,30 @@ class Llama2cModel:
 
 
 def read_llama2c(path: str | os.PathLike) -> Llama2cModel:
-    """Parse a legacy or version-1 llama2.c file. Tensors are read-only views of the file mapped into memory."""
+    """Parse a legacy or version-1 llama2.c file. Tensors are read-only views of the file mapped into memory.
+
+    Nothing is allocated from the header's numbers until they are checked against the file's real size: a header
+    claiming 10**9 layers is one Llama2cError, at once. (Sizes are multiplied as Python ints: NumPy's int64 product
+    of seven int32 fields can wrap around and match the file by accident.)
+    """
     path = Path(path)
     where = str(path)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+    with open_regular(path) as f:  # a FIFO or /dev/zero is refused here, before a byte is read
+        size = os.fstat(f.fileno()).st_size
         head = f.read(VERSION1_HEADER_BYTES)
+        header, data_start = _parse_header(where, head, size)
+        # (n,) float32, every tensor back to back; the map keeps its own handle on the open file
+        buffer = np.memmap(f, dtype=F32, mode="r", offset=data_start)
+    tensors, at = {}, 0
+    for name, shape in header.tensor_shapes().items():
+        n = math.prod(shape)
+        tensors[name] = buffer[at : at + n].reshape(shape)
+        at += n
+    return Llama2cModel(header, tensors)
+
+
+def _parse_header(where: str, head: bytes, size: int) -> tuple[Llama2cHeader, int]:
+    """The first (up to) 256 bytes of a `size`-byte file -> (checked header, offset of the first tensor)."""
     if len(head) < LEGACY_HEADER.size:
         raise Llama2cError(f"{where}: {size} bytes, too short for a llama2.c header ({LEGACY_HEADER.size} bytes)")
     if struct.unpack_from("<I", head)[0] == MAGIC:
@@ -172,41 +201,36 @@ def read_llama2c(path: str | os.PathLike) -> Llama2cModel:
         data_start = LEGACY_HEADER.size
     # The size check comes before the others: on a file that is not a llama2.c checkpoint at all it is the clearest.
     header.check_positive(where)
-    shapes = header.tensor_shapes()
-    expected = sum(int(np.prod(s)) for s in shapes.values()) * F32.itemsize
+    expected = header.float32_bytes()
     if size - data_start != expected:
         raise Llama2cError(f"{where}: header (dim={header.dim}, n_layers={header.n_layers}, "
                            f"vocab_size={header.vocab_size}, ...) implies {expected:,} bytes of float32 tensors "
                            f"after the {data_start}-byte header, but the file holds {size - data_start:,}")
     header.check(where)
-    buffer = np.memmap(path, dtype=F32, mode="r", offset=data_start)  # (n,) float32, every tensor back to back
-    tensors, at = {}, 0
-    for name, shape in shapes.items():
-        n = int(np.prod(shape))
-        tensors[name] = buffer[at : at + n].reshape(shape)
-        at += n
-    return Llama2cModel(header, tensors)
+    return header, data_start
 
 
 def write_llama2c(path: str | os.PathLike, model: Llama2cModel) -> None:
-    """Write `model` as a version-1 file, byte for byte what llama2.c's export.py `version1_export` writes."""
+    """Write `model` as a version-1 file, byte for byte what llama2.c's export.py `version1_export` writes.
+
+    Every tensor is checked before the file is opened, then the file is written atomically (nanollm.files): a
+    failure leaves an existing file at `path` as it was. Tensors are converted to float32 one at a time.
+    """
     h = Llama2cHeader(**{**vars(model.header), "version": 1})
     h.check(str(path))
     shapes = h.tensor_shapes()
     prefix = VERSION1_PREFIX.pack(MAGIC, 1, h.dim, h.hidden_dim, h.n_layers, h.n_heads, h.n_kv_heads,
                                   h.vocab_size, h.seq_len, int(h.shared_classifier))
-    arrays = []
     for name, shape in shapes.items():
         if name not in model.tensors:
             raise Llama2cError(f"{path}: tensor {name!r} is missing")
-        a = np.asarray(model.tensors[name])
-        if a.shape != shape:
-            raise Llama2cError(f"{path}: tensor {name!r} has shape {a.shape}, the header implies {shape}")
-        arrays.append(np.ascontiguousarray(a, dtype=F32))
-    with open(path, "wb") as f:
+        if np.shape(model.tensors[name]) != shape:
+            raise Llama2cError(f"{path}: tensor {name!r} has shape {np.shape(model.tensors[name])}, "
+                               f"the header implies {shape}")
+    with atomic_write(path) as f:
         f.write(prefix.ljust(VERSION1_HEADER_BYTES, b"\0"))
-        for a in arrays:
-            f.write(a.reshape(-1).data)
+        for name in shapes:
+            f.write(np.ascontiguousarray(model.tensors[name], dtype=F32).reshape(-1).data)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,20 +378,38 @@ def read_any(path: str | os.PathLike) -> Llama2cModel:
 
 
 def convert_to_hf_dir(bin_path: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write `bin_path` as a Hugging Face Llama directory: config.json + model.safetensors (float32). -> out_dir."""
+    """Write `bin_path` as a Hugging Face Llama directory: config.json + model.safetensors (float32). -> out_dir.
+
+    out_dir must be new or empty, so no output can replace an input or another model's file. Each file is written
+    atomically, the weights first and config.json (what makes the directory a model) last; if either fails, what
+    this call wrote is removed again.
+    """
     model = read_llama2c(bin_path)
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise Llama2cError(f"{out_dir}: exists and is not an empty directory; choose a new one")
     config, state = llama2c_to_hf(model)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    save_safetensors(out_dir / SINGLE_FILE_NAME, state, metadata={"format": "pt"})
+    try:
+        save_safetensors(out_dir / SINGLE_FILE_NAME, state, metadata={"format": "pt"})
+        write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    except BaseException:
+        (out_dir / SINGLE_FILE_NAME).unlink(missing_ok=True)  # the directory was empty: this file is ours
+        if created:
+            out_dir.rmdir()
+        raise
     return out_dir
 
 
 def export_llama2c(source: str | os.PathLike, bin_path: str | os.PathLike) -> Path:
-    """A Hugging Face Llama directory (or any llama2.c file) -> a version-1 llama2.c file at bin_path."""
+    """A Hugging Face Llama directory (or any llama2.c file) -> a version-1 llama2.c file at bin_path.
+
+    bin_path may not be the source file, nor any file of the source directory (its weights, config.json, its
+    tokenizer): that is refused before anything is read or written (`export m.bin m.bin` once left 0 bytes).
+    """
+    source = Path(source)
+    refuse_overwriting_inputs(bin_path, list(source.iterdir()) if source.is_dir() else [source])
     write_llama2c(bin_path, read_any(source))
     return Path(bin_path)
 
@@ -408,6 +450,19 @@ def load_llama2c(path: str | os.PathLike, backend="numpy"):
 # Command line
 
 
+def out_of_memory_message(error: MemoryError, path: str | os.PathLike) -> str:
+    """The one line a CLI prints for a MemoryError while working on `path`. NumPy's own message names the array it
+    could not allocate ("Unable to allocate 1.2 GiB for an array with shape ..."); the input's size on disk says how
+    big the job was, also when Python's MemoryError says nothing."""
+    path = Path(path)
+    try:
+        files = list(path.iterdir()) if path.is_dir() else [path]
+        size = f"{sum(f.stat().st_size for f in files if f.is_file()):,} bytes on disk"
+    except OSError:
+        size = "size unknown"
+    return f"error: out of memory working on {path} ({size}){f': {error}' if str(error) else ''}"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m weights_tools.llama2c",
                                 description="Convert between llama2.c .bin checkpoints and Hugging Face directories.")
@@ -419,6 +474,7 @@ def main(argv=None) -> int:
     exp.add_argument("source", help="a model directory, or a legacy .bin to rewrite as version 1")
     exp.add_argument("bin", help="the llama2.c file to write")
     args = p.parse_args(argv)
+    source = args.bin if args.command == "import" else args.source
     try:
         if args.command == "import":
             out = convert_to_hf_dir(args.bin, args.out_dir)
@@ -426,6 +482,9 @@ def main(argv=None) -> int:
             out = export_llama2c(args.source, args.bin)
     except (Llama2cError, CheckpointError, SafetensorsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except MemoryError as e:
+        print(out_of_memory_message(e, source), file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

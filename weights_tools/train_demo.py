@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pydoc_data.topics
 
+from nanollm.files import write_text
 from nanollm.tokenizer.train import train_bpe
 
 from .safetensors import save_safetensors
@@ -174,9 +175,9 @@ def train(s: DemoSettings, out: Path) -> None:
     tensors = {name: p.detach().numpy() for name, p in model.named_parameters()}
     save_safetensors(out / "model.safetensors", tensors, metadata={"format": "pt"},
                      dtypes={name: "F16" for name in tensors})
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     generation = {"bos_token_id": eot, "eos_token_id": eot, "repetition_penalty": 1.3}
-    (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
+    write_text(out / "generation_config.json", json.dumps(generation, indent=2) + "\n")
     bpe.save(out)
     n_params = sum(p.numel() for p in model.parameters())
     write_readme(out, s, curve, n_params=n_params, tokens=(len(train_ids), len(val_ids)), text_sha=text_sha,
@@ -236,7 +237,7 @@ text the model has memorised rather than generalised.
 `generation_config.json` asks for greedy decoding with a repetition penalty of 1.3: a model this small otherwise
 repeats one phrase.
 """
-    (out / "README.md").write_text(text, encoding="utf-8")
+    write_text(out / "README.md", text)
 
 
 def main(argv=None) -> int:
