@@ -8,7 +8,7 @@ What is shown:
     A refused save leaves the file already at the path byte-identical. The 100,000,000-byte header limit is exact
     on both sides of the boundary, as in the reference writer.
   - readers open regular files only: a FIFO, /dev/zero, a directory or a socket where a .safetensors file, a shard,
-    an index or a .bin should be is an OSError naming it, at once (a FIFO used to hang the reader forever);
+    an index, config.json or a .bin should be is an OSError naming it, at once (a FIFO used to hang the reader);
   - llama2.c headers (fuzzed, all seven sizes up to 2**31 - 1, legacy and version 1) are checked against the file's
     size before anything is allocated: success or one Llama2cError naming the file, in well under a second;
   - the CLIs (`inspect`, `llama2c import|export`) print one line and exit 1 for every bad input, including a
@@ -262,15 +262,16 @@ def model_dir(directory: Path, *, sharded: bool) -> Path:
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_WORDS))
-@pytest.mark.parametrize("where", ["model.safetensors", "index", "shard", "lone .safetensors", ".bin"])
+@pytest.mark.parametrize("where", ["model.safetensors", "index", "shard", "config.json", "lone .safetensors",
+                                   ".bin"])
 def test_readers_refuse_what_is_not_a_regular_file(tmp_path, capsys, kind, where):
     """Through the API and through both CLIs: an OSError (nanollm.files.FileError) naming the file and what it is,
     at once; the CLIs print it as one line."""
-    if where in ("model.safetensors", "index", "shard"):
-        directory = model_dir(tmp_path / "m", sharded=where != "model.safetensors")
+    if where in ("model.safetensors", "index", "shard", "config.json"):
+        directory = model_dir(tmp_path / "m", sharded=where in ("index", "shard"))
         shards = sorted(directory.glob("model-*-of-*.safetensors"))
         victim = {"model.safetensors": directory / SINGLE_FILE_NAME, "index": directory / INDEX_FILE_NAME,
-                  "shard": shards[-1] if shards else None}[where]
+                  "shard": shards[-1] if shards else None, "config.json": directory / "config.json"}[where]
         victim.unlink()
         target = directory
     else:
@@ -281,7 +282,7 @@ def test_readers_refuse_what_is_not_a_regular_file(tmp_path, capsys, kind, where
     read_as_directory = kind == "directory" and where == "lone .safetensors"
     with time_limit():
         with pytest.raises(SafetensorsError if read_as_directory else OSError) as caught:
-            open_checkpoint(target) if where != ".bin" else read_llama2c(target)
+            {".bin": read_llama2c, "config.json": llama2c.read_any}.get(where, open_checkpoint)(target)
         words = "no model.safetensors" if read_as_directory else KIND_WORDS[kind]
         assert str(victim) in str(caught.value) and re.search(words, str(caught.value))
         assert inspect.main([str(target)]) == 1
