@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .memory import check_fits
+
 
 @dataclass
 class KVCache:
@@ -16,6 +18,10 @@ class KVCache:
 
     @classmethod
     def allocate(cls, backend, cfg, batch_size: int, max_len: int) -> "KVCache":
+        """Zeroed buffers for batch_size sequences of max_len positions, once the machine is known to hold them
+        (batch size and length come from flags and the config: they can ask for terabytes)."""
+        check_fits(kv_cache_bytes(cfg, batch_size, max_len),
+                   f"a KV cache of {batch_size} sequence(s) x {max_len:,} positions ({cfg.n_layer} layers)")
         shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
         return cls(
             k=[backend.zeros(shape) for _ in range(cfg.n_layer)],

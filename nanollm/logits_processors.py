@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .memory import check_fits
 from .sampling import check_sampling_args, draw, filtered_probs, refuse_nan, softmax, whole_number
 
 
@@ -65,6 +66,7 @@ class TokenHistory:
 
     def __init__(self, prompts: list[list[int]], vocab_size: int):
         B = len(prompts)
+        check_fits(B * vocab_size * 5, f"the token history of {B} sequence(s) x {vocab_size} tokens")  # bool + int32
         self.seen = np.zeros((B, vocab_size), dtype=bool)  # (B, V) in prompt or generated: repetition penalty
         self.counts = np.zeros((B, vocab_size), dtype=np.int32)  # (B, V) times generated: presence/frequency
         for b, ids in enumerate(prompts):

@@ -13,6 +13,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .kv_cache import KVCache
+from .memory import check_fits
 from .rope import rope_cos_sin, rope_frequencies
 
 
@@ -139,10 +140,16 @@ class Model:
             raise ValueError(f"{ids.shape[1]} tokens exceed the model's context of {self.config.max_seq_len}")
         return ids.astype(np.int64)
 
+    def check_logits_fit(self, B: int, T: int) -> None:
+        """Logits (B, T, V) float32 always come back to the host: a long batch times a large vocabulary is the
+        largest array a pass returns (2 x 4096 tokens x 128k vocabulary = 4 GiB), so it is checked before the pass."""
+        check_fits(B * T * self.config.vocab_size * 4, f"logits of shape ({B}, {T}, {self.config.vocab_size})")
+
     def forward(self, ids) -> np.ndarray:
         """A stateless full pass: int (B, T) -> float32 NumPy logits (B, T, V)."""
         ids = self.check_ids(ids)
         B, T = ids.shape
+        self.check_logits_fit(B, T)
         positions = np.broadcast_to(np.arange(T), (B, T))  # (B, T)
         logits = forward(self.backend, self.config, self.weights, self.inv_freq, ids, positions)
         return self.backend.to_numpy(logits)
@@ -150,6 +157,7 @@ class Model:
     def step(self, ids, cache: KVCache, positions=None, key_mask=None, last_only=True) -> np.ndarray:
         """Run ids (B, T) at cache slots cache.length.. and advance the cache. -> float32 NumPy logits (B, T|1, V)."""
         B, T = ids.shape
+        self.check_logits_fit(B, 1 if last_only else T)
         start = cache.length
         if positions is None:
             positions = np.broadcast_to(np.arange(start, start + T), (B, T))  # (B, T)
