@@ -37,7 +37,7 @@ class ModelConfig:
     mlp_bias: bool = False  # biases on the MLP projections (GPT-2: True)
     rope_theta: float = 10000.0  # Llama only: base of the RoPE frequencies
     rope_scaling: RopeScaling | None = None  # Llama 3.1+ only
-    bos_token_id: int | None = None  # 50256
+    bos_token_id: int | None = None  # 50256; ids outside the vocabulary are dropped at load (weights_tools.convert)
     eos_token_ids: tuple[int, ...] = ()  # (50256,)
 
     def __post_init__(self):
@@ -47,8 +47,9 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
-        if not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        for name in ("norm_eps", "rope_theta"):  # written so that NaN fails too
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         if self.arch == "gpt2" and self.n_head * self.head_dim != self.n_embd:
             raise ValueError(f"GPT-2 needs n_embd = n_head * head_dim, got {self.n_embd} != {self.n_head} * "
                              f"{self.head_dim}")

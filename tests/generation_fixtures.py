@@ -21,7 +21,7 @@ def load_model(directory, tokenizer=None) -> Model:
 
     cfg, weights = load_hf_checkpoint(directory)
     return Model(cfg, weights, get_backend("numpy"), tokenizer=tokenizer,
-                 generation_defaults=read_generation_config(directory))
+                 generation_defaults=read_generation_config(directory, cfg.vocab_size))
 
 
 def build(directory, tokenizer=None, **options):

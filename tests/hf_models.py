@@ -32,11 +32,13 @@ class Options:
     sharded: bool = False
     init_std: float = 0.15  # larger than transformers' 0.02 so logits spread out and argmax has no near-ties
     seed: int = 0
+    class_special_ids: bool = False  # True: bos/eos left at the config class's defaults (GPT2Config: 50256, whatever
+    # vocab_size is, as every GPT2Config(vocab_size=N) writes them); False: bos 1, eos 2
 
 
 def hf_config(o: Options):
     C = o.n_head * o.head_dim
-    special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    special = {} if o.class_special_ids else dict(bos_token_id=1, eos_token_id=2, pad_token_id=None)
     if o.arch == "gpt2":
         return GPT2Config(vocab_size=o.vocab_size, n_positions=o.n_positions, n_embd=C, n_layer=o.n_layer,
                           n_head=o.n_head, tie_word_embeddings=o.tied, initializer_range=o.init_std, **special)
