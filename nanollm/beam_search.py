@@ -30,6 +30,7 @@ import numpy as np
 
 from .generation import GenerationResult, GenerationSettings, GenerationStats, record_timing
 from .logits_processors import TokenHistory, process_logits
+from .sampling import refuse_nan
 
 NEG = np.float32(-1.0e9)  # transformers' "impossible" score: finite so that sums and sorts stay well defined
 
@@ -47,6 +48,14 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+def length_divisor(length: int, length_penalty: float) -> np.float32:
+    """length ** length_penalty as float32, the divisor of a beam's summed log-probability. A penalty so large that
+    the power leaves float32 gives inf (every score then 0, as in torch's float arithmetic) instead of Python's
+    OverflowError. Example: (4, 0.5) -> 2.0; (4, 1e3) -> inf."""
+    with np.errstate(over="ignore"):
+        return np.float32(np.float64(length) ** length_penalty)
+
+
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest scores, largest first. (N,) -> (k,)"""
     part = np.argpartition(-scores, k - 1)[:k]
@@ -62,15 +71,18 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
     if new == 0:
         return [], record_timing(stats, None, [], L)
     V = model.config.vocab_size
-    keep = max(2, 1 + len(s.eos_ids)) * K  # candidates kept per step: enough that num_beams survive any EOS
+    # Candidates kept per step: enough that num_beams survive any EOS, but no more than exist (K * V; transformers'
+    # topk fails there instead, e.g. for a 2-token vocabulary whose tokens are both EOS).
+    keep = min(max(2, 1 + len(s.eos_ids)) * K, K * V)
     eos = np.array(sorted(s.eos_ids), dtype=np.int64)
+    t_start = time.perf_counter()
+    # The beams' cache first: it is the largest allocation and checks that memory suffices (num_beams is a flag).
+    cache = model.new_cache(batch_size=K, max_len=L + new)
     history = TokenHistory([prompt_ids] * K, V) if s.sampling.uses_history else None
 
-    t_start = time.perf_counter()
     # Prefill once, then give every beam a copy of the prompt's cache.
     one = model.new_cache(batch_size=1, max_len=L)
     logits = np.repeat(model.step(np.asarray([prompt_ids]), one)[:, -1], K, axis=0)  # (K, V)
-    cache = model.new_cache(batch_size=K, max_len=L + new)
     for layer in range(len(cache.k)):
         cache.k[layer][:, :, :L], cache.v[layer][:, :, :L] = one.k[layer], one.v[layer]
     cache.length = L
@@ -84,6 +96,7 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
     times = []
     for n in range(new):
         suppressed = s.eos_ids if n < s.min_new_tokens else ()
+        refuse_nan(logits.max(axis=-1))  # (K,): a NaN would sort anywhere and silently pick the beams
         logp = process_logits(log_softmax(logits), s.sampling, history, suppressed)  # (K, V)
         candidates = (logp + running_scores[:, None]).reshape(-1)  # (K*V,) score of beam i extended by token j
         top = top_indices(candidates, keep)  # (keep,)
@@ -91,7 +104,7 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
         hits = np.isin(token, eos) | (n + 1 == new)  # (keep,) candidates that finish here
 
         # Finished candidates among the first K ranks join the pool, scored with the length penalty.
-        lengthened = top_scores / np.float32((n + 1) ** s.length_penalty)  # (keep,)
+        lengthened = top_scores / length_divisor(n + 1, s.length_penalty)  # (keep,)
         for r in np.flatnonzero(hits[:K]):
             finished.append(Beam([*running[parent[r]].tolist(), int(token[r])], float(lengthened[r])))
         finished = sorted(finished, key=lambda b: -b.score)[:K]  # stable: earlier hypotheses win exact ties
@@ -106,7 +119,7 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
         # Can search stop? (transformers' _check_early_stop_heuristic and _beam_search_has_unfinished_sequences)
         full = len(finished) == K
         best_len = new if (s.early_stopping == "never" and s.length_penalty > 0) else n + 1
-        best_possible = running_scores[0] / np.float32(best_len ** s.length_penalty)
+        best_possible = running_scores[0] / length_divisor(best_len, s.length_penalty)
         worst_finished = finished[-1].score if full else float(NEG)
         improvable = improvable and bool(best_possible > worst_finished)
         if not improvable or (full and s.early_stopping is True) or hits.all():

@@ -14,10 +14,11 @@ last one stops, which keeps the cache rectangular.
 Which token comes next is logits_processors.py; when to stop and what text is shown is stopping.py; beam search is
 beam_search.py. `generate` is the public entry point (`model.generate` calls it).
 """
+import math
 import resource
 import time
 from dataclasses import dataclass, field, replace
-from numbers import Integral
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -103,8 +104,12 @@ class GenerationSettings:
             raise ValueError(f"context_overflow must be one of {CONTEXT_OVERFLOW}, got {self.context_overflow!r}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
-        if self.early_stopping not in (True, False, "never"):
+        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):  # 1 == True: not enough
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        lp = self.length_penalty
+        if isinstance(lp, bool) or not isinstance(lp, Real) or not math.isfinite(lp):
+            raise ValueError(f"length_penalty must be a finite number (the exponent of a beam's length), got "
+                             f"{self.length_penalty!r}")
         if not all(isinstance(s, str) for s in self.stop):
             raise ValueError(f"stop strings must be strings, got {self.stop!r}")
 
@@ -153,8 +158,9 @@ def resolve_settings(model, *, max_new_tokens=64, temperature=None, top_k=None, 
 
 
 def eos_ids(model) -> set[int]:
-    """End-of-sequence ids: generation_config.json when it names them, else config.json (as transformers does),
-    checked against the vocabulary. Either file may hold one id, a list, or null (no EOS)."""
+    """End-of-sequence ids: generation_config.json when it names them, else config.json (as transformers does).
+    Either file may hold one id, a list, or null (no EOS). Ids a file names outside the vocabulary were dropped
+    with a warning at load (as transformers ignores them); these are checked again for models built in code."""
     if "eos_token_id" in model.generation_defaults:
         eos, source = model.generation_defaults["eos_token_id"], "eos_token_id in generation_config.json"
     else:
@@ -214,7 +220,8 @@ def encode_prompt(model, prompt, settings: GenerationSettings) -> list[int]:
     """One prompt (see `is_prompt`; a string needs the model's tokenizer) -> validated ids that fit the context.
 
     A prompt that leaves no room for max_new_tokens is an error, or with context_overflow="truncate_left" loses its
-    oldest tokens: the model then sees the most recent window of max_seq_len - max_new_tokens tokens.
+    oldest tokens: the model then sees the most recent window of max_seq_len - max_new_tokens tokens. max_new_tokens
+    >= max_seq_len leaves no window at all, which is an error either way.
     """
     if isinstance(prompt, str):
         if model.tokenizer is None:
@@ -226,12 +233,13 @@ def encode_prompt(model, prompt, settings: GenerationSettings) -> list[int]:
         raise ValueError("the prompt is empty")
     new, context = settings.max_new_tokens, model.config.max_seq_len
     if len(ids) + new > context:
+        if new >= context:
+            raise ValueError(f"max_new_tokens={new} leaves no room for a prompt in the model's context of {context} "
+                             f"tokens (at most {context - 1} new tokens)")
         if settings.context_overflow == "error":
             raise ValueError(f"prompt of {len(ids)} tokens + {new} new tokens = {len(ids) + new} exceeds the model's "
                              f"context of {context} tokens (context_overflow='truncate_left' keeps the most recent "
                              f"{context - new})")
-        if new >= context:
-            raise ValueError(f"max_new_tokens={new} leaves no room for a prompt in a context of {context} tokens")
         ids = ids[len(ids) - (context - new) :]
     return model.check_ids(ids)[0].tolist()
 
@@ -297,13 +305,13 @@ class Batch:
         model, s = self.model, self.settings
         if s.max_new_tokens == 0:
             return
-        ids, positions, key_mask, last, next_pos = self.prefill_inputs()
-        B, T = ids.shape
+        B, T = len(self.seqs), max(len(q.prompt_ids) for q in self.seqs)
+        cache = model.new_cache(batch_size=B, max_len=T + s.max_new_tokens)  # first: it checks that memory suffices
+        self.stats.kv_cache_bytes = cache.nbytes
+        ids, positions, key_mask, last, next_pos = self.prefill_inputs()  # (B, T) ids
         rng = np.random.default_rng(s.seed)
         history = TokenHistory([q.prompt_ids for q in self.seqs], model.config.vocab_size) \
             if s.sampling.uses_history else None
-        cache = model.new_cache(batch_size=B, max_len=T + s.max_new_tokens)
-        self.stats.kv_cache_bytes = cache.nbytes
         running = list(range(B))
 
         self.t_start = time.perf_counter()

@@ -13,7 +13,7 @@ logits_processors.py.
 there is one). The kernel is not used by generation yet: on the CuPy backend the logits come back to the host and
 are sampled here. Wiring the kernel into choose_tokens is future work.
 """
-from numbers import Real
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -144,9 +144,11 @@ def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p
 def whole_number(name: str, value, minimum: int = 0) -> int:
     """value as an int if it is a whole number >= minimum, else a ValueError naming the setting.
 
-    Examples: 3 -> 3, 2.0 -> 2 (a whole number written as a float, as JSON may); 2.5, True, "3", inf -> error.
+    Examples: 3 -> 3, 2.0 -> 2 (a whole number written as a float, as JSON may); 2.5, True, "3", inf -> error;
+    10**400 -> 10**400 (an int is whole already: float() of it would overflow).
     """
-    if isinstance(value, bool) or not isinstance(value, Real) or not float(value).is_integer() or value < minimum:
+    whole = isinstance(value, Integral) or (isinstance(value, Real) and float(value).is_integer())
+    if isinstance(value, bool) or not whole or value < minimum:
         raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)
 

@@ -103,3 +103,46 @@ def test_beam_search_reports_its_timing_like_the_main_loop(models):
     assert (s.prompt_tokens, s.batch_size, s.new_tokens) == (3, 3, len(result.token_ids)) and s.new_tokens == 6
     assert s.ttft_s > 0 and 0 < s.tpot_p50_s <= s.tpot_p90_s and s.peak_memory_bytes > 2**20
     assert s.tokens_per_s == pytest.approx(1 / s.tpot_s) and s.prefill_tokens_per_s == pytest.approx(3 / s.ttft_s)
+
+
+def test_beam_search_refuses_nan_logits(models, monkeypatch):
+    """A NaN logit used to sort anywhere in argpartition and silently choose the beams; greedy and sampling raise,
+    and so does beam search now. Token 5's embedding row is NaN, so every step's logit for token 5 is NaN."""
+    model, _ = models
+    poisoned = model.weights.tok_emb.copy()
+    poisoned[5] = np.nan
+    monkeypatch.setattr(model.weights, "tok_emb", poisoned)
+    if model.weights.lm_head is not None:
+        lm_head = model.weights.lm_head.copy()
+        lm_head[:, 5] = np.nan
+        monkeypatch.setattr(model.weights, "lm_head", lm_head)
+    with pytest.raises(ValueError, match="NaN logits"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0)  # greedy, for comparison
+    with pytest.raises(ValueError, match="NaN logits"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2)
+
+
+@pytest.mark.parametrize("length_penalty", [float("nan"), float("inf"), -float("inf")])
+def test_beam_search_refuses_a_length_penalty_that_is_not_a_finite_number(models, length_penalty):
+    model, _ = models
+    with pytest.raises(ValueError, match=f"length_penalty must be a finite number .*got {length_penalty}"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, length_penalty=length_penalty)
+
+
+def test_an_extreme_length_penalty_is_a_ranking_not_an_overflow_error(models):
+    """(n + 1) ** 1e3 is an OverflowError in Python's float arithmetic; in float32 it is inf, every score 0, and
+    the beams keep the order they were found in."""
+    model, _ = models
+    result = model.generate([3, 4], max_new_tokens=4, temperature=0, num_beams=2, length_penalty=1e3,
+                            eos_token_ids=[], return_beams=True)
+    assert len(result.beams) == 2 and all(b.score == 0 for b in result.beams)
+
+
+def test_beam_search_keeps_no_more_candidates_than_exist(tmp_path):
+    """A 2-token vocabulary whose tokens are both EOS: transformers' topk asks for 3 * num_beams of the
+    2 * num_beams candidates and fails; here every beam ends at once in one of the two EOS tokens."""
+    with pytest.warns(UserWarning, match="ignoring eos_token_id 2: outside the vocabulary of 2 tokens"):
+        model, _ = build(tmp_path, arch="gpt2", vocab_size=2)  # the checkpoint's own EOS (2) does not exist
+    result = model.generate([0, 1], max_new_tokens=4, temperature=0, num_beams=2, eos_token_ids=[0, 1],
+                            return_beams=True)
+    assert sorted(b.token_ids for b in result.beams) == [[0], [1]] and result.finish_reason == "eos"

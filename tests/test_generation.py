@@ -5,6 +5,7 @@ transformers' `generate` for penalties and min_new_tokens, and the real GPT-2 to
 """
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -95,6 +96,16 @@ def test_context_overflow_errors_or_keeps_the_most_recent_window(models):
         model.generate(prompt, max_new_tokens=10, context_overflow="wrap")
 
 
+def test_max_new_tokens_beyond_the_context_is_named_with_the_numbers_that_matter(models):
+    """It used to say "keeps the most recent -999999840 tokens": a window that cannot exist."""
+    model, _ = models
+    for overflow in ("error", "truncate_left"):
+        with pytest.raises(ValueError) as e:
+            model.generate([3, 4], max_new_tokens=10**9, context_overflow=overflow)
+        assert str(e.value) == ("max_new_tokens=1000000000 leaves no room for a prompt in the model's context of 160 "
+                                "tokens (at most 159 new tokens)")
+
+
 def test_stats_report_the_run(models):
     model, _ = models
     r = model.generate([3, 4, 5, 6], max_new_tokens=16, temperature=0, eos_token_ids=set())
@@ -136,7 +147,8 @@ def test_iter_generate_yields_the_ids_and_fills_stats(models):
     (dict(stop=("x",)), "tokenizer"), (dict(temperature=-1), "temperature"), (dict(stream=True), "tokenizer"),
     (dict(temperature=0.7, top_k=2.5), "top_k"), (dict(max_new_tokens=float("inf")), "max_new_tokens"),
     (dict(max_new_tokens="3"), "max_new_tokens"), (dict(seed=-1), "seed"), (dict(num_beams=True), "num_beams"),
-    (dict(show_probs=-3, on_probs=print), "show_probs"),
+    (dict(show_probs=-3, on_probs=print), "show_probs"), (dict(early_stopping=1), "early_stopping"),
+    (dict(num_beams=2, length_penalty=float("nan")), "length_penalty"),
 ])
 def test_invalid_requests_raise(models, kwargs, message):
     model, _ = models
@@ -154,9 +166,11 @@ def test_eos_ids_outside_the_vocabulary_are_refused(models, eos):
 
 
 @pytest.mark.parametrize("config_file", ["generation_config.json", "config.json"])
-def test_eos_ids_from_the_model_files_are_checked_naming_the_file(tmp_path, config_file):
-    """eos_token_id 99999 in a vocabulary of 97: the error names the id and the file it came from.
-    generation_config.json wins over config.json (as in transformers), so for config.json it is left without one."""
+def test_eos_ids_from_the_model_files_outside_the_vocabulary_are_ignored_with_one_warning(tmp_path, config_file):
+    """eos_token_id 99999 in a vocabulary of 97, as transformers loads it: one warning at load naming the file, the
+    key and the id, then generation as if the file named no EOS (no token can ever be 99999), with no warning per
+    run. generation_config.json wins over config.json (as in transformers), so for config.json it is left without
+    one. min_new_tokens=1 used to index the logits with the id (IndexError)."""
     build_checkpoint(tmp_path, Options(arch="gpt2", seed=3))
     generation_config = json.loads((tmp_path / "generation_config.json").read_text(encoding="utf-8"))
     generation_config.pop("eos_token_id", None)
@@ -165,8 +179,15 @@ def test_eos_ids_from_the_model_files_are_checked_naming_the_file(tmp_path, conf
     edited = json.loads((tmp_path / config_file).read_text(encoding="utf-8"))
     edited["eos_token_id"] = 99999
     (tmp_path / config_file).write_text(json.dumps(edited), encoding="utf-8")
-    with pytest.raises(ValueError, match=f"eos_token_id in {config_file} names token 99999"):
-        nanollm.load(tmp_path).generate([3, 4], max_new_tokens=3)
+    with pytest.warns(UserWarning) as caught:
+        model = nanollm.load(tmp_path)
+    assert [str(w.message).split(": ignoring ")[0] for w in caught] == [str(tmp_path / config_file)]
+    assert "eos_token_id 99999: outside the vocabulary of 97 tokens" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing more at generate time
+        result = model.generate([3, 4], max_new_tokens=12, temperature=0)
+    assert result.token_ids == model.generate([3, 4], max_new_tokens=12, temperature=0, eos_token_ids=[]).token_ids
+    assert len(result.token_ids) == 12 and result.finish_reason == "length"
 
 
 @pytest.mark.parametrize("prompt, outline", [

@@ -71,11 +71,11 @@ def test_gpt2_files_as_the_hub_stores_them(tmp_path, gpt2_dir):
     (lambda t, c: t.update({"transformer.h.0.attn.q_norm.weight": np.ones(8, np.float32)}),
      "does not know how to use: ['transformer.h.0.attn.q_norm.weight']"),
     (lambda t, c: c.update(n_embd=48), "has shape"),
-    (lambda t, c: c.update(n_head=0), "n_embd=32 is not a positive multiple of n_head=0"),
-    (lambda t, c: c.update(n_head=3), "n_embd=32 is not a positive multiple of n_head=3"),
-    (lambda t, c: c.update(n_layer=-1), "n_layer must be a positive whole number, got -1"),
-    (lambda t, c: c.update(vocab_size=[97]), "invalid config (TypeError"),
-    (lambda t, c: c.update(layer_norm_epsilon=0), "norm_eps must be > 0"),
+    (lambda t, c: c.update(n_head=0), "n_head must be an integer >= 1, got 0"),
+    (lambda t, c: c.update(n_head=3), "n_embd=32 is not a multiple of n_head=3"),
+    (lambda t, c: c.update(n_layer=-1), "n_layer must be an integer >= 1, got -1"),
+    (lambda t, c: c.update(vocab_size=[97]), "vocab_size must be an integer >= 1, got [97]"),
+    (lambda t, c: c.update(layer_norm_epsilon=0), "layer_norm_epsilon must be a finite number > 0, got 0"),
 ])
 def test_bad_gpt2_checkpoints_fail_clearly(tmp_path, gpt2_dir, edit, message):
     bad = rewrite(gpt2_dir, tmp_path / "bad", edit)
@@ -87,7 +87,7 @@ def test_bad_gpt2_checkpoints_fail_clearly(tmp_path, gpt2_dir, edit, message):
 @pytest.mark.parametrize("edit, message", [
     (lambda t, c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}),
      "rope_type='yarn' is not supported"),
-    (lambda t, c: c.update(num_key_value_heads=3), "not a multiple of n_kv_head=3"),
+    (lambda t, c: c.update(num_key_value_heads=3), "num_attention_heads=4 is not a multiple of num_key_value_heads=3"),
     (lambda t, c: t.pop("lm_head.weight"), "missing tensor 'lm_head.weight'"),
 ])
 def test_bad_llama_checkpoints_fail_clearly(tmp_path, llama_dir, edit, message):
@@ -162,7 +162,11 @@ def test_cli_generates_the_api_greedy_ids(gpt2_dir):
     (["--model", "{missing}", "--prompt-ids", "1"], "no config.json"),
     (["--model", "{gpt2}", "--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
     (["--model", "{gpt2}", "--prompt-ids", "1", "--top-p", "1.5"], "top_p must be in (0, 1]"),
-    (["--model", "{gpt2}", "--prompt-ids", "1", "--max-new-tokens", "500"], "exceeds the model's context"),
+    (["--model", "{gpt2}", "--prompt-ids", "1,2,3,4,5,6,7,8,9,10,11", "--max-new-tokens", "150"],
+     "prompt of 11 tokens + 150 new tokens = 161 exceeds the model's context of 160 "
+     "tokens (context_overflow='truncate_left' keeps the most recent 10)"),
+    (["--model", "{gpt2}", "--prompt-ids", "1", "--max-new-tokens", "1000000000"],
+     "max_new_tokens=1000000000 leaves no room for a prompt in the model's context of 160 tokens (at most 159 new"),
     (["--model", "{gpt2}", "--prompt-ids", "1", "--max-new-tokens", "many"], "invalid int value"),
 ])
 def test_cli_errors_are_one_line(tmp_path, gpt2_dir, args, message):

@@ -21,7 +21,8 @@ from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenal
 
 from nanollm.logits_processors import (SamplingParams, TokenHistory, apply_presence_frequency,
                                        apply_repetition_penalty, choose_tokens, distribution, process_logits)
-from nanollm.sampling import draw, filtered_probs, min_p_filter, sample_token, top_k_filter, top_p_filter
+from nanollm.sampling import (draw, filtered_probs, min_p_filter, sample_token, top_k_filter, top_p_filter,
+                              whole_number)
 from tests.generation_fixtures import build
 
 ROWS = 12  # next-token rows per architecture: prefixes of one random sequence
@@ -185,6 +186,13 @@ def test_hand_derived_examples():
 def test_invalid_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**kwargs)
+
+
+def test_whole_number_takes_ints_of_any_size():
+    """float(10**400) is an OverflowError; an int is a whole number without converting it."""
+    assert whole_number("top_k", 10**400) == 10**400 and whole_number("top_k", np.int64(3)) == 3
+    with pytest.raises(ValueError, match="top_k must be a whole number >= 0, got -"):
+        whole_number("top_k", -10**400)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
