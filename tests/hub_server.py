@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import ssl
 import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,7 +57,8 @@ TRICKLE_BYTES_PER_S = 20.0
 class FakeHub:
     """The server and its content. Use as a context manager, or call stop()."""
 
-    def __init__(self, *, lfs_threshold: int = 1024):
+    def __init__(self, *, lfs_threshold: int = 1024, tls: tuple[str, str] | None = None):
+        """`tls`: (certificate file, key file) to serve HTTPS instead of HTTP."""
         self.lfs_threshold = lfs_threshold
         self.repos: dict[str, dict[str, bytes]] = {}  # repo id -> file name -> bytes
         self.revisions = {"main"}
@@ -73,13 +75,18 @@ class FakeHub:
         self.stopped = threading.Event()  # slow and stalled answers end when it is set
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._server.hub = self
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.scheme = "http" if tls is None else "https"
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self.scheme}://{host}:{port}"
 
     def add(self, repo: str, filename: str, data: bytes) -> None:
         self.repos.setdefault(repo, {})[filename] = data

@@ -9,7 +9,9 @@ import json
 import os
 import random
 import re
+import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -532,6 +534,29 @@ def test_slow_but_steady_download_passes(hub, tmp_path, monkeypatch):
     monkeypatch.setenv("NANOLLM_HUB_TIMEOUT", "0.2")
     monkeypatch.setenv("NANOLLM_HUB_MIN_RATE", "5000")
     assert_snapshot_holds(call_with_deadline(lambda: resolve_model(REPO, progress=False), 20), files)
+
+
+def test_https_and_its_rate_rule(tmp_path, monkeypatch):
+    """Over TLS (a self-signed certificate made by openssl, trusted through SSL_CERT_FILE) a model arrives intact,
+    and the rate rule cuts a trickle there too: the watch shuts an SSL socket as it shuts a plain one."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed: no certificate for a local HTTPS server")
+    certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", certificate],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate))
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NANOLLM_HUB_TIMEOUT", "0.3")
+    monkeypatch.setenv("NANOLLM_HUB_MIN_RATE", "1000")
+    with FakeHub(tls=(str(certificate), str(key))) as server:
+        monkeypatch.setenv("NANOLLM_HUB_URL", server.url)
+        files = add_model(server)
+        assert server.url.startswith("https://")
+        assert_snapshot_holds(resolve_model(REPO, cache_dir=tmp_path / "a", progress=False), files)
+        server.pace["model.safetensors"] = 1.0
+        with pytest.raises(HubError, match=r"model\.safetensors .*slower than the minimum of 1\.0 kB/s"):
+            call_with_deadline(lambda: resolve_model(REPO, cache_dir=tmp_path / "b", progress=False), 20)
 
 
 @pytest.mark.parametrize("variable, value", [("NANOLLM_HUB_MIN_RATE", "fast"), ("NANOLLM_HUB_MIN_RATE", "0"),

@@ -56,7 +56,8 @@ Time limits: nothing waits forever
   This makes a deadline per attempt: a file of N bytes is complete within N / MIN_BYTES_PER_S + TIMEOUT_SECONDS
   seconds or the attempt ends. A small thread watches the count and, when a window falls short, shuts the socket,
   which wakes the blocked read at once, wherever it is (reading headers or the body).
-- An attempt that brought new bytes is resumed, at most MAX_ATTEMPTS (5) times per file.
+- A file gets at most MAX_ATTEMPTS (5) attempts, a new one only when the last brought new bytes (it resumes them),
+  so a file of N bytes is done or given up within 5 x (N / MIN_BYTES_PER_S + TIMEOUT_SECONDS) seconds.
 The tests shrink both limits through the environment: $NANOLLM_HUB_TIMEOUT (seconds) and $NANOLLM_HUB_MIN_RATE
 (bytes per second) replace TIMEOUT_SECONDS and MIN_BYTES_PER_S.
 
@@ -66,7 +67,7 @@ The cache
         config.json  model.safetensors  tokenizer.json ...   final names: only complete, verified files
         model.safetensors.part                              an interrupted download, resumed by the next run
         .nanollm-complete.json                              written last: the files of a complete snapshot
-    <cache>/.locks/<repo_id>/<revision>/<filename>.lock      one lock file per cached file
+    <cache>/.locks/<the same two folders>/config.json.lock  one lock file per cached file
 
 `<cache>` is `cache_dir`, else $NANOLLM_CACHE, else ~/.cache/nanollm. Each file is written to `<name>.part`,
 flushed to disk, verified, and only then renamed to its final name with `os.replace`, which is atomic on one
@@ -329,7 +330,7 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, locks: Path, *, limits: _Li
         except _HttpStatus as answer:
             if answer.status == 404 and not required:
                 return False
-            raise _explain(remote, answer) from None
+            raise _explain(remote, filename, answer) from None
         present.append(filename)
         return True
 
@@ -378,7 +379,7 @@ def _shard_names(index_path: Path, remote: _Remote) -> list[str]:
     return names
 
 
-def _explain(remote: _Remote, answer: _HttpStatus) -> HubError:
+def _explain(remote: _Remote, filename: str, answer: _HttpStatus) -> HubError:
     """Turn an error status into the one line the user needs."""
     if answer.status in (401, 403):
         if answer.error_code == "RepoNotFound":
@@ -399,7 +400,7 @@ def _explain(remote: _Remote, answer: _HttpStatus) -> HubError:
         return HubError(f"model {remote.repo_id} has no revision {remote.revision!r} (at {answer.url})")
     if answer.status == 404:  # only config.json is required, so this is the repo itself missing
         return HubError(f"no model named {remote.repo_id} on the hub ({answer.url} does not exist)")
-    return HubError(f"the hub answered HTTP {answer.status} for model {remote.repo_id} at {answer.url}")
+    return HubError(f"the hub answered HTTP {answer.status} for {filename} of model {remote.repo_id} at {answer.url}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
