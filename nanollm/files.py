@@ -14,6 +14,7 @@ output is being made from.
 """
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -45,6 +46,8 @@ def open_regular(path) -> object:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
+        if err.errno == errno.ENXIO and not stat.S_ISREG(os.stat(path).st_mode):  # a socket cannot even be opened
+            raise FileError(f"{path} is {_kind(os.stat(path).st_mode)}, not a regular file") from None
         if err.filename is None:
             err.filename = str(path)
         raise
@@ -90,7 +93,10 @@ def atomic_write(path, *, inputs=()):
     if path.is_dir():
         raise FileError(f"refusing to write {path}: it is a directory")
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+    except OSError as err:  # name the file the user asked for, not our temporary name
+        raise FileError(f"cannot write {path}: {err.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
