@@ -30,6 +30,7 @@ import numpy as np
 
 from .generation import GenerationResult, GenerationSettings, GenerationStats, record_timing
 from .logits_processors import TokenHistory, process_logits
+from .memory import check_fits
 from .sampling import refuse_nan
 
 NEG = np.float32(-1.0e9)  # transformers' "impossible" score: finite so that sums and sorts stay well defined
@@ -78,6 +79,9 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
     t_start = time.perf_counter()
     # The beams' cache first: it is the largest allocation and checks that memory suffices (num_beams is a flag).
     cache = model.new_cache(batch_size=K, max_len=L + new)
+    # Each step also holds about eight (K, V) float32-sized arrays at once: the logits, log_softmax's temporaries, the
+    # log-probs, the candidate scores and argpartition's int64 indices. A large vocabulary makes these the larger part.
+    check_fits(8 * 4 * K * V, f"beam search's score tables for num_beams={K} x {V} tokens")
     history = TokenHistory([prompt_ids] * K, V) if s.sampling.uses_history else None
 
     # Prefill once, then give every beam a copy of the prompt's cache.

@@ -36,6 +36,18 @@ def long_context_llama(tmp_path_factory):
     return nanollm.load(directory)
 
 
+@pytest.fixture
+def tiny_machine(monkeypatch):
+    """Pretend the machine has 4 KiB free, so that each check can be seen to run on small arrays."""
+    monkeypatch.setattr(nanollm.memory, "available_bytes", lambda: 4096)
+
+
+@pytest.fixture
+def tiny_machine_but_the_cache(monkeypatch):
+    """Pretend the machine has 256 KiB free: 100 beams' cache of 4 positions fits (100 KiB), their tables do not."""
+    monkeypatch.setattr(nanollm.memory, "available_bytes", lambda: 256 * 1024)
+
+
 def refused_at_once(call) -> str:
     """call() must raise MemoryError within a second, having allocated under 16 MiB; returns the message."""
     tracemalloc.start()
@@ -52,7 +64,7 @@ def refused_at_once(call) -> str:
 
 
 def test_a_huge_claimed_context_with_huge_max_new_tokens_is_refused_by_size(long_context_llama):
-    """The old path: encode_prompt accepts (3 + 10**11 fits in 10**12), then np.zeros of 1.5 TiB: a NumPy error
+    """The old path: encode_prompt accepts (3 + 10**11 fits in 10**12), then np.zeros of 23 TiB: a NumPy error
     about a shape, or a lazily granted allocation and the OOM killer once the cache fills."""
     model = long_context_llama
     message = refused_at_once(lambda: model.generate([1, 2, 3], max_new_tokens=10**11, temperature=0))
@@ -65,6 +77,13 @@ def test_num_beams_from_a_flag_is_refused_by_size(long_context_llama):
     message = refused_at_once(lambda: long_context_llama.generate([1, 2, 3], max_new_tokens=5, temperature=0,
                                                                   num_beams=10**9))
     assert message.startswith("a KV cache of 1000000000 sequence(s) x 8 positions")
+
+
+def test_beam_search_score_tables_are_counted_too(tiny_machine_but_the_cache, long_context_llama):
+    """With a small cache but many beams, the (num_beams, V) tables of each step are the larger part."""
+    message = refused_at_once(lambda: long_context_llama.generate([1, 2], max_new_tokens=2, temperature=0,
+                                                                  num_beams=100))
+    assert message.startswith("beam search's score tables for num_beams=100 x 97 tokens")
 
 
 def test_a_batch_is_counted_whole(long_context_llama):
@@ -82,12 +101,6 @@ def test_gpt2_position_table_bounds_its_context_by_shape(tmp_path):
     with pytest.raises(CheckpointError, match=r"'transformer.wpe.weight' has shape \(160, 32\), config.json implies "
                                               r"\(1000000000000, 32\)"):
         nanollm.load(directory)
-
-
-@pytest.fixture
-def tiny_machine(monkeypatch):
-    """Pretend the machine has 4 KiB free, so that each check can be seen to run on small arrays."""
-    monkeypatch.setattr(nanollm.memory, "available_bytes", lambda: 4096)
 
 
 def test_every_large_allocation_is_checked(tiny_machine, long_context_llama, tmp_path):

@@ -40,7 +40,7 @@ def transformers_generate(reference, prompt, max_new_tokens, num_beams=1):
     return ids, (out.sequences_scores.tolist() if num_beams > 1 else None)
 
 
-@settings(max_examples=6)
+@settings(max_examples=12)
 @given(options=small_vocab_checkpoints(), with_generation_config=st.booleans(), num_beams=st.integers(2, 4),
        prompt_seed=st.integers(0, 2**16))
 def test_transformers_default_special_ids_load_and_generate_as_transformers(tmp_path_factory, options,
