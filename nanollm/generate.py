@@ -11,6 +11,7 @@ Errors (a bad flag, a missing or corrupt model, a prompt longer than the context
 import argparse
 import json
 import sys
+import warnings
 
 from .files import read_text
 from .generation import GenerationStats, eos_ids, generate
@@ -217,7 +218,11 @@ def run(args) -> int:
 
         args.model = default_model_path()
     prompts = [] if args.chat else read_prompts(args)  # before loading: a bad file fails fast
-    model = load(args.model, backend=args.backend)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. an EOS id outside the vocabulary, ignored
+        warnings.simplefilter("always")
+        model = load(args.model, backend=args.backend)
+    for warning in caught:  # one line each, as the errors are, not Python's two with a source line
+        print(f"warning: {warning.message}", file=sys.stderr)
     return run_chat(model, args) if args.chat else run_prompts(model, args, prompts)
 
 

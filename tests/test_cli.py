@@ -144,8 +144,8 @@ def test_an_eos_id_outside_the_vocabulary_is_a_warning_and_ignored(ids_model, tm
     out = cli("--model", str(model_dir), "--prompt-ids", "1,2", "--max-new-tokens", "3", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["token_ids"]) == 3
-    warning = [line for line in out.stderr.splitlines() if "99999" in line]
-    assert len(warning) == 1 and "generation_config.json" in warning[0] and "Traceback" not in out.stderr
+    assert out.stderr.startswith("warning: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "generation_config.json" in out.stderr and "99999" in out.stderr
 
 
 @pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--show-probs", "-3")])
