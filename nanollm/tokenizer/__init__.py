@@ -12,6 +12,10 @@ Reading order:
     train.py          learning a byte-level BPE from text
     saving.py         nanollm's own versioned tokenizer file
     __main__.py       python -m nanollm.tokenizer train|encode|decode
+
+and at the edges, where input from the world comes in:
+    errors.py         TokenizerError, and reading a tokenizer's files: each value checked for the type it must have
+    guards.py         surrogates repaired as tiktoken does; patterns from files run under a time limit
 """
 from .errors import TokenizerError
 from .loading import from_pretrained, load_tiktoken, load_tokenizer

@@ -6,13 +6,19 @@
 
 ``--tokenizer`` takes any directory ``Tokenizer.from_pretrained`` reads. Without text or ids on the command line,
 encode and decode read standard input.
+
+Everything that reads or decodes input happens inside one error handler: a missing file, a FIFO, bytes that are not
+UTF-8 (in a file, on standard input or on the command line), a bad or runaway pattern, a malformed tokenizer
+directory all end in one line on standard error and exit status 1, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
+from .. import files
 from .byte_level import NAMED_PATTERNS
 from .errors import TokenizerError
 from .loading import from_pretrained
@@ -53,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
                 bos_token=args.bos,
                 eos_token=args.eos,
             )
-            path = trained.save(args.output)
+            path = trained.save(args.output, inputs=[args.input])
             print(f"wrote {path} ({len(trained.merges)} merges, {len(trained.special_tokens)} special tokens)")
         elif args.command == "encode":
             tok = from_pretrained(args.tokenizer)
-            text = args.text if args.text is not None else _read_utf8(None)
+            text = _argument_text(args.text) if args.text is not None else _read_utf8(None)
             ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
             print(" ".join(map(str, ids)))
         else:
@@ -68,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as err:
                 raise TokenizerError(f"ids must be integers: {err}") from None
             sys.stdout.write(tok.decode(ids) + "\n")
-    except (TokenizerError, OSError) as err:
+    except (TokenizerError, OSError, UnicodeError) as err:  # UnicodeError: a terminal that cannot show the text
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -76,12 +82,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _read_utf8(path: Path | None) -> str:
     """The text of a file, or of standard input when ``path`` is None; bytes that are not UTF-8 are an error."""
-    data = sys.stdin.buffer.read() if path is None else path.read_bytes()
+    data = sys.stdin.buffer.read() if path is None else files.read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as err:
         source = "standard input" if path is None else str(path)
         raise TokenizerError(f"{source} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+def _argument_text(text: str) -> str:
+    """Text from the command line. Python hands over bytes that are not UTF-8 as lone surrogates (surrogateescape);
+    they are refused as standard input's are, not encoded as U+FFFD."""
+    try:
+        return os.fsencode(text).decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TokenizerError(f"the text argument is not UTF-8 text (byte {err.start}: {err.reason})") from None
 
 
 if __name__ == "__main__":

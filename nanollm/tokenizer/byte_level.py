@@ -32,7 +32,8 @@ from pathlib import Path
 import regex
 
 from .bpe import bpe_merge, pair_ranks_from_token_ranks
-from .errors import TokenizerError, read_json_object
+from .errors import Place, TokenizerError, blame, check_vocab, read_bytes, read_json_object, read_text
+from .guards import TimedPattern, repair_surrogates
 
 # GPT-2's pre-tokenizer pattern as published in encoder.py, which Hugging Face's ByteLevel pre-tokenizer also uses.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -117,25 +118,55 @@ def resolve_pattern(pattern: str) -> str:
     return NAMED_PATTERNS.get(pattern, pattern)
 
 
-def compile_pattern(pattern: str) -> regex.Pattern:
-    """Compile a pre-tokenizer regex, or raise TokenizerError saying why it cannot be one.
+def compile_regex(pattern: str, origin: str) -> TimedPattern:
+    """Compile a regex from a file or a flag (``origin`` says which, for messages) to run under a time limit
+    (``guards.py``), or raise TokenizerError saying why it cannot be one."""
+    if not isinstance(pattern, str):
+        raise TokenizerError(f"{origin}: a pattern must be a string, not {type(pattern).__name__}")
+    try:
+        return TimedPattern(regex.compile(pattern), origin)
+    except (regex.error, RecursionError, OverflowError) as err:  # RecursionError: thousands of nested groups
+        raise TokenizerError(f"{origin}: pattern {pattern[:80]!r} is not a valid regex: {err}") from None
+
+
+def compile_pattern(pattern: str, origin: str = "pre-tokenizer") -> TimedPattern:
+    """Compile a pre-tokenizer regex (``compile_regex``) and check it can split text into words.
 
     Splitting uses ``findall``, which returns the whole match only when the pattern has no capturing groups (with
     groups it returns the groups' text, silently dropping the rest of each match), so groups must be written
     ``(?:...)``, as every pattern in ``NAMED_PATTERNS`` is.
     """
-    if not isinstance(pattern, str):
-        raise TokenizerError(f"a pre-tokenizer pattern must be a string, not {type(pattern).__name__}")
-    try:
-        compiled = regex.compile(pattern)
-    except regex.error as err:
-        raise TokenizerError(f"pre-tokenizer pattern {pattern!r} is not a valid regex: {err}") from None
+    compiled = compile_regex(pattern, origin)
     if compiled.groups:
         raise TokenizerError(
-            f"pre-tokenizer pattern {pattern!r} has {compiled.groups} capturing group(s); write them (?:...) so "
-            "that each match is one whole word"
+            f"{origin}: pre-tokenizer pattern {pattern!r} has {compiled.groups} capturing group(s); write them (?:...) "
+            "so that each match is one whole word"
         )
     return compiled
+
+
+def split_words(pattern: TimedPattern, text: str) -> list[str]:
+    """The words a pre-tokenizer regex makes of ``text``: each match, and each run of text between two matches.
+
+    That is tokenizers' Split with behavior "Isolated". tiktoken keeps only the matches, silently dropping text that
+    no alternative matches; the two agree for every pattern that matches all text, as all of tiktoken's and
+    ``NAMED_PATTERNS`` do. Those patterns take the first line: when the matches' lengths add up to the text's, the
+    matches are the whole text (they come in order and never overlap) and nothing needs to be filled in.
+
+    Example: pattern "a", text "bab" -> ["b", "a", "b"]  (tiktoken: ["a"]).
+    """
+    words = pattern.findall(text)
+    if sum(map(len, words)) == len(text):
+        return words
+    words, position = [], 0
+    for match in pattern.finditer(text):
+        if match.start() > position:
+            words.append(text[position : match.start()])
+        words.append(match.group())
+        position = match.end()
+    if position < len(text):
+        words.append(text[position:])
+    return words
 
 
 class ByteLevelBPE:
@@ -145,6 +176,7 @@ class ByteLevelBPE:
     ``whole_word_first``: look the whole word up before merging. tiktoken does this (it is part of its definition of
     an encoding); Hugging Face BPE only does it when the tokenizer.json says ``ignore_merges``.
     ``add_prefix_space``: Hugging Face's ByteLevel option that prepends a space to text not starting with one.
+    ``origin``: where ``pattern`` came from (a file and key, a flag), named when it is refused.
     """
 
     def __init__(
@@ -155,6 +187,7 @@ class ByteLevelBPE:
         pattern: str,
         whole_word_first: bool,
         add_prefix_space: bool = False,
+        origin: str = "pre-tokenizer",
     ):
         missing = [b for b in range(256) if bytes([b]) not in token_ids]
         if missing:
@@ -164,16 +197,17 @@ class ByteLevelBPE:
         self.pattern = pattern
         self.whole_word_first = whole_word_first
         self.add_prefix_space = add_prefix_space
-        self._regex = compile_pattern(pattern)
+        self._regex = compile_pattern(pattern, origin)
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         """Ids for ``text`` with no special-token handling. ``at_start`` is unused: byte-level BPE has no state."""
+        text = repair_surrogates(text)
         if self.add_prefix_space and not text.startswith(" "):
             text = " " + text
         ids: list[int] = []
         cache = self._cache
-        for word in self._regex.findall(text):
+        for word in split_words(self._regex, text):
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = self._encode_word(word)
@@ -197,28 +231,37 @@ class ByteLevelBPE:
 
 
 def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
-    """Read a ``*.tiktoken`` file: one ``base64(token bytes) rank`` per line."""
-    ranks = {}
-    for line_number, line in enumerate(Path(path).read_bytes().splitlines(), start=1):
+    """Read a ``*.tiktoken`` file: one ``base64(token bytes) rank`` per line.
+
+    A token listed twice, or two tokens with one rank, is refused: the rank is also the id, so either would leave an
+    id meaning two things (tiktoken refuses the same: "maybe you had duplicate token indices in your encoder?").
+    """
+    ranks: dict[bytes, int] = {}
+    owner: dict[int, bytes] = {}
+    for line_number, line in enumerate(read_bytes(path).splitlines(), start=1):
         if not line.strip():
             continue
         fields = line.split()
-        if len(fields) != 2:
+        if len(fields) != 2 or not fields[1].isdigit():
             raise TokenizerError(f"{path}:{line_number}: expected 'base64token rank', got {line[:60]!r}")
         try:
-            ranks[base64.b64decode(fields[0], validate=True)] = int(fields[1])
+            token, rank = base64.b64decode(fields[0], validate=True), int(fields[1])
         except ValueError as err:
             raise TokenizerError(f"{path}:{line_number}: {err}") from None
+        if token in ranks or rank in owner:
+            raise TokenizerError(f"{path}:{line_number}: token {token!r} or rank {rank} is listed twice")
+        ranks[token], owner[rank] = rank, token
     return ranks
 
 
-def from_tiktoken_ranks(ranks: dict[bytes, int], pattern: str) -> ByteLevelBPE:
+def from_tiktoken_ranks(ranks: dict[bytes, int], pattern: str, origin: str = "pre-tokenizer") -> ByteLevelBPE:
     """tiktoken's definition: a pair's priority is the rank of the token it makes."""
     return ByteLevelBPE(
         token_ids=ranks,
         pair_ranks=pair_ranks_from_token_ranks(ranks),
         pattern=resolve_pattern(pattern),
         whole_word_first=True,
+        origin=origin,
     )
 
 
@@ -229,15 +272,16 @@ def from_string_vocab(
     pattern: str = GPT2_PATTERN,
     whole_word_first: bool = False,
     add_prefix_space: bool = False,
-    skip: set[str] = frozenset(),
+    origin: str = "pre-tokenizer",
 ) -> ByteLevelBPE:
     """Build from GPT-2-style strings: ``vocab`` maps "Ġthe" -> id, ``merges`` is the ordered list of ("Ġ", "the").
 
-    ``skip`` names vocabulary entries to leave out of the model (ones that are not byte-level strings).
-    A pair's priority is its line number in the merge list, exactly as in Hugging Face's BPE model.
+    A pair's priority is its line number in the merge list, exactly as in Hugging Face's BPE model. An entry that is
+    not a byte-level string (an added token "hello world": the space is not a byte-level character) cannot come out
+    of merging bytes, so the model leaves it out; it still decodes, by ``vocab_token_bytes``.
     """
     char_to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
-    token_ids = {unicode_to_bytes(s, char_to_byte=char_to_byte): i for s, i in vocab.items() if s not in skip}
+    token_ids = {bytes(char_to_byte[ch] for ch in s): i for s, i in vocab.items() if set(s) <= char_to_byte.keys()}
     pair_ranks = {}
     for rank, (left, right) in enumerate(merges):
         pair = (unicode_to_bytes(left, char_to_byte=char_to_byte), unicode_to_bytes(right, char_to_byte=char_to_byte))
@@ -250,13 +294,14 @@ def from_string_vocab(
         pattern=pattern,
         whole_word_first=whole_word_first,
         add_prefix_space=add_prefix_space,
+        origin=origin,
     )
 
 
 def read_merges_txt(path: str | Path) -> list[tuple[str, str]]:
     """Read vocab.bpe / merges.txt: an optional "#version" header, then one "left right" merge per line."""
     merges = []
-    for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").split("\n"), start=1):
+    for line_number, line in enumerate(read_text(path).split("\n"), start=1):
         if not line or (line_number == 1 and line.startswith("#version")):
             continue
         fields = line.split(" ")
@@ -279,15 +324,18 @@ def token_text_bytes(text: str, *, char_to_byte: dict[str, int]) -> bytes:
     return text.encode("utf-8")
 
 
+def vocab_token_bytes(vocab: dict[str, int]) -> dict[int, bytes]:
+    """id -> bytes for every entry of a string vocabulary (vocab.json, added tokens), by ``token_text_bytes``."""
+    char_to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
+    return {i: token_text_bytes(text, char_to_byte=char_to_byte) for text, i in vocab.items()}
+
+
 def load_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[ByteLevelBPE, dict[str, int]]:
     """Load encoder.json + vocab.bpe (or vocab.json + merges.txt); also return the vocabulary as written (str -> id).
 
-    Which tokens are special is not said by these two files but by the settings beside them (``loading.py``). An
-    entry that is not a byte-level string (possible in a hand-edited vocab.json) cannot come out of merging bytes,
-    so the BPE model leaves it out; it still decodes, by ``token_text_bytes``.
+    Which tokens are special is not said by these two files but by the settings beside them (``loading.py``).
     """
-    vocab = read_json_object(vocab_path)  # token -> id
-    byte_chars = set(bytes_to_unicode().values())
-    not_byte_level = {s for s in vocab if not set(s) <= byte_chars}
-    model = from_string_vocab(vocab, read_merges_txt(merges_path), pattern=GPT2_PATTERN, skip=not_byte_level)
-    return model, vocab
+    vocab = check_vocab(read_json_object(vocab_path), Place(vocab_path))  # token -> id
+    merges = read_merges_txt(merges_path)
+    with blame(f"{vocab_path} and {merges_path}"):
+        return from_string_vocab(vocab, merges, pattern=GPT2_PATTERN, origin=f"{vocab_path}: GPT-2's pattern"), vocab

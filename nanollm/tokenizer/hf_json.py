@@ -5,16 +5,23 @@ through a normalizer, a pre-tokenizer and the BPE model; a post-processor adds t
 decoder maps tokens back. This module reads the subset of that pipeline that BPE language models use and turns it
 into nanollm's pieces:
 
-    pre_tokenizer ByteLevel (+ optional Split regex)   -> byte_level.ByteLevelBPE with that regex
+    pre_tokenizer [Split regex,] ByteLevel              -> byte_level.ByteLevelBPE with that regex
     pre_tokenizer Metaspace, or normalizer Prepend/Replace ("▁")  -> MetaspaceModel over sentencepiece.PieceBPE
     normalizer NFC/NFD/NFKC/NFKD, Prepend, Replace, Sequence      -> applied to each segment, as tokenizers does
     post_processor TemplateProcessing / Roberta / Bert / ByteLevel -> prompt_prefix and prompt_suffix ids
+    decoder ByteLevel; or Replace("▁", " "), ByteFallback, Fuse, Strip, Metaspace  -> decoding.DecodeRules
     added_tokens                                        -> special tokens (all of them, special or not: Hugging Face
                                                            cuts every added token out of the text)
 
-Anything else (WordPiece, Unigram, other pre-tokenizers) raises TokenizerError naming the unsupported part, so a
-tokenizer is never silently wrong. One known gap: an added token's ``lstrip``/``rstrip``/``single_word`` flags
-(used by a few BERT-era models for <mask>) are ignored; GPT-2 and Llama set none of them.
+Every value is read with the type tokenizers requires of it (``errors.get``), so a malformed file is one
+TokenizerError naming the file and the key. Anything this module does not reproduce exactly is refused by name
+rather than skipped: other models (WordPiece, Unigram), other pre-tokenizers and decoders, BPE dropout, an added
+token's ``lstrip``/``rstrip``/``single_word`` flags (used by a few BERT-era and Phi-3 tokens; GPT-2, Llama, Qwen and
+Mistral set none of them). A tokenizer is never silently wrong.
+
+Added tokens' ids: like tokenizers, nanollm does not take the ``id`` written beside each added token but gives one
+by tokenizers' rule (``special.added_token_ids``): the vocabulary's id for a token already in it (an added "ing"
+that merges also make), else the next free id. Files tokenizers writes agree with that rule.
 
 Metaspace semantics, from tokenizers' ``metaspace.rs``: spaces become "▁"; with prepend_scheme "always" every
 segment gets a leading "▁" unless it already starts with one, with "first" only the segment at the very start of
@@ -22,7 +29,7 @@ the input does, with "never" none does. (So " Hello" is "▁Hello" here, where s
 "▁▁Hello".)
 
 Sources: huggingface/tokenizers (``tokenizer/mod.rs``, ``pre_tokenizers/{byte_level,metaspace,split}.rs``,
-``normalizers/``, ``processors/template.rs``, ``models/bpe/model.rs``).
+``normalizers/``, ``processors/template.rs``, ``models/bpe/model.rs``, ``added_vocabulary.rs``, ``decoders/``).
 """
 from __future__ import annotations
 
@@ -31,54 +38,68 @@ from pathlib import Path
 
 import regex
 
-from .byte_level import GPT2_PATTERN, from_string_vocab
+from .byte_level import GPT2_PATTERN, compile_regex, from_string_vocab, vocab_token_bytes
 from .decoding import DecodeRules
-from .errors import TokenizerError, read_json_object
+from .errors import Place, TokenizerError, check_vocab, expect, get, items, read_json_object
+from .guards import repair_surrogates
 from .sentencepiece import SPACE, PieceBPE, byte_piece
+from .special import added_token_ids
+
+NoneType = type(None)
+_UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
 
 
-def _flatten(component: dict | None, key: str) -> list[dict]:
-    """A Sequence component becomes its list of parts; None becomes []."""
+def _steps(parent: dict, key: str, children: str, place: Place) -> list[tuple[dict, Place]]:
+    """The component ``parent[key]`` (a normalizer, pre_tokenizer, post_processor or decoder) as a list of
+    (step, place): a Sequence becomes its parts, in order; null or a missing key becomes []."""
+    return _flatten(get(parent, key, (dict, NoneType), place, None), children, place[key])
+
+
+def _flatten(component: dict | None, children: str, place: Place) -> list[tuple[dict, Place]]:
     if component is None:
         return []
-    if component.get("type") == "Sequence":
-        return [part for child in component[key] for part in _flatten(child, key)]
-    return [component]
+    if get(component, "type", str, place) != "Sequence":
+        return [(component, place)]
+    return [step for child, at in items(component, children, dict, place)
+            for step in _flatten(child, children, at)]
 
 
-def _pattern_text(pattern: dict) -> tuple[str, bool]:
-    """tokenizers' {"String": s} or {"Regex": r} -> (regex text, is_regex)."""
-    if "Regex" in pattern:
-        return pattern["Regex"], True
-    return pattern["String"], False
+def _pattern(step: dict, place: Place) -> tuple[str, bool, Place]:
+    """tokenizers' {"String": s} or {"Regex": r} -> (text, is_regex, its place)."""
+    pattern = get(step, "pattern", dict, place)
+    if len(pattern) != 1 or not pattern.keys() <= {"String", "Regex"}:
+        raise place["pattern"].error('must be {"String": text} or {"Regex": pattern}')
+    key = next(iter(pattern))
+    return get(pattern, key, str, place["pattern"]), key == "Regex", place["pattern"][key]
 
 
 class Normalizer:
     """The normalizer steps of a tokenizer.json, applied to one segment of text."""
 
-    def __init__(self, steps: list[dict]):
-        self.steps = []
-        for step in steps:
-            kind = step["type"]
-            if kind in ("NFC", "NFD", "NFKC", "NFKD"):
-                self.steps.append(lambda text, form=kind: unicodedata.normalize(form, text))
-            elif kind == "Prepend":
-                # tokenizers' Prepend leaves an empty segment empty.
-                self.steps.append(lambda text, prefix=step["prepend"]: prefix + text if text else text)
-            elif kind == "Replace":
-                target, is_regex = _pattern_text(step["pattern"])
-                if is_regex:
-                    compiled = regex.compile(target)
-                    self.steps.append(lambda text, c=compiled, new=step["content"]: c.sub(new, text))
-                else:
-                    self.steps.append(lambda text, old=target, new=step["content"]: text.replace(old, new))
-            else:
-                raise TokenizerError(f"tokenizer.json normalizer {kind!r} is not supported")
+    def __init__(self, steps: list[tuple[dict, Place]]):
+        self.steps = [_normalizer_step(step, place) for step, place in steps]
 
     def __call__(self, text: str) -> str:
         for step in self.steps:
             text = step(text)
         return text
+
+
+def _normalizer_step(step: dict, place: Place):
+    kind = step["type"]
+    if kind in _UNICODE_FORMS:
+        return lambda text: unicodedata.normalize(kind, text)
+    if kind == "Prepend":
+        prefix = get(step, "prepend", str, place)
+        return lambda text: prefix + text if text else text  # tokenizers' Prepend leaves an empty segment empty
+    if kind == "Replace":
+        target, is_regex, at = _pattern(step, place)
+        new = get(step, "content", str, place)
+        if not is_regex:
+            return lambda text: text.replace(target, new)
+        pattern = compile_regex(target, str(at))  # runs under a time limit (guards.py)
+        return lambda text: pattern.sub(new, text)
+    raise place["type"].error(f"is {kind!r}, a normalizer nanollm does not support")
 
 
 class NormalizedByteLevel:
@@ -89,22 +110,25 @@ class NormalizedByteLevel:
         self.bpe = bpe
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
-        return self.bpe.encode_ordinary(self.normalizer(text), at_start)
+        return self.bpe.encode_ordinary(self.normalizer(repair_surrogates(text)), at_start)
 
 
 class MetaspaceModel:
-    """Hugging Face's SentencePiece-style pipeline: normalizer, Metaspace pre-tokenizer, character BPE."""
+    """Hugging Face's SentencePiece-style pipeline: normalizer, Metaspace pre-tokenizer, character BPE.
+
+    ``metaspace``: the Metaspace pre-tokenizer's settings (replacement, prepend_scheme, split), or None without one.
+    """
 
     def __init__(self, normalizer: Normalizer, metaspace: dict | None, bpe: PieceBPE):
         self.normalizer = normalizer
         self.bpe = bpe
-        self.replacement = metaspace["replacement"] if metaspace else SPACE
-        self.prepend_scheme = _prepend_scheme(metaspace) if metaspace else "never"
-        self.split = bool(metaspace.get("split", True)) if metaspace else False
         self.metaspace = metaspace is not None
+        self.replacement = metaspace["replacement"] if metaspace else SPACE
+        self.prepend_scheme = metaspace["prepend_scheme"] if metaspace else "never"
+        self.split = metaspace["split"] if metaspace else False
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
-        text = self.normalizer(text)
+        text = self.normalizer(repair_surrogates(text))
         if self.metaspace:
             text = text.replace(" ", self.replacement)
             prepend = self.prepend_scheme == "always" or (self.prepend_scheme == "first" and at_start)
@@ -122,116 +146,172 @@ class MetaspaceModel:
         return ids
 
 
-def _prepend_scheme(metaspace: dict) -> str:
-    if "prepend_scheme" in metaspace:
-        return metaspace["prepend_scheme"]
-    return "always" if metaspace.get("add_prefix_space", True) else "never"  # tokenizers < 0.14 files
+def _metaspace_settings(step: dict, place: Place) -> dict:
+    """A Metaspace pre-tokenizer or decoder: {"replacement": "▁", "prepend_scheme": ..., "split": ...}, checked.
+    Files from tokenizers < 0.14 say ``add_prefix_space`` (true = "always") instead of ``prepend_scheme``."""
+    replacement = get(step, "replacement", str, place)
+    if len(replacement) != 1:
+        raise place["replacement"].error(f"must be one character, not {replacement!r}")
+    if "prepend_scheme" in step:
+        scheme = get(step, "prepend_scheme", str, place)
+        if scheme not in ("always", "first", "never"):
+            raise place["prepend_scheme"].error(f"must be 'always', 'first' or 'never', not {scheme!r}")
+    else:
+        scheme = "always" if get(step, "add_prefix_space", bool, place, True) else "never"
+    return {"replacement": replacement, "prepend_scheme": scheme, "split": get(step, "split", bool, place, True)}
 
 
-def _merges(model: dict) -> list[tuple[str, str]]:
+def _merges(model: dict, place: Place) -> list[tuple[str, str]]:
+    """model.merges: "left right" strings (tokenizers < 0.20) or [left, right] pairs."""
     merges = []
-    for merge in model.get("merges", []):
-        pair = tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge)
-        if len(pair) != 2:
-            raise TokenizerError(f"tokenizer.json merge {merge!r} is not a pair")
-        merges.append(pair)
+    for merge, at in items(model, "merges", (str, list), place):
+        pair = merge.split(" ") if isinstance(merge, str) else merge
+        if len(pair) != 2 or not all(isinstance(part, str) for part in pair):
+            raise at.error(f"must be a pair of tokens ('left right' or [left, right]), not {merge!r}")
+        merges.append((pair[0], pair[1]))
     return merges
+
+
+def _check_bpe_options(model: dict, place: Place) -> None:
+    """Refuse the BPE model options nanollm does not implement; check the types of the others."""
+    kind = get(model, "type", str, place, "BPE")  # tokenizers reads a model without "type" as BPE when it fits
+    if kind != "BPE":
+        raise place["type"].error(f"is {kind!r}; only BPE tokenizer.json models are supported")
+    for option in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if get(model, option, (str, NoneType), place, None):
+            raise place[option].error(f"is {model[option]!r}; this BPE option is not supported")
+    if get(model, "dropout", (float, NoneType), place, None):
+        raise place["dropout"].error("is set: BPE dropout makes encoding random; it is not supported")
+    for flag in ("byte_fallback", "fuse_unk", "ignore_merges"):
+        get(model, flag, bool, place, False)
+    get(model, "unk_token", (str, NoneType), place, None)
+
+
+def _added_tokens(spec: dict, place: Place, vocab: dict[str, int]) -> dict[str, int]:
+    """content -> id of every added token (module docstring: the ids are tokenizers', not the file's)."""
+    contents = []
+    for token, at in items(spec, "added_tokens", dict, place, default=()):
+        get(token, "id", int, at)  # required by tokenizers, though not used (see the module docstring)
+        contents.append(get(token, "content", str, at))
+        for flag in ("special", "normalized"):
+            get(token, flag, bool, at, False)
+        for flag in ("lstrip", "rstrip", "single_word"):
+            if get(token, flag, bool, at, False):
+                raise at[flag].error("is true: nanollm does not implement this flag, and ignoring it would split "
+                                     "the text differently from tokenizers")
+    return added_token_ids(contents, vocab)
 
 
 def load_tokenizer_json(path: str | Path) -> dict:
     """Read tokenizer.json; return the keyword arguments of ``Tokenizer`` (model, decode_rules, special tokens...)."""
     spec = read_json_object(path)
-    model = spec.get("model") or {}
-    if model.get("type", "BPE") != "BPE" or "merges" not in model:
-        raise TokenizerError(f"{path}: only BPE tokenizer.json models are supported, not {model.get('type')!r}")
-    for option in ("continuing_subword_prefix", "end_of_word_suffix"):
-        if model.get(option):
-            raise TokenizerError(f"{path}: BPE option {option}={model[option]!r} is not supported")
-    if model.get("dropout"):
-        raise TokenizerError(f"{path}: BPE dropout makes encoding random; it is not supported")
-
-    specials = {tok["content"]: tok["id"] for tok in spec.get("added_tokens", [])}
-    vocab: dict[str, int] = model["vocab"]
-    merges = _merges(model)
-    normalizer = Normalizer(_flatten(spec.get("normalizer"), "normalizers"))
-    pre_tokenizers = _flatten(spec.get("pre_tokenizer"), "pretokenizers")
-    kinds = [p["type"] for p in pre_tokenizers]
+    top = Place(path)
+    model = get(spec, "model", dict, top)
+    _check_bpe_options(model, top["model"])
+    vocab = check_vocab(get(model, "vocab", dict, top["model"]), top["model"]["vocab"])
+    merges = _merges(model, top["model"])
+    specials = _added_tokens(spec, top, vocab)
+    normalizer = Normalizer(_steps(spec, "normalizer", "normalizers", top))
+    pre_tokenizers = _steps(spec, "pre_tokenizer", "pretokenizers", top)
+    decoders = _steps(spec, "decoder", "decoders", top)
+    if not decoders:
+        raise top["decoder"].error("is missing: tokens would decode as their raw strings, which nanollm does not do")
+    kinds = [step["type"] for step, _ in pre_tokenizers]
 
     if "ByteLevel" in kinds:
-        bpe_model, decode_rules = _byte_level(path, vocab, merges, pre_tokenizers, specials, model)
+        bpe_model, decode_rules = _byte_level(vocab, merges, pre_tokenizers, decoders, specials, model)
         encoder = bpe_model if not normalizer.steps else NormalizedByteLevel(normalizer, bpe_model)
-    elif set(kinds) <= {"Metaspace"}:
-        metaspace = pre_tokenizers[0] if pre_tokenizers else None
-        encoder, decode_rules = _metaspace(path, vocab, merges, normalizer, metaspace, specials, model, spec)
+    elif kinds in ([], ["Metaspace"]):
+        metaspace = _metaspace_settings(*pre_tokenizers[0]) if pre_tokenizers else None
+        encoder, decode_rules = _metaspace(vocab, merges, normalizer, metaspace, decoders, specials, model, top)
     else:
-        raise TokenizerError(f"{path}: pre-tokenizers {kinds} are not supported")
+        raise top["pre_tokenizer"].error(f"is {kinds}: nanollm supports [Split,] ByteLevel or a single Metaspace")
 
-    prefix, suffix = _template(spec.get("post_processor"), specials, path)
+    prefix, suffix = _template(spec, top, decode_rules)
     return {"model": encoder, "decode_rules": decode_rules, "special_tokens": specials,
             "prompt_prefix": prefix, "prompt_suffix": suffix}
 
 
-def _byte_level(path, vocab, merges, pre_tokenizers, specials, model):
-    pattern = None
-    add_prefix_space = False
-    for step in pre_tokenizers:
-        if step["type"] == "Split":
-            if step.get("behavior", "Isolated") != "Isolated" or step.get("invert", False):
-                raise TokenizerError(f"{path}: Split pre-tokenizer with behavior={step.get('behavior')!r} "
-                                     f"invert={step.get('invert')} is not supported")
-            if pattern is not None:
-                raise TokenizerError(f"{path}: more than one splitting pre-tokenizer is not supported")
-            text, is_regex = _pattern_text(step["pattern"])
-            pattern = text if is_regex else regex.escape(text)
-        elif step["type"] == "ByteLevel":
-            add_prefix_space = bool(step.get("add_prefix_space", False))
-            if step.get("use_regex", True):
-                if pattern is not None:
-                    raise TokenizerError(f"{path}: a Split regex followed by ByteLevel(use_regex) is not supported")
-                pattern = GPT2_PATTERN
+def _byte_level_pattern(pre_tokenizers: list[tuple[dict, Place]]) -> tuple[str, str, bool]:
+    """The one splitting regex of a byte-level pipeline: an optional Split (Isolated, not inverted), then ByteLevel,
+    last, with its own GPT-2 regex only when no Split came before. -> (pattern, its origin, add_prefix_space)."""
+    *splits, (byte_level, place) = pre_tokenizers
+    if byte_level["type"] != "ByteLevel":
+        raise place["type"].error(f"is {byte_level['type']!r}: ByteLevel must be the last pre-tokenizer")
+    if len(splits) > 1:
+        raise splits[1][1].error("is a second pre-tokenizer before ByteLevel; at most one Split is supported")
+    pattern = origin = None
+    for step, at in splits:
+        if step["type"] != "Split":
+            raise at["type"].error(f"is {step['type']!r}; before ByteLevel only a Split pre-tokenizer is supported")
+        behavior, invert = get(step, "behavior", str, at), get(step, "invert", bool, at)
+        if behavior != "Isolated" or invert:
+            raise at.error(f"has behavior={behavior!r}, invert={invert}; only Isolated, not inverted, is supported")
+        text, is_regex, pattern_place = _pattern(step, at)
+        pattern, origin = (text if is_regex else regex.escape(text)), str(pattern_place)
+    add_prefix_space = get(byte_level, "add_prefix_space", bool, place)
+    get(byte_level, "trim_offsets", bool, place)  # offsets only: no effect on ids
+    if get(byte_level, "use_regex", bool, place, True):
+        if pattern is not None:
+            raise place["use_regex"].error("is true after a Split regex: two splitting regexes are not supported")
+        pattern, origin = GPT2_PATTERN, f"{place} (GPT-2's pattern)"
     if pattern is None:
-        raise TokenizerError(f"{path}: ByteLevel without a splitting regex is not supported")
+        raise place.error("has use_regex false and no Split before it: nothing splits the text into words")
+    return pattern, origin, add_prefix_space
+
+
+def _byte_level(vocab, merges, pre_tokenizers, decoders, specials, model):
+    pattern, origin, add_prefix_space = _byte_level_pattern(pre_tokenizers)
+    for step, place in decoders:
+        if step["type"] != "ByteLevel":
+            raise place["type"].error(f"is {step['type']!r}; a byte-level tokenizer must decode with ByteLevel")
     bpe = from_string_vocab(
         vocab,
         merges,
         pattern=pattern,
-        whole_word_first=bool(model.get("ignore_merges", False)),
+        whole_word_first=model.get("ignore_merges", False),  # tokenizers: a word in the vocabulary is one token
         add_prefix_space=add_prefix_space,
-        skip=set(specials),
+        origin=origin,
     )
-    token_bytes = bpe.id_to_bytes()
-    for text, i in specials.items():
-        token_bytes[i] = text.encode("utf-8")
-    return bpe, DecodeRules(token_bytes)
+    # The ByteLevel decoder maps every token's string back to bytes, added tokens included.
+    return bpe, DecodeRules(vocab_token_bytes({**vocab, **specials}))
 
 
-def _metaspace(path, vocab, merges, normalizer, metaspace, specials, model, spec):
+def _metaspace(vocab, merges, normalizer, metaspace, decoders, specials, model, place):
     replacement = metaspace["replacement"] if metaspace else SPACE
     byte_ids = None
-    if model.get("byte_fallback"):
-        try:
-            byte_ids = [vocab[byte_piece(b)] for b in range(256)]
-        except KeyError as err:
-            raise TokenizerError(f"{path}: byte_fallback is on but {err.args[0]} is not in the vocabulary") from None
+    if model.get("byte_fallback", False):
+        missing = [byte_piece(b) for b in range(256) if byte_piece(b) not in vocab]
+        if missing:
+            raise place["model"]["byte_fallback"].error(f"is true but {missing[0]} is not in the vocabulary")
+        byte_ids = [vocab[byte_piece(b)] for b in range(256)]
     unk = model.get("unk_token")
-    unk_id = vocab.get(unk) if unk else None
+    if unk is not None and unk not in vocab:  # tokenizers fails on the first unknown character instead
+        raise place["model"]["unk_token"].error(f"is {unk!r}, which is not in the vocabulary")
+    if unk is None and byte_ids is None:  # tokenizers silently drops every character outside the vocabulary
+        raise place["model"].error("has neither byte_fallback nor an unk_token: a character outside the vocabulary "
+                                   "could not be encoded")
     pair_ranks = {}
     for rank, pair in enumerate(merges):
+        if pair[0] + pair[1] not in vocab:  # tokenizers refuses such a file too
+            raise place["model"]["merges"][rank].error(f"makes {pair[0] + pair[1]!r}, which is not in the vocabulary")
         pair_ranks.setdefault(pair, rank)
-    byte_values = {byte_piece(b): b for b in range(256)} if byte_ids is not None else {}
     bpe = PieceBPE(
-        piece_ids=vocab, pair_ranks=pair_ranks, byte_ids=byte_ids, unk_id=unk_id, fuse_unk=model.get("fuse_unk", False)
+        piece_ids=vocab, pair_ranks=pair_ranks, byte_ids=byte_ids, unk_id=vocab.get(unk),
+        fuse_unk=model.get("fuse_unk", False), whole_word_first=model.get("ignore_merges", False),
     )
     encoder = MetaspaceModel(normalizer, metaspace, bpe)
 
     # Decoding as sentencepiece does: "▁" is a space, byte pieces are bytes, special tokens show nothing, and the
     # leading space of the first piece goes when the decoder strips it (Strip decoder or Metaspace decoder).
-    decoders = _flatten(spec.get("decoder"), "decoders")
-    strip_first = any(
-        (d["type"] == "Strip" and d.get("start", 0) >= 1)
-        or (d["type"] == "Metaspace" and _prepend_scheme(d) != "never")
-        for d in decoders
-    )
+    strips = [_strips_first_space(step, at, replacement) for step, at in decoders]  # checks every step
+    strip_first = any(strips)
+    kinds = {step["type"] for step, _ in decoders}
+    if not kinds & {"Replace", "Metaspace"}:
+        raise place["decoder"].error(f"never turns {replacement!r} back into a space; nanollm always does")
+    if byte_ids is not None and "ByteFallback" not in kinds:
+        raise place["decoder"].error("has no ByteFallback step, so byte pieces would decode as their names")
+    byte_values = {byte_piece(b): b for b in range(256)} if byte_ids is not None else {}
     token_bytes, first = {}, {}
     for text, i in vocab.items():
         if text in byte_values:
@@ -246,27 +326,74 @@ def _metaspace(path, vocab, merges, normalizer, metaspace, specials, model, spec
     return encoder, DecodeRules(token_bytes, first, start_ids=frozenset(specials.values()), replace_per_byte=True)
 
 
-def _template(processor: dict | None, specials: dict[str, int], path) -> tuple[list[int], list[int]]:
-    """The ids a post-processor puts before and after a single sequence."""
+def _strips_first_space(step: dict, place: Place, replacement: str) -> bool:
+    """Check one decoder step of a Metaspace pipeline; True when it removes the first piece's leading space.
+
+    Supported are the steps whose effect ``_metaspace``'s decode rules reproduce: Replace(replacement -> " "),
+    ByteFallback, Fuse, Strip(" ", start 0 or 1, stop 0), Metaspace. Anything else is refused by name.
+    """
+    kind = step["type"]
+    if kind in ("ByteFallback", "Fuse"):
+        return False
+    if kind == "Replace":
+        target, is_regex, _ = _pattern(step, place)
+        if is_regex or target != replacement or get(step, "content", str, place) != " ":
+            raise place.error(f"must replace {replacement!r} with ' '; another Replace decoder is not supported")
+        return False
+    if kind == "Strip":
+        content, start, stop = (get(step, "content", str, place), get(step, "start", int, place),
+                                get(step, "stop", int, place))
+        if content != " " or start not in (0, 1) or stop != 0:
+            raise place.error(f"strips {content!r} start={start} stop={stop}; only ' ' start 0 or 1, stop 0 is supported")
+        return start == 1
+    if kind == "Metaspace":
+        return _metaspace_settings(step, place)["prepend_scheme"] != "never"
+    raise place["type"].error(f"is {kind!r}, a decoder nanollm does not support with Metaspace")
+
+
+def _template(spec: dict, top: Place, rules: DecodeRules) -> tuple[list[int], list[int]]:
+    """The ids a post-processor puts before and after a single sequence; each must be a token of this tokenizer
+    (tokenizers would hand any id on to the model)."""
     prefix: list[int] = []
     suffix: list[int] = []
-    for step in _flatten(processor, "processors"):
+    for step, place in _steps(spec, "post_processor", "processors", top):
         kind = step["type"]
         if kind == "TemplateProcessing":
             seen_sequence = False
-            ids_of = {name: entry["ids"] for name, entry in step.get("special_tokens", {}).items()}
-            for item in step["single"]:
+            ids_of = _template_ids(step, place)
+            for item, at in items(step, "single", dict, place):
                 if "Sequence" in item:
                     seen_sequence = True
                 elif "SpecialToken" in item:
-                    name = item["SpecialToken"]["id"]
+                    name = get(get(item, "SpecialToken", dict, at), "id", str, at["SpecialToken"])
                     if name not in ids_of:
-                        raise TokenizerError(f"{path}: template token {name!r} has no ids")
+                        raise at.error(f"names the template token {name!r}, which special_tokens does not define")
                     (suffix if seen_sequence else prefix).extend(ids_of[name])
+                else:
+                    raise at.error('must be {"Sequence": ...} or {"SpecialToken": ...}')
         elif kind in ("RobertaProcessing", "BertProcessing"):
-            prefix.append(step["cls"][1])
-            suffix.append(step["sep"][1])
-        elif kind != "ByteLevel":
-            raise TokenizerError(f"{path}: post-processor {kind!r} is not supported")
+            prefix.append(_token_pair_id(step, "cls", place))
+            suffix.append(_token_pair_id(step, "sep", place))
+        elif kind != "ByteLevel":  # ByteLevel's post-processing only adjusts offsets
+            raise place["type"].error(f"is {kind!r}, a post-processor nanollm does not support")
+    unknown = [i for i in prefix + suffix if i not in rules.token_bytes]
+    if unknown:
+        raise top["post_processor"].error(f"adds the id {unknown[0]}, which is not a token of this tokenizer")
     return prefix, suffix
 
+
+def _template_ids(step: dict, place: Place) -> dict[str, list[int]]:
+    """TemplateProcessing's special_tokens: {"<s>": {"id": "<s>", "ids": [1], ...}} -> {"<s>": [1]}."""
+    ids_of = {}
+    for name, entry in get(step, "special_tokens", dict, place).items():
+        at = place["special_tokens"][name]
+        ids_of[name] = [id_ for id_, _ in items(expect(entry, dict, at), "ids", int, at)]
+    return ids_of
+
+
+def _token_pair_id(step: dict, key: str, place: Place) -> int:
+    """RobertaProcessing's "cls": ["<s>", 0] -> 0."""
+    pair = get(step, key, list, place)
+    if len(pair) != 2 or not isinstance(pair[0], str):
+        raise place[key].error(f"must be [token, id], not {pair!r}")
+    return expect(pair[1], int, place[key][1])

@@ -27,32 +27,40 @@ not, as with tokenizer.json's added_tokens). ``_added_vocabulary`` rebuilds that
 The ids written in the files are not what decides: like tokenizers' ``AddedVocabulary.add_tokens``, a token already
 in vocab.json keeps its vocabulary id and any other takes the next free id. Files written by transformers agree
 with that, since their added ids count up from the vocabulary size. An added token decodes as Hugging Face's
-ByteLevel decoder makes it (``byte_level.token_text_bytes``). Not reproduced: the ``lstrip``/``rstrip``/
-``single_word`` flags (as in hf_json.py), and the two-pass matching that tokenizers does for ``normalized`` tokens,
-which differs from one longest-first pass only when a normalized and a non-normalized token overlap in the text.
+ByteLevel decoder makes it (``byte_level.token_text_bytes``). Not reproduced, and so refused by name when set: the
+``lstrip``/``rstrip``/``single_word`` flags (as in hf_json.py). Not reproduced: the two-pass matching that tokenizers
+does for ``normalized`` tokens, which differs from one longest-first pass only when a normalized and a
+non-normalized token overlap in the text.
+
+Every file is read through ``nanollm.files`` (regular files only), and a name that is present but is not a regular
+file (a FIFO, a device, a dangling link called tokenizer.json) is refused by name rather than skipped for the next
+format. Every key read from the settings files is checked for its type where it is read (``_check_settings``), and
+``from_pretrained`` loads the chosen file inside ``errors.blame``, so a malformed file is one TokenizerError naming it.
 
 Sources: transformers ``tokenization_utils_base.py`` (``_from_pretrained``), ``tokenization_utils_tokenizers.py``
 (``TokenizersBackend.__init__``), ``models/gpt2/tokenization_gpt2.py``; tokenizers ``added_vocabulary.rs``.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .byte_level import (
     TIKTOKEN_SPECIAL_TOKENS,
-    bytes_to_unicode,
     from_tiktoken_ranks,
     load_tiktoken_ranks,
     load_vocab_and_merges,
-    token_text_bytes,
+    vocab_token_bytes,
 )
 from .decoding import DecodeRules
-from .errors import TokenizerError, read_json_object
+from .errors import Place, TokenizerError, blame, check_vocab, expect, get, read_bytes, read_json_object, read_text
 from .hf_json import load_tokenizer_json
 from .saving import NANOLLM_TOKENIZER_FILE, load_nanollm_tokenizer
 from .sentencepiece import ModelProto, SentencePieceModel
+from .special import added_token_ids
 from .tokenizer import Tokenizer
 
+NoneType = type(None)
 _FORMATS = (
     (NANOLLM_TOKENIZER_FILE,),
     ("tokenizer.json",),
@@ -60,6 +68,7 @@ _FORMATS = (
     ("vocab.json", "merges.txt"),
     ("encoder.json", "vocab.bpe"),
 )
+_VOCAB_AND_MERGES = dict(names for names in _FORMATS if len(names) == 2)  # vocab file -> its merges file
 # transformers' named special tokens (PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES), in the order it adds them.
 _NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # GPT2Tokenizer's defaults for a name the config leaves out (an explicit null there means no such token).
@@ -69,7 +78,7 @@ _GPT2_DEFAULT_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|
 def load_tokenizer(directory) -> Tokenizer | None:
     """The tokenizer in ``directory``, or None when it holds no tokenizer files at all."""
     directory = Path(directory)
-    if not any(all((directory / name).is_file() for name in names) for names in _FORMATS) and not _tiktoken_files(
+    if not any(all(_present(directory / name) for name in names) for names in _FORMATS) and not _tiktoken_files(
         directory
     ):
         return None
@@ -77,28 +86,40 @@ def load_tokenizer(directory) -> Tokenizer | None:
 
 
 def from_pretrained(directory) -> Tokenizer:
-    """Load the tokenizer in ``directory``; TokenizerError names the directory when there is none."""
+    """Load the tokenizer in ``directory``; TokenizerError names the directory when there is none, and the file when
+    one is malformed (``errors.blame`` is the backstop for what the checks below do not name)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise TokenizerError(f"{directory} is not a directory")
-    config = _read_config(directory)
-    if (directory / NANOLLM_TOKENIZER_FILE).is_file():
-        return load_nanollm_tokenizer(directory / NANOLLM_TOKENIZER_FILE)
-    if (directory / "tokenizer.json").is_file():
-        parts = load_tokenizer_json(directory / "tokenizer.json")
-        return _finish(parts, config, default_bos=False, name="tokenizer.json", has_template=True)
-    if (directory / "tokenizer.model").is_file():
-        return _from_tokenizer_model(directory / "tokenizer.model", config)
-    for vocab_name, merges_name in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
-        if (directory / vocab_name).is_file() and (directory / merges_name).is_file():
-            return _from_vocab_and_merges(directory / vocab_name, directory / merges_name, config)
+    with blame(directory):  # each settings file's values are checked, naming it; this is only the backstop
+        config = _read_config(directory)
+    path, load = _chosen_file(directory)
+    with blame(path):
+        return load(path, config)
+
+
+def _chosen_file(directory: Path):
+    """The tokenizer file to load (the first present, in the module docstring's order) and the function loading it."""
+    for name, load in ((NANOLLM_TOKENIZER_FILE, lambda path, config: load_nanollm_tokenizer(path)),
+                       ("tokenizer.json", _from_tokenizer_json), ("tokenizer.model", _from_tokenizer_model)):
+        if _present(directory / name):
+            return directory / name, load
+    for vocab_name, merges_name in _VOCAB_AND_MERGES.items():
+        if _present(directory / vocab_name) and _present(directory / merges_name):
+            return directory / vocab_name, _from_vocab_and_merges
     tiktoken_files = _tiktoken_files(directory)
     if len(tiktoken_files) == 1:
-        return load_tiktoken(tiktoken_files[0], config=config)
+        return tiktoken_files[0], lambda path, config: load_tiktoken(path, config=config)
     if len(tiktoken_files) > 1:
         raise TokenizerError(f"{directory} holds several *.tiktoken files: {[f.name for f in tiktoken_files]}")
     expected = ", ".join(" + ".join(names) for names in _FORMATS) + ", *.tiktoken"
     raise TokenizerError(f"no tokenizer files in {directory} (looked for {expected})")
+
+
+def _present(path: Path) -> bool:
+    """Whether anything has this name: a FIFO or a dangling link called tokenizer.json is then refused when read
+    (``nanollm.files``), instead of being passed over for the next format as ``is_file()`` would."""
+    return os.path.lexists(path)
 
 
 def load_tiktoken(path, *, pattern: str | None = None, special_tokens: dict[str, int] | None = None,
@@ -111,10 +132,11 @@ def load_tiktoken(path, *, pattern: str | None = None, special_tokens: dict[str,
     """
     path = Path(path)
     name = _encoding_name(path.name)
-    model = from_tiktoken_ranks(load_tiktoken_ranks(path), pattern or name)
-    specials = dict(TIKTOKEN_SPECIAL_TOKENS.get(name, {}) if special_tokens is None else special_tokens)
-    parts = {"model": model, "decode_rules": _byte_rules(model, specials), "special_tokens": specials}
-    return _finish(parts, config or {}, default_bos=False, name=path.name, fallback_eos="<|endoftext|>")
+    with blame(path):
+        model = from_tiktoken_ranks(load_tiktoken_ranks(path), pattern or name, origin=f"{path}: pattern")
+        specials = dict(TIKTOKEN_SPECIAL_TOKENS.get(name, {}) if special_tokens is None else special_tokens)
+        parts = {"model": model, "decode_rules": _byte_rules(model, specials), "special_tokens": specials}
+        return _finish(parts, config or {}, default_bos=False, name=path.name, fallback_eos="<|endoftext|>")
 
 
 def _encoding_name(file_name: str) -> str:
@@ -128,9 +150,13 @@ def _tiktoken_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.tiktoken")) if directory.is_dir() else []
 
 
+def _from_tokenizer_json(path: Path, config: dict) -> Tokenizer:
+    return _finish(load_tokenizer_json(path), config, default_bos=False, name=path.name, has_template=True)
+
+
 def _from_tokenizer_model(path: Path, config: dict) -> Tokenizer:
     """tokenizer.model is a protobuf for SentencePiece models, but base64 text for Llama 3's tiktoken ranks."""
-    data = path.read_bytes()
+    data = read_bytes(path)
     first_line = data.split(b"\n", 1)[0].split()
     if len(first_line) == 2 and first_line[1].isdigit():
         specials = _added_tokens(config)
@@ -144,14 +170,13 @@ def _from_tokenizer_model(path: Path, config: dict) -> Tokenizer:
     return _finish(parts, config, default_bos=True, name=path.name, fallback_bos=bos, fallback_eos=eos)
 
 
-def _from_vocab_and_merges(vocab_path: Path, merges_path: Path, config: dict) -> Tokenizer:
+def _from_vocab_and_merges(vocab_path: Path, config: dict) -> Tokenizer:
     """GPT-2's two files plus the added tokens of the settings files, as transformers' GPT2Tokenizer loads them."""
-    model, vocab = load_vocab_and_merges(vocab_path, merges_path)
+    model, vocab = load_vocab_and_merges(vocab_path, vocab_path.with_name(_VOCAB_AND_MERGES[vocab_path.name]))
     named = {**_GPT2_DEFAULT_TOKENS, **{key: config[key] for key in _NAMED_TOKENS if key in config}}
     added = _added_vocabulary(config, vocab, named)
-    char_to_byte = {ch: b for b, ch in bytes_to_unicode().items()}
-    token_bytes = {i: token_text_bytes(text, char_to_byte=char_to_byte) for text, i in {**vocab, **added}.items()}
-    parts = {"model": model, "decode_rules": DecodeRules(token_bytes), "special_tokens": added}
+    parts = {"model": model, "decode_rules": DecodeRules(vocab_token_bytes({**vocab, **added})),
+             "special_tokens": added}
     return _finish(parts, {**config, **named}, default_bos=False, name=vocab_path.name)
 
 
@@ -160,28 +185,15 @@ def _added_vocabulary(config: dict, vocab: dict[str, int], named: dict) -> dict[
 
     ``named``: bos_token... -> token (a string, a {"content": ...} dict, or None), defaults already filled in.
     """
-    entries = sorted(((int(i), entry) for i, entry in config.get("added_tokens_decoder", {}).items()),
-                     key=lambda pair: pair[0])
+    entries = sorted(config.get("added_tokens_decoder", {}).items(), key=lambda pair: int(pair[0]))
     candidates = [_token_text(entry) for _, entry in entries]
     candidates += [_token_text(named.get(key)) for key in _NAMED_TOKENS]
     # Other *_token names become special tokens too when they hold a string or a serialized AddedToken.
     candidates += [_token_text(value) for key, value in config.items()
                    if key.endswith("_token") and key not in _NAMED_TOKENS
                    and (isinstance(value, str) or (isinstance(value, dict) and value.get("__type") == "AddedToken"))]
-    extras = config.get("extra_special_tokens") or []
-    candidates += [_token_text(value) for value in (extras.values() if isinstance(extras, dict) else extras)]
-
-    added: dict[str, int] = {}
-    for text in candidates:
-        if not text or text in added:  # tokenizers skips empty tokens; a repeated one keeps its first id
-            continue
-        if text in vocab:
-            added[text] = vocab[text]
-        else:
-            # tokenizers' rule for a new id: one past the largest added id, or the vocabulary size if that is larger.
-            largest = max(added.values(), default=-1)
-            added[text] = largest + 1 if largest >= len(vocab) else len(vocab)
-    return added
+    candidates += [_token_text(value) for value in _token_list(config.get("extra_special_tokens"))]
+    return added_token_ids(candidates, vocab)
 
 
 def _byte_rules(model, specials: dict[str, int]) -> DecodeRules:
@@ -201,8 +213,8 @@ def _finish(parts: dict, config: dict, *, default_bos: bool, name: str, has_temp
     eos_id = specials.get(eos_text) if eos_text else None
     if not has_template:
         # No post-processor said what surrounds a prompt: use add_bos_token / add_eos_token, else the format default.
-        add_bos = config.get("add_bos_token", default_bos)
-        add_eos = config.get("add_eos_token", False)
+        add_bos = default_bos if config.get("add_bos_token") is None else config["add_bos_token"]
+        add_eos = config.get("add_eos_token") or False
         parts["prompt_prefix"] = [bos_id] if add_bos and bos_id is not None else []
         parts["prompt_suffix"] = [eos_id] if add_eos and eos_id is not None else []
     return Tokenizer(
@@ -211,10 +223,17 @@ def _finish(parts: dict, config: dict, *, default_bos: bool, name: str, has_temp
 
 
 def _token_text(value) -> str | None:
-    """tokenizer_config.json writes a token as "<s>" or as {"content": "<s>", ...}."""
+    """tokenizer_config.json writes a token as "<s>" or as {"content": "<s>", ...} (checked by ``_check_token``)."""
     if isinstance(value, dict):
         return value.get("content")
     return value if isinstance(value, str) else None
+
+
+def _token_list(value) -> list:
+    """extra_special_tokens as a list of tokens: transformers 5 writes a list, or an object {name: token}."""
+    if isinstance(value, dict):
+        return list(value.values())
+    return list(value or [])
 
 
 def _added_tokens(config: dict) -> dict[str, int]:
@@ -229,26 +248,27 @@ def _read_config(directory: Path) -> dict:
     and added_tokens.json are not read at all; otherwise the map's entries override the config's (its
     ``extra_special_tokens`` list is appended to), and added_tokens.json becomes the ``added_tokens_decoder``.
     """
-    config = _read_json(directory / "tokenizer_config.json") or {}
+    config = _read_settings(directory / "tokenizer_config.json")
     _rename_additional_special_tokens(config)
     if "added_tokens_decoder" not in config:
-        for key, value in (_read_json(directory / "special_tokens_map.json") or {}).items():
+        for key, value in _read_settings(directory / "special_tokens_map.json").items():
             if key == "extra_special_tokens" and isinstance(value, list):
-                existing = list(config.get(key) or [])
+                existing = _token_list(config.get(key))
                 value = existing + [t for t in value if _token_text(t) not in map(_token_text, existing)]
             config[key] = value
         if "additional_special_tokens" in config and "extra_special_tokens" not in config:
             config["extra_special_tokens"] = config.pop("additional_special_tokens")
-        added_tokens = _read_json(directory / "added_tokens.json")  # token -> id
-        if added_tokens is not None:
-            config["added_tokens_decoder"] = {str(i): {"content": text} for text, i in added_tokens.items()}
+        path = directory / "added_tokens.json"
+        if _present(path):
+            added = check_vocab(read_json_object(path), Place(path))  # token -> id
+            config["added_tokens_decoder"] = {str(i): {"content": text} for text, i in added.items()}
     template = config.get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": "..."}, {"name": "tool_use", ...}]
-        by_name = {t.get("name"): t.get("template") for t in template}
+        by_name = {t["name"]: t["template"] for t in template}
         config["chat_template"] = by_name.get("default") or next(iter(by_name.values()), None)
     jinja = directory / "chat_template.jinja"
-    if jinja.is_file():
-        config["chat_template"] = jinja.read_text(encoding="utf-8")
+    if _present(jinja):
+        config["chat_template"] = read_text(jinja)
     return config
 
 
@@ -258,7 +278,45 @@ def _rename_additional_special_tokens(config: dict) -> None:
         config["extra_special_tokens"] = config.pop("additional_special_tokens")
 
 
-def _read_json(path: Path) -> dict | None:
-    """The JSON object in an optional file (tokenizer_config.json, special_tokens_map.json, added_tokens.json), or
-    None when it does not exist."""
-    return read_json_object(path) if path.is_file() else None
+def _read_settings(path: Path) -> dict:
+    """The object in an optional settings file (tokenizer_config.json, special_tokens_map.json), checked by
+    ``_check_settings``; {} when there is no such file."""
+    if not _present(path):
+        return {}
+    return _check_settings(read_json_object(path), Place(path))
+
+
+def _check_settings(settings: dict, place: Place) -> dict:
+    """Check the JSON type of every key of a settings file that nanollm reads, naming the file and key when wrong."""
+    for key, value in settings.items():
+        if key in _NAMED_TOKENS or (key.endswith("_token") and isinstance(value, dict)):
+            _check_token(value, place[key])
+    for key in ("add_bos_token", "add_eos_token"):
+        get(settings, key, (bool, NoneType), place, None)
+    for key, entry in get(settings, "added_tokens_decoder", dict, place, {}).items():
+        at = place["added_tokens_decoder"][key]
+        if not (key.isascii() and key.isdigit()):
+            raise place["added_tokens_decoder"].error(f"has the key {key!r}; its keys must be token ids")
+        _check_token(expect(entry, dict, at), at)
+        for flag in ("lstrip", "rstrip", "single_word"):
+            if get(entry, flag, bool, at, False):
+                raise at[flag].error("is true: nanollm does not implement this flag, and ignoring it would split the "
+                                     "text differently from transformers")
+    for key in ("extra_special_tokens", "additional_special_tokens"):
+        tokens = get(settings, key, (list, dict, NoneType), place, None)
+        for name, token in (tokens.items() if isinstance(tokens, dict) else enumerate(tokens or [])):
+            _check_token(token, place[key][name])
+    template = get(settings, "chat_template", (str, list, NoneType), place, None)
+    for k, entry in enumerate(template if isinstance(template, list) else []):  # [{"name": ..., "template": ...}]
+        at = place["chat_template"][k]
+        get(expect(entry, dict, at), "name", str, at)
+        get(entry, "template", str, at)
+    return settings
+
+
+def _check_token(value, place: Place) -> None:
+    """A token in a settings file: "<s>", null, or an AddedToken object {"content": "<s>", "special": true, ...}."""
+    if isinstance(value, dict):
+        get(value, "content", str, place)
+    else:
+        expect(value, (str, NoneType), place)

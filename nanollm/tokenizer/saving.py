@@ -20,7 +20,10 @@ The merge order is the priority order: merge i beats merge j when i < j, exactly
 
 The reader checks everything before a Tokenizer is built: each field's JSON type, that merges are numbered as above,
 that the pattern compiles, that special tokens have distinct ids above the ordinary ones, that BOS/EOS are special
-tokens. Any problem raises TokenizerError naming the file, never a traceback from deeper down at encode time.
+tokens. Any problem raises TokenizerError naming the file, never a traceback from deeper down at encode time; the
+pattern runs under a time limit (``guards.py``) and a pattern that exceeds it is refused naming the file. The file is
+read and written through ``nanollm.files``: only a regular file is read, and a save replaces the old file atomically
+(a crash leaves the old file or the new one, never half of one).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import files
 from .byte_level import ByteLevelBPE, compile_pattern
 from .decoding import DecodeRules
 from .errors import TokenizerError
@@ -84,7 +88,8 @@ class BPEMerges:
             raise TokenizerError("add_bos_token is true but there is no bos_token")
         return table
 
-    def tokenizer(self, name: str = "nanollm BPE"):
+    def tokenizer(self, name: str = "nanollm BPE", origin: str = "pattern"):
+        """A Tokenizer; ``origin`` says where the pattern came from, for the message if it runs out of time."""
         from .tokenizer import Tokenizer
 
         table = self.check()
@@ -92,7 +97,8 @@ class BPEMerges:
         pair_ranks = {}
         for rank, (left, right, _) in enumerate(self.merges):
             pair_ranks.setdefault((table[left], table[right]), rank)
-        model = ByteLevelBPE(token_ids=token_ids, pair_ranks=pair_ranks, pattern=self.pattern, whole_word_first=False)
+        model = ByteLevelBPE(token_ids=token_ids, pair_ranks=pair_ranks, pattern=self.pattern, whole_word_first=False,
+                             origin=origin)
         decode_table = dict(table)
         for text, i in self.special_tokens.items():
             decode_table[i] = text.encode("utf-8")
@@ -108,8 +114,9 @@ class BPEMerges:
             name=name,
         )
 
-    def save(self, directory) -> Path:
-        """Write ``directory/nanollm_tokenizer.json`` (creating the directory) and return its path."""
+    def save(self, directory, *, inputs=()) -> Path:
+        """Write ``directory/nanollm_tokenizer.json`` atomically (creating the directory) and return its path.
+        ``inputs``: files the tokenizer was made from, refused as the target (``nanollm.files.atomic_write``)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         record = {
@@ -124,7 +131,7 @@ class BPEMerges:
             "add_bos_token": self.add_bos_token,
         }
         path = directory / NANOLLM_TOKENIZER_FILE
-        path.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        files.write_text(path, json.dumps(record, ensure_ascii=False, indent=1) + "\n", inputs=inputs)
         return path
 
     @classmethod
@@ -132,12 +139,12 @@ class BPEMerges:
         """Read and check ``nanollm_tokenizer.json``; any problem with it raises TokenizerError naming the file."""
         path = Path(path)
         try:
-            record = json.loads(path.read_bytes().decode("utf-8"))
+            record = json.loads(files.read_bytes(path).decode("utf-8"))
         except OSError as err:
             raise TokenizerError(f"cannot read {path}: {err}") from None
         except UnicodeDecodeError as err:
             raise TokenizerError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
             raise TokenizerError(f"{path} is not valid JSON: {err}") from None
         try:
             merges = _from_record(record)
@@ -198,4 +205,4 @@ def _encodes_as_utf8(text: str) -> bool:
 
 def load_nanollm_tokenizer(path):
     """Read ``nanollm_tokenizer.json`` into a Tokenizer."""
-    return BPEMerges.load(path).tokenizer(name=Path(path).name)
+    return BPEMerges.load(path).tokenizer(name=Path(path).name, origin=f"{path}: pattern")

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import regex
 
 from .bpe import bpe_merge, pair_ranks_from_token_ranks
 from .decoding import DecodeRules
 from .errors import TokenizerError
+from .guards import repair_surrogates
 
 SPACE = "\u2581"  # "▁", LOWER ONE EIGHTH BLOCK: SentencePiece's visible stand-in for a space
 
@@ -164,7 +164,7 @@ def _parse_piece(data: bytes) -> Piece:
     piece = Piece(text="")
     for number, wire_type, value in read_fields(data):
         if number == 1 and wire_type == WIRE_LENGTH:
-            piece.text = value.decode("utf-8")
+            piece.text = _utf8(value, "a piece")
         elif number == 2 and wire_type == WIRE_FIXED32:
             piece.score = struct.unpack("<f", value)[0]
         elif number == 3 and wire_type == WIRE_VARINT:
@@ -182,9 +182,16 @@ def _parse_scalars(data: bytes, fields: dict, out: dict) -> None:
         elif kind == "bool" and wire_type == WIRE_VARINT:
             out[name] = bool(value)
         elif kind == "str" and wire_type == WIRE_LENGTH:
-            out[name] = value.decode("utf-8")
+            out[name] = _utf8(value, name)
         elif kind == "bytes" and wire_type == WIRE_LENGTH:
             out[name] = bytes(value)
+
+
+def _utf8(value: bytes, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TokenizerError(f"malformed SentencePiece model: {what} is not UTF-8 ({err})") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -205,6 +212,7 @@ class PieceBPE:
     ``unk_id``: the id for characters with no piece when there is no byte fallback.
     ``fuse_unk``: a run of unknown characters becomes one <unk> (sentencepiece always does this).
     ``user_defined``: pieces matched whole before merging and never merged further.
+    ``whole_word_first``: a word that is itself a piece is that piece, unmerged (tokenizers' ``ignore_merges``).
 
     Speed: when no piece has "▁" right after another character (true of Llama's vocabulary, whose trainer split at
     whitespace), no merge can cross the start of a "▁..." word, so each word is merged alone and cached, exactly as
@@ -220,12 +228,14 @@ class PieceBPE:
         unk_id: int | None,
         user_defined: tuple[str, ...] = (),
         fuse_unk: bool = True,
+        whole_word_first: bool = False,
     ):
         self.piece_ids = piece_ids
         self.pair_ranks = pair_ranks
         self.byte_ids = byte_ids
         self.unk_id = unk_id
         self.fuse_unk = fuse_unk
+        self.whole_word_first = whole_word_first
         self._user_defined = regex.compile(
             "(" + "|".join(regex.escape(p) for p in sorted(user_defined, key=lambda p: (-len(p), p))) + ")"
         ) if user_defined else None
@@ -234,6 +244,8 @@ class PieceBPE:
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def encode(self, text: str) -> list[int]:
+        if self.whole_word_first and text in self.piece_ids:
+            return [self.piece_ids[text]]
         ids: list[int] = []
         if self._user_defined is None:
             self._encode_run(text, ids)
@@ -319,6 +331,9 @@ class SentencePieceModel:
             except KeyError as err:
                 raise TokenizerError(f"byte_fallback is on but piece {err.args[0]} is missing") from None
         unk_id = trainer["unk_id"] if 0 <= trainer["unk_id"] < len(pieces) else None
+        if unk_id is None and byte_ids is None:
+            raise TokenizerError(f"unk_id {trainer['unk_id']} names no piece and there is no byte fallback: a "
+                                 "character outside the vocabulary could not be encoded")
         self.bpe = PieceBPE(
             piece_ids=mergeable,
             pair_ranks=pair_ranks_from_token_ranks(scores),
@@ -352,7 +367,7 @@ class SentencePieceModel:
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         """Ids for ``text``; ``at_start`` False (text that follows a special token) skips the dummy prefix."""
-        return self.bpe.encode(self.normalize(text, at_start))
+        return self.bpe.encode(self.normalize(repair_surrogates(text), at_start))
 
     def decode_rules(self) -> DecodeRules:
         """Pieces show "▁" as a space, byte pieces their byte, control pieces nothing, <unk> its surface " ⁇ "."""
@@ -365,7 +380,7 @@ class SentencePieceModel:
             elif piece.type == UNKNOWN:
                 token_bytes[i] = self.unk_surface.encode("utf-8")
             elif piece.type == BYTE:
-                token_bytes[i] = bytes([int(piece.text[3:5], 16)])
+                token_bytes[i] = bytes([_byte_value(piece.text)])
             else:
                 token_bytes[i] = piece.text.replace(SPACE, " ").encode("utf-8")
                 if strip_first and piece.text.startswith(SPACE):
@@ -375,5 +390,8 @@ class SentencePieceModel:
         return DecodeRules(token_bytes, first, start_ids=frozenset(keep_start), replace_per_byte=True)
 
 
-def load_sentencepiece(path: str | Path) -> SentencePieceModel:
-    return SentencePieceModel(ModelProto.parse(Path(path).read_bytes()))
+def _byte_value(text: str) -> int:
+    """A byte piece's byte: "<0x0A>" -> 10."""
+    if not regex.fullmatch(r"<0x[0-9A-F]{2}>", text):
+        raise TokenizerError(f"malformed SentencePiece model: byte piece {text!r} is not named <0x00>..<0xFF>")
+    return int(text[3:5], 16)

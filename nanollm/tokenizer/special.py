@@ -45,6 +45,27 @@ def resolve_policy(
     return allowed, disallowed
 
 
+def added_token_ids(texts, vocab: dict[str, int]) -> dict[str, int]:
+    """content -> id for added tokens, in order, by tokenizers' rule (``AddedVocabulary.add_tokens``): a token already
+    in the vocabulary keeps its id; any other takes one past the largest added id, or the vocabulary's size (its
+    number of entries) if that is larger. An empty token is skipped, as tokenizers skips it: the regex that cuts added
+    tokens out of text would otherwise match the empty string between every two characters. A repeated token keeps
+    its first id.
+
+    Example: vocab {"a": 0, "b": 1}, texts ["<s>", "b", "", "</s>", "<s>"] -> {"<s>": 2, "b": 1, "</s>": 3}.
+    """
+    added: dict[str, int] = {}
+    for text in texts:
+        if not text or text in added:
+            continue
+        if text in vocab:
+            added[text] = vocab[text]
+        else:
+            largest = max(added.values(), default=-1)
+            added[text] = largest + 1 if largest >= len(vocab) else len(vocab)
+    return added
+
+
 def special_regex(tokens: Collection[str]) -> regex.Pattern | None:
     """A regex matching any of ``tokens``, longest first so "<|im_start|>" wins over a prefix of it."""
     if not tokens:

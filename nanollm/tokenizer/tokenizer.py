@@ -49,7 +49,9 @@ class Tokenizer:
     ):
         self.model = model
         self.decode_rules = decode_rules
-        self.special_tokens: dict[str, int] = dict(special_tokens or {})
+        # An empty special token is dropped, as tokenizers drops an empty added token: the regex that cuts special
+        # tokens out of text would match it between every two characters.
+        self.special_tokens: dict[str, int] = {text: i for text, i in (special_tokens or {}).items() if text}
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.prompt_prefix = tuple(prompt_prefix)

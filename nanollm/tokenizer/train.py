@@ -54,7 +54,7 @@ def train_bpe(
     if vocab_size < 256 + len(special_tokens):
         raise TokenizerError(f"vocab_size must be at least 256 + {len(special_tokens)} special tokens")
     pattern = resolve_pattern(pattern)
-    splitter = compile_pattern(pattern)
+    splitter = compile_pattern(pattern, origin="training")  # runs under guards.py's time limit
     words_in_order = splitter.findall(text)
     _check_pattern_covers(splitter, text, words_in_order)
     word_counts = Counter(words_in_order)
