@@ -119,12 +119,13 @@ def resolve_pattern(pattern: str) -> str:
 
 
 def compile_regex(pattern: str, origin: str) -> TimedPattern:
-    """Compile a regex from a file or a flag (``origin`` says which, for messages) to run under a time limit
-    (``guards.py``), or raise TokenizerError saying why it cannot be one."""
+    """Compile a regex from a file or a flag (``origin`` says which, for messages) to run under a time limit, unless
+    it is one of the ``NAMED_PATTERNS`` nanollm ships and has measured (``guards.py``); or raise TokenizerError saying
+    why it cannot be a regex."""
     if not isinstance(pattern, str):
         raise TokenizerError(f"{origin}: a pattern must be a string, not {type(pattern).__name__}")
     try:
-        return TimedPattern(regex.compile(pattern), origin)
+        return TimedPattern(regex.compile(pattern), origin, limited=pattern not in NAMED_PATTERNS.values())
     except (regex.error, RecursionError, OverflowError) as err:  # RecursionError: thousands of nested groups
         raise TokenizerError(f"{origin}: pattern {pattern[:80]!r} is not a valid regex: {err}") from None
 
