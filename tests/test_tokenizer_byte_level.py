@@ -158,6 +158,29 @@ def test_cl100k_special_tokens_and_vocab_size_match_tiktoken(cl100k, tiktoken_cl
     assert cl100k.token_count("hello world") == 2
 
 
+# -- surrogates (issue 9): a str that is not valid Unicode is encoded as tiktoken encodes it -------------------------
+
+# Lone high and low surrogates, valid pairs (👍 = D83D DC4D; U+10FFFF = DBFF DFFF), and a pair written backwards.
+SURROGATES = ["\ud83d", "\udc4d", "\ud83d\udc4d", "\ud800", "\udfff", "\udbff\udfff", "\udc4d\ud83d"]
+surrogate_text = st.lists(st.one_of(assigned_text, tricky_text, st.sampled_from(SURROGATES + ["<|endoftext|>"])),
+                          max_size=8).map("".join)
+
+
+def test_surrogates_hand_checked(gpt2, tiktoken_gpt2):
+    """A pair is joined into the character it stands for, a lone surrogate becomes U+FFFD: never UnicodeEncodeError
+    (the error it was before)."""
+    assert gpt2.encode("\ud83d\udc4d") == gpt2.encode("👍") == tiktoken_gpt2.encode("\ud83d\udc4d")
+    assert gpt2.encode("a\ud83d") == gpt2.encode("a\ufffd") == tiktoken_gpt2.encode("a\ud83d")
+
+
+@settings(max_examples=100)
+@given(surrogate_text)
+def test_surrogates_encode_as_tiktoken_does(gpt2, tiktoken_gpt2, cl100k, tiktoken_cl100k, text):
+    for ours, theirs in ((gpt2, tiktoken_gpt2), (cl100k, tiktoken_cl100k)):
+        assert ours.encode(text) == theirs.encode_ordinary(text)
+        assert ours.encode(text, allowed_special="all") == theirs.encode(text, allowed_special="all")
+
+
 # -- special tokens ----------------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from nanollm.tokenizer import Tokenizer, TokenizerError
 from nanollm.tokenizer.sentencepiece import ModelProto, read_fields, read_varint
 from tests.conftest import shared_file
-from tests.test_tokenizer_byte_level import EDGE_CASES, tricky_text
+from tests.test_tokenizer_byte_level import EDGE_CASES, surrogate_text, tricky_text
 
 spm = pytest.importorskip("sentencepiece")
 
@@ -90,6 +90,16 @@ def test_random_text_matches_sentencepiece(llama, sp, text):
     assert llama.encode_prompt(text) == sp.encode(text, add_bos=True)
     if sp.decode(sp.encode(text)) == text:
         assert llama.decode(ids) == text
+
+
+@settings(max_examples=60)
+@given(surrogate_text)
+def test_surrogates_encode_as_their_repaired_text(llama, sp, text):
+    """The sentencepiece package cannot take a str with surrogates at all; nanollm applies tiktoken's rule (a pair
+    joined, a lone one U+FFFD: guards.repair_surrogates) in every format, so the ids are those of the repaired text."""
+    repaired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    assert llama.encode(text) == sp.encode(repaired)
+    assert llama.encode_prompt(text) == sp.encode(repaired, add_bos=True)
 
 
 def test_byte_fallback_for_characters_without_a_piece(llama, sp):
