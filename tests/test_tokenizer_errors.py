@@ -39,14 +39,14 @@ def test_saved_file_that_is_not_utf8(tmp_path):
     """Byte 0xFF never occurs in UTF-8; before the fix this was a UnicodeDecodeError traceback."""
     path, _ = _saved_record(tmp_path)
     path.write_bytes(b'{"format": "\xff"}')
-    with pytest.raises(TokenizerError, match=r"nanollm_tokenizer\.json is not UTF-8 text \(byte 12"):
+    with pytest.raises(TokenizerError, match=r"nanollm_tokenizer\.json is not UTF-8 text \(byte 0xff at offset 12"):
         BPEMerges.load(path)
 
 
 @pytest.mark.parametrize("pattern, message", [
     ("(", "not a valid regex: missing \\)"),
     ("(a)|.", "1 capturing group"),  # findall would return the group, "" for every "." match, and drop text
-    (5, '"pattern" should be a string'),
+    (5, "pattern must be a string, not the integer 5"),
 ])
 def test_saved_file_with_bad_pattern_fails_at_load(tmp_path, pattern, message):
     """Refused by BPEMerges.load itself, with the file's name, before any Tokenizer is built or any text encoded."""
@@ -58,24 +58,25 @@ def test_saved_file_with_bad_pattern_fails_at_load(tmp_path, pattern, message):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("version", True, "version True"),  # True == 1 in Python, but it is not the integer 1
-    ("version", 1.0, "version 1.0"),
-    ("type", "unigram", "unknown tokenizer type"),
-    ("merges", {"97": 97}, '"merges" should be a list'),
-    ("merges", [[97, 97]], '"merges" should be a list'),
-    ("merges", [[97.0, 97, 256]], '"merges" should be a list'),  # 97.0 == 97 as a dict key: floats must not pass
+    ("version", True, "version must be an integer, not the boolean True"),  # True == 1 in Python, but not 1
+    ("version", 1.0, "version must be an integer, not the number 1.0"),
+    ("version", 2, "version is 2; this nanollm reads version 1"),
+    ("type", "unigram", "type is 'unigram', an unknown tokenizer type"),
+    ("merges", {"97": 97}, "merges must be a list, not an object"),
+    ("merges", [[97, 97]], r"merges\[0\] must be \[left id, right id, result id\]"),
+    ("merges", [[97.0, 97, 256]], r"merges\[0\] must be"),  # 97.0 == 97 as a dict key: floats must not pass
     ("merges", [[97, 97, 256], [97, 98, 300]], "the next new id should be 257"),
     ("merges", [[97, 700, 256]], "uses an id no earlier merge defined"),
     ("merges", [[97, 97, 256], [97, 98, 256]], "id 256 already means b'aa'"),
-    ("special_tokens", ["<s>"], '"special_tokens" should map'),
-    ("special_tokens", {"<s>": 259, "</s>": -1}, '"special_tokens" should map'),
-    ("special_tokens", {"<s>": 259, "</s>": 259}, "'<s>' and '</s>' share id 259"),
+    ("special_tokens", ["<s>"], "special_tokens must be an object, not a list"),
+    ("special_tokens", {"<s>": 259, "</s>": -1}, "special_tokens.</s> must be an id"),
+    ("special_tokens", {"<s>": 259, "</s>": 259}, "special_tokens gives id 259 to both '<s>' and '</s>'"),
     ("special_tokens", {"<s>": 259, "</s>": 97}, "reuses id 97"),
     ("special_tokens", {"<s>": 259, "</s>": 260, "": 261}, "empty string"),
     ("special_tokens", {"<s>": 259, "</s>": 260, "\ud800": 261}, "lone surrogate"),
-    ("bos_token", 259, '"bos_token" should be a string or null'),
+    ("bos_token", 259, "bos_token must be a string or null, not the integer 259"),
     ("eos_token", "<eos>", "eos_token '<eos>' is not one of the special tokens"),
-    ("add_bos_token", "yes", '"add_bos_token" should be true or false'),
+    ("add_bos_token", "yes", "add_bos_token must be true or false, not the string 'yes'"),
 ])
 def test_saved_file_with_malformed_field(tmp_path, field, value, message):
     path, record = _saved_record(tmp_path)
@@ -89,7 +90,7 @@ def test_saved_file_missing_a_required_field(tmp_path):
     path, record = _saved_record(tmp_path)
     del record["merges"]
     path.write_text(json.dumps(record), encoding="utf-8")
-    with pytest.raises(TokenizerError, match='no "merges" field'):
+    with pytest.raises(TokenizerError, match=r"nanollm_tokenizer\.json: merges is missing"):
         BPEMerges.load(path)
 
 

@@ -111,7 +111,7 @@ def test_file_format_is_checked(tmp_path):
     assert record["format"] == "nanollm-tokenizer" and record["version"] == 1
     record["version"] = 99
     path.write_text(json.dumps(record))
-    with pytest.raises(TokenizerError, match="version 99"):
+    with pytest.raises(TokenizerError, match="version is 99; this nanollm reads version 1"):
         load_tokenizer(tmp_path)
 
 

@@ -34,11 +34,12 @@ from pathlib import Path
 from .. import files
 from .byte_level import ByteLevelBPE, compile_pattern
 from .decoding import DecodeRules
-from .errors import TokenizerError
+from .errors import Place, TokenizerError, blame, check_vocab, get, read_json_object
 
 NANOLLM_TOKENIZER_FILE = "nanollm_tokenizer.json"
 FORMAT_NAME = "nanollm-tokenizer"
 FORMAT_VERSION = 1
+NoneType = type(None)
 
 
 @dataclass
@@ -138,56 +139,35 @@ class BPEMerges:
     def load(cls, path) -> "BPEMerges":
         """Read and check ``nanollm_tokenizer.json``; any problem with it raises TokenizerError naming the file."""
         path = Path(path)
-        try:
-            record = json.loads(files.read_bytes(path).decode("utf-8"))
-        except OSError as err:
-            raise TokenizerError(f"cannot read {path}: {err}") from None
-        except UnicodeDecodeError as err:
-            raise TokenizerError(f"{path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
-        except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: JSON nested thousands deep
-            raise TokenizerError(f"{path} is not valid JSON: {err}") from None
-        try:
-            merges = _from_record(record)
+        record = read_json_object(path)
+        with blame(path):
+            merges = _from_record(record, Place(path))
             merges.check()
-        except TokenizerError as err:
-            raise TokenizerError(f"{path}: {err}") from None
         return merges
 
 
-def _from_record(record) -> BPEMerges:
+def _from_record(record: dict, place: Place) -> BPEMerges:
     """A BPEMerges from the parsed JSON, refusing any field of the wrong JSON type (a float or a bool is not an id)."""
-    if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
-        raise TokenizerError(f'not a nanollm tokenizer file (no "format": "{FORMAT_NAME}")')
-    version = record.get("version")
-    if not _is_id(version) or version != FORMAT_VERSION:
-        raise TokenizerError(f"version {version!r}; this nanollm reads version {FORMAT_VERSION}")
-    if record.get("type") != "byte_level_bpe":
-        raise TokenizerError(f"unknown tokenizer type {record.get('type')!r}")
-    for key in ("pattern", "merges"):
-        if key not in record:
-            raise TokenizerError(f'no "{key}" field')
-    if not isinstance(record["pattern"], str):
-        raise TokenizerError(f'"pattern" should be a string, not {record["pattern"]!r}')
-    merges = record["merges"]
-    if not isinstance(merges, list) or not all(
-        isinstance(m, list) and len(m) == 3 and all(map(_is_id, m)) for m in merges
-    ):
-        raise TokenizerError('"merges" should be a list of [left id, right id, result id] triples of integers >= 0')
-    specials = record.get("special_tokens", {})
-    if not isinstance(specials, dict) or not all(map(_is_id, specials.values())):
-        raise TokenizerError('"special_tokens" should map token text to an integer id >= 0')
-    for key in ("bos_token", "eos_token"):
-        if record.get(key) is not None and not isinstance(record[key], str):
-            raise TokenizerError(f'"{key}" should be a string or null, not {record[key]!r}')
-    if not isinstance(record.get("add_bos_token", False), bool):
-        raise TokenizerError(f'"add_bos_token" should be true or false, not {record["add_bos_token"]!r}')
+    if record.get("format") != FORMAT_NAME:
+        raise place.error(f'is not a nanollm tokenizer file (no "format": "{FORMAT_NAME}")')
+    version = get(record, "version", int, place)
+    if version != FORMAT_VERSION:
+        raise place["version"].error(f"is {version}; this nanollm reads version {FORMAT_VERSION}")
+    kind = get(record, "type", str, place)
+    if kind != "byte_level_bpe":
+        raise place["type"].error(f"is {kind!r}, an unknown tokenizer type")
+    merges = get(record, "merges", list, place)
+    for i, merge in enumerate(merges):
+        if not (isinstance(merge, list) and len(merge) == 3 and all(map(_is_id, merge))):
+            raise place["merges"][i].error(f"must be [left id, right id, result id], integers >= 0, not {merge!r}")
+    bos_token, eos_token = (get(record, key, (str, NoneType), place, None) for key in ("bos_token", "eos_token"))
     return BPEMerges(
-        pattern=record["pattern"],
+        pattern=get(record, "pattern", str, place),
         merges=[(a, b, c) for a, b, c in merges],
-        special_tokens=dict(specials),
-        bos_token=record.get("bos_token"),
-        eos_token=record.get("eos_token"),
-        add_bos_token=record.get("add_bos_token", False),
+        special_tokens=dict(check_vocab(get(record, "special_tokens", dict, place, {}), place["special_tokens"])),
+        bos_token=bos_token,
+        eos_token=eos_token,
+        add_bos_token=get(record, "add_bos_token", bool, place, False),
     )
 
 
