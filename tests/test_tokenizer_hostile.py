@@ -338,6 +338,8 @@ _json_values = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
+
+
 def _paths(node, path=()):
     """Every place in a JSON tree, descending into only the first 3 entries of big containers (vocab, merges)."""
     yield path
@@ -403,6 +405,8 @@ def test_damaged_settings_file_loads_or_names_the_file(tmp_path_factory, name, d
 
 def test_fuzz_bases_are_valid(tmp_path):
     """The undamaged files the fuzzers start from load (so the fuzzers test damage, not a broken base)."""
+    for which, spec in (("byte_level", byte_level_spec()), ("metaspace", metaspace_spec())):
+        assert isinstance(load_or_refuse(write_spec(tmp_path / which, spec), "tokenizer.json"), Tokenizer)
     for name, content in SETTINGS.items():
         directory = write_vocab_and_merges(tmp_path / name)
         (directory / name).write_text(json.dumps(content))
