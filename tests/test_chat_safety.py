@@ -40,9 +40,16 @@ def real(request):
     return tok, chat_template_for(tok), text_decodes
 
 
-def special_ids(tok, ids) -> list[int]:
-    specials = set(tok.special_tokens.values())
-    return [i for i in ids if i in specials]
+@pytest.fixture(scope="module")
+def control_ids(real):
+    """The ids only a special token can produce: plain text spelling the token encodes to something else. (Gemma 3
+    also adds "\n\n" and other whitespace runs as tokens, which ordinary text rightly encodes to the same id.)"""
+    tok = real[0]
+    return {i for text, i in tok.special_tokens.items() if tok.encode(text) != [i]}
+
+
+def special_ids(ids, control) -> list[int]:
+    return [i for i in ids if i in control]
 
 
 def conversation(system: str, user: str, assistant: str, last: str) -> list[dict]:
@@ -50,10 +57,10 @@ def conversation(system: str, user: str, assistant: str, last: str) -> list[dict
             {"role": "assistant", "content": assistant}, {"role": "user", "content": last}]
 
 
-def check_only_template_specials(tok, template, messages, text_decodes):
+def check_only_template_specials(tok, template, messages, text_decodes, control):
     benign = [{**m, "content": "hello"} for m in messages]
     ids = template.encode(tok, messages)
-    assert special_ids(tok, ids) == special_ids(tok, template.encode(tok, benign))
+    assert special_ids(ids, control) == special_ids(template.encode(tok, benign), control)
     if text_decodes:  # every character is there: the template's text and the messages' text, as ordinary text
         defused, markers = chat.defuse(messages, chat.special_regex(tok.special_tokens), template.source or "")
         restore = {ord(marker): token for token, marker in markers.items()}
@@ -61,23 +68,24 @@ def check_only_template_specials(tok, template, messages, text_decodes):
     return ids
 
 
-def test_every_special_token_inside_messages_stays_text(real):
+def test_every_special_token_inside_messages_stays_text(real, control_ids):
     tok, template, text_decodes = real
     tokens = sorted(tok.special_tokens)
     every = " x ".join(tokens)  # all of them, each between ordinary text
     messages = conversation(system=every, user=INJECTION + every, assistant=" ".join(tokens[:50]), last=INJECTION)
-    ids = check_only_template_specials(tok, template, messages, text_decodes)
+    ids = check_only_template_specials(tok, template, messages, text_decodes, control_ids)
     assert len(ids) > len(tokens)  # the tokens' text is there, spelled with ordinary ids
 
 
-def test_the_check_catches_the_attack(real):
+def test_the_check_catches_the_attack(real, control_ids):
     """Tokenizing the rendered string with every special token allowed (what apply_chat_template(tokenize=True)
     does) lets the user's text forge control tokens: the check above would fail on it."""
     tok, template, _ = real
-    messages = conversation("Be brief.", INJECTION + " " + " ".join(sorted(tok.special_tokens)[:20]), "ok", "hi")
+    controls = sorted(text for text, i in tok.special_tokens.items() if i in control_ids)[:20]
+    messages = conversation("Be brief.", INJECTION + " " + " ".join(controls), "ok", "hi")
     naive = tok.encode(template.render(messages), allowed_special="all")
     benign = [{**m, "content": "hello"} for m in messages]
-    assert special_ids(tok, naive) != special_ids(tok, template.encode(tok, benign))
+    assert special_ids(naive, control_ids) != special_ids(template.encode(tok, benign), control_ids)
 
 
 FRAGMENTS = ["<|", "|>", "im_end", "<", ">", "\n", " ", "system", "</s", "<s", "\U000f0041", "é", "👍", "[INST]"]
@@ -85,7 +93,7 @@ FRAGMENTS = ["<|", "|>", "im_end", "<", ">", "\n", " ", "system", "</s", "<s", "
 
 @settings(max_examples=25)
 @given(data=st.data())
-def test_any_text_in_any_message_stays_text(real, data):
+def test_any_text_in_any_message_stays_text(real, control_ids, data):
     """hypothesis: messages built from special tokens, fragments of them, private-use characters (like the markers
     chat.defuse draws) and ordinary text."""
     tok, template, text_decodes = real
@@ -93,7 +101,7 @@ def test_any_text_in_any_message_stays_text(real, data):
     # NFC text only: Qwen3's normalizer would rightly change other text, and the check compares decoded text
     content = st.lists(pieces, max_size=12).map("".join).filter(lambda c: unicodedata.is_normalized("NFC", c))
     messages = conversation(*(data.draw(content) for _ in range(4)))
-    check_only_template_specials(tok, template, messages, text_decodes)
+    check_only_template_specials(tok, template, messages, text_decodes, control_ids)
 
 
 def test_messages_without_special_tokens_encode_as_the_whole_rendered_text(real):

@@ -6,7 +6,7 @@ decoder maps tokens back. This module reads the subset of that pipeline that BPE
 into nanollm's pieces:
 
     pre_tokenizer [Split regex,] ByteLevel              -> byte_level.ByteLevelBPE with that regex
-    pre_tokenizer Metaspace, or normalizer Prepend/Replace ("▁")  -> MetaspaceModel over sentencepiece.PieceBPE
+    pre_tokenizer Metaspace or Split, or normalizer Prepend/Replace ("▁")  -> MetaspaceModel over sentencepiece.PieceBPE
     normalizer NFC/NFD/NFKC/NFKD, Prepend, Replace, Sequence      -> applied to each segment, as tokenizers does
     post_processor TemplateProcessing / Roberta / Bert / ByteLevel -> prompt_prefix and prompt_suffix ids
     decoder ByteLevel; or Replace("▁", " "), ByteFallback, Fuse, Strip, Metaspace  -> decoding.DecodeRules
@@ -41,7 +41,7 @@ import regex
 from .byte_level import GPT2_PATTERN, compile_regex, from_string_vocab, vocab_token_bytes
 from .decoding import DecodeRules
 from .errors import Place, TokenizerError, check_vocab, expect, get, items, read_json_object
-from .guards import repair_surrogates
+from .guards import TimedPattern, repair_surrogates
 from .sentencepiece import SPACE, PieceBPE, byte_piece
 from .special import added_token_ids
 
@@ -113,19 +113,49 @@ class NormalizedByteLevel:
         return self.bpe.encode_ordinary(self.normalizer(repair_surrogates(text)), at_start)
 
 
+def split_words(text: str, delimiters: TimedPattern, behavior: str) -> list[str]:
+    """tokenizers' Split pre-tokenizer (``pre_tokenizers/split.rs``): cut ``text`` at each match of ``delimiters``,
+    keeping the match as ``behavior`` says. Empty pieces are dropped.
+
+    "a▁b▁c" split on "▁":  Isolated -> ["a", "▁", "b", "▁", "c"];  MergedWithPrevious -> ["a▁", "b▁", "c"];
+                            MergedWithNext -> ["a", "▁b", "▁c"];   Removed -> ["a", "b", "c"]
+    """
+    pieces, start = [], 0  # start: where the piece being built begins
+    for match in delimiters.finditer(text):
+        if behavior == "MergedWithPrevious":
+            pieces.append(text[start : match.end()])
+            start = match.end()
+        elif behavior == "MergedWithNext":
+            pieces.append(text[start : match.start()])
+            start = match.start()
+        else:  # Isolated keeps the delimiter as its own piece; Removed drops it
+            pieces += [text[start : match.start()]] + ([match.group()] if behavior == "Isolated" else [])
+            start = match.end()
+    pieces.append(text[start:])
+    return [piece for piece in pieces if piece]
+
+
+SPLIT_BEHAVIORS = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext")
+
+
 class MetaspaceModel:
-    """Hugging Face's SentencePiece-style pipeline: normalizer, Metaspace pre-tokenizer, character BPE.
+    """Hugging Face's SentencePiece-style pipeline: normalizer, Metaspace or Split pre-tokenizer, character BPE.
 
     ``metaspace``: the Metaspace pre-tokenizer's settings (replacement, prepend_scheme, split), or None without one.
+    ``split``: (delimiter pattern, behavior) of a Split pre-tokenizer (Gemma 3: " ", MergedWithPrevious), or None.
+    Metaspace's own split=True is the same thing: every "▁" starts a new word, Split("▁", MergedWithNext).
     """
 
-    def __init__(self, normalizer: Normalizer, metaspace: dict | None, bpe: PieceBPE):
+    def __init__(self, normalizer: Normalizer, metaspace: dict | None, bpe: PieceBPE,
+                 split: tuple[TimedPattern, str] | None = None):
         self.normalizer = normalizer
         self.bpe = bpe
         self.metaspace = metaspace is not None
         self.replacement = metaspace["replacement"] if metaspace else SPACE
         self.prepend_scheme = metaspace["prepend_scheme"] if metaspace else "never"
-        self.split = metaspace["split"] if metaspace else False
+        if metaspace and metaspace["split"]:
+            split = (compile_regex(regex.escape(self.replacement), "Metaspace"), "MergedWithNext")
+        self.split = split
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         text = self.normalizer(repair_surrogates(text))
@@ -134,16 +164,8 @@ class MetaspaceModel:
             prepend = self.prepend_scheme == "always" or (self.prepend_scheme == "first" and at_start)
             if prepend and text and not text.startswith(self.replacement):
                 text = self.replacement + text
-        if not text:
-            return []
-        if not self.split:
-            return self.bpe.encode(text)
-        # split=True: every "▁" starts a new word (tokenizers' MergedWithNext behaviour).
-        ids: list[int] = []
-        for word in regex.split(f"(?={regex.escape(self.replacement)})", text):
-            if word:
-                ids.extend(self.bpe.encode(word))
-        return ids
+        words = split_words(text, *self.split) if self.split else [text] if text else []
+        return [i for word in words for i in self.bpe.encode(word)]
 
 
 def _metaspace_settings(step: dict, place: Place) -> dict:
@@ -159,6 +181,16 @@ def _metaspace_settings(step: dict, place: Place) -> dict:
     else:
         scheme = "always" if get(step, "add_prefix_space", bool, place, True) else "never"
     return {"replacement": replacement, "prepend_scheme": scheme, "split": get(step, "split", bool, place, True)}
+
+
+def _split_settings(step: dict, place: Place) -> tuple[TimedPattern, str]:
+    """A Split pre-tokenizer in front of a SentencePiece-style BPE: (its pattern, compiled, and its behavior)."""
+    behavior, invert = get(step, "behavior", str, place), get(step, "invert", bool, place, False)
+    if behavior not in SPLIT_BEHAVIORS or invert:
+        raise place.error(f"has behavior={behavior!r}, invert={invert}; supported are {', '.join(SPLIT_BEHAVIORS)}, "
+                          f"not inverted")
+    text, is_regex, at = _pattern(step, place)
+    return compile_regex(text if is_regex else regex.escape(text), str(at)), behavior
 
 
 def _merges(model: dict, place: Place) -> list[tuple[str, str]]:
@@ -187,19 +219,21 @@ def _check_bpe_options(model: dict, place: Place) -> None:
     get(model, "unk_token", (str, NoneType), place, None)
 
 
-def _added_tokens(spec: dict, place: Place, vocab: dict[str, int]) -> dict[str, int]:
-    """content -> id of every added token (module docstring: the ids are tokenizers', not the file's)."""
-    contents = []
+def _added_tokens(spec: dict, place: Place, vocab: dict[str, int]) -> tuple[dict[str, int], set[str]]:
+    """-> (content -> id of every added token, the contents marked special). Module docstring: the ids are
+    tokenizers', not the file's."""
+    contents, control = [], set()
     for token, at in items(spec, "added_tokens", dict, place, default=()):
         get(token, "id", int, at)  # required by tokenizers, though not used (see the module docstring)
         contents.append(get(token, "content", str, at))
-        for flag in ("special", "normalized"):
-            get(token, flag, bool, at, False)
+        if get(token, "special", bool, at, False):
+            control.add(token["content"])
+        get(token, "normalized", bool, at, False)
         for flag in ("lstrip", "rstrip", "single_word"):
             if get(token, flag, bool, at, False):
                 raise at[flag].error("is true: nanollm does not implement this flag, and ignoring it would split "
                                      "the text differently from tokenizers")
-    return added_token_ids(contents, vocab)
+    return added_token_ids(contents, vocab), control
 
 
 def load_tokenizer_json(path: str | Path) -> dict:
@@ -210,7 +244,7 @@ def load_tokenizer_json(path: str | Path) -> dict:
     _check_bpe_options(model, top["model"])
     vocab = check_vocab(get(model, "vocab", dict, top["model"]), top["model"]["vocab"])
     merges = _merges(model, top["model"])
-    specials = _added_tokens(spec, top, vocab)
+    specials, control = _added_tokens(spec, top, vocab)
     normalizer = Normalizer(_steps(spec, "normalizer", "normalizers", top))
     pre_tokenizers = _steps(spec, "pre_tokenizer", "pretokenizers", top)
     decoders = _steps(spec, "decoder", "decoders", top)
@@ -221,11 +255,14 @@ def load_tokenizer_json(path: str | Path) -> dict:
     if "ByteLevel" in kinds:
         bpe_model, decode_rules = _byte_level(vocab, merges, pre_tokenizers, decoders, specials, model)
         encoder = bpe_model if not normalizer.steps else NormalizedByteLevel(normalizer, bpe_model)
-    elif kinds in ([], ["Metaspace"]):
-        metaspace = _metaspace_settings(*pre_tokenizers[0]) if pre_tokenizers else None
-        encoder, decode_rules = _metaspace(vocab, merges, normalizer, metaspace, decoders, specials, model, top)
+    elif kinds in ([], ["Metaspace"], ["Split"]):
+        metaspace = _metaspace_settings(*pre_tokenizers[0]) if kinds == ["Metaspace"] else None
+        split = _split_settings(*pre_tokenizers[0]) if kinds == ["Split"] else None
+        encoder, decode_rules = _metaspace(vocab, merges, normalizer, metaspace, split, decoders, specials, control,
+                                           model, top)
     else:
-        raise top["pre_tokenizer"].error(f"is {kinds}: nanollm supports [Split,] ByteLevel or a single Metaspace")
+        raise top["pre_tokenizer"].error(f"is {kinds}: nanollm supports [Split,] ByteLevel, or one Metaspace or Split "
+                                         f"before a SentencePiece-style BPE")
 
     prefix, suffix = _template(spec, top, decode_rules)
     return {"model": encoder, "decode_rules": decode_rules, "special_tokens": specials,
@@ -277,7 +314,7 @@ def _byte_level(vocab, merges, pre_tokenizers, decoders, specials, model):
     return bpe, DecodeRules(vocab_token_bytes({**vocab, **specials}))
 
 
-def _metaspace(vocab, merges, normalizer, metaspace, decoders, specials, model, place):
+def _metaspace(vocab, merges, normalizer, metaspace, split, decoders, specials, control, model, place):
     replacement = metaspace["replacement"] if metaspace else SPACE
     byte_ids = None
     if model.get("byte_fallback", False):
@@ -300,7 +337,7 @@ def _metaspace(vocab, merges, normalizer, metaspace, decoders, specials, model, 
         piece_ids=vocab, pair_ranks=pair_ranks, byte_ids=byte_ids, unk_id=vocab.get(unk),
         fuse_unk=model.get("fuse_unk", False), whole_word_first=model.get("ignore_merges", False),
     )
-    encoder = MetaspaceModel(normalizer, metaspace, bpe)
+    encoder = MetaspaceModel(normalizer, metaspace, bpe, split)
 
     # Decoding as sentencepiece does: "▁" is a space, byte pieces are bytes, special tokens show nothing, and the
     # leading space of the first piece goes when the decoder strips it (Strip decoder or Metaspace decoder).
@@ -320,10 +357,13 @@ def _metaspace(vocab, merges, normalizer, metaspace, decoders, specials, model, 
         token_bytes[i] = text.replace(replacement, " ").encode("utf-8")
         if strip_first and text.startswith(replacement):
             first[i] = text[len(replacement):].replace(replacement, " ").encode("utf-8")
-    for i in specials.values():
-        token_bytes[i] = b""
+    # Added tokens: one marked special (<s>, <start_of_turn>) shows nothing, as sentencepiece's control pieces; any
+    # other (Gemma 3 adds "\n\n", "  ", "<unused0>" ...) decodes to its own text, through the same decoder steps.
+    for text, i in specials.items():
+        token_bytes[i] = b"" if text in control else text.replace(replacement, " ").encode("utf-8")
         first.pop(i, None)
-    return encoder, DecodeRules(token_bytes, first, start_ids=frozenset(specials.values()), replace_per_byte=True)
+    start_ids = frozenset(i for text, i in specials.items() if text in control)
+    return encoder, DecodeRules(token_bytes, first, start_ids=start_ids, replace_per_byte=True)
 
 
 def _strips_first_space(step: dict, place: Place, replacement: str) -> bool:
