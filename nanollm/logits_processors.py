@@ -99,7 +99,10 @@ def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: floa
     Dividing a negative logit would raise it, so negative logits are multiplied instead (CTRL, Keskar et al. 2019,
     as transformers' RepetitionPenaltyLogitsProcessor). Example: penalty 2, seen logits [4, -4] -> [2, -8].
     """
-    penalised = np.where(logits < 0, logits * penalty, logits * (1.0 / penalty)).astype(np.float32)
+    # A penalty far from 1 (1e-39) can leave float32's range: the logit saturates to +-inf, the limit of rewarding or
+    # punishing that token without bound, and the sampler treats an infinite row as greedy (sampling.overflowed).
+    with np.errstate(over="ignore"):
+        penalised = np.where(logits < 0, logits * penalty, logits * (1.0 / penalty)).astype(np.float32)
     return np.where(seen, penalised, logits)
 
 
