@@ -86,7 +86,7 @@ def test_bad_gpt2_checkpoints_fail_clearly(tmp_path, gpt2_dir, edit, message):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda t, c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}),
-     "rope_type='yarn' is not supported"),
+     "rope_parameters.rope_type is 'yarn', which is not supported"),
     (lambda t, c: c.update(num_key_value_heads=3), "num_attention_heads=4 is not a multiple of num_key_value_heads=3"),
     (lambda t, c: t.pop("lm_head.weight"), "missing tensor 'lm_head.weight'"),
 ])

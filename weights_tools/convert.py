@@ -34,6 +34,7 @@ from nanollm.rope import rope_frequencies
 from .safetensors import open_checkpoint
 
 SUPPORTED = ("gpt2", "llama")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a norm's eps is added in float32: a larger one would overflow
 
 
 class CheckpointError(ValueError):
@@ -101,8 +102,8 @@ class JsonFields:
             self.refuse(key, value, "an integer < 2**63")
         return value
 
-    def number(self, key: str, default=REQUIRED, *, above: float | None = None) -> float:
-        """A finite number, > above when given. An int too large for a float is not finite here."""
+    def number(self, key: str, default=REQUIRED, *, above: float | None = None, below: float | None = None) -> float:
+        """A finite number, > above and < below when given. An int too large for a float is not finite here."""
         value = self.value(key, default, nullable=False)
         try:
             ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
@@ -110,6 +111,8 @@ class JsonFields:
             ok = False
         if not ok or (above is not None and not value > above):
             self.refuse(key, value, "a finite number" + ("" if above is None else f" > {above:g}"))
+        if below is not None and not value < below:
+            self.refuse(key, value, f"a number < {below:g}")
         return float(value)
 
     def boolean(self, key: str, default=REQUIRED) -> bool:
@@ -203,7 +206,8 @@ def gpt2_config(f: JsonFields) -> ModelConfig:
     return build_config(
         f, arch="gpt2", vocab_size=V, n_layer=f.integer("n_layer"), n_head=nh, n_kv_head=nh, n_embd=C,
         head_dim=C // nh, n_hidden=f.integer("n_inner", 4 * C, nullable=True), max_seq_len=f.integer("n_positions"),
-        norm_eps=f.number("layer_norm_epsilon", 1e-5, above=0), tie_embeddings=f.boolean("tie_word_embeddings", True),
+        norm_eps=f.number("layer_norm_epsilon", 1e-5, above=0, below=FLOAT32_MAX),
+        tie_embeddings=f.boolean("tie_word_embeddings", True),
         attn_bias=True, mlp_bias=True, **special_ids(f, V),
     )
 
@@ -225,7 +229,8 @@ def llama_config(f: JsonFields) -> ModelConfig:
     return build_config(
         f, arch="llama", vocab_size=V, n_layer=f.integer("num_hidden_layers"), n_head=nh, n_kv_head=n_kv, n_embd=C,
         head_dim=hs, n_hidden=f.integer("intermediate_size"), max_seq_len=f.integer("max_position_embeddings"),
-        norm_eps=f.number("rms_norm_eps", 1e-6, above=0), tie_embeddings=f.boolean("tie_word_embeddings", False),
+        norm_eps=f.number("rms_norm_eps", 1e-6, above=0, below=FLOAT32_MAX),
+        tie_embeddings=f.boolean("tie_word_embeddings", False),
         attn_bias=f.boolean("attention_bias", False), mlp_bias=f.boolean("mlp_bias", False), rope_theta=theta,
         rope_scaling=scaling, **special_ids(f, V),
     )
@@ -237,11 +242,12 @@ def rope_settings(f: JsonFields) -> tuple[float, RopeScaling | None]:
     (its RoPE validation only warns); the frequencies would then be NaN or infinite, so here they are errors."""
     rope = f.mapping("rope_parameters") or f.mapping("rope_scaling") or JsonFields({}, f.where)
     theta = rope.number("rope_theta", above=0) if "rope_theta" in rope else f.number("rope_theta", 10000.0, above=0)
-    rope_type = rope.string("rope_type") if "rope_type" in rope else rope.string("type", "default")
+    type_key = "rope_type" if "rope_type" in rope else "type"
+    rope_type = rope.string(type_key, "default")
     if rope_type == "default":
         return theta, None
     if rope_type != "llama3":
-        raise CheckpointError(f"{f.where}: rope_type={rope_type!r} is not supported (default and llama3 are)")
+        raise rope.error(type_key, f"is {rope_type!r}, which is not supported (default and llama3 are)")
     low, high = rope.number("low_freq_factor", above=0), rope.number("high_freq_factor", above=0)
     if not high > low:  # the blend between the two divides by high - low (transformers warns; here it is an error)
         raise rope.error("high_freq_factor", f"must be > low_freq_factor, got {high:g} <= {low:g}")
