@@ -30,9 +30,14 @@ settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 
 def pytest_configure(config):
-    """Run the reference libraries' torch on one thread for the whole suite. On a 2-core machine where other work
+    """NumPy's RuntimeWarnings (overflow, invalid value, divide by zero) fail the test that caused them: in a float32
+    engine each one is a value that left float32's range or became NaN, a silently wrong answer in waiting. Code
+    that overflows on purpose says so with np.errstate (sampling.apply_temperature).
+
+    Run the reference libraries' torch on one thread for the whole suite. On a 2-core machine where other work
     shares the cores, torch's default of one thread per core made transformers' beam search ~100x slower (measured:
     0.04 s vs 5-8 s for the same 12 generate calls); nanollm's own tests are unaffected (NumPy's BLAS threads)."""
+    config.addinivalue_line("filterwarnings", "error::RuntimeWarning")
     try:
         import torch
     except ImportError:  # the tests that need torch import it themselves and fail or skip there
