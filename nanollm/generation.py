@@ -112,6 +112,8 @@ class GenerationSettings:
                              f"{self.length_penalty!r}")
         if not all(isinstance(s, str) for s in self.stop):
             raise ValueError(f"stop strings must be strings, got {self.stop!r}")
+        if "" in self.stop:  # it would match before any text: say so rather than stop at once or never
+            raise ValueError(f"a stop string must not be empty, got {self.stop!r}")
 
 
 def resolve_settings(model, *, max_new_tokens=64, temperature=None, top_k=None, top_p=None, min_p=None,

@@ -148,7 +148,7 @@ def test_iter_generate_yields_the_ids_and_fills_stats(models):
     (dict(temperature=0.7, top_k=2.5), "top_k"), (dict(max_new_tokens=float("inf")), "max_new_tokens"),
     (dict(max_new_tokens="3"), "max_new_tokens"), (dict(seed=-1), "seed"), (dict(num_beams=True), "num_beams"),
     (dict(show_probs=-3, on_probs=print), "show_probs"), (dict(early_stopping=1), "early_stopping"),
-    (dict(num_beams=2, length_penalty=float("nan")), "length_penalty"),
+    (dict(num_beams=2, length_penalty=float("nan")), "length_penalty"), (dict(stop=("a", "")), "must not be empty"),
 ])
 def test_invalid_requests_raise(models, kwargs, message):
     model, _ = models
