@@ -157,7 +157,8 @@ class Model:
     def step(self, ids, cache: KVCache, positions=None, key_mask=None, last_only=True) -> np.ndarray:
         """Run ids (B, T) at cache slots cache.length.. and advance the cache. -> float32 NumPy logits (B, T|1, V)."""
         B, T = ids.shape
-        self.check_logits_fit(B, 1 if last_only else T)
+        if cache.length == 0:  # the prefill; a decode step returns no more than it did, and stays off /proc
+            self.check_logits_fit(B, 1 if last_only else T)
         start = cache.length
         if positions is None:
             positions = np.broadcast_to(np.arange(start, start + T), (B, T))  # (B, T)
