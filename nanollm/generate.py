@@ -190,7 +190,8 @@ def run_chat(model, args) -> int:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise ValueError(f"standard input is not UTF-8 text (byte {raw[e.start]:#04x} in line {turn + 1})") from None
+            raise ValueError(f"standard input is not UTF-8 text (byte {raw[e.start]:#04x} in line {turn + 1})"
+                             ) from None
         if not line or not line.strip():
             return 0
         turn += 1

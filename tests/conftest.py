@@ -4,6 +4,8 @@ Real reference files live in ../shared/data beside the project (see ../shared/RE
 with a clear reason when that folder is absent, so a user who has only the project still runs the rest.
 """
 import os
+import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,23 @@ def shared_file(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"reference file {path} is not present (../shared/data sits beside the project in CI)")
     return path
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Fail the test if the block runs longer than `seconds`, so a hang fails one test instead of holding the suite.
+
+    SIGALRM interrupts even a blocking open() of a FIFO or a long regex. pytest.fail raises a BaseException, which
+    no `except Exception` (nor `except OSError`, which would catch a TimeoutError) in the code under test can take
+    for an ordinary error.
+    """
+    def expire(signum, frame):
+        pytest.fail(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -9,9 +9,7 @@ Then hypothesis fuzzes one key at a time with JSON values of every type and the 
 import json
 import os
 import shutil
-import signal
 import warnings
-from contextlib import contextmanager
 
 import pytest
 from hypothesis import event, given, settings
@@ -19,6 +17,7 @@ from hypothesis import strategies as st
 
 import nanollm
 from nanollm.loader import GENERATION_FIELDS, SPECIAL_IDS
+from tests.conftest import time_limit
 from tests.hf_models import Options, build_checkpoint
 from weights_tools.convert import CheckpointError
 
@@ -240,21 +239,6 @@ def test_fuzzed_generation_config_values(tmp_path_factory, gpt2_dir, key, value)
     check_outcome(directory, "generation_config.json", (key,), value)
 
 
-@contextmanager
-def deadline(seconds: float):
-    """Raise TimeoutError in the block after `seconds` (SIGALRM interrupts even a blocking open of a FIFO)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.mark.parametrize("name", ["config.json", "generation_config.json"])
 def test_a_fifo_where_a_config_should_be_is_refused_at_once(tmp_path, gpt2_dir, name):
     """Read through nanollm.files: an OSError naming the file at once, not a hang waiting for a FIFO's writer."""
@@ -262,5 +246,5 @@ def test_a_fifo_where_a_config_should_be_is_refused_at_once(tmp_path, gpt2_dir, 
     shutil.copytree(gpt2_dir, directory)
     (directory / name).unlink()
     os.mkfifo(directory / name)
-    with deadline(5), pytest.raises(OSError, match=f"{directory / name} is a FIFO"):
+    with time_limit(5), pytest.raises(OSError, match=f"{directory / name} is a FIFO"):
         nanollm.load(directory)

@@ -7,11 +7,9 @@ and what it does with them is what nanollm must do, or nanollm must refuse the f
 """
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from nanollm.tokenizer.byte_level import LLAMA3_PATTERN, NAMED_PATTERNS, compile
 from nanollm.tokenizer.guards import PATTERN_SECONDS_BASE, TimedPattern, pattern_budget, repair_surrogates
 from nanollm.tokenizer.saving import NANOLLM_TOKENIZER_FILE, BPEMerges
 from nanollm.tokenizer.train import train_bpe
+from tests.conftest import time_limit
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -97,21 +96,6 @@ def write_vocab_and_merges(directory: Path) -> Path:
 # -- the contract every hostile case is held to -------------------------------------------------------------------
 
 
-@contextmanager
-def within(seconds: float):
-    """Fail the test if the block runs longer than ``seconds`` (SIGALRM interrupts a blocking open or a regex)."""
-    def timeout(signum, frame):
-        raise AssertionError(f"still running after {seconds} s: a hang")
-
-    previous = signal.signal(signal.SIGALRM, timeout)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def snapshot(directory: Path) -> dict:
     """The bytes of every regular file in ``directory`` (FIFOs and devices are named, not read)."""
     return {p.name: p.read_bytes() if p.is_file() else p.lstat().st_mode for p in sorted(directory.iterdir())}
@@ -123,7 +107,7 @@ def load_or_refuse(directory: Path, blamed: str, text: str = SAMPLE):
     tokenizer or the error."""
     before = snapshot(directory)
     try:
-        with within(LIMIT):
+        with time_limit(LIMIT):
             tok = Tokenizer.from_pretrained(directory)
             ids = tok.encode_prompt(text)
             tok.decode(ids)
@@ -187,7 +171,7 @@ def test_a_name_that_is_not_a_regular_file_is_refused_at_once(tmp_path, name, ki
     _hostile_entry(tmp_path / name, kind)
     start = time.perf_counter()
     refused(tmp_path, name)
-    with within(LIMIT), pytest.raises(TokenizerError, match=name.replace(".", r"\.")):
+    with time_limit(LIMIT), pytest.raises(TokenizerError, match=name.replace(".", r"\.")):
         load_tokenizer(tmp_path)  # the engine's entry point: a present name is read and refused, not passed over
     assert time.perf_counter() - start < 5
 
@@ -426,7 +410,7 @@ def _with_split(pattern: str) -> str:
 
 def _assert_refused_in_time(call, *fragments):
     start = time.process_time()
-    with within(LIMIT), pytest.raises(TokenizerError) as caught:
+    with time_limit(LIMIT), pytest.raises(TokenizerError) as caught:
         call()
     assert time.process_time() - start < PATTERN_SECONDS_BASE + 2
     assert all(fragment in str(caught.value) for fragment in fragments), str(caught.value)

@@ -34,7 +34,7 @@ from weights_tools.llama2c import (
     read_llama2c,
     write_llama2c,
 )
-from weights_tools.safetensors import INDEX_FILE_NAME, SINGLE_FILE_NAME, open_checkpoint, save_safetensors, save_sharded
+from weights_tools.safetensors import SINGLE_FILE_NAME, open_checkpoint, save_safetensors, save_sharded
 
 
 @contextmanager

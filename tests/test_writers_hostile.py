@@ -19,12 +19,10 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import struct
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +32,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, time_limit
 from tests.test_writers_atomic import tiny_llama2c
 from weights_tools import inspect, llama2c
 from weights_tools.llama2c import MAGIC, Llama2cError, read_llama2c
@@ -50,21 +48,6 @@ from weights_tools.safetensors import (
 )
 
 SECONDS = 5  # per case; each takes milliseconds when nothing hangs
-
-
-@contextmanager
-def time_limit(seconds: float = SECONDS):
-    """Raise TimeoutError in the block after `seconds` (SIGALRM interrupts even a blocking open() of a FIFO)."""
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def assert_one_line_error(capsys, *names):
@@ -129,7 +112,7 @@ def test_writer_refuses_what_the_reader_refuses(tmp_path_factory, tensors, metad
     path = d / "w.safetensors"
     path.write_bytes(b"previous content")
     try:
-        with time_limit():
+        with time_limit(SECONDS):
             save_safetensors(path, tensors, metadata, dtypes=dtypes)
     except SafetensorsError as e:
         assert str(path) in str(e)
@@ -280,7 +263,7 @@ def test_readers_refuse_what_is_not_a_regular_file(tmp_path, capsys, kind, where
     # A directory named w.safetensors is read as a model directory, and one without a checkpoint is a
     # SafetensorsError saying so; every other case is an OSError saying what the file is.
     read_as_directory = kind == "directory" and where == "lone .safetensors"
-    with time_limit():
+    with time_limit(SECONDS):
         with pytest.raises(SafetensorsError if read_as_directory else OSError) as caught:
             {".bin": read_llama2c, "config.json": llama2c.read_any}.get(where, open_checkpoint)(target)
         words = "no model.safetensors" if read_as_directory else KIND_WORDS[kind]
@@ -301,7 +284,7 @@ def test_safetensors_header_length_beyond_the_file(tmp_path, length):
     allocated: 2**63 is one SafetensorsError at once, as is a length between the file size and the limit."""
     path = tmp_path / "w.safetensors"
     path.write_bytes(length.to_bytes(8, "little") + b'{"a":1}' + bytes(100))
-    with time_limit(), pytest.raises(SafetensorsError) as caught:
+    with time_limit(SECONDS), pytest.raises(SafetensorsError) as caught:
         open_safetensors(path)
     assert str(path) in str(caught.value)
     expected = "exceeds the limit of 100000000" if length > MAX_HEADER_BYTES else \
@@ -345,7 +328,7 @@ def test_llama2c_headers_are_checked_before_allocating(tmp_path_factory, version
     path = tmp_path_factory.mktemp("bin") / "m.bin"
     content = header + bytes(data_length)
     path.write_bytes(content)
-    with time_limit():
+    with time_limit(SECONDS):
         try:
             model = read_llama2c(path)
         except Llama2cError as e:
@@ -396,7 +379,7 @@ def test_every_bad_input_is_one_line(tmp_path, bad_inputs, capsys, cli, name):
         argv, main = [str(path)], inspect.main
     else:
         argv, main = [cli, str(path), str(tmp_path / ("out" if cli == "import" else "out.bin"))], llama2c.main
-    with time_limit():
+    with time_limit(SECONDS):
         assert main(argv) == 1
     assert_one_line_error(capsys, path)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.bin").exists()

@@ -29,8 +29,8 @@ Cost, and what runs without the limit: with a timeout the regex module reads the
 characters. Measured with ``make bench-tokenizer``: GPT-2 encoding fell from 7.9 to 3.5 MB/s cold (5.3x slower than
 tiktoken, past the 5x goal) and from 14.6 to 4.6 MB/s warm. So the patterns nanollm ships
 (``byte_level.NAMED_PATTERNS``: GPT-2's, tiktoken's and Llama 3's, measured above on every input tried; tiktoken
-runs its own with a backtracking engine on all the world's text) run without the limit, also when a file spells one of them exactly
-(Llama 3's tokenizer.json does); every other pattern runs under it. Patterns of escaped literals built by nanollm
+runs its own with a backtracking engine on all the world's text) run without the limit, also when a file spells one
+of them exactly (Llama 3's tokenizer.json does); every other pattern runs under it. Patterns of escaped literals built by nanollm
 (special tokens, "▁" boundaries) cannot backtrack and run without it too.
 """
 from __future__ import annotations

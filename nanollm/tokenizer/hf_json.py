@@ -40,7 +40,7 @@ import regex
 
 from .byte_level import GPT2_PATTERN, compile_regex, from_string_vocab, vocab_token_bytes
 from .decoding import DecodeRules
-from .errors import Place, TokenizerError, check_vocab, expect, get, items, read_json_object
+from .errors import Place, check_vocab, expect, get, items, read_json_object
 from .guards import TimedPattern, repair_surrogates
 from .sentencepiece import SPACE, PieceBPE, byte_piece
 from .special import added_token_ids
@@ -384,7 +384,8 @@ def _strips_first_space(step: dict, place: Place, replacement: str) -> bool:
         content, start, stop = (get(step, "content", str, place), get(step, "start", int, place),
                                 get(step, "stop", int, place))
         if content != " " or start not in (0, 1) or stop != 0:
-            raise place.error(f"strips {content!r} start={start} stop={stop}; only ' ' start 0 or 1, stop 0 is supported")
+            raise place.error(f"strips {content!r} start={start} stop={stop}; only ' ' start 0 or 1, stop 0 is "
+                              f"supported")
         return start == 1
     if kind == "Metaspace":
         return _metaspace_settings(step, place)["prepend_scheme"] != "never"
