@@ -133,11 +133,11 @@ def test_writer_refuses_what_the_reader_refuses(tmp_path_factory, tensors, metad
 
 WRITER_ERRORS = [
     ("list", [("a", np.zeros(2, np.float32))], None, "tensors must be a mapping of name -> NumPy array, got a list"),
-    ("int-name", {1: np.zeros(2, np.float32)}, None, "tensor name 1 is a int, not a str"),
+    ("int-name", {1: np.zeros(2, np.float32)}, None, "tensor name 1 is not a str but a value of type int"),
     ("surrogate", {"\ud800x": np.zeros(2, np.float32)}, None, "tensor name '\\ud800x' is not valid Unicode"),
     ("reserved", {"__metadata__": np.zeros(2, np.float32)}, None, "'__metadata__' is reserved"),
-    ("list-value", {"a": [1.0, 2.0]}, None, "tensor 'a': value is a list, not a NumPy array"),
-    ("none-value", {"a": None}, None, "tensor 'a': value is a NoneType, not a NumPy array"),
+    ("list-value", {"a": [1.0, 2.0]}, None, "tensor 'a': value is not a NumPy array but a value of type list"),
+    ("none-value", {"a": None}, None, "tensor 'a': value is not a NumPy array but a value of type NoneType"),
     ("object", {"a": np.array([None])}, None, "NumPy dtype object has no safetensors equivalent"),
     ("complex", {"a": np.zeros(2, np.complex64)}, None, "NumPy dtype complex64 has no safetensors equivalent"),
     ("meta-list", {}, ["a"], "metadata must map strings to strings"),
@@ -198,7 +198,7 @@ def test_sharded_save_checks_every_header_before_writing(tmp_path, monkeypatch):
 @pytest.mark.parametrize("arguments, message", [
     (dict(tensors=[("a", np.zeros(2))], max_shard_bytes=10), "tensors must be a mapping"),
     (dict(tensors={"a": np.zeros(2)}, max_shard_bytes=True), "max_shard_bytes must be a positive integer"),
-    (dict(tensors={"a": [1, 2]}, max_shard_bytes=10), "value is a list"),
+    (dict(tensors={"a": [1, 2]}, max_shard_bytes=10), "value of type list"),
     (dict(tensors={"a": np.zeros(2)}, max_shard_bytes=10, dtypes=["a"]), "dtypes must be a mapping"),
 ])
 def test_save_sharded_errors(tmp_path, arguments, message):

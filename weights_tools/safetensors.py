@@ -425,12 +425,12 @@ def _check_arguments(path: Path, tensors: object, metadata: object, dtypes: obje
     entries = []
     for name, array in tensors.items():
         if not isinstance(name, str):
-            raise _error(path, f"tensor name {name!r:.80} is a {type(name).__name__}, not a str")
+            raise _error(path, f"tensor name {name!r:.80} is not a str but a value of type {type(name).__name__}")
         if name == METADATA_KEY:
             raise _error(path, f"tensor name {METADATA_KEY!r} is reserved for the file's metadata")
         _check_text(path, "tensor name", name)
         if not isinstance(array, np.ndarray):
-            raise _error(path, f"tensor {name!r}: value is a {type(array).__name__}, not a NumPy array "
+            raise _error(path, f"tensor {name!r}: value is not a NumPy array but a value of type {type(array).__name__} "
                                f"(np.asarray converts one)")
         entries.append(_Entry(name, array, _stored_dtype(path, name, array, dtypes.get(name))))
     return entries
