@@ -33,9 +33,11 @@ class NumpyBackend:
 
     # -- the ops -------------------------------------------------------------------------------------------------
 
-    def embedding(self, table, ids):
-        """Row gather. (V, C), int (B, T) -> (B, T, C).  Kernel: embedding_gather in kernels/elementwise.cu."""
-        return table[ids]
+    def embedding(self, table, ids, scale: float = 1.0):
+        """Row gather, times scale (Gemma: sqrt(C)). (V, C), int (B, T) -> (B, T, C).
+        Kernel: embedding_gather in kernels/elementwise.cu."""
+        rows = table[ids]  # (B, T, C)
+        return rows if scale == 1.0 else rows * np.float32(scale)
 
     def linear(self, x, w, b=None):
         """x @ w + b. (..., in), (in, out), (out,) -> (..., out).  On every backend a BLAS matmul, not a kernel.
@@ -71,17 +73,29 @@ class NumpyBackend:
         """SwiGLU's gating: silu(gate) * up. (..., H), (..., H) -> (..., H).  Kernel: silu_mul in elementwise.cu."""
         return gate / (1.0 + np.exp(-gate)) * up
 
-    def rope(self, x, cos, sin):
-        """Rotary position embedding in the Hugging Face layout. (B, n, T, hs), (B, T, hs/2) x2 -> (B, n, T, hs).
+    def gelu_mul(self, gate, up):
+        """GeGLU's gating (Gemma): gelu(gate) * up, GELU's tanh form. (..., H), (..., H) -> (..., H).
+        Kernel: gelu_mul in elementwise.cu."""
+        return self.gelu(gate) * up
 
-        Hugging Face Llama checkpoints pair dimension i with i + hs/2 ("rotate_half"), not (2i, 2i+1) as the
-        original Meta code and llama2.c do; their converter permuted q/k weights so the two are equivalent.
+    def softcap(self, x, cap: float):
+        """cap * tanh(x / cap): squashes x smoothly into (-cap, cap) (Gemma 2's final logits). (...) -> (...).
+        Kernel: softcap in elementwise.cu."""
+        return np.tanh(x * np.float32(1.0 / cap)) * np.float32(cap)
+
+    def rope(self, x, cos, sin):
+        """Rotary position embedding in the Hugging Face layout. (B, n, T, hs), (B, T, r/2) x2 -> (B, n, T, hs).
+
+        The first r = 2 * cos.shape[-1] dimensions of each head rotate, the other hs - r pass through unchanged
+        (r = hs for most models; Phi-4-mini rotates 3/4 of each head: partial_rotary_factor).
+        Hugging Face checkpoints pair dimension i with i + r/2 ("rotate_half"), not (2i, 2i+1) as the original Meta
+        code and llama2.c do; their converter permuted q/k weights so the two are equivalent.
         Kernel: rope in kernels/elementwise.cu.
         """
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]  # (B, n, T, hs/2) each
-        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hs/2): the same rotation for every head
-        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        half = cos.shape[-1]
+        x1, x2, rest = x[..., :half], x[..., half : 2 * half], x[..., 2 * half :]  # (B, n, T, r/2) x2, (.., hs-r)
+        cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, r/2): the same rotation for every head
+        return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)
 
     def softmax(self, x, axis=-1):
         """Max-subtracted softmax in float32; a row that is entirely -inf gives zeros, not NaN.
@@ -94,22 +108,30 @@ class NumpyBackend:
         s = e.sum(axis=axis, keepdims=True)  # (..., 1)
         return e / np.where(s > 0.0, s, 1.0).astype(x.dtype)  # (..., S)
 
-    def attention(self, q, k, v, q_start: int, key_mask=None):
+    def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
+                  softcap: float | None = None, window: int | None = None):
         """Causal grouped-query attention. (B, nh, T, hs), (B, n_kv, S, hs) x2 -> (B, nh, T, hs).
 
         Query t sits at key slot q_start + t and sees slots 0 .. q_start + t (prefill: q_start = 0, S = T; decode:
         T = 1, S = q_start + 1). key_mask (B, S) bool marks real keys; False hides padding from every query.
         Query head h reads key/value head h // (nh / n_kv), as Hugging Face's repeat_kv does, so the nh/n_kv query
         heads of a group are folded into the query axis and share one matmul with their K and V.
+        What the families change: scale (default 1/sqrt(hs); Gemma 2/3: query_pre_attn_scalar ** -0.5); softcap
+        (Gemma 2: each score becomes softcap * tanh(score / softcap) before the mask); window (Mistral, Gemma 2/3
+        sliding layers: query t sees only the last `window` slots, q_start + t - window < j).
         Kernels: kernels/attention.cu (prefill: tiled online softmax; decode: split over S).
         """
         B, nh, T, hs = q.shape
         n_kv, S = k.shape[1], k.shape[2]
         g = nh // n_kv
+        scale = 1.0 / math.sqrt(hs) if scale is None else scale
         qg = q.reshape(B, n_kv, g * T, hs)  # (B, n_kv, g*T, hs)
-        att = (qg @ k.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(hs))  # (B, n_kv, g*T, hs) x (B, n_kv, hs, S)
+        att = (qg @ k.transpose(0, 1, 3, 2)) * np.float32(scale)  # (B, n_kv, g*T, hs) x (B, n_kv, hs, S)
+        if softcap is not None:
+            att = self.softcap(att, softcap)  # (B, n_kv, g*T, S)
         att = att.reshape(B, n_kv, g, T, S)  # -> (B, n_kv, g, T, S)
-        visible = np.arange(S) <= q_start + np.arange(T)[:, None]  # (T, S) causal
+        distance = q_start + np.arange(T)[:, None] - np.arange(S)  # (T, S) query slot - key slot
+        visible = (distance >= 0) & (distance < (S if window is None else window))  # (T, S) causal, windowed
         if key_mask is not None:
             visible = visible & key_mask[:, None, None, None, :]  # (B, 1, 1, T, S)
         att = np.where(visible, att, -np.inf).astype(np.float32)  # (B, n_kv, g, T, S) hidden keys get no weight
