@@ -220,8 +220,17 @@ BYTE_LEVEL_CASES = [
     ("rstrip", lambda d: d["added_tokens"][0].update(rstrip=True), "added_tokens[0].rstrip is true"),
     ("pre_tokenizer without type", lambda d: d["pre_tokenizer"].pop("type"), "pre_tokenizer.type is missing"),
     ("pre_tokenizer a string", lambda d: d.update(pre_tokenizer="ByteLevel"), "pre_tokenizer must be an object"),
-    ("Digits before ByteLevel", lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True}, d["pre_tokenizer"]]}), "pretokenizers[0].type is 'Digits'"),
+    ("Whitespace before ByteLevel", lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Whitespace"}, d["pre_tokenizer"]]}), "pretokenizers[0].type is 'Whitespace'"),
+    ("Digits after ByteLevel", lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        d["pre_tokenizer"], {"type": "Digits", "individual_digits": True}]}),
+     "pretokenizers[0].type is 'ByteLevel'; ByteLevel must be the last"),
+    ("Digits flag a string", lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": "yes"}, d["pre_tokenizer"]]}),
+     "pretokenizers[0].individual_digits must be true or false"),
+    ("Split inverted", lambda d: d.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"String": " "}, "behavior": "Removed", "invert": True}, d["pre_tokenizer"]]}),
+     "pretokenizers[0] has behavior='Removed', invert=True"),
     ("Sequence without its list", lambda d: d.update(pre_tokenizer={"type": "Sequence"}),
      "pre_tokenizer.pretokenizers is missing"),
     ("ByteLevel without add_prefix_space", lambda d: d["pre_tokenizer"].pop("add_prefix_space"),

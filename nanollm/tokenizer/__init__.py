@@ -4,6 +4,7 @@ Reading order:
     bpe.py            the merge algorithm every format shares
     byte_level.py     GPT-2 / tiktoken byte-level BPE (regex pre-tokenization, encoder.json, *.tiktoken)
     sentencepiece.py  Llama 2's tokenizer.model, parsed from the protobuf bytes by hand
+    pre_tokenizers.py tokenizers' pre-tokenizer steps (Split, Digits, ByteLevel, Metaspace) cutting text into words
     hf_json.py        Hugging Face tokenizer.json (byte-level and Metaspace BPE)
     special.py        special tokens and the policy that keeps user text from injecting them
     decoding.py       ids -> bytes -> text, whole or streamed token by token

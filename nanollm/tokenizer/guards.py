@@ -30,8 +30,9 @@ characters. Measured with ``make bench-tokenizer``: GPT-2 encoding fell from 7.9
 tiktoken, past the 5x goal) and from 14.6 to 4.6 MB/s warm. So the patterns nanollm ships
 (``byte_level.NAMED_PATTERNS``: GPT-2's, tiktoken's and Llama 3's, measured above on every input tried; tiktoken
 runs its own with a backtracking engine on all the world's text) run without the limit, also when a file spells one
-of them exactly (Llama 3's tokenizer.json does); every other pattern runs under it. Patterns of escaped literals built by nanollm
-(special tokens, "▁" boundaries) cannot backtrack and run without it too.
+of them exactly (Llama 3's tokenizer.json does); every other pattern runs under it. Patterns nanollm builds that
+cannot backtrack (escaped literals such as special tokens and "▁" boundaries, and Digits' ``\\p{N}+``) run without it
+too.
 """
 from __future__ import annotations
 

@@ -5,8 +5,9 @@ through a normalizer, a pre-tokenizer and the BPE model; a post-processor adds t
 decoder maps tokens back. This module reads the subset of that pipeline that BPE language models use and turns it
 into nanollm's pieces:
 
-    pre_tokenizer [Split regex,] ByteLevel              -> byte_level.ByteLevelBPE with that regex
-    pre_tokenizer Metaspace or Split, or normalizer Prepend/Replace ("▁")  -> MetaspaceModel over sentencepiece.PieceBPE
+    pre_tokenizer [Split, Digits, ...] ByteLevel        -> byte_level.ByteLevelBPE cutting words by those steps
+    pre_tokenizer Metaspace, Split, Digits (or none, with normalizer Prepend/Replace "▁")
+                                                        -> MetaspaceModel over sentencepiece.PieceBPE
     normalizer NFC/NFD/NFKC/NFKD, Prepend, Replace, Sequence      -> applied to each segment, as tokenizers does
     post_processor TemplateProcessing / Roberta / Bert / ByteLevel -> prompt_prefix and prompt_suffix ids
     decoder ByteLevel; or Replace("▁", " "), ByteFallback, Fuse, Strip, Metaspace  -> decoding.DecodeRules
@@ -15,18 +16,19 @@ into nanollm's pieces:
 
 Every value is read with the type tokenizers requires of it (``errors.get``), so a malformed file is one
 TokenizerError naming the file and the key. Anything this module does not reproduce exactly is refused by name
-rather than skipped: other models (WordPiece, Unigram), other pre-tokenizers and decoders, BPE dropout, an added
-token's ``lstrip``/``rstrip``/``single_word`` flags (used by a few BERT-era and Phi-3 tokens; GPT-2, Llama, Qwen and
-Mistral set none of them). A tokenizer is never silently wrong.
+rather than skipped: other models (WordPiece, Unigram), other pre-tokenizers (``pre_tokenizers.py`` lists those it
+reads, and in which orders), other decoders, BPE dropout, an added token's ``lstrip``/``rstrip``/``single_word``
+flags (used by a few BERT-era and Phi-3 tokens; GPT-2, Llama, Qwen and Mistral set none of them). A tokenizer is
+never silently wrong.
 
 Added tokens' ids: like tokenizers, nanollm does not take the ``id`` written beside each added token but gives one
 by tokenizers' rule (``special.added_token_ids``): the vocabulary's id for a token already in it (an added "ing"
 that merges also make), else the next free id. Files tokenizers writes agree with that rule.
 
-Metaspace semantics, from tokenizers' ``metaspace.rs``: spaces become "▁"; with prepend_scheme "always" every
-segment gets a leading "▁" unless it already starts with one, with "first" only the segment at the very start of
-the input does, with "never" none does. (So " Hello" is "▁Hello" here, where sentencepiece itself makes
-"▁▁Hello".)
+Metaspace semantics, from tokenizers' ``metaspace.rs`` (``pre_tokenizers.Metaspace``): spaces become "▁"; with
+prepend_scheme "always" every piece gets a leading "▁" unless it already starts with one, with "first" only the piece
+at the very start of the input does, with "never" none does. (So " Hello" is "▁Hello" here, where sentencepiece
+itself makes "▁▁Hello".)
 
 Sources: huggingface/tokenizers (``tokenizer/mod.rs``, ``pre_tokenizers/{byte_level,metaspace,split}.rs``,
 ``normalizers/``, ``processors/template.rs``, ``models/bpe/model.rs``, ``added_vocabulary.rs``, ``decoders/``).
@@ -36,12 +38,11 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-import regex
-
-from .byte_level import GPT2_PATTERN, compile_regex, from_string_vocab, vocab_token_bytes
+from .byte_level import compile_regex, from_string_vocab, vocab_token_bytes
 from .decoding import DecodeRules
 from .errors import Place, check_vocab, expect, get, items, read_json_object
-from .guards import TimedPattern, repair_surrogates
+from .guards import repair_surrogates
+from .pre_tokenizers import Metaspace, PreTokenizer, check_order, metaspace_settings, pattern_of, read_pre_tokenizer
 from .sentencepiece import SPACE, PieceBPE, byte_piece
 from .special import added_token_ids
 
@@ -64,15 +65,6 @@ def _flatten(component: dict | None, children: str, place: Place) -> list[tuple[
             for step in _flatten(child, children, at)]
 
 
-def _pattern(step: dict, place: Place) -> tuple[str, bool, Place]:
-    """tokenizers' {"String": s} or {"Regex": r} -> (text, is_regex, its place)."""
-    pattern = get(step, "pattern", dict, place)
-    if len(pattern) != 1 or not pattern.keys() <= {"String", "Regex"}:
-        raise place["pattern"].error('must be {"String": text} or {"Regex": pattern}')
-    key = next(iter(pattern))
-    return get(pattern, key, str, place["pattern"]), key == "Regex", place["pattern"][key]
-
-
 class Normalizer:
     """The normalizer steps of a tokenizer.json, applied to one segment of text."""
 
@@ -93,7 +85,7 @@ def _normalizer_step(step: dict, place: Place):
         prefix = get(step, "prepend", str, place)
         return lambda text: prefix + text if text else text  # tokenizers' Prepend leaves an empty segment empty
     if kind == "Replace":
-        target, is_regex, at = _pattern(step, place)
+        target, is_regex, at = pattern_of(step, place)
         new = get(step, "content", str, place)
         if not is_regex:
             return lambda text: text.replace(target, new)
@@ -113,84 +105,18 @@ class NormalizedByteLevel:
         return self.bpe.encode_ordinary(self.normalizer(repair_surrogates(text)), at_start)
 
 
-def split_words(text: str, delimiters: TimedPattern, behavior: str) -> list[str]:
-    """tokenizers' Split pre-tokenizer (``pre_tokenizers/split.rs``): cut ``text`` at each match of ``delimiters``,
-    keeping the match as ``behavior`` says. Empty pieces are dropped.
-
-    "a▁b▁c" split on "▁":  Isolated -> ["a", "▁", "b", "▁", "c"];  MergedWithPrevious -> ["a▁", "b▁", "c"];
-                            MergedWithNext -> ["a", "▁b", "▁c"];   Removed -> ["a", "b", "c"]
-    """
-    pieces, start = [], 0  # start: where the piece being built begins
-    for match in delimiters.finditer(text):
-        if behavior == "MergedWithPrevious":
-            pieces.append(text[start : match.end()])
-            start = match.end()
-        elif behavior == "MergedWithNext":
-            pieces.append(text[start : match.start()])
-            start = match.start()
-        else:  # Isolated keeps the delimiter as its own piece; Removed drops it
-            pieces += [text[start : match.start()]] + ([match.group()] if behavior == "Isolated" else [])
-            start = match.end()
-    pieces.append(text[start:])
-    return [piece for piece in pieces if piece]
-
-
-SPLIT_BEHAVIORS = ("Isolated", "Removed", "MergedWithPrevious", "MergedWithNext")
-
-
 class MetaspaceModel:
-    """Hugging Face's SentencePiece-style pipeline: normalizer, Metaspace or Split pre-tokenizer, character BPE.
+    """Hugging Face's SentencePiece-style pipeline: normalizer, pre-tokenizer (Metaspace, Split, Digits, or none at
+    all when the normalizer itself writes the "▁", as in the legacy Llama 2 / Mistral files), character BPE."""
 
-    ``metaspace``: the Metaspace pre-tokenizer's settings (replacement, prepend_scheme, split), or None without one.
-    ``split``: (delimiter pattern, behavior) of a Split pre-tokenizer (Gemma 3: " ", MergedWithPrevious), or None.
-    Metaspace's own split=True is the same thing: every "▁" starts a new word, Split("▁", MergedWithNext).
-    """
-
-    def __init__(self, normalizer: Normalizer, metaspace: dict | None, bpe: PieceBPE,
-                 split: tuple[TimedPattern, str] | None = None):
+    def __init__(self, normalizer: Normalizer, pre_tokenizer: PreTokenizer, bpe: PieceBPE):
         self.normalizer = normalizer
+        self.pre_tokenizer = pre_tokenizer
         self.bpe = bpe
-        self.metaspace = metaspace is not None
-        self.replacement = metaspace["replacement"] if metaspace else SPACE
-        self.prepend_scheme = metaspace["prepend_scheme"] if metaspace else "never"
-        if metaspace and metaspace["split"]:
-            split = (compile_regex(regex.escape(self.replacement), "Metaspace"), "MergedWithNext")
-        self.split = split
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
-        text = self.normalizer(repair_surrogates(text))
-        if self.metaspace:
-            text = text.replace(" ", self.replacement)
-            prepend = self.prepend_scheme == "always" or (self.prepend_scheme == "first" and at_start)
-            if prepend and text and not text.startswith(self.replacement):
-                text = self.replacement + text
-        words = split_words(text, *self.split) if self.split else [text] if text else []
+        words = self.pre_tokenizer.words(self.normalizer(repair_surrogates(text)), at_start)
         return [i for word in words for i in self.bpe.encode(word)]
-
-
-def _metaspace_settings(step: dict, place: Place) -> dict:
-    """A Metaspace pre-tokenizer or decoder: {"replacement": "▁", "prepend_scheme": ..., "split": ...}, checked.
-    Files from tokenizers < 0.14 say ``add_prefix_space`` (true = "always") instead of ``prepend_scheme``."""
-    replacement = get(step, "replacement", str, place)
-    if len(replacement) != 1:
-        raise place["replacement"].error(f"must be one character, not {replacement!r}")
-    if "prepend_scheme" in step:
-        scheme = get(step, "prepend_scheme", str, place)
-        if scheme not in ("always", "first", "never"):
-            raise place["prepend_scheme"].error(f"must be 'always', 'first' or 'never', not {scheme!r}")
-    else:
-        scheme = "always" if get(step, "add_prefix_space", bool, place, True) else "never"
-    return {"replacement": replacement, "prepend_scheme": scheme, "split": get(step, "split", bool, place, True)}
-
-
-def _split_settings(step: dict, place: Place) -> tuple[TimedPattern, str]:
-    """A Split pre-tokenizer in front of a SentencePiece-style BPE: (its pattern, compiled, and its behavior)."""
-    behavior, invert = get(step, "behavior", str, place), get(step, "invert", bool, place, False)
-    if behavior not in SPLIT_BEHAVIORS or invert:
-        raise place.error(f"has behavior={behavior!r}, invert={invert}; supported are {', '.join(SPLIT_BEHAVIORS)}, "
-                          f"not inverted")
-    text, is_regex, at = _pattern(step, place)
-    return compile_regex(text if is_regex else regex.escape(text), str(at)), behavior
 
 
 def _merges(model: dict, place: Place) -> list[tuple[str, str]]:
@@ -245,77 +171,51 @@ def load_tokenizer_json(path: str | Path) -> dict:
     vocab = check_vocab(get(model, "vocab", dict, top["model"]), top["model"]["vocab"])
     merges = _merges(model, top["model"])
     specials, control = _added_tokens(spec, top, vocab)
-    normalizer = Normalizer(_steps(spec, "normalizer", "normalizers", top))
-    pre_tokenizers = _steps(spec, "pre_tokenizer", "pretokenizers", top)
+    normalizer, pre_tokenizer, kind = front_end(spec, top)
     decoders = _steps(spec, "decoder", "decoders", top)
     if not decoders:
         raise top["decoder"].error("is missing: tokens would decode as their raw strings, which nanollm does not do")
-    kinds = [step["type"] for step, _ in pre_tokenizers]
-
-    if "ByteLevel" in kinds:
-        bpe_model, decode_rules = _byte_level(vocab, merges, pre_tokenizers, decoders, specials, model)
-        encoder = bpe_model if not normalizer.steps else NormalizedByteLevel(normalizer, bpe_model)
-    elif kinds in ([], ["Metaspace"], ["Split"]):
-        metaspace = _metaspace_settings(*pre_tokenizers[0]) if kinds == ["Metaspace"] else None
-        split = _split_settings(*pre_tokenizers[0]) if kinds == ["Split"] else None
-        encoder, decode_rules = _metaspace(vocab, merges, normalizer, metaspace, split, decoders, specials, control,
-                                           model, top)
+    if kind == "byte_level":
+        encoder = byte_level_encoder(vocab, merges, normalizer, pre_tokenizer,
+                                     ignore_merges=model.get("ignore_merges", False))
+        decode_rules = _byte_level_rules(vocab, decoders, specials)
     else:
-        raise top["pre_tokenizer"].error(f"is {kinds}: nanollm supports [Split,] ByteLevel, or one Metaspace or Split "
-                                         f"before a SentencePiece-style BPE")
-
+        encoder, decode_rules = _metaspace(vocab, merges, normalizer, pre_tokenizer, decoders, specials, control,
+                                           model, top)
     prefix, suffix = _template(spec, top, decode_rules)
     return {"model": encoder, "decode_rules": decode_rules, "special_tokens": specials,
             "prompt_prefix": prefix, "prompt_suffix": suffix}
 
 
-def _byte_level_pattern(pre_tokenizers: list[tuple[dict, Place]]) -> tuple[str, str, bool]:
-    """The one splitting regex of a byte-level pipeline: an optional Split (Isolated, not inverted), then ByteLevel,
-    last, with its own GPT-2 regex only when no Split came before. -> (pattern, its origin, add_prefix_space)."""
-    *splits, (byte_level, place) = pre_tokenizers
-    if byte_level["type"] != "ByteLevel":
-        raise place["type"].error(f"is {byte_level['type']!r}: ByteLevel must be the last pre-tokenizer")
-    if len(splits) > 1:
-        raise splits[1][1].error("is a second pre-tokenizer before ByteLevel; at most one Split is supported")
-    pattern = origin = None
-    for step, at in splits:
-        if step["type"] != "Split":
-            raise at["type"].error(f"is {step['type']!r}; before ByteLevel only a Split pre-tokenizer is supported")
-        behavior, invert = get(step, "behavior", str, at), get(step, "invert", bool, at)
-        if behavior != "Isolated" or invert:
-            raise at.error(f"has behavior={behavior!r}, invert={invert}; only Isolated, not inverted, is supported")
-        text, is_regex, pattern_place = _pattern(step, at)
-        pattern, origin = (text if is_regex else regex.escape(text)), str(pattern_place)
-    add_prefix_space = get(byte_level, "add_prefix_space", bool, place)
-    get(byte_level, "trim_offsets", bool, place)  # offsets only: no effect on ids
-    if get(byte_level, "use_regex", bool, place, True):
-        if pattern is not None:
-            raise place["use_regex"].error("is true after a Split regex: two splitting regexes are not supported")
-        pattern, origin = GPT2_PATTERN, f"{place} (GPT-2's pattern)"
-    if pattern is None:
-        raise place.error("has use_regex false and no Split before it: nothing splits the text into words")
-    return pattern, origin, add_prefix_space
+def front_end(spec: dict, place: Place) -> tuple[Normalizer, PreTokenizer, str]:
+    """A tokenizer.json's normalizer and pre-tokenizer, read and checked, and which pipeline they make:
+    "byte_level" or "pieces" (``pre_tokenizers.check_order``). ``loading.py`` passes the components that
+    transformers' tokenizer classes build around vocab.json + merges.txt, written the same way."""
+    normalizer = Normalizer(_steps(spec, "normalizer", "normalizers", place))
+    steps = _steps(spec, "pre_tokenizer", "pretokenizers", place)
+    kind = check_order(steps)
+    return normalizer, read_pre_tokenizer(steps), kind
 
 
-def _byte_level(vocab, merges, pre_tokenizers, decoders, specials, model):
-    pattern, origin, add_prefix_space = _byte_level_pattern(pre_tokenizers)
+def byte_level_encoder(vocab: dict[str, int], merges: list[tuple[str, str]], normalizer: Normalizer,
+                       pre_tokenizer: PreTokenizer, *, ignore_merges: bool = False):
+    """Byte-level BPE over ``vocab`` and ``merges``, behind the normalizer when there is one."""
+    # ignore_merges, as tokenizers: a word that is in the vocabulary is that one token, whatever the merges say.
+    bpe = from_string_vocab(vocab, merges, pre_tokenizer=pre_tokenizer, whole_word_first=ignore_merges)
+    return bpe if not normalizer.steps else NormalizedByteLevel(normalizer, bpe)
+
+
+def _byte_level_rules(vocab: dict[str, int], decoders: list[tuple[dict, Place]], specials: dict[str, int]):
+    """The ByteLevel decoder maps every token's string back to bytes, added tokens included."""
     for step, place in decoders:
         if step["type"] != "ByteLevel":
             raise place["type"].error(f"is {step['type']!r}; a byte-level tokenizer must decode with ByteLevel")
-    bpe = from_string_vocab(
-        vocab,
-        merges,
-        pattern=pattern,
-        whole_word_first=model.get("ignore_merges", False),  # tokenizers: a word in the vocabulary is one token
-        add_prefix_space=add_prefix_space,
-        origin=origin,
-    )
-    # The ByteLevel decoder maps every token's string back to bytes, added tokens included.
-    return bpe, DecodeRules(vocab_token_bytes({**vocab, **specials}))
+    return DecodeRules(vocab_token_bytes({**vocab, **specials}))
 
 
-def _metaspace(vocab, merges, normalizer, metaspace, split, decoders, specials, control, model, place):
-    replacement = metaspace["replacement"] if metaspace else SPACE
+def _metaspace(vocab, merges, normalizer, pre_tokenizer, decoders, specials, control, model, place):
+    metaspace = next((step for step in pre_tokenizer.steps if isinstance(step, Metaspace)), None)
+    replacement = metaspace.replacement if metaspace else SPACE
     byte_ids = None
     if model.get("byte_fallback", False):
         missing = [byte_piece(b) for b in range(256) if byte_piece(b) not in vocab]
@@ -337,7 +237,7 @@ def _metaspace(vocab, merges, normalizer, metaspace, split, decoders, specials, 
         piece_ids=vocab, pair_ranks=pair_ranks, byte_ids=byte_ids, unk_id=vocab.get(unk),
         fuse_unk=model.get("fuse_unk", False), whole_word_first=model.get("ignore_merges", False),
     )
-    encoder = MetaspaceModel(normalizer, metaspace, bpe, split)
+    encoder = MetaspaceModel(normalizer, pre_tokenizer, bpe)
 
     # Decoding as sentencepiece does: "▁" is a space, byte pieces are bytes, special tokens show nothing, and the
     # leading space of the first piece goes when the decoder strips it (Strip decoder or Metaspace decoder).
@@ -376,7 +276,7 @@ def _strips_first_space(step: dict, place: Place, replacement: str) -> bool:
     if kind in ("ByteFallback", "Fuse"):
         return False
     if kind == "Replace":
-        target, is_regex, _ = _pattern(step, place)
+        target, is_regex, _ = pattern_of(step, place)
         if is_regex or target != replacement or get(step, "content", str, place) != " ":
             raise place.error(f"must replace {replacement!r} with ' '; another Replace decoder is not supported")
         return False
@@ -388,7 +288,7 @@ def _strips_first_space(step: dict, place: Place, replacement: str) -> bool:
                               f"supported")
         return start == 1
     if kind == "Metaspace":
-        return _metaspace_settings(step, place)["prepend_scheme"] != "never"
+        return metaspace_settings(step, place)["prepend_scheme"] != "never"
     raise place["type"].error(f"is {kind!r}, a decoder nanollm does not support with Metaspace")
 
 

@@ -35,6 +35,7 @@ from .. import files
 from .byte_level import ByteLevelBPE, compile_pattern
 from .decoding import DecodeRules
 from .errors import Place, TokenizerError, blame, check_vocab, get, read_json_object
+from .pre_tokenizers import regex_pre_tokenizer
 
 NANOLLM_TOKENIZER_FILE = "nanollm_tokenizer.json"
 FORMAT_NAME = "nanollm-tokenizer"
@@ -98,8 +99,8 @@ class BPEMerges:
         pair_ranks = {}
         for rank, (left, right, _) in enumerate(self.merges):
             pair_ranks.setdefault((table[left], table[right]), rank)
-        model = ByteLevelBPE(token_ids=token_ids, pair_ranks=pair_ranks, pattern=self.pattern, whole_word_first=False,
-                             origin=origin)
+        model = ByteLevelBPE(token_ids=token_ids, pair_ranks=pair_ranks,
+                             pre_tokenizer=regex_pre_tokenizer(self.pattern, origin), whole_word_first=False)
         decode_table = dict(table)
         for text, i in self.special_tokens.items():
             decode_table[i] = text.encode("utf-8")
