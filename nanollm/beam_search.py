@@ -87,9 +87,7 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
     # Prefill once, then give every beam a copy of the prompt's cache.
     one = model.new_cache(batch_size=1, max_len=L)
     logits = np.repeat(model.step(np.asarray([prompt_ids]), one)[:, -1], K, axis=0)  # (K, V)
-    for layer in range(len(cache.k)):
-        cache.k[layer][:, :, :L], cache.v[layer][:, :, :L] = one.k[layer], one.v[layer]
-    cache.length = L
+    cache.copy_prefix(one)
     stats.kv_cache_bytes = cache.nbytes
 
     running_scores = np.full(K, NEG, dtype=np.float32)  # (K,) only beam 0 is real at the start: no duplicates
@@ -130,9 +128,7 @@ def beam_search(model, prompt_ids: list[int], s: GenerationSettings) -> tuple[li
             break
 
         if not np.array_equal(parents, np.arange(K)):  # each beam's cache follows its parent's
-            for layer in range(len(cache.k)):
-                cache.k[layer][:, :, : cache.length] = cache.k[layer][parents, :, : cache.length]
-                cache.v[layer][:, :, : cache.length] = cache.v[layer][parents, :, : cache.length]
+            cache.reorder(parents)
         if history is not None:
             history.reorder(parents)
             history.add(running[:, -1])

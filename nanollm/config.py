@@ -1,17 +1,32 @@
-"""The model configuration: every number the forward pass needs, in one frozen dataclass.
+"""The model configuration: every number and choice the forward pass needs, in one frozen dataclass.
 
 A config is built from a Hugging Face `config.json` by `weights_tools.convert`; nothing here reads files. Fields carry
 an example value (GPT-2 124M or Llama-style) in their comment so a reader can picture the sizes.
+
+One forward pass serves every family (nanollm/model.py); where families differ, a field below says how, with the
+family that introduced the difference. The defaults are Llama's, so each family is Llama plus the fields it sets:
+
+    GPT-2     positions="learned", norm="layer", mlp="gelu", qkv_bias, out_bias, mlp_bias
+    Qwen2     qkv_bias (q, k and v only), rope theta 1e6
+    Qwen3     head_dim given on its own, qk_norm="head"
+    Mistral   sliding_window (every layer)
+    Phi-3     sliding_window; rope.scaling LongRope (3.5, 4-mini); rope.rotary_dim < head_dim (4-mini)
+    Gemma     mlp="geglu", embed_scale=sqrt(C), head_dim 256, RMSNorm (1 + w) folded into w at load
+    Gemma 2   norm_placement="sandwich", attn_scale, attn_softcap, final_softcap, sliding layers every other layer
+    Gemma 3   Gemma 2 without soft-capping, qk_norm="head", sliding layers with their own RoPE (rope_local)
+    OLMo-2    norm_placement="post", qk_norm="full"
 """
 from dataclasses import dataclass
 
+LAYER_TYPES = ("full", "sliding")
+
 
 @dataclass(frozen=True)
-class RopeScaling:
-    """Llama 3's frequency-dependent RoPE scaling (`rope_type: "llama3"` in config.json).
+class Llama3Scaling:
+    """Llama 3.1's frequency-dependent RoPE scaling (`rope_type: "llama3"`).
 
     Long wavelengths (low frequencies) are divided by `factor`, short ones kept, and the band between blended
-    smoothly; see `nanollm.rope.rope_frequencies`.
+    smoothly; see `nanollm.rope.frequencies`.
     """
 
     factor: float  # 8.0
@@ -21,44 +36,106 @@ class RopeScaling:
 
 
 @dataclass(frozen=True)
+class LinearScaling:
+    """Position interpolation (`rope_type: "linear"`, Gemma 3's global layers): every frequency divided by factor."""
+
+    factor: float  # 8.0
+
+
+@dataclass(frozen=True)
+class LongRopeScaling:
+    """LongRoPE (`rope_type: "longrope"`, Phi-3.5 / Phi-4-mini; Ding et al. 2024): frequency i is divided by its own
+    factor, from `short_factor` while the sequence fits the original context and from `long_factor` beyond it, and
+    cos/sin are multiplied by `attention_factor` (sqrt(1 + ln(max / original) / ln(original)) unless the file says)."""
+
+    short_factor: tuple[float, ...]  # (rotary_dim / 2,)
+    long_factor: tuple[float, ...]  # (rotary_dim / 2,)
+    original_max_position_embeddings: int  # 4096
+    attention_factor: float  # 1.19
+
+
+@dataclass(frozen=True)
+class Rope:
+    """Rotary position embedding (Su et al. 2021) as one group of layers uses it."""
+
+    theta: float = 10000.0  # base of the frequencies (Qwen2: 1e6)
+    rotary_dim: int = 0  # dims of each head that rotate (even; head_dim unless partial_rotary_factor < 1)
+    scaling: Llama3Scaling | LinearScaling | LongRopeScaling | None = None
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    arch: str  # "gpt2" or "llama": which forward pass in nanollm.model
+    arch: str  # the family, as config.json's model_type names it: "gpt2", "llama", "qwen2", "gemma3_text", ...
     vocab_size: int  # 50257
     n_layer: int  # 12 transformer blocks
     n_head: int  # 12 query heads (nh)
     n_kv_head: int  # 12 key/value heads (n_kv); fewer than n_head is grouped-query attention, 1 is multi-query
     n_embd: int  # 768 residual width (C)
-    head_dim: int  # 64 (hs); usually n_embd // n_head, but Llama configs may set it independently
+    head_dim: int  # 64 (hs); usually n_embd // n_head, but Qwen3, Gemma and others set it on its own
     n_hidden: int  # 3072 MLP inner width
     max_seq_len: int  # 1024 positions the model was trained for
     norm_eps: float  # 1e-5
-    tie_embeddings: bool  # True: the output projection is the token embedding (GPT-2, small Llamas)
-    attn_bias: bool = False  # biases on q/k/v/o projections (GPT-2: True)
-    mlp_bias: bool = False  # biases on the MLP projections (GPT-2: True)
-    rope_theta: float = 10000.0  # Llama only: base of the RoPE frequencies
-    rope_scaling: RopeScaling | None = None  # Llama 3.1+ only
+    tie_embeddings: bool  # True: the output projection is the token embedding (GPT-2, small Llamas, Gemma)
+    positions: str = "rope"  # "learned" (GPT-2: a table of position vectors added to the input) or "rope"
+    norm: str = "rms"  # "layer" (GPT-2: LayerNorm with bias) or "rms" (RMSNorm, every later family)
+    norm_placement: str = "pre"  # "pre": norm before each branch; "sandwich" (Gemma 2/3): before and after;
+    #                              "post" (OLMo-2): after only, on the branch's output before the residual add
+    mlp: str = "swiglu"  # "gelu" (GPT-2: down(gelu(up x))), "swiglu" (silu(gate x) * up x), "geglu" (Gemma)
+    qkv_bias: bool = False  # biases on the q, k and v projections (GPT-2, Qwen2)
+    out_bias: bool = False  # bias on the attention output projection (GPT-2)
+    mlp_bias: bool = False  # biases on the MLP projections (GPT-2)
+    qk_norm: str | None = None  # RMSNorm of q and k before RoPE: "head" (Qwen3, Gemma 3), "full" (OLMo-2)
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(n_embd))
+    attn_scale: float | None = None  # attention score scale; None is 1/sqrt(head_dim) (Gemma 2/3: 256 ** -0.5)
+    attn_softcap: float | None = None  # scores become cap * tanh(score / cap) (Gemma 2: 50)
+    final_softcap: float | None = None  # the same on the output logits (Gemma 2: 30)
+    rope: Rope | None = None  # positions="rope": the RoPE of full-attention layers (every layer, for most)
+    rope_local: Rope | None = None  # Gemma 3: sliding layers' own RoPE (base 10000); None: they use `rope`
+    sliding_window: int | None = None  # keys a query of a sliding layer sees, itself included (Mistral v0.1: 4096)
+    layer_types: tuple[str, ...] = ()  # per layer "full" or "sliding"; () means every layer "full"
     bos_token_id: int | None = None  # 50256; ids outside the vocabulary are dropped at load (weights_tools.convert)
     eos_token_ids: tuple[int, ...] = ()  # (50256,)
 
     def __post_init__(self):
-        if self.arch not in ("gpt2", "llama"):
-            raise ValueError(f"unknown architecture {self.arch!r}: nanollm runs 'gpt2' and 'llama'")
         for name in ("vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "head_dim", "n_hidden", "max_seq_len"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
-        for name in ("norm_eps", "rope_theta"):  # written so that NaN fails too
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.arch == "gpt2" and self.n_head * self.head_dim != self.n_embd:
-            raise ValueError(f"GPT-2 needs n_embd = n_head * head_dim, got {self.n_embd} != {self.n_head} * "
-                             f"{self.head_dim}")
+        if not self.norm_eps > 0:  # written so that NaN fails too
+            raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
+        for name, choices in (("positions", ("learned", "rope")), ("norm", ("layer", "rms")),
+                              ("norm_placement", ("pre", "sandwich", "post")), ("mlp", ("gelu", "swiglu", "geglu")),
+                              ("qk_norm", (None, "head", "full"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
-        if self.arch == "llama" and self.head_dim % 2:
-            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if (self.positions == "rope") != (self.rope is not None):
+            raise ValueError("a config has a rope exactly when positions='rope'")
+        for rope in (self.rope, self.rope_local):
+            if rope is not None and not (0 < rope.rotary_dim <= self.head_dim and rope.rotary_dim % 2 == 0
+                                         and rope.theta > 0):
+                raise ValueError(f"RoPE rotates an even number of dims in 2 .. head_dim={self.head_dim} with a "
+                                 f"base > 0, got rotary_dim={rope.rotary_dim}, theta={rope.theta!r}")
+        if self.layer_types and (len(self.layer_types) != self.n_layer
+                                 or not set(self.layer_types) <= set(LAYER_TYPES)):
+            raise ValueError(f"layer_types must name {LAYER_TYPES} for each of the {self.n_layer} layers, got "
+                             f"{self.layer_types!r}")
+        if "sliding" in self.layer_types and not (self.sliding_window or 0) > 0:
+            raise ValueError(f"sliding layers need a sliding_window > 0, got {self.sliding_window!r}")
+        for name in ("attn_scale", "attn_softcap", "final_softcap"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0 (or None), got {getattr(self, name)!r}")
 
     @property
     def qkv_dim(self) -> int:
         """Width of the fused q|k|v projection: nh*hs + 2*n_kv*hs."""
         return (self.n_head + 2 * self.n_kv_head) * self.head_dim
+
+    def layer_type(self, i: int) -> str:
+        """"full" or "sliding": what layer i's queries see (all keys before them, or the last sliding_window)."""
+        return self.layer_types[i] if self.layer_types else "full"
+
+    def layer_rope(self, i: int) -> Rope | None:
+        """The RoPE layer i applies (Gemma 3's sliding layers have their own)."""
+        return self.rope_local if self.layer_type(i) == "sliding" and self.rope_local is not None else self.rope

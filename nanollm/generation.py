@@ -274,6 +274,12 @@ class Batch:
         tok = model.tokenizer
         self.seqs = [Sequence(ids, TextStream(tok.stream_decoder(), settings.stop) if tok is not None else None)
                      for ids in prompts]
+        if settings.padding_side == "right" and "sliding" in model.config.layer_types and \
+                len({len(p) for p in prompts}) > 1:
+            # A window counts cache slots; right padding puts a shorter prompt's new tokens more slots than
+            # positions away from it, so the window would hide keys the model should see.
+            raise ValueError("a model with sliding-window layers needs padding_side='left' for a batch of prompts of "
+                             "different lengths")
         if settings.stop and tok is None:
             raise ValueError("stop strings need the model's tokenizer (this model has none)")
         self.stats = GenerationStats(prompt_tokens=sum(len(p) for p in prompts), batch_size=len(prompts))

@@ -2,6 +2,13 @@
 
 Prefill writes the keys and values of every prompt position; each decode step appends one position and attends over
 everything written so far. Buffers are allocated once for the whole generation, so a step never copies the past.
+
+Sliding-window layers (Mistral v0.1, Phi-3-mini-4k, every other Gemma 2 layer, five of six Gemma 3 layers) attend to
+only the last sliding_window slots, yet here they keep every slot like a full layer, and attention masks the older
+ones out. A ring buffer of sliding_window slots per such layer would bound their memory by the window instead of the
+sequence: for Gemma 3 at a 32k context with a 1024 window, its sliding layers' cache would shrink 32x, about 27x for
+the whole model. It would cost attention a second notion of where a key sits (slot = position mod window); nanollm
+keeps one cache layout for every layer instead, and says so here.
 """
 from dataclasses import dataclass
 
@@ -14,6 +21,8 @@ from .memory import check_fits
 class KVCache:
     k: list  # per layer: (B, n_kv, max_len, hs) float32, slots 0 .. length-1 filled
     v: list  # per layer: (B, n_kv, max_len, hs)
+    ids: np.ndarray  # (B, max_len) int64: the token in each slot (what a recomputation needs: see Model.step)
+    positions: np.ndarray  # (B, max_len) int64: each slot's position in its own sequence
     length: int = 0  # slots filled so far (the same for every layer once a forward pass completes)
 
     @classmethod
@@ -26,6 +35,8 @@ class KVCache:
         return cls(
             k=[backend.zeros(shape) for _ in range(cfg.n_layer)],
             v=[backend.zeros(shape) for _ in range(cfg.n_layer)],
+            ids=np.zeros((batch_size, max_len), dtype=np.int64),
+            positions=np.zeros((batch_size, max_len), dtype=np.int64),
         )
 
     @property
@@ -44,6 +55,27 @@ class KVCache:
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, n_kv, end, hs) x2
+
+    def record(self, ids: np.ndarray, positions: np.ndarray, start: int) -> None:
+        """Note which tokens (B, T), at which positions, fill slots start .. start+T-1."""
+        self.ids[:, start : start + ids.shape[1]] = ids
+        self.positions[:, start : start + ids.shape[1]] = positions
+
+    def reorder(self, rows: np.ndarray) -> None:
+        """Row b becomes a copy of row rows[b] (beam search: each beam continues its parent). rows: int (B,)"""
+        n = self.length
+        for buffers in (self.k, self.v):
+            for a in buffers:
+                a[:, :, :n] = a[rows, :, :n]
+        self.ids[:, :n], self.positions[:, :n] = self.ids[rows, :n], self.positions[rows, :n]
+
+    def copy_prefix(self, other: "KVCache") -> None:
+        """Every row starts as a copy of `other`'s one row (beam search: every beam shares the prompt's cache)."""
+        n = other.length
+        for mine, theirs in zip(self.k + self.v, other.k + other.v):
+            mine[:, :, :n] = theirs[:, :, :n]
+        self.ids[:, :n], self.positions[:, :n] = other.ids[:, :n], other.positions[:, :n]
+        self.length = n
 
 
 def kv_cache_bytes(cfg, batch_size: int, max_len: int) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from nanollm.backends import get_backend
 from nanollm.backends.numpy_backend import NumpyBackend
-from nanollm.config import ModelConfig
+from nanollm.config import ModelConfig, Rope
 from nanollm.model import LayerWeights, Model, ModelWeights
 from tests.kernel_harness import KERNEL_BACKENDS, assert_close, make_backend
 
@@ -19,7 +19,11 @@ def small_config(arch: str, **overrides) -> ModelConfig:
     gpt2 = arch == "gpt2"
     fields = dict(arch=arch, vocab_size=61, n_layer=2, n_head=4, n_kv_head=4 if gpt2 else 2, n_embd=24,
                   head_dim=6 if gpt2 else 8, n_hidden=40, max_seq_len=64, norm_eps=1e-5, tie_embeddings=gpt2,
-                  attn_bias=gpt2, mlp_bias=gpt2)
+                  qkv_bias=gpt2, out_bias=gpt2, mlp_bias=gpt2)
+    if gpt2:
+        fields.update(positions="learned", norm="layer", mlp="gelu")
+    else:
+        fields.update(rope=Rope(rotary_dim=overrides.get("head_dim", 8)))
     return ModelConfig(**{**fields, **overrides})
 
 
@@ -37,8 +41,8 @@ def random_weights(cfg: ModelConfig, seed: int) -> ModelWeights:
     gpt2 = cfg.arch == "gpt2"
     bias = (lambda n: w(n, scale=0.1)) if gpt2 else (lambda n: None)
     layers = [
-        LayerWeights(norm1_w=gain(), norm1_b=bias(C), w_qkv=w(C, cfg.qkv_dim), b_qkv=bias(cfg.qkv_dim),
-                     w_o=w(cfg.n_head * cfg.head_dim, C), b_o=bias(C), norm2_w=gain(), norm2_b=bias(C),
+        LayerWeights(attn_norm_w=gain(), attn_norm_b=bias(C), w_qkv=w(C, cfg.qkv_dim), b_qkv=bias(cfg.qkv_dim),
+                     w_o=w(cfg.n_head * cfg.head_dim, C), b_o=bias(C), mlp_norm_w=gain(), mlp_norm_b=bias(C),
                      w_up=w(C, H), b_up=bias(H), w_gate=None if gpt2 else w(C, H), w_down=w(H, C), b_down=bias(C))
         for _ in range(cfg.n_layer)
     ]

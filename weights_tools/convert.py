@@ -1,13 +1,19 @@
-"""Hugging Face GPT-2 and Llama checkpoints -> nanollm's config and named weights.
+"""Hugging Face checkpoints -> nanollm's config and named weights, for every family nanollm runs.
 
-This file owns every layout change between a checkpoint and nanollm (nanollm/model.py states the convention: a
-linear weight is (in, out), applied as x @ w):
+This file is where families differ (nanollm/model.py has one forward pass for all of them): each family's config.json
+keys become ModelConfig fields (nanollm/config.py lists which family sets which), and its tensor names become
+LayerWeights. It also owns every layout change (nanollm/model.py states the convention: a linear weight is (in, out),
+applied as x @ w):
 
   GPT-2 (GPT2LMHeadModel)  Conv1D weights are already stored (in, out): no transpose. c_attn already holds q|k|v side
                            by side. `attn.bias` / `attn.masked_bias` are causal-mask buffers, not weights: skipped.
                            Names carry a `transformer.` prefix in most checkpoints but not in the hub's own `gpt2`.
-  Llama (LlamaForCausalLM) nn.Linear weights are (out, in): transposed. q, k and v are concatenated into one (in, out)
-                           matrix so attention does one matmul. Heads are already in the rotate-half RoPE layout.
+  Llama and its heirs      nn.Linear weights are (out, in): transposed. q, k and v are concatenated into one (in, out)
+  (Mistral, Qwen2/3,       matrix so attention does one matmul (Phi-3 stores them so already, as `qkv_proj`; its
+  Phi-3, Gemma 1/2/3,      `gate_up_proj` holds gate then up, split here). Heads are already in the rotate-half RoPE
+  OLMo-2)                  layout. Gemma's RMSNorm scales by (1 + w): the 1 is added to every norm weight here, so
+                           the model's one RMSNorm (x * w) serves it. The names of the norms around each branch
+                           differ: see `norm_names`.
 
 config.json is read through typed getters (JsonFields): each value must have the JSON type transformers requires and
 a range that makes sense, else one CheckpointError names the file and the key. Special token ids outside the
@@ -25,15 +31,18 @@ from pathlib import Path
 
 import numpy as np
 
-from nanollm.config import ModelConfig, RopeScaling
+from nanollm.config import Llama3Scaling, LinearScaling, LongRopeScaling, ModelConfig, Rope
 from nanollm.files import read_bytes
 from nanollm.memory import check_fits
 from nanollm.model import LayerWeights, ModelWeights
-from nanollm.rope import rope_frequencies
+from nanollm.rope import frequencies
 
 from .safetensors import open_checkpoint
 
-SUPPORTED = ("gpt2", "llama")
+# config.json's model_type -> the family. Gemma 3's text-only checkpoints say gemma3_text (the multimodal ones, gemma3,
+# hold a vision tower nanollm does not run).
+SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2")
+GEMMA = ("gemma", "gemma2", "gemma3_text")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a norm's eps is added in float32: a larger one would overflow
 
 
@@ -78,8 +87,9 @@ class JsonFields:
     def __contains__(self, key: str) -> bool:
         return self.data.get(key) is not None
 
-    def error(self, key: str, problem: str) -> CheckpointError:
-        return CheckpointError(f"{self.where}: {self.prefix}{key} {problem}")
+    def error(self, key, problem: str) -> CheckpointError:
+        name = f"{self.prefix}[{key}]" if isinstance(key, int) else f"{self.prefix}{key}"
+        return CheckpointError(f"{self.where}: {name} {problem}")
 
     def value(self, key: str, default, nullable: bool):
         """The raw value, or default when the key is absent (or null, for a nullable key)."""
@@ -92,10 +102,13 @@ class JsonFields:
     def refuse(self, key: str, value, expected: str):
         raise self.error(key, f"must be {expected}, got {json.dumps(value)[:80]}")
 
-    def integer(self, key: str, default=REQUIRED, *, minimum: int = 1, nullable: bool = False) -> int:
+    def integer(self, key: str, default=REQUIRED, *, minimum: int = 1, nullable: bool = False) -> int | None:
         """A JSON integer >= minimum and < 2**63: every count and size here is an int64 in transformers' torch, and a
-        larger one would not even convert to a float (10**400 / 2.0 is an OverflowError)."""
+        larger one would not even convert to a float (10**400 / 2.0 is an OverflowError). None only as the default
+        of a nullable key (Mistral v0.3's "sliding_window": null)."""
         value = self.value(key, default, nullable)
+        if value is None and nullable and default is None:
+            return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             self.refuse(key, value, f"an integer >= {minimum}")
         if value >= 2**63:
@@ -134,6 +147,14 @@ class JsonFields:
         if not any(type(value) is type(c) and value == c for c in choices):
             self.refuse(key, value, " or ".join(json.dumps(c) for c in choices))
         return value
+
+    def numbers(self, key: str, length: int) -> tuple[float, ...]:
+        """A list of `length` finite numbers > 0 (LongRoPE's short_factor and long_factor)."""
+        value = self.value(key, REQUIRED, nullable=False)
+        if not isinstance(value, list) or len(value) != length:
+            self.refuse(key, value, f"a list of {length} numbers")
+        items = JsonFields(dict(enumerate(value)), self.where, f"{self.prefix}{key}")
+        return tuple(items.number(i, above=0) for i in range(length))
 
     def mapping(self, key: str) -> "JsonFields | None":
         """A nested JSON object (rope_parameters) as JsonFields whose errors name `key.inner`; None when absent."""
@@ -180,8 +201,8 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
     if model_type not in SUPPORTED:
         archs = hf.get("architectures")
         raise CheckpointError(f"{where}: unknown architecture model_type={model_type!r} (architectures={archs}); "
-                              f"nanollm loads {' and '.join(SUPPORTED)}")
-    return gpt2_config(f) if model_type == "gpt2" else llama_config(f)
+                              f"nanollm loads {', '.join(SUPPORTED)}")
+    return gpt2_config(f) if model_type == "gpt2" else llama_family_config(f, model_type)
 
 
 def special_ids(f: JsonFields, vocab_size: int) -> dict:
@@ -207,52 +228,178 @@ def gpt2_config(f: JsonFields) -> ModelConfig:
         f, arch="gpt2", vocab_size=V, n_layer=f.integer("n_layer"), n_head=nh, n_kv_head=nh, n_embd=C,
         head_dim=C // nh, n_hidden=f.integer("n_inner", 4 * C, nullable=True), max_seq_len=f.integer("n_positions"),
         norm_eps=f.number("layer_norm_epsilon", 1e-5, above=0, below=FLOAT32_MAX),
-        tie_embeddings=f.boolean("tie_word_embeddings", True),
-        attn_bias=True, mlp_bias=True, **special_ids(f, V),
+        tie_embeddings=f.boolean("tie_word_embeddings", True), positions="learned", norm="layer", mlp="gelu",
+        qkv_bias=True, out_bias=True, mlp_bias=True, **special_ids(f, V),
     )
 
 
-def llama_config(f: JsonFields) -> ModelConfig:
-    act = f.string("hidden_act", "silu")
-    if act != "silu":
-        raise CheckpointError(f"{f.where}: hidden_act={act!r} is not supported (Llama uses silu)")
+def llama_family_config(f: JsonFields, family: str) -> ModelConfig:
+    """Llama's config.json keys, which every later family shares, plus what the family adds (see nanollm/config.py)."""
     C, nh, V = f.integer("hidden_size"), f.integer("num_attention_heads"), f.integer("vocab_size")
     n_kv = f.integer("num_key_value_heads", nh, nullable=True)
     require_multiple(nh, "num_attention_heads", n_kv, "num_key_value_heads", f.where)
-    if "head_dim" not in f:  # the default head size divides the width among the heads
+    default_hs = {"qwen3": 128, "gemma": 256, "gemma2": 256, "gemma3_text": 256}.get(family)  # transformers' own
+    if "head_dim" not in f and default_hs is None:  # the default head size divides the width among the heads
         require_multiple(C, "hidden_size", nh, "num_attention_heads", f.where)
-    hs = f.integer("head_dim", C // nh, nullable=True)
-    if hs % 2:
+    hs = f.integer("head_dim", default_hs or C // nh, nullable=True)
+    n_layer = f.integer("num_hidden_layers")
+    gemma = family in GEMMA
+    bias = f.boolean("attention_bias", False)  # q, k, v and o together (Llama, Qwen3, Gemma, OLMo-2)
+    fields = dict(
+        arch=family, vocab_size=V, n_layer=n_layer, n_head=nh, n_kv_head=n_kv, n_embd=C, head_dim=hs,
+        n_hidden=f.integer("intermediate_size"), max_seq_len=f.integer("max_position_embeddings"),
+        norm_eps=f.number("rms_norm_eps", 1e-5 if family in ("phi3", "olmo2") else 1e-6, above=0, below=FLOAT32_MAX),
+        tie_embeddings=f.boolean("tie_word_embeddings", gemma), mlp=mlp_kind(f, family), qkv_bias=bias,
+        out_bias=bias, mlp_bias=f.boolean("mlp_bias", False), **special_ids(f, V),
+    )
+    if family == "qwen2":  # Qwen2 has biases on q, k and v, fixed in its code (not in config.json), none on o
+        fields.update(qkv_bias=True, out_bias=False)
+    if family in ("qwen3", "gemma3_text"):
+        fields.update(qk_norm="head")
+    if family == "olmo2":
+        fields.update(norm_placement="post", qk_norm="full")
+    if gemma:
+        fields.update(embed_scale=math.sqrt(C))  # float32 in the forward pass, as transformers' float32 run
+    if family in ("gemma2", "gemma3_text"):
+        fields.update(norm_placement="sandwich", attn_scale=f.number("query_pre_attn_scalar", 256, above=0) ** -0.5,
+                      attn_softcap=softcap(f, "attn_logit_softcapping", 50.0 if family == "gemma2" else None),
+                      final_softcap=softcap(f, "final_logit_softcapping", 30.0 if family == "gemma2" else None))
+        if family == "gemma3_text" and f.data.get("use_bidirectional_attention"):
+            raise f.error("use_bidirectional_attention", "is true: nanollm runs causal language models only")
+    window, layer_types = sliding_layers(f, family, n_layer)
+    fields.update(sliding_window=window, layer_types=layer_types, **rope_fields(f, family, hs))
+    return build_config(f, **fields)
+
+
+def mlp_kind(f: JsonFields, family: str) -> str:
+    """SwiGLU (silu) for every family but Gemma's GeGLU (GELU, tanh form), read from the activation key."""
+    if family in GEMMA:
+        key = "hidden_activation" if family != "gemma" else "hidden_act"
+        act = f.string(key, "gelu_pytorch_tanh")
+        # transformers runs Gemma 1's legacy "gelu" as the tanh form too (GemmaConfig says so when it loads one)
+        if act in ("gelu_pytorch_tanh", "gelu_new") or (family == "gemma" and act == "gelu"):
+            return "geglu"
+        raise f.error(key, f"is {act!r}; Gemma's MLP is GeGLU with the tanh form of GELU (gelu_pytorch_tanh)")
+    act = f.string("hidden_act", "silu")
+    if act != "silu":
+        raise f.error("hidden_act", f"is {act!r}, which is not supported ({family} uses silu)")
+    return "swiglu"
+
+
+def softcap(f: JsonFields, key: str, default: float | None) -> float | None:
+    """Gemma 2's soft-capping values: a number > 0, or null for none."""
+    if key in f.data and f.data[key] is None:
+        return None
+    return f.number(key, default, above=0) if key in f.data or default is not None else None
+
+
+def sliding_layers(f: JsonFields, family: str, n_layer: int) -> tuple[int | None, tuple[str, ...]]:
+    """(sliding_window, layer_types) as transformers decides them for the family:
+      Mistral, Phi-3   every layer sliding when sliding_window is set (v0.1: 4096, v0.3: null)
+      Qwen2, Qwen3     only with use_sliding_window, from layer max_window_layers on (off in released models)
+      Gemma 2          every other layer sliding (the even ones), Gemma 3 five of every six (sliding_window_pattern)
+    A `layer_types` list in the file (transformers 5 writes one) decides instead, for the families that read it."""
+    if family not in ("mistral", "phi3", "qwen2", "qwen3", "gemma2", "gemma3_text"):
+        return None, ()
+    window = f.integer("sliding_window", 4096 if family in ("gemma2", "gemma3_text") else None, nullable=True)
+    if family in ("qwen2", "qwen3") and not f.boolean("use_sliding_window", False):
+        window = None
+    if window is None:
+        return None, ()
+    if family in ("mistral", "phi3"):
+        return window, ("sliding",) * n_layer
+    if "layer_types" in f:
+        return window, read_layer_types(f, n_layer)
+    if family in ("qwen2", "qwen3"):
+        first = f.integer("max_window_layers", 28, minimum=0)
+        return window, tuple("sliding" if i >= first else "full" for i in range(n_layer))
+    every = 2 if family == "gemma2" else f.integer("sliding_window_pattern", 6)
+    return window, tuple("sliding" if (i + 1) % every else "full" for i in range(n_layer))
+
+
+def read_layer_types(f: JsonFields, n_layer: int) -> tuple[str, ...]:
+    """["sliding_attention", "full_attention", ...] -> ("sliding", "full", ...), one per layer."""
+    value = f.data["layer_types"]
+    names = {"sliding_attention": "sliding", "full_attention": "full"}
+    if not isinstance(value, list) or len(value) != n_layer or not all(v in names for v in value):
+        f.refuse("layer_types", value, f"a list of {n_layer} 'sliding_attention' / 'full_attention'")
+    return tuple(names[v] for v in value)
+
+
+def rope_fields(f: JsonFields, family: str, hs: int) -> dict:
+    """rope (and Gemma 3's rope_local) from config.json.
+
+    transformers >= 5 writes `rope_parameters` (theta inside; for Gemma 3 one dict per layer type); older files write
+    rope_theta + rope_scaling (+ partial_rotary_factor, Phi-3's original_max_position_embeddings, Gemma 3's
+    rope_local_base_freq) at the top level. transformers 5 accepts a theta or factor <= 0 or NaN with at most a
+    logged warning (its RoPE validation only warns); the frequencies would then be NaN or infinite, so here they are
+    errors.
+    """
+    params = f.mapping("rope_parameters")
+    if family != "gemma3_text":
+        return dict(rope=read_rope(params or f.mapping("rope_scaling") or JsonFields({}, f.where), f, hs))
+    if params is not None and ("full_attention" in params or "sliding_attention" in params):
+        full, local = params.mapping("full_attention"), params.mapping("sliding_attention")
+        return dict(rope=read_rope(full or JsonFields({}, f.where), f, hs, 1e6),
+                    rope_local=read_rope(local or JsonFields({}, f.where), f, hs, 10000.0, theta_key=None))
+    local_theta = f.number("rope_local_base_freq", 10000.0, above=0)  # older files: scaling is the global layers'
+    return dict(rope=read_rope(params or f.mapping("rope_scaling") or JsonFields({}, f.where), f, hs, 1e6),
+                rope_local=Rope(theta=local_theta, rotary_dim=hs))
+
+
+def read_rope(rope: JsonFields, f: JsonFields, hs: int, theta_default: float = 10000.0,
+              theta_key: str | None = "rope_theta") -> Rope:
+    """One Rope from its dict (`rope`), falling back on the top-level keys of older files (`f`)."""
+    if "rope_theta" in rope:
+        theta = rope.number("rope_theta", above=0)
+    else:
+        theta = f.number(theta_key, theta_default, above=0) if theta_key else theta_default
+    where_partial = rope if "partial_rotary_factor" in rope else f
+    partial = where_partial.number("partial_rotary_factor", 1.0, above=0)
+    rotary_dim = int(hs * partial)  # as transformers: int(head_dim * partial_rotary_factor)
+    if partial == 1 and hs % 2:
         raise CheckpointError(f"{f.where}: head_dim={hs} is odd; RoPE rotates pairs of dimensions (head_dim is "
                               f"hidden_size / num_attention_heads when config.json does not set it)")
-    theta, scaling = rope_settings(f)
-    return build_config(
-        f, arch="llama", vocab_size=V, n_layer=f.integer("num_hidden_layers"), n_head=nh, n_kv_head=n_kv, n_embd=C,
-        head_dim=hs, n_hidden=f.integer("intermediate_size"), max_seq_len=f.integer("max_position_embeddings"),
-        norm_eps=f.number("rms_norm_eps", 1e-6, above=0, below=FLOAT32_MAX),
-        tie_embeddings=f.boolean("tie_word_embeddings", False),
-        attn_bias=f.boolean("attention_bias", False), mlp_bias=f.boolean("mlp_bias", False), rope_theta=theta,
-        rope_scaling=scaling, **special_ids(f, V),
-    )
-
-
-def rope_settings(f: JsonFields) -> tuple[float, RopeScaling | None]:
-    """rope_theta and Llama 3 scaling. transformers >= 5 writes `rope_parameters` (theta inside); older files write
-    rope_theta + rope_scaling. transformers 5 accepts a theta or factor <= 0 or NaN with at most a logged warning
-    (its RoPE validation only warns); the frequencies would then be NaN or infinite, so here they are errors."""
-    rope = f.mapping("rope_parameters") or f.mapping("rope_scaling") or JsonFields({}, f.where)
-    theta = rope.number("rope_theta", above=0) if "rope_theta" in rope else f.number("rope_theta", 10000.0, above=0)
+    if partial > 1 or rotary_dim < 2 or rotary_dim % 2:
+        raise where_partial.error("partial_rotary_factor", f"is {partial:g}: {hs} x {partial:g} must be an even number of dims, 2 .. {hs}")
     type_key = "rope_type" if "rope_type" in rope else "type"
     rope_type = rope.string(type_key, "default")
+    if rope_type in ("su", "yarn") and f.data.get("model_type") == "phi3":
+        rope_type = "longrope"  # Phi-3's first files called it so; transformers reads them as longrope
     if rope_type == "default":
-        return theta, None
-    if rope_type != "llama3":
-        raise rope.error(type_key, f"is {rope_type!r}, which is not supported (default and llama3 are)")
-    low, high = rope.number("low_freq_factor", above=0), rope.number("high_freq_factor", above=0)
-    if not high > low:  # the blend between the two divides by high - low (transformers warns; here it is an error)
-        raise rope.error("high_freq_factor", f"must be > low_freq_factor, got {high:g} <= {low:g}")
-    return theta, RopeScaling(factor=rope.number("factor", above=0), low_freq_factor=low, high_freq_factor=high,
-                              original_max_position_embeddings=rope.integer("original_max_position_embeddings"))
+        scaling = None
+    elif rope_type == "linear":
+        scaling = LinearScaling(factor=rope.number("factor", above=0))
+    elif rope_type == "llama3":
+        low, high = rope.number("low_freq_factor", above=0), rope.number("high_freq_factor", above=0)
+        if not high > low:  # the blend between the two divides by high - low (transformers warns; here an error)
+            raise rope.error("high_freq_factor", f"must be > low_freq_factor, got {high:g} <= {low:g}")
+        scaling = Llama3Scaling(factor=rope.number("factor", above=0), low_freq_factor=low, high_freq_factor=high,
+                                original_max_position_embeddings=rope.integer("original_max_position_embeddings"))
+    elif rope_type == "longrope":
+        scaling = long_rope(rope, f, rotary_dim)
+    else:
+        raise rope.error(type_key, f"is {rope_type!r}, which is not supported (default, linear, llama3 and longrope "
+                                   f"are)")
+    return Rope(theta=theta, rotary_dim=rotary_dim, scaling=scaling)
+
+
+def long_rope(rope: JsonFields, f: JsonFields, rotary_dim: int) -> LongRopeScaling:
+    """LongRoPE's factors, and its attention factor as transformers derives it when the file gives none: from
+    factor = max_position_embeddings / original_max_position_embeddings (Phi-3 stores the original context so),
+    sqrt(1 + ln(factor) / ln(original)), or 1 when factor <= 1."""
+    original = (rope.integer("original_max_position_embeddings") if "original_max_position_embeddings" in rope
+                else f.integer("original_max_position_embeddings"))
+    if "attention_factor" in rope:
+        attention = rope.number("attention_factor", above=0)
+    else:
+        factor = rope.number("factor", above=0) if "factor" in rope else (
+            f.integer("max_position_embeddings") / original)
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    half = rotary_dim // 2
+    return LongRopeScaling(short_factor=rope.numbers("short_factor", half),
+                           long_factor=rope.numbers("long_factor", half),
+                           original_max_position_embeddings=original, attention_factor=attention)
 
 
 def build_config(f: JsonFields, **fields) -> ModelConfig:
@@ -267,13 +414,16 @@ def check_rope(cfg: ModelConfig, where: str) -> None:
     """Positive but extreme settings (rope_theta 1e-300, factor 1e-300) still give frequencies beyond float32: every
     angle would be inf and every logit NaN. Refused naming the keys, instead of as NaN logits later. Called once the
     tensors have confirmed head_dim: the frequencies are a (head_dim / 2,) array, and a config alone may claim 2**40.
+    LongRoPE is checked with both its factor sets.
     """
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        finite = np.isfinite(rope_frequencies(cfg)).all()
-    if not finite:
-        raise CheckpointError(f"{where}: rope_theta={cfg.rope_theta:g}"
-                              + (f" with rope factor {cfg.rope_scaling.factor:g}" if cfg.rope_scaling else "")
-                              + " gives RoPE frequencies beyond float32's range")
+    for rope in {cfg.rope, cfg.rope_local} - {None}:
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            finite = all(np.isfinite(frequencies(rope, seq_len)).all() for seq_len in (1, cfg.max_seq_len))
+        if not finite:
+            factor = getattr(rope.scaling, "factor", None)
+            raise CheckpointError(f"{where}: rope_theta={rope.theta:g}"
+                                  + (f" with rope factor {factor:g}" if factor is not None else "")
+                                  + " gives RoPE frequencies beyond float32's range")
 
 
 # -- tensors ---------------------------------------------------------------------------------------------------------
@@ -329,10 +479,10 @@ def gpt2_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
     for i in range(cfg.n_layer):
         p = f"h.{i}."
         layers.append(LayerWeights(
-            norm1_w=src.take(p + "ln_1.weight", (C,)), norm1_b=src.take(p + "ln_1.bias", (C,)),
+            attn_norm_w=src.take(p + "ln_1.weight", (C,)), attn_norm_b=src.take(p + "ln_1.bias", (C,)),
             w_qkv=src.take(p + "attn.c_attn.weight", (C, 3 * C)), b_qkv=src.take(p + "attn.c_attn.bias", (3 * C,)),
             w_o=src.take(p + "attn.c_proj.weight", (C, C)), b_o=src.take(p + "attn.c_proj.bias", (C,)),
-            norm2_w=src.take(p + "ln_2.weight", (C,)), norm2_b=src.take(p + "ln_2.bias", (C,)),
+            mlp_norm_w=src.take(p + "ln_2.weight", (C,)), mlp_norm_b=src.take(p + "ln_2.bias", (C,)),
             w_up=src.take(p + "mlp.c_fc.weight", (C, H)), b_up=src.take(p + "mlp.c_fc.bias", (H,)), w_gate=None,
             w_down=src.take(p + "mlp.c_proj.weight", (H, C)), b_down=src.take(p + "mlp.c_proj.bias", (C,)),
         ))
@@ -345,31 +495,61 @@ def gpt2_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
     return w
 
 
-def llama_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
+# The norms around each branch, by where they sit -> their tensor names. The same name means different things:
+# Llama's post_attention_layernorm normalises the MLP's input, Gemma 2/3's and OLMo-2's the attention's output.
+NORM_NAMES = {
+    "pre": dict(attn_norm="input_layernorm", mlp_norm="post_attention_layernorm"),
+    "sandwich": dict(attn_norm="input_layernorm", attn_post_norm="post_attention_layernorm",
+                     mlp_norm="pre_feedforward_layernorm", mlp_post_norm="post_feedforward_layernorm"),
+    "post": dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm"),
+}
+
+
+def llama_family_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
+    """Llama's tensor names, which the later families keep, with theirs where they differ (Phi-3's fused
+    projections, the norms of NORM_NAMES, q_norm / k_norm)."""
     C, H, V, hs = cfg.n_embd, cfg.n_hidden, cfg.vocab_size, cfg.head_dim
     q_dim, kv_dim = cfg.n_head * hs, cfg.n_kv_head * hs
+    offset = 1.0 if cfg.arch in GEMMA else 0.0  # Gemma's RMSNorm scales by (1 + w): folded into w here
+
+    def norm_w(name: str, width: int = C):
+        return src.take(name, (width,)) + np.float32(offset)
 
     def qkv(p: str, bias: bool):
+        if cfg.arch == "phi3":  # stored fused, q|k|v
+            return src.take(f"{p}self_attn.qkv_proj.{'bias' if bias else 'weight'}", (cfg.qkv_dim,) if bias else
+                            (C, cfg.qkv_dim), transpose=not bias)
         dims = {"q": q_dim, "k": kv_dim, "v": kv_dim}
         if bias:
             return np.concatenate([src.take(f"{p}self_attn.{x}_proj.bias", (dims[x],)) for x in "qkv"])
         return np.concatenate([src.take(f"{p}self_attn.{x}_proj.weight", (C, dims[x]), transpose=True)
                                for x in "qkv"], axis=1)  # (C, q_dim + 2*kv_dim)
 
+    def gate_up(p: str):
+        if cfg.arch == "phi3":  # stored fused: gate then up
+            both = src.take(p + "mlp.gate_up_proj.weight", (C, 2 * H), transpose=True)  # (C, 2H)
+            return both[:, :H].copy(), both[:, H:].copy()
+        return (src.take(p + "mlp.gate_proj.weight", (C, H), transpose=True),
+                src.take(p + "mlp.up_proj.weight", (C, H), transpose=True))
+
+    q_norm_width, k_norm_width = (hs, hs) if cfg.qk_norm == "head" else (q_dim, kv_dim)
     layers = []
     for i in range(cfg.n_layer):
         p = f"model.layers.{i}."
+        gate, up = gate_up(p)
+        norms = {slot: norm_w(p + name + ".weight") for slot, name in NORM_NAMES[cfg.norm_placement].items()}
         layers.append(LayerWeights(
-            norm1_w=src.take(p + "input_layernorm.weight", (C,)), norm1_b=None,
-            w_qkv=qkv(p, bias=False), b_qkv=qkv(p, bias=True) if cfg.attn_bias else None,
+            attn_norm_w=norms.get("attn_norm"), attn_norm_b=None,
+            w_qkv=qkv(p, bias=False), b_qkv=qkv(p, bias=True) if cfg.qkv_bias else None,
             w_o=src.take(p + "self_attn.o_proj.weight", (q_dim, C), transpose=True),
-            b_o=src.take(p + "self_attn.o_proj.bias", (C,)) if cfg.attn_bias else None,
-            norm2_w=src.take(p + "post_attention_layernorm.weight", (C,)), norm2_b=None,
-            w_up=src.take(p + "mlp.up_proj.weight", (C, H), transpose=True),
-            b_up=src.take(p + "mlp.up_proj.bias", (H,)) if cfg.mlp_bias else None,
-            w_gate=src.take(p + "mlp.gate_proj.weight", (C, H), transpose=True),
+            b_o=src.take(p + "self_attn.o_proj.bias", (C,)) if cfg.out_bias else None,
+            mlp_norm_w=norms.get("mlp_norm"), mlp_norm_b=None, w_up=up,
+            b_up=src.take(p + "mlp.up_proj.bias", (H,)) if cfg.mlp_bias else None, w_gate=gate,
             w_down=src.take(p + "mlp.down_proj.weight", (H, C), transpose=True),
             b_down=src.take(p + "mlp.down_proj.bias", (C,)) if cfg.mlp_bias else None,
+            attn_post_norm_w=norms.get("attn_post_norm"), mlp_post_norm_w=norms.get("mlp_post_norm"),
+            q_norm_w=norm_w(p + "self_attn.q_norm.weight", q_norm_width) if cfg.qk_norm else None,
+            k_norm_w=norm_w(p + "self_attn.k_norm.weight", k_norm_width) if cfg.qk_norm else None,
         ))
     if cfg.mlp_bias:
         for i in range(cfg.n_layer):  # SwiGLU's gate bias has no slot in LayerWeights: refuse rather than drop it
@@ -377,7 +557,7 @@ def llama_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
                 raise CheckpointError(f"{src.where}: gate_proj biases are not supported")
     w = ModelWeights(
         tok_emb=src.take("model.embed_tokens.weight", (V, C)), pos_emb=None, layers=layers,
-        norm_f_w=src.take("model.norm.weight", (C,)), norm_f_b=None, lm_head=output_projection(cfg, src),
+        norm_f_w=norm_w("model.norm.weight"), norm_f_b=None, lm_head=output_projection(cfg, src),
     )
     src.check_all_used(skippable=(".rotary_emb.inv_freq",))
     return w
@@ -396,6 +576,6 @@ def load_hf_checkpoint(path) -> tuple[ModelConfig, ModelWeights]:
                f"{path}: the weights as float32")
     if cfg.arch == "gpt2":
         return cfg, gpt2_weights(cfg, src)
-    weights = llama_weights(cfg, src)
+    weights = llama_family_weights(cfg, src)
     check_rope(cfg, str(path / "config.json"))
     return cfg, weights

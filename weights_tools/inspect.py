@@ -63,20 +63,24 @@ def count_parameters(tensors: list[TensorInfo], cfg: ModelConfig | None) -> tupl
 def config_parameters(cfg: ModelConfig) -> int:
     """The parameter count a config implies: what the tensors of a complete checkpoint must add up to.
 
-    Per layer: two norms (LayerNorm has a weight and a bias, RMSNorm a weight), the q|k|v and output projections, and
-    the MLP (GPT-2: up and down; Llama/SwiGLU: gate, up and down), with biases where the config has them. Outside the
-    layers: the token embedding, GPT-2's position embedding, the final norm, and an output projection unless tied.
+    Per layer: the norms around the two branches (LayerNorm has a weight and a bias, RMSNorm a weight; one before
+    each branch, or after it for OLMo-2, or both for Gemma 2/3), the q/k norms where the family has them, the q|k|v
+    and output projections, and the MLP (GPT-2: up and down; gated: gate, up and down), with biases where the config
+    has them. Outside the layers: the token embedding, GPT-2's position embedding, the final norm, and an output
+    projection unless tied.
     """
     C, H, V = cfg.n_embd, cfg.n_hidden, cfg.vocab_size
-    q_dim = cfg.n_head * cfg.head_dim
-    norm = 2 * C if cfg.arch == "gpt2" else C
-    attention = C * cfg.qkv_dim + q_dim * C + (cfg.qkv_dim + C if cfg.attn_bias else 0)
-    if cfg.arch == "gpt2":
+    q_dim, kv_dim = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    norm = 2 * C if cfg.norm == "layer" else C
+    norms_per_layer = {"pre": 2, "post": 2, "sandwich": 4}[cfg.norm_placement]
+    qk_norms = {None: 0, "head": 2 * cfg.head_dim, "full": q_dim + kv_dim}[cfg.qk_norm]
+    attention = C * cfg.qkv_dim + q_dim * C + (cfg.qkv_dim if cfg.qkv_bias else 0) + (C if cfg.out_bias else 0)
+    if cfg.mlp == "gelu":
         mlp = 2 * C * H + (H + C if cfg.mlp_bias else 0)
     else:
         mlp = 3 * C * H + (2 * H + C if cfg.mlp_bias else 0)
-    per_layer = 2 * norm + attention + mlp
-    positions = cfg.max_seq_len * C if cfg.arch == "gpt2" else 0
+    per_layer = norms_per_layer * norm + qk_norms + attention + mlp
+    positions = cfg.max_seq_len * C if cfg.positions == "learned" else 0
     head = 0 if cfg.tie_embeddings else C * V
     return V * C + positions + cfg.n_layer * per_layer + norm + head
 

@@ -64,7 +64,7 @@ import numpy as np
 
 from nanollm.files import atomic_write, open_regular, refuse_overwriting_inputs, write_text
 
-from .convert import CheckpointError, config_from_hf, llama_weights, read_json, TensorSource
+from .convert import CheckpointError, TensorSource, config_from_hf, llama_family_weights, read_json
 from .safetensors import SINGLE_FILE_NAME, SafetensorsError, TensorInfo, open_checkpoint, save_safetensors
 
 MAGIC = 0x616B3432  # "ak42"
@@ -319,10 +319,12 @@ def hf_to_llama2c(config: dict, state: Mapping[str, np.ndarray], where: str = "m
     problems = []
     if cfg.arch != "llama":
         problems.append(f"architecture {cfg.arch!r} (llama2.c runs Llama only)")
-    if cfg.attn_bias or cfg.mlp_bias:
+    if cfg.qkv_bias or cfg.out_bias or cfg.mlp_bias:
         problems.append("biases")
-    if cfg.rope_theta != RUN_C_ROPE_THETA or cfg.rope_scaling is not None:
-        problems.append(f"RoPE base {cfg.rope_theta:g}{' with scaling' if cfg.rope_scaling else ''} (run.c: 10000)")
+    rope = cfg.rope
+    if rope is not None and (rope.theta != RUN_C_ROPE_THETA or rope.scaling is not None or rope.rotary_dim != cfg.head_dim):
+        problems.append(f"RoPE base {rope.theta:g}{' with scaling' if rope.scaling else ''}"
+                        f"{' rotating part of each head' if rope.rotary_dim != cfg.head_dim else ''} (run.c: 10000)")
     if cfg.head_dim * cfg.n_head != cfg.n_embd:
         problems.append(f"head_dim={cfg.head_dim} != hidden_size / num_attention_heads")
     if cfg.norm_eps != RUN_C_NORM_EPS:
@@ -442,7 +444,7 @@ def load_llama2c(path: str | os.PathLike, backend="numpy"):
 
     config, state = llama2c_to_hf(read_llama2c(path))
     cfg = config_from_hf(config, where=str(path))
-    weights = llama_weights(cfg, TensorSource(_ArrayCheckpoint(state), where=str(path)))
+    weights = llama_family_weights(cfg, TensorSource(_ArrayCheckpoint(state), where=str(path)))
     return Model(cfg, weights, get_backend(backend))
 
 
