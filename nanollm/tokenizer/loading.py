@@ -5,7 +5,8 @@
     nanollm_tokenizer.json          nanollm's own format (saving.py), written by ``python -m nanollm.tokenizer train``
     tokenizer.json                  Hugging Face's pipeline file; what transformers' AutoTokenizer itself reads
     tokenizer.model                 a SentencePiece ModelProto (Llama 2), or tiktoken ranks (Llama 3's original files)
-    vocab.json + merges.txt         GPT-2 under Hugging Face's names
+    vocab.json + merges.txt         GPT-2's files under Hugging Face's names, or Qwen's: tokenizer_config.json's
+                                    tokenizer_class says which (``_VOCAB_AND_MERGES_CLASSES``)
     encoder.json + vocab.bpe        GPT-2 as OpenAI released it
     <name>.tiktoken                 tiktoken ranks; the pattern and special tokens follow the name (cl100k_base...)
 
@@ -46,15 +47,18 @@ import os
 from pathlib import Path
 
 from .byte_level import (
+    QWEN2_PATTERN,
     TIKTOKEN_SPECIAL_TOKENS,
     from_tiktoken_ranks,
     load_tiktoken_ranks,
-    load_vocab_and_merges,
+    read_vocab_and_merges,
+    resolve_pattern,
     vocab_token_bytes,
 )
 from .decoding import DecodeRules
 from .errors import Place, TokenizerError, blame, check_vocab, expect, get, read_bytes, read_json_object, read_text
-from .hf_json import load_tokenizer_json
+from .hf_json import byte_level_encoder, front_end, load_tokenizer_json
+from .pre_tokenizers import regex_pre_tokenizer
 from .saving import NANOLLM_TOKENIZER_FILE, load_nanollm_tokenizer
 from .sentencepiece import ModelProto, SentencePieceModel
 from .special import added_token_ids
@@ -71,8 +75,26 @@ _FORMATS = (
 _VOCAB_AND_MERGES = dict(names for names in _FORMATS if len(names) == 2)  # vocab file -> its merges file
 # transformers' named special tokens (PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES), in the order it adds them.
 _NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-# GPT2Tokenizer's defaults for a name the config leaves out (an explicit null there means no such token).
-_GPT2_DEFAULT_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+# The tokenizer classes of transformers that read vocab.json + merges.txt, by the name tokenizer_config.json gives in
+# "tokenizer_class" (GPT-2's when there is none: OpenAI's files and the first hub repositories came without one).
+# These two files hold no pre-tokenizer: each class builds its own around them, written here as the tokenizer.json
+# components it sets (hf_json.front_end reads them as it reads a file's), with add_prefix_space from the config, and
+# its defaults for the named tokens the config leaves out (an explicit null there means no such token).
+# Sources: transformers models/gpt2/tokenization_gpt2.py, models/qwen2/tokenization_qwen2.py.
+_VOCAB_AND_MERGES_CLASSES = {
+    "GPT2Tokenizer": {
+        "normalizer": None,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        "defaults": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"},
+    },
+    "Qwen2Tokenizer": {  # Qwen 1.5, 2, 2.5, 3: NFC, then Qwen's regex (digits one by one), then the byte mapping
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+        "defaults": {"eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"},
+    },
+}
 
 
 def load_tokenizer(directory) -> Tokenizer | None:
@@ -133,10 +155,17 @@ def load_tiktoken(path, *, pattern: str | None = None, special_tokens: dict[str,
     path = Path(path)
     name = _encoding_name(path.name)
     with blame(path):
-        model = from_tiktoken_ranks(load_tiktoken_ranks(path), pattern or name, origin=f"{path}: pattern")
-        specials = dict(TIKTOKEN_SPECIAL_TOKENS.get(name, {}) if special_tokens is None else special_tokens)
-        parts = {"model": model, "decode_rules": _byte_rules(model, specials), "special_tokens": specials}
+        parts = _tiktoken_parts(path, pattern or name, special_tokens if special_tokens is not None
+                                else TIKTOKEN_SPECIAL_TOKENS.get(name, {}))
         return _finish(parts, config or {}, default_bos=False, name=path.name, fallback_eos="<|endoftext|>")
+
+
+def _tiktoken_parts(path: Path, pattern: str, special_tokens: dict[str, int]) -> dict:
+    """The model, decode rules and special tokens of a tiktoken ranks file cut into words by ``pattern``."""
+    pre_tokenizer = regex_pre_tokenizer(resolve_pattern(pattern), f"{path}: pattern")
+    model = from_tiktoken_ranks(load_tiktoken_ranks(path), pre_tokenizer)
+    specials = dict(special_tokens)
+    return {"model": model, "decode_rules": _byte_rules(model, specials), "special_tokens": specials}
 
 
 def _encoding_name(file_name: str) -> str:
@@ -155,29 +184,64 @@ def _from_tokenizer_json(path: Path, config: dict) -> Tokenizer:
 
 
 def _from_tokenizer_model(path: Path, config: dict) -> Tokenizer:
-    """tokenizer.model is a protobuf for SentencePiece models, but base64 text for Llama 3's tiktoken ranks."""
+    """tokenizer.model is a protobuf for SentencePiece models, but base64 text for Llama 3's tiktoken ranks.
+
+    Both start a prompt with BOS unless the config's add_bos_token says otherwise: sentencepiece's Llama convention
+    (and transformers' LlamaTokenizer default), and Llama 3's, whose tokenizer.json does it by its post-processor and
+    whose own code (meta-llama/llama3, ``Tokenizer.encode(..., bos=True)`` in generation and ``ChatFormat``) always
+    does. (transformers reading such a directory without tokenizer.json adds none: a prompt then lacks the token the
+    model was trained to see first.)
+    """
     data = read_bytes(path)
     first_line = data.split(b"\n", 1)[0].split()
     if len(first_line) == 2 and first_line[1].isdigit():
-        specials = _added_tokens(config)
-        return load_tiktoken(path, pattern="llama3", special_tokens=specials, config=config)
+        parts = _tiktoken_parts(path, "llama3", _added_tokens(config))
+        return _finish(parts, config, default_bos=True, name=path.name)
     model = SentencePieceModel(ModelProto.parse(data))
     specials = {**model.control_tokens, **_added_tokens(config)}
     parts = {"model": model, "decode_rules": model.decode_rules(), "special_tokens": specials}
     bos = model.proto.pieces[model.bos_id].text if model.bos_id is not None else None
     eos = model.proto.pieces[model.eos_id].text if model.eos_id is not None else None
-    # sentencepiece's Llama convention (and transformers' LlamaTokenizer default): a prompt starts with BOS.
     return _finish(parts, config, default_bos=True, name=path.name, fallback_bos=bos, fallback_eos=eos)
 
 
 def _from_vocab_and_merges(vocab_path: Path, config: dict) -> Tokenizer:
-    """GPT-2's two files plus the added tokens of the settings files, as transformers' GPT2Tokenizer loads them."""
-    model, vocab = load_vocab_and_merges(vocab_path, vocab_path.with_name(_VOCAB_AND_MERGES[vocab_path.name]))
-    named = {**_GPT2_DEFAULT_TOKENS, **{key: config[key] for key in _NAMED_TOKENS if key in config}}
+    """GPT-2's two files plus the added tokens of the settings files, cut into words as the tokenizer class named in
+    tokenizer_config.json does (``_VOCAB_AND_MERGES_CLASSES``); any other class is refused by name, since these
+    files alone do not say how its text is cut."""
+    vocab, merges = read_vocab_and_merges(vocab_path, vocab_path.with_name(_VOCAB_AND_MERGES[vocab_path.name]))
+    tokenizer_class = _vocab_and_merges_class(config, vocab_path)
+    components = {**tokenizer_class, "pre_tokenizer": _with_prefix_space(tokenizer_class["pre_tokenizer"],
+                                                                         config.get("add_prefix_space", False))}
+    normalizer, pre_tokenizer, _ = front_end(components, Place(f"the {config.get('tokenizer_class')} pipeline"))
+    model = byte_level_encoder(vocab, merges, normalizer, pre_tokenizer)
+    named = {**tokenizer_class["defaults"], **{key: config[key] for key in _NAMED_TOKENS if key in config}}
     added = _added_vocabulary(config, vocab, named)
     parts = {"model": model, "decode_rules": DecodeRules(vocab_token_bytes({**vocab, **added})),
              "special_tokens": added}
     return _finish(parts, {**config, **named}, default_bos=False, name=vocab_path.name)
+
+
+def _vocab_and_merges_class(config: dict, vocab_path: Path) -> dict:
+    """The entry of ``_VOCAB_AND_MERGES_CLASSES`` for the config's tokenizer_class ("Qwen2TokenizerFast" is
+    "Qwen2Tokenizer": transformers 5 makes the two one class), or TokenizerError naming it."""
+    name = config.get("tokenizer_class") or "GPT2Tokenizer"
+    known = _VOCAB_AND_MERGES_CLASSES.get(name.removesuffix("Fast"))
+    if known is None:
+        raise Place(vocab_path.with_name("tokenizer_config.json"))["tokenizer_class"].error(
+            f"is {name!r}; beside {vocab_path.name} nanollm knows how {' and '.join(_VOCAB_AND_MERGES_CLASSES)} cut "
+            f"text into words; tokenizing as one of them might give other ids than {name} gives")
+    return known
+
+
+def _with_prefix_space(pre_tokenizer: dict, add_prefix_space: bool) -> dict:
+    """A class's pre-tokenizer components with the config's add_prefix_space set on its ByteLevel step."""
+    if pre_tokenizer["type"] == "Sequence":
+        return {**pre_tokenizer, "pretokenizers": [_with_prefix_space(step, add_prefix_space)
+                                                   for step in pre_tokenizer["pretokenizers"]]}
+    if pre_tokenizer["type"] == "ByteLevel":
+        return {**pre_tokenizer, "add_prefix_space": add_prefix_space}
+    return pre_tokenizer
 
 
 def _added_vocabulary(config: dict, vocab: dict[str, int], named: dict) -> dict[str, int]:
@@ -291,8 +355,9 @@ def _check_settings(settings: dict, place: Place) -> dict:
     for key, value in settings.items():
         if key in _NAMED_TOKENS or (key.endswith("_token") and isinstance(value, dict)):
             _check_token(value, place[key])
-    for key in ("add_bos_token", "add_eos_token"):
+    for key in ("add_bos_token", "add_eos_token", "add_prefix_space"):
         get(settings, key, (bool, NoneType), place, None)
+    get(settings, "tokenizer_class", (str, NoneType), place, None)
     for key, entry in get(settings, "added_tokens_decoder", dict, place, {}).items():
         at = place["added_tokens_decoder"][key]
         if not (key.isascii() and key.isdigit()):
