@@ -1,10 +1,13 @@
 """Every CUDA kernel in kernels/ against its NumPy twin, on the emulator and (where a GPU is visible) on CuPy.
 
 Each property test draws shapes that are not multiples of the block size (including 1) and plants extreme values
-(+-1e4, -inf masks, ties) in seeded random data; the NumPy reference is NumpyBackend (or nanollm.sampling for the
-sampler). Tolerances: 1e-5 relative for softmax, norms and the elementwise ops, 1e-4 for attention, see
-tests/kernel_harness.py for the rule. Shapes stay small because the emulator runs every CUDA thread as a fiber.
+(+-1e4, +-inf, NaN, -inf masks, ties, float16's largest and smallest values) in seeded random data; the NumPy
+reference is NumpyBackend (or nanollm.sampling for the sampler). Every option of an op is drawn, and for attention
+every combination of its options (scale, softcap, window) is a test case of its own.
+Tolerances per dtype and kind of op (FLOAT32_RTOL, ATTENTION_RTOL, exact for gathers) are tests/kernel_harness.py's.
+Shapes stay small because the emulator runs every CUDA thread as a fiber.
 """
+import itertools
 import math
 import re
 import shutil
@@ -18,13 +21,14 @@ from hypothesis import strategies as st
 
 from kernels import build
 from kernels import KERNELS_DIR
+from nanollm.backends.kernel_backend import attention_block
 from nanollm.backends.numpy_backend import NumpyBackend
-from nanollm.rope import rope_cos_sin
 from nanollm.sampling import sample_token, softmax as ref_softmax, top_k_filter
-from tests.kernel_harness import KERNEL_BACKENDS, assert_close, make_backend
+from tests.kernel_harness import ATTENTION_RTOL, FLOAT32_RTOL, KERNEL_BACKENDS, assert_close, make_backend
 
 REF = NumpyBackend()
 EXAMPLES = settings(max_examples=12)
+NEW_OPS_EXAMPLES = settings(max_examples=40)  # the ops issue 10 added or changed: cheap, so drawn more
 
 
 @pytest.fixture(scope="module", params=KERNEL_BACKENDS)
@@ -55,7 +59,7 @@ def test_softmax_matches_numpy(be, rows, cols, seed, masked_row):
     if masked_row:
         x[rng.integers(rows)] = -np.inf  # fully masked: defined as zeros
     got = be.to_numpy(be.softmax(be.asarray(x)))
-    assert_close(got, REF.softmax(x), 1e-5, "softmax")
+    assert_close(got, REF.softmax(x), FLOAT32_RTOL, "softmax")
     assert np.array_equal(got == 0, REF.softmax(x) == 0)  # masked entries are exactly zero on both sides
 
 
@@ -69,13 +73,14 @@ def test_softmax_scale_and_causal_mask(be, heads, T, q_start, extra, scale, seed
     visible = np.arange(S) <= q_start + np.arange(T)[:, None]  # (T, S)
     want = REF.softmax(np.where(visible, x * np.float32(scale), -np.inf).astype(np.float32))
     got = be.to_numpy(be.softmax(be.asarray(x), scale=scale, causal_T=T, q_start=q_start))
-    assert_close(got, want, 1e-5, "masked softmax")
+    assert_close(got, want, FLOAT32_RTOL, "masked softmax")
 
 
 def test_softmax_other_axis(be):
     """axis=0 is the same kernel on the transposed rows."""
     x = np.random.default_rng(0).standard_normal((7, 3)).astype(np.float32)
-    assert_close(be.to_numpy(be.softmax(be.asarray(x), axis=0)), REF.softmax(x, axis=0), 1e-5, "softmax axis 0")
+    got = be.to_numpy(be.softmax(be.asarray(x), axis=0))
+    assert_close(got, REF.softmax(x, axis=0), FLOAT32_RTOL, "softmax axis 0")
 
 
 def test_softmax_hand_example(be):
@@ -97,9 +102,9 @@ def test_norms_match_numpy(be, rows, C, offset, eps, seed):
     w = rng.standard_normal(C).astype(np.float32)
     b = rng.standard_normal(C).astype(np.float32)
     got = be.to_numpy(be.layer_norm(be.asarray(x), be.asarray(w), be.asarray(b), eps))
-    assert_close(got, REF.layer_norm(x, w, b, eps), 1e-5, "layer_norm")
+    assert_close(got, REF.layer_norm(x, w, b, eps), FLOAT32_RTOL, "layer_norm")
     got = be.to_numpy(be.rms_norm(be.asarray(x), be.asarray(w), eps))
-    assert_close(got, REF.rms_norm(x, w, eps), 1e-5, "rms_norm")
+    assert_close(got, REF.rms_norm(x, w, eps), FLOAT32_RTOL, "rms_norm")
 
 
 def test_norms_hand_example(be):
@@ -114,51 +119,104 @@ def test_norms_hand_example(be):
 # -- elementwise ----------------------------------------------------------------------------------------------------
 
 
-@EXAMPLES
-@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 70)), seed=st.integers(0, 2**32 - 1))
-def test_elementwise_match_numpy(be, shape, seed):
+@NEW_OPS_EXAMPLES
+@given(shape=st.tuples(st.integers(1, 3), st.integers(1, 5), st.integers(1, 70)), cap=st.sampled_from([0.5, 5.0, 30.0]),
+       seed=st.integers(0, 2**32 - 1))
+def test_elementwise_match_numpy(be, shape, cap, seed):
     rng = np.random.default_rng(seed)
     x, y = planted(rng, shape), planted(rng, shape)
-    assert_close(be.to_numpy(be.add(be.asarray(x), be.asarray(y))), REF.add(x, y), 1e-5, "residual_add")
+    assert_close(be.to_numpy(be.add(be.asarray(x), be.asarray(y))), REF.add(x, y), FLOAT32_RTOL, "residual_add")
     # For negative x, 1 + tanh(.) cancels: one float32 ulp of tanh (6e-8) becomes an absolute error of up to
-    # |x| * 6e-8 in the output, whatever the kernel does; hence the input-scaled floor.
+    # |x| * 6e-8 in the output, whatever the kernel does; hence the input-scaled floor (times |up| for gelu_mul).
     gelu_floor = 1e-7 * float(np.abs(x).max())
-    assert_close(be.to_numpy(be.gelu(be.asarray(x))), REF.gelu(x), 1e-5, "gelu", atol=gelu_floor)
+    assert_close(be.to_numpy(be.gelu(be.asarray(x))), REF.gelu(x), FLOAT32_RTOL, "gelu", atol=gelu_floor)
+    assert_close(be.to_numpy(be.gelu_mul(be.asarray(x), be.asarray(y))), REF.gelu_mul(x, y), FLOAT32_RTOL,
+                 "gelu_mul", atol=1e-7 * float(np.abs(x * y).max()))
     with np.errstate(over="ignore"):  # exp(1e4) = inf in the reference: silu(-1e4) = -1e4 / inf = -0
         want = REF.silu_mul(x, y)
-    assert_close(be.to_numpy(be.silu_mul(be.asarray(x), be.asarray(y))), want, 1e-5, "silu_mul")
+    assert_close(be.to_numpy(be.silu_mul(be.asarray(x), be.asarray(y))), want, FLOAT32_RTOL, "silu_mul")
+    logits = planted(rng, shape, extremes=(1e4, -1e4, np.inf, -np.inf, np.nan))  # -inf: a masked logit
+    assert_close(be.to_numpy(be.softcap(be.asarray(logits), cap)), REF.softcap(logits, cap), FLOAT32_RTOL,
+                 f"softcap {cap}")
 
 
-@EXAMPLES
+def test_gated_and_capped_hand_example(be):
+    """gelu(10) = 10 (tanh saturates to 1), so gelu_mul(10, 2) = 20, and gelu(0) * 5 = 0. softcap with cap 2 maps
+    0 -> 0, ln 3 -> 2 tanh(ln(3) / 2) = 2 * (3 - 1) / (3 + 1) = 1, 1e4 -> 2 and -inf -> -2: never past the cap."""
+    gate, up = np.array([10.0, 0.0], np.float32), np.array([2.0, 5.0], np.float32)
+    np.testing.assert_allclose(be.to_numpy(be.gelu_mul(be.asarray(gate), be.asarray(up))), [20.0, 0.0], rtol=1e-6)
+    x = np.array([0.0, math.log(3.0), 1e4, -np.inf], np.float32)
+    np.testing.assert_allclose(be.to_numpy(be.softcap(be.asarray(x), 2.0)), [0.0, 1.0, 2.0, -2.0], rtol=1e-6)
+
+
+def test_elementwise_refuses_inputs_of_different_shapes(be):
+    """The kernels index every input by the output's index: a smaller input would be read past its end."""
+    with pytest.raises(ValueError, match=r"gelu_mul takes inputs of one shape, got \(2, 3\), \(3,\)"):
+        be.gelu_mul(be.zeros((2, 3)), be.zeros((3,)))
+
+
+@NEW_OPS_EXAMPLES
 @given(B=st.integers(1, 2), n=st.integers(1, 3), T=st.integers(1, 9), half=st.integers(1, 20),
-       fused=st.booleans(), seed=st.integers(0, 2**32 - 1))
-def test_rope_matches_numpy(be, B, n, T, half, fused, seed):
-    """Contiguous input, or (fused) a strided head slice of a (B, T, 2n, hs) projection as model.attention makes."""
+       passed=st.integers(0, 9), fused=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_rope_matches_numpy(be, B, n, T, half, passed, fused, seed):
+    """Partial rotary: the first r = 2*half dims of hs = r + passed rotate, the rest pass through (passed = 0: all
+    rotate). cos/sin are any (B, T, r/2) tables, not only unit ones (LongRoPE scales them). x is contiguous, or
+    (fused) a strided head slice of a (B, T, 2n, hs) projection as model.attention makes it."""
     rng = np.random.default_rng(seed)
-    hs = 2 * half
-    inv_freq = (1.0 / 10000.0 ** (np.arange(half) / half)).astype(np.float32)
-    cos, sin = rope_cos_sin(inv_freq, rng.integers(0, 5000, size=(B, T)))
+    hs = 2 * half + passed
+    angles = rng.uniform(-1e3, 1e3, size=(B, T, half))  # (B, T, r/2)
+    amplitude = rng.uniform(0.5, 1.5)
+    cos, sin = (np.cos(angles) * amplitude).astype(np.float32), (np.sin(angles) * amplitude).astype(np.float32)
     if fused:
-        proj = be.asarray(rng.standard_normal((B, T, 2 * n, hs)))
+        proj = be.asarray(planted(rng, (B, T, 2 * n, hs)))
         x_be = proj.transpose(0, 2, 1, 3)[:, n:]  # (B, n, T, hs) view: strides of the projection
     else:
-        x_be = be.asarray(rng.standard_normal((B, n, T, hs)))
+        x_be = be.asarray(planted(rng, (B, n, T, hs)))
     x = be.to_numpy(x_be)
     got = be.to_numpy(be.rope(x_be, be.asarray(cos), be.asarray(sin)))
-    assert_close(got, REF.rope(x, cos, sin), 1e-5, "rope")
+    assert_close(got, REF.rope(x, cos, sin), FLOAT32_RTOL, "rope")
+    assert np.array_equal(got[..., 2 * half :], x[..., 2 * half :])  # passed through bit for bit
 
 
-@EXAMPLES
+def test_rope_partial_hand_example(be):
+    """hs = 6 with r = 4 (half = 2) at a quarter turn (cos 0, sin 1): dims (0, 2) and (1, 3) rotate,
+    y0 = x0*0 - x2*1 = -3, y1 = -4, y2 = x2*0 + x0*1 = 1, y3 = 2; dims 4 and 5 pass: [-3, -4, 1, 2, 5, 6]."""
+    x = np.arange(1.0, 7.0, dtype=np.float32).reshape(1, 1, 1, 6)
+    cos, sin = np.zeros((1, 1, 2), np.float32), np.ones((1, 1, 2), np.float32)
+    got = be.to_numpy(be.rope(be.asarray(x), be.asarray(cos), be.asarray(sin)))
+    assert got.reshape(-1).tolist() == [-3.0, -4.0, 1.0, 2.0, 5.0, 6.0]
+
+
+def test_rope_refuses_tables_that_do_not_fit(be):
+    """cos/sin wider than half a head, or of another (B, T), would be read past their ends."""
+    x = be.zeros((1, 2, 3, 8))
+    for table in (be.zeros((1, 3, 5)), be.zeros((1, 2, 4)), be.zeros((2, 3, 4))):
+        with pytest.raises(ValueError, match=r"rope takes cos and sin of shape \(B, T, r/2\) = \(1, 3, r/2\)"):
+            be.rope(x, table, table)
+
+
+@NEW_OPS_EXAMPLES
 @given(V=st.integers(1, 50), C=st.integers(1, 70), shape=st.tuples(st.integers(1, 3), st.integers(1, 6)),
-       seed=st.integers(0, 2**32 - 1))
-def test_embedding_matches_numpy(be, V, C, shape, seed):
+       scale=st.sampled_from([1.0, 0.5, math.sqrt(2048), 1e-3]), seed=st.integers(0, 2**32 - 1))
+def test_embedding_matches_numpy(be, V, C, shape, scale, seed):
+    """Rows times scale (Gemma: sqrt(C)) from float32 and float16 tables, with float16's extremes (65504, the
+    smallest subnormal, +-inf, NaN) planted: bit-equal to the twin, one float32 multiply on each side."""
     rng = np.random.default_rng(seed)
-    table = rng.standard_normal((V, C)).astype(np.float32)
+    table = planted(rng, (V, C), extremes=(65504.0, -65504.0, 6e-8, np.inf, -np.inf, np.nan))
     ids = rng.integers(0, V, size=shape)
-    assert np.array_equal(be.to_numpy(be.embedding(be.asarray(table), ids)), REF.embedding(table, ids))
-    half = table.astype(np.float16)
-    got = be.to_numpy(be.embedding(be.xp.asarray(half), ids))
-    assert np.array_equal(got, half.astype(np.float32)[ids])
+    for t in (table, table.astype(np.float16)):
+        got = be.to_numpy(be.embedding(be.xp.asarray(t), ids, scale))
+        want = np.asarray(REF.embedding(t, ids, scale), dtype=np.float32)  # scale 1 leaves the twin in float16
+        assert got.dtype == np.float32 and np.array_equal(got, want, equal_nan=True), f"{t.dtype} table, {scale}"
+
+
+def test_embedding_refuses_ids_outside_the_table(be):
+    """An id past the table, or a negative one (NumPy's twin would wrap it around), is an IndexError naming the
+    range, not a read outside the table."""
+    table = be.asarray(np.zeros((5, 3)))
+    for ids in ([[0, 5]], [[-1, 2]]):
+        with pytest.raises(IndexError, match=r"token ids must lie in 0 \.\. 4"):
+            be.embedding(table, np.array(ids))
 
 
 def test_half_to_float_every_bit_pattern(be):
@@ -173,11 +231,14 @@ def test_half_to_float_every_bit_pattern(be):
 # -- attention ------------------------------------------------------------------------------------------------------
 
 
-def attention_inputs(rng, B, n_kv, g, T, S, hs, max_len, fused):
+def attention_inputs(rng, B, n_kv, g, T, S, hs, max_len, fused, peaked=False):
     """The arrays the model hands to attention: q_source is (B, nh, T, hs), or with `fused` the whole (B, T,
-    nh + 2*n_kv, hs) projection that q_view slices strided; k and v are full KV-cache buffers, S slots filled."""
+    nh + 2*n_kv, hs) projection that q_view slices strided; k and v are full KV-cache buffers, S slots filled.
+    peaked: queries 10x larger, so scores reach the hundreds and each softmax is nearly one-hot."""
     nh = n_kv * g
     q_source = rng.standard_normal((B, T, nh + 2 * n_kv, hs) if fused else (B, nh, T, hs)).astype(np.float32)
+    if peaked:
+        q_source *= 10
     cache_k = np.zeros((B, n_kv, max_len, hs), np.float32)
     cache_v = np.zeros((B, n_kv, max_len, hs), np.float32)
     cache_k[:, :, :S] = rng.standard_normal((B, n_kv, S, hs)) * 2
@@ -190,53 +251,113 @@ def q_view(q_source, nh, fused):
     return q_source.transpose(0, 2, 1, 3)[:, :nh] if fused else q_source
 
 
-def run_attention(be, q_source, nh, fused, cache_k, cache_v, S, q_start, key_mask):
+def run_attention(be, q_source, nh, fused, cache_k, cache_v, S, q_start, key_mask, **options):
     """(kernel output, NumPy reference) with k/v passed as views of the cache buffers, as KVCache.update returns."""
     q_be = q_view(be.asarray(q_source), nh, fused)
     k_be, v_be = be.asarray(cache_k)[:, :, :S], be.asarray(cache_v)[:, :, :S]
-    got = be.to_numpy(be.attention(q_be, k_be, v_be, q_start, key_mask))
+    got = be.to_numpy(be.attention(q_be, k_be, v_be, q_start, key_mask, **options))
     q = np.ascontiguousarray(q_view(q_source, nh, fused))
-    want = REF.attention(q, cache_k[:, :, :S], cache_v[:, :, :S], q_start, key_mask)
+    want = REF.attention(q, cache_k[:, :, :S], cache_v[:, :, :S], q_start, key_mask, **options)
     return got, want
 
 
-@EXAMPLES
+# Every combination of the three options given or left at their default, each drawn from values that matter:
+# scale 1.0 (no 1/sqrt(hs)) with peaked queries makes the largest scores; softcap 1.0 saturates most of them;
+# windows of 1 (only the query's own slot), around the 32-key tile, and wider than any S drawn.
+OPTION_SETS = list(itertools.product((False, True), repeat=3))
+OPTION_VALUES = dict(scale=[0.05, 0.5, 1.0], softcap=[1.0, 5.0, 50.0], window=[1, 2, 7, 31, 32, 33, 70, 200])
+
+
+def draw_options(data, given_options) -> dict:
+    """{option: a drawn value} for each (scale, softcap, window) flag that is set; the rest keep the default."""
+    return {name: data.draw(st.sampled_from(OPTION_VALUES[name]), label=name)
+            for name, given_option in zip(("scale", "softcap", "window"), given_options) if given_option}
+
+
+def options_id(given_options) -> str:
+    return "+".join(n for n, on in zip(("scale", "softcap", "window"), given_options) if on) or "defaults"
+
+
+@pytest.mark.parametrize("given_options", OPTION_SETS, ids=options_id)
+@settings(max_examples=25)
 @given(B=st.integers(1, 2), n_kv=st.integers(1, 2), g=st.sampled_from([1, 2, 3, 4]), T=st.integers(1, 40),
-       cached=st.integers(0, 30), hs=st.sampled_from([1, 5, 16, 33, 64]), masked=st.booleans(), fused=st.booleans(),
-       seed=st.integers(0, 2**32 - 1))
-def test_prefill_attention_matches_numpy(be, B, n_kv, g, T, cached, hs, masked, fused, seed):
+       cached=st.integers(0, 30), hs=st.sampled_from([1, 5, 33, 64, 65, 128, 129, 256]), masked=st.booleans(),
+       fused=st.booleans(), peaked=st.booleans(), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_prefill_attention_matches_numpy(be, given_options, B, n_kv, g, T, cached, hs, masked, fused, peaked, seed,
+                                         data):
     """T queries after `cached` positions already in the cache (q_start = cached), GQA ratio g (MQA when n_kv = 1),
-    keys spanning 1 .. 3 tiles of 32, optionally a padding mask that may hide every key of a query."""
+    keys spanning 1 .. 3 tiles of 32, every head-size bucket, optionally a padding mask that may hide every key a
+    query sees (its window included): that query's output is 0 on both sides."""
     rng = np.random.default_rng(seed)
     S = cached + T
-    q, ck, cv = attention_inputs(rng, B, n_kv, g, T, S, hs, S + 3, fused)
+    q, ck, cv = attention_inputs(rng, B, n_kv, g, T, S, hs, S + 3, fused, peaked)
     key_mask = rng.random((B, S)) < 0.8 if masked else None
     if masked:
         key_mask[0, : min(S, 5)] = False  # left padding: the first queries of row 0 see nothing
-    got, want = run_attention(be, q, n_kv * g, fused, ck, cv, S, cached, key_mask)
-    assert_close(got, want, 1e-4, "prefill attention")
+    options = draw_options(data, given_options)
+    got, want = run_attention(be, q, n_kv * g, fused, ck, cv, S, cached, key_mask, **options)
+    assert_close(got, want, ATTENTION_RTOL, f"prefill attention {options}")
 
 
-@EXAMPLES
+@pytest.mark.parametrize("given_options", OPTION_SETS, ids=options_id)
+@settings(max_examples=25)
 @given(B=st.integers(1, 2), n_kv=st.integers(1, 2), g=st.sampled_from([1, 2, 4]), S=st.integers(1, 150),
-       pad=st.integers(0, 70), hs=st.sampled_from([8, 31, 64]), seed=st.integers(0, 2**32 - 1))
-def test_decode_attention_matches_numpy(be, B, n_kv, g, S, pad, hs, seed):
-    """One query at slot S-1 against S cached keys: split into 32-key chunks when S > 32 (LAUNCH_OPTIONS). Left
-    padding of up to 70 slots masks whole chunks, whose (m = -inf, l = 0) partials the combine kernel must skip."""
+       pad=st.integers(0, 150), hs=st.sampled_from([8, 31, 64, 100, 256]), peaked=st.booleans(),
+       seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_decode_attention_matches_numpy(be, given_options, B, n_kv, g, S, pad, hs, peaked, seed, data):
+    """One query at slot S-1 against S cached keys: split into 32-key chunks when its window holds more than 32
+    (LAUNCH_OPTIONS). Left padding of up to 150 slots masks whole chunks, whose (m = -inf, l = 0) partials the
+    combine kernel must skip, and may hide every key the window leaves (the query's own slot too): output 0."""
     rng = np.random.default_rng(seed)
-    q, ck, cv = attention_inputs(rng, B, n_kv, g, 1, S, hs, S + 1, fused=False)
+    q, ck, cv = attention_inputs(rng, B, n_kv, g, 1, S, hs, S + 1, False, peaked)
     key_mask = np.ones((B, S), dtype=bool)
-    key_mask[-1, : min(pad, S - 1)] = False  # the last row is left-padded (its own slot S-1 stays visible)
-    got, want = run_attention(be, q, n_kv * g, False, ck, cv, S, S - 1, key_mask)
-    assert_close(got, want, 1e-4, "decode attention")
+    key_mask[-1, :pad] = False  # the last row is left-padded
+    options = draw_options(data, given_options)
+    got, want = run_attention(be, q, n_kv * g, False, ck, cv, S, S - 1, key_mask, **options)
+    assert_close(got, want, ATTENTION_RTOL, f"decode attention {options}")
 
 
-def test_attention_largest_head_and_long_prefill(be):
-    """hs = 128 (the kernel's maximum, 4 dims per lane) and T = S = 100: four key tiles, rows wrapping over blocks."""
+def test_decode_launches_only_the_chunks_inside_the_window(be, monkeypatch):
+    """S = 200 keys, window 40, 32-key chunks: the query at slot 199 sees slots 160..199, so 2 chunks start
+    (160..191 and 192..199) instead of the 7 that cover all 200 keys, and the answer is the twin's."""
+    launches = []
+    kernel = be.kernel
+
+    def recording(file, name):
+        launch = kernel(file, name)
+
+        def recorded(grid, *args, **kwargs):
+            launches.append((name, grid))
+            return launch(grid, *args, **kwargs)
+
+        return recorded
+
+    monkeypatch.setattr(be, "kernel", recording)
+    q, ck, cv = attention_inputs(np.random.default_rng(5), 1, 1, 2, 1, 200, 64, 200, fused=False)
+    got, want = run_attention(be, q, 2, False, ck, cv, 200, 199, None, window=40)
+    assert_close(got, want, ATTENTION_RTOL, "windowed decode")
+    assert launches == [("attention_decode_split_hs64", (1, 1, 2)), ("attention_decode_combine", (2, 1))]
+
+
+def test_attention_largest_head_gemma2_options(be):
+    """hs = 256 (the largest bucket, 8 dims per lane) with Gemma 2's options: softcap 50, scale 1/sqrt(256) given
+    explicitly, a window of 40 over T = S = 90 (three key tiles, of which a late query skips the first)."""
     rng = np.random.default_rng(1)
-    q, ck, cv = attention_inputs(rng, 1, 1, 2, 100, 100, 128, 100, fused=False)
-    got, want = run_attention(be, q, 2, False, ck, cv, 100, 0, None)
-    assert_close(got, want, 1e-4, "attention hs=128")
+    q, ck, cv = attention_inputs(rng, 1, 1, 2, 90, 90, 256, 90, fused=False)
+    got, want = run_attention(be, q, 2, False, ck, cv, 90, 0, None, scale=1 / 16, softcap=50.0, window=40)
+    assert_close(got, want, ATTENTION_RTOL, "attention hs=256")
+
+
+def test_head_size_256_stays_within_48_kb_of_shared_memory(be):
+    """32 warps asked for at hs = 256 would need (32*256 + 32*257) floats = 65 KB; the launcher caps the block at
+    15 warps (15*256 + 32*257 floats = 48,256 bytes <= 49,152), and the emulator, like a GPU without the opt-in
+    attribute, refuses any launch over 48 KB: so a wrong cap fails here."""
+    assert attention_block(256, 40, 32) == (15, 48256)
+    assert attention_block(64, 40, 32) == (32, (32 * 64 + 32 * 65) * 4)
+    wide = make_backend(be.name, attention_warps=32)
+    q, ck, cv = attention_inputs(np.random.default_rng(2), 1, 1, 4, 10, 10, 256, 10, fused=False)
+    got, want = run_attention(wide, q, 4, False, ck, cv, 10, 0, None)
+    assert_close(got, want, ATTENTION_RTOL, "attention hs=256, 15 warps")
 
 
 def test_attention_hand_example(be):
@@ -248,10 +369,32 @@ def test_attention_hand_example(be):
     np.testing.assert_allclose(got, [[[[2.0, 0.0], [1.0, 2.0]]]], rtol=1e-6)
 
 
-def test_attention_rejects_head_size_over_128(be):
-    q = be.zeros((1, 1, 1, 130))
-    with pytest.raises(ValueError, match="head sizes up to 128"):
+def test_attention_window_and_softcap_hand_example(be):
+    """Window 2, equal scores: query 0 sees key 0 -> v0 = [2, 0]; query 1 keys 0, 1 -> [1, 2]; query 2 keys 1, 2
+    (key 0 left the window) -> (v1 + v2) / 2 = [3, 5].
+    Soft-cap ln 3: scores 0 and 1000 become 0 and ln(3) tanh(1000 / ln 3) = ln 3, so the weights are
+    1 : 3 = [1/4, 3/4] and query 1 gets [4, 0] / 4 + 3 [0, 4] / 4 = [1, 3] (without the cap: [0, 4])."""
+    q = np.zeros((1, 1, 3, 2), np.float32)
+    k = np.ones((1, 1, 3, 2), np.float32)
+    v = np.array([[[[2.0, 0.0], [0.0, 4.0], [6.0, 6.0]]]], np.float32)
+    got = be.to_numpy(be.attention(be.asarray(q), be.asarray(k), be.asarray(v), 0, window=2))
+    np.testing.assert_allclose(got, [[[[2.0, 0.0], [1.0, 2.0], [3.0, 5.0]]]], rtol=1e-6)
+    q = np.array([[[[1.0, 0.0], [1.0, 0.0]]]], np.float32)
+    k = np.array([[[[0.0, 0.0], [1000.0, 0.0]]]], np.float32)
+    v = np.array([[[[4.0, 0.0], [0.0, 4.0]]]], np.float32)
+    got = be.to_numpy(be.attention(be.asarray(q), be.asarray(k), be.asarray(v), 0, scale=1.0, softcap=math.log(3)))
+    np.testing.assert_allclose(got, [[[[4.0, 0.0], [1.0, 3.0]]]], rtol=1e-6)
+
+
+def test_attention_refuses_what_it_cannot_compute(be):
+    """A head over 256 dims (no bucket holds it) and k/v whose shape does not match q (they would be read past
+    their ends) are ValueErrors that say which."""
+    q = be.zeros((1, 1, 1, 258))
+    with pytest.raises(ValueError, match="head sizes up to 256"):
         be.attention(q, q, q, 0)
+    q, k = be.zeros((1, 2, 3, 8)), be.zeros((1, 1, 3, 4))
+    with pytest.raises(ValueError, match=r"k and v of shape \(B, n_kv, S, hs\) with q's B = 1 and hs = 8"):
+        be.attention(q, k, k, 0)
 
 
 # -- sampling -------------------------------------------------------------------------------------------------------
@@ -335,23 +478,32 @@ def test_version_list_matches_kernels(path):
     text = path.read_text()
     defined = set(re.findall(r'extern "C" __global__ void (\w+)\(', text))
     listed = set()
-    for names in re.findall(r"^//\s+\d+\.\s+([\w ,+]+):", text, flags=re.M):
+    for names in re.findall(r"^//\s+\d+\.\s+((?:[\w ,+]|\n//)+):", text, flags=re.M):  # names may wrap lines
         listed |= set(re.findall(r"\w+", names))
     assert defined, f"{path.name} defines no kernel"
     assert listed == defined, f"{path.name}: header lists {sorted(listed)}, file defines {sorted(defined)}"
 
 
 def test_launcher_constants_match_the_kernels_defines():
-    """kernel_backend.py sizes shared memory and refuses head sizes from constants that attention.cu and common.cuh
-    fix with #define: the two must agree, or a launch would reserve the wrong shared memory."""
+    """kernel_backend.py sizes shared memory, picks a head-size bucket and refuses head sizes from constants that
+    attention.cu and common.cuh fix in their source: the two must agree, or a launch would reserve the wrong shared
+    memory or run a kernel whose registers hold fewer dims than the head has."""
     from nanollm.backends import kernel_backend
 
+    source = (KERNELS_DIR / "attention.cu").read_text()
     defines = {}
-    for name in ("attention.cu", "common.cuh"):
-        defines.update(re.findall(r"^#define (\w+) (\d+)\b", (KERNELS_DIR / name).read_text(), flags=re.M))
-    assert int(defines["TILE_KEYS"]) == kernel_backend.TILE_KEYS
-    assert int(defines["MAX_HEAD_DIM"]) == kernel_backend.MAX_HEAD_DIM
-    assert int(defines["WARP_SIZE"]) == kernel_backend.WARP
+    for text in (source, (KERNELS_DIR / "common.cuh").read_text()):
+        defines.update((k, int(v)) for k, v in re.findall(r"^#define (\w+) (\d+)\b", text, flags=re.M))
+    assert defines["TILE_KEYS"] == kernel_backend.TILE_KEYS
+    assert defines["MAX_HEAD_DIM"] == kernel_backend.MAX_HEAD_DIM == max(kernel_backend.HEAD_DIM_BUCKETS)
+    assert defines["WARP_SIZE"] == kernel_backend.WARP
+    # each attention_<kind>_hs<D> entry point must instantiate its template for D / WARP_SIZE dims per lane
+    entries = re.findall(r"void attention_(prefill|decode_split)_hs(\d+)\([^)]*\) \{[^}]*\};\s*\w+<(\w+) / WARP_SIZE>",
+                         source)
+    buckets = {kind: sorted(int(d) for k, d, _ in entries if k == kind) for kind in ("prefill", "decode_split")}
+    assert buckets == {kind: sorted(kernel_backend.HEAD_DIM_BUCKETS) for kind in buckets}, entries
+    for _, d, instantiated in entries:
+        assert int(defines.get(instantiated, instantiated)) == int(d), f"attention_*_hs{d} instantiates {instantiated}"
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])

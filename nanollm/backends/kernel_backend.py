@@ -26,8 +26,14 @@ ROW_THREADS = 256  # threads per block for the one-row-per-block kernels (softma
 ELEMENTWISE_THREADS = 256
 MAX_BLOCKS = 4096  # grid-stride loops cover any size with at most this many blocks
 FLOAT32_BYTES = np.dtype(np.float32).itemsize
-MAX_HEAD_DIM = 128  # attention.cu keeps hs / 32 <= 4 output values per lane in registers
 TILE_KEYS = 32  # attention.cu's keys per tile
+MAX_HEAD_DIM = 256  # attention.cu's largest head size (Gemma's)
+# attention.cu compiles each kernel once per head-size bucket (attention_prefill_hs64, ...): a lane keeps D/32
+# output values in registers, and D must be known at compile time. A call takes the smallest bucket >= hs.
+HEAD_DIM_BUCKETS = (64, 128, MAX_HEAD_DIM)
+# Shared memory a block may use without opting in to more (CUDA C++ Programming Guide, compute capability 8.x and
+# 9.x): attention.cu's layout is sized to stay within it at every head size, see attention_block.
+DEFAULT_SHARED_BYTES = 48 * 1024
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -37,6 +43,17 @@ def _round_up(n: int, multiple: int) -> int:
 def row_threads(cols: int) -> int:
     """Threads for a one-row-per-block kernel: enough full warps to cover the row once, at most ROW_THREADS."""
     return max(WARP, min(ROW_THREADS, _round_up(cols, WARP)))
+
+
+def attention_block(hs: int, rows: int, max_warps: int) -> tuple[int, int]:
+    """(warps per block, dynamic shared bytes) for attention.cu: one warp per query row, at most max_warps.
+
+    Shared memory holds the block's query rows (warps x hs floats) and one key tile of TILE_KEYS x (hs + 1) floats;
+    the warps are capped so that the two fit in DEFAULT_SHARED_BYTES (at hs = 256: 15 warps, 37 KB at 4 warps).
+    """
+    fit = (DEFAULT_SHARED_BYTES // FLOAT32_BYTES - TILE_KEYS * (hs + 1)) // max(hs, 1)
+    warps = max(1, min(max_warps, rows, fit))
+    return warps, (warps * hs + TILE_KEYS * (hs + 1)) * FLOAT32_BYTES
 
 
 class KernelBackend:
@@ -91,16 +108,25 @@ class KernelBackend:
 
     # -- the ops -------------------------------------------------------------------------------------------------
 
-    def embedding(self, table, ids):
-        """(V, C) float32 or float16, int (B, T) -> (B, T, C) float32.  elementwise.cu: embedding_gather[_f16]."""
+    def embedding(self, table, ids, scale: float = 1.0):
+        """Rows times scale. (V, C) float32 or float16, int (B, T) -> (B, T, C) float32.
+        elementwise.cu: embedding_gather[_f16].
+
+        An id outside 0 .. V-1 is an IndexError: the kernel would read outside the table (NumPy's twin would raise
+        too, or for a negative id wrap around to the end of the table).
+        """
         ids = self._contiguous(self.xp.asarray(ids), np.int64)
-        C = table.shape[1]
+        V, C = table.shape
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= V):
+            raise IndexError(f"token ids must lie in 0 .. {V - 1} (the rows of the embedding table), got ids from "
+                             f"{int(ids.min())} to {int(ids.max())}")
         out = self.xp.empty((*ids.shape, C), dtype=np.float32)
         if table.dtype == np.float16:  # the kernel reads the raw binary16 bits: no __half type needed
             table, name = self._contiguous(table, np.float16).view(np.uint16), "embedding_gather_f16"
         else:
             table, name = self._contiguous(table), "embedding_gather"
-        self._launch_elementwise(name, ids.size * C, (table, ids, out, np.int64(ids.size), np.int32(C)))
+        self._launch_elementwise(name, ids.size * C, (table, ids, out, np.int64(ids.size), np.int32(C),
+                                                      np.float32(scale)))
         return out
 
     def linear(self, x, w, b=None):
@@ -118,11 +144,16 @@ class KernelBackend:
             y += b
         return y
 
-    def _map(self, name: str, *inputs):
-        """out[i] = f(inputs[0][i], inputs[1][i], ...) by the same-shape kernel `name` of elementwise.cu."""
+    def _map(self, name: str, *inputs, scalars: tuple = ()):
+        """out[i] = f(inputs[0][i], inputs[1][i], ..., *scalars) by the same-shape kernel `name` of elementwise.cu.
+
+        The kernels do not broadcast: inputs of different shapes are a ValueError, not reads past the smaller one.
+        """
+        if any(tuple(a.shape) != tuple(inputs[0].shape) for a in inputs):
+            raise ValueError(f"{name} takes inputs of one shape, got {', '.join(str(tuple(a.shape)) for a in inputs)}")
         inputs = [self._contiguous(a) for a in inputs]
         out = self.xp.empty_like(inputs[0])
-        self._launch_elementwise(name, out.size, (*inputs, out, np.int64(out.size)))
+        self._launch_elementwise(name, out.size, (*inputs, out, np.int64(out.size), *scalars))
         return out
 
     def add(self, x, y):
@@ -158,6 +189,14 @@ class KernelBackend:
         """(..., H) x2 -> (..., H).  elementwise.cu: silu_mul."""
         return self._map("silu_mul", gate, up)
 
+    def gelu_mul(self, gate, up):
+        """(..., H) x2 -> (..., H).  elementwise.cu: gelu_mul."""
+        return self._map("gelu_mul", gate, up)
+
+    def softcap(self, x, cap: float):
+        """cap * tanh(x / cap). (...) -> (...).  elementwise.cu: softcap, given 1/cap rounded as the twin rounds it."""
+        return self._map("softcap", x, scalars=(np.float32(cap), np.float32(1.0 / cap)))
+
     def _strided_rows(self, a):
         """A (B, n, L, hs) view -> (flat span, element strides of its first three axes), without copying.
 
@@ -172,13 +211,18 @@ class KernelBackend:
         return span, tuple(np.int64(s // a.itemsize) for s in a.strides[:3])
 
     def rope(self, x, cos, sin):
-        """(B, n, T, hs), (B, T, hs/2) x2 -> (B, n, T, hs), rotate-half pairing.  elementwise.cu: rope."""
+        """(B, n, T, hs), (B, T, r/2) x2 -> (B, n, T, hs): the first r dims rotate (rotate-half pairing), the other
+        hs - r pass through.  elementwise.cu: rope, one work item per rotated pair or passed dim."""
         B, n, T, hs = x.shape
+        half = cos.shape[-1]
+        if tuple(cos.shape) != (B, T, half) or tuple(sin.shape) != (B, T, half) or 2 * half > hs:
+            raise ValueError(f"rope takes cos and sin of shape (B, T, r/2) = ({B}, {T}, r/2) with r <= hs = {hs}, "
+                             f"got {tuple(cos.shape)} and {tuple(sin.shape)}")
         x, (sb, sh, st) = self._strided_rows(x)
         y = self.xp.empty((B, n, T, hs), dtype=np.float32)
-        self._launch_elementwise("rope", B * n * T * (hs // 2), (
+        self._launch_elementwise("rope", B * n * T * (hs - half), (
             x, self._contiguous(cos), self._contiguous(sin), y, np.int32(B), np.int32(n), np.int32(T), np.int32(hs),
-            sb, sh, st))
+            np.int32(half), sb, sh, st))
         return y
 
     def softmax(self, x, axis=-1, *, scale: float = 1.0, causal_T: int = 0, q_start: int = 0):
@@ -196,11 +240,14 @@ class KernelBackend:
             x, y, np.int32(rows), np.int32(cols), np.float32(scale), np.int32(causal_T), np.int32(q_start)))
         return self.xp.moveaxis(y, -1, axis) if moved else y
 
-    def attention(self, q, k, v, q_start: int, key_mask=None):
-        """(B, nh, T, hs), (B, n_kv, S, hs) x2 -> (B, nh, T, hs).  attention.cu.
+    def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
+                  softcap: float | None = None, window: int | None = None):
+        """(B, nh, T, hs), (B, n_kv, S, hs) x2 -> (B, nh, T, hs), with the twin's scale, softcap and window.
+        attention.cu, the kernels of the smallest head-size bucket >= hs.
 
-        T > 1 (or few keys): attention_prefill. T = 1 over more than decode_chunk keys: attention_decode_split,
-        one block per chunk of keys, then attention_decode_combine merges the chunks.
+        T > 1, or one query whose window holds at most decode_chunk keys: attention_prefill. One query over more:
+        attention_decode_split, one block per chunk of the window's keys (the chunks before the window are not
+        launched), then attention_decode_combine merges the chunks.
         """
         B, nh, T, hs = q.shape
         n_kv, S = k.shape[1], k.shape[2]
@@ -208,32 +255,45 @@ class KernelBackend:
             raise ValueError(f"attention.cu supports head sizes up to {MAX_HEAD_DIM}, got {hs}")
         if nh % n_kv:
             raise ValueError(f"{nh} query heads do not divide into {n_kv} key/value heads")
+        if tuple(k.shape) != (B, n_kv, S, hs) or tuple(v.shape) != tuple(k.shape):
+            raise ValueError(f"attention takes k and v of shape (B, n_kv, S, hs) with q's B = {B} and hs = {hs}, "
+                             f"got {tuple(k.shape)} and {tuple(v.shape)}")
+        if key_mask is not None and tuple(key_mask.shape) != (B, S):
+            raise ValueError(f"key_mask must have shape (B, S) = {(B, S)}, got {tuple(key_mask.shape)}")
+        y = self.xp.empty((B, nh, T, hs), dtype=np.float32)
+        if y.size == 0:
+            return y  # no query, or hs = 0: nothing to launch (a grid of 0 blocks is not allowed)
         if k.strides[2] != hs * FLOAT32_BYTES or v.strides != k.strides:
             k, v = self._contiguous(k), self._contiguous(v)  # the kernel takes key rows hs floats apart
         q, q_strides = self._strided_rows(q)
         k, kv_strides = self._strided_rows(k)
         v, _ = self._strided_rows(v)
-        if key_mask is not None and tuple(key_mask.shape) != (B, S):
-            raise ValueError(f"key_mask must have shape (B, S) = {(B, S)}, got {tuple(key_mask.shape)}")
         mask = self.xp.ones((B, S), dtype=np.uint8) if key_mask is None else self._contiguous(
             self.xp.asarray(key_mask), np.uint8)  # (B, S) one byte per key: 1 = a real key
-        warps = min(self.attention_warps, (nh // n_kv) * T)
-        grid_rows = -(-(nh // n_kv) * T // warps)
-        shared = (warps * hs + TILE_KEYS * (hs + 1) + TILE_KEYS * hs) * FLOAT32_BYTES
+        # Query t sees slots q_start + t - reach < j <= q_start + t. Without a window the twin's reach is S; past
+        # q_start + T a reach changes nothing, so clamping there keeps any window in an int32.
+        reach = max(0, min(S if window is None else window, q_start + T))
+        cap = 0.0 if softcap is None else softcap  # the kernel's "no soft-cap"
+        inv_cap = 0.0 if softcap is None else 1.0 / softcap  # rounded to float32 from double, as the twin does
+        g = nh // n_kv
+        warps, shared = attention_block(hs, g * T, self.attention_warps)
+        grid_rows = -(-g * T // warps)
+        D = next(d for d in HEAD_DIM_BUCKETS if hs <= d)
         shape_args = (*q_strides, *kv_strides[:2], np.int32(nh), np.int32(n_kv), np.int32(T), np.int32(S),
-                      np.int32(hs), np.int32(q_start), np.float32(1.0 / math.sqrt(hs)))
-        y = self.xp.empty((B, nh, T, hs), dtype=np.float32)
-        if T > 1 or S <= self.decode_chunk:
-            self.kernel("attention.cu", "attention_prefill")(
+                      np.int32(hs), np.int32(q_start), np.int32(reach),
+                      np.float32(1.0 / math.sqrt(hs) if scale is None else scale), np.float32(cap), np.float32(inv_cap))
+        key_begin, key_end = max(0, q_start - reach + 1), min(S, q_start + 1)  # the keys of a single query
+        if T > 1 or key_end - key_begin <= self.decode_chunk:
+            self.kernel("attention.cu", f"attention_prefill_hs{D}")(
                 (grid_rows, n_kv, B), (warps * WARP,), (q, k, v, mask, y, *shape_args), shared_mem=shared)
             return y
-        n_chunks = -(-S // self.decode_chunk)
+        n_chunks = -(-(key_end - key_begin) // self.decode_chunk)
         part_acc = self.xp.empty((B, n_chunks, nh, T, hs), dtype=np.float32)
         part_ml = self.xp.empty((B, n_chunks, nh, T, 2), dtype=np.float32)
-        self.kernel("attention.cu", "attention_decode_split")(
+        self.kernel("attention.cu", f"attention_decode_split_hs{D}")(
             (grid_rows, n_kv, B * n_chunks), (warps * WARP,),
-            (q, k, v, mask, part_acc, part_ml, *shape_args, np.int32(self.decode_chunk), np.int32(n_chunks)),
-            shared_mem=shared)
+            (q, k, v, mask, part_acc, part_ml, *shape_args, np.int32(key_begin), np.int32(self.decode_chunk),
+             np.int32(n_chunks)), shared_mem=shared)
         self.kernel("attention.cu", "attention_decode_combine")(
             (nh * T, B), (_round_up(hs, WARP),),
             (part_acc, part_ml, y, np.int32(nh), np.int32(T), np.int32(hs), np.int32(n_chunks)))

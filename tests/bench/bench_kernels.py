@@ -71,24 +71,39 @@ def time_cpu(fn, repeats=3) -> float:
 
 
 def cases(rng):
-    """(name, args builder, bytes moved, flops) at sizes of a 1B-parameter Llama (C 2048, 32/8 heads of 64)."""
+    """(name, op, args, keyword args, bytes moved, flops) at sizes of a 1B-parameter Llama (C 2048, 32/8 heads of
+    64), plus what the newer families add: Gemma 2's head size 256 with soft-capping and a sliding window, Phi-4-mini's
+    partial rotary (3/4 of each head), GeGLU, final-logit soft-capping and the scaled embedding."""
     f = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
     B, T, C, H, V, nh, n_kv, hs, S = 1, 512, 2048, 8192, 32000, 32, 8, 64, 2048
     x, w = f(B, T, C), f(C)
     cos, sin = f(B, T, hs // 2), f(B, T, hs // 2)
+    r = 3 * hs // 4  # Phi-4-mini's partial_rotary_factor
+    g_nh, g_kv, g_hs, window = 8, 4, 256, 1024  # Gemma-2-2B's attention (its window is 4096; 1024 shows the skip)
+    ids = rng.integers(0, V, size=(8, T))
     return [
-        ("rms_norm", "rms_norm", (x, w, 1e-5), 2 * x.nbytes + w.nbytes, 0),
-        ("layer_norm", "layer_norm", (x, w, w, 1e-5), 2 * x.nbytes + 2 * w.nbytes, 0),
-        ("residual_add", "add", (x, x), 3 * x.nbytes, 0),
-        ("gelu", "gelu", (f(B, T, H),), 2 * B * T * H * 4, 0),
-        ("silu_mul", "silu_mul", (f(B, T, H), f(B, T, H)), 3 * B * T * H * 4, 0),
-        ("rope", "rope", (f(B, nh, T, hs), cos, sin), 2 * B * nh * T * hs * 4 + 2 * cos.nbytes, 0),
-        ("softmax", "softmax", (f(B * nh, T, T),), 2 * B * nh * T * T * 4, 0),
-        ("attention prefill", "attention", (f(B, nh, T, hs), f(B, n_kv, T, hs), f(B, n_kv, T, hs), 0),
+        ("embedding x sqrt(C)", "embedding", (f(V, C), ids, C**0.5), {}, 2 * ids.size * C * 4 + ids.nbytes, 0),
+        ("rms_norm", "rms_norm", (x, w, 1e-5), {}, 2 * x.nbytes + w.nbytes, 0),
+        ("layer_norm", "layer_norm", (x, w, w, 1e-5), {}, 2 * x.nbytes + 2 * w.nbytes, 0),
+        ("residual_add", "add", (x, x), {}, 3 * x.nbytes, 0),
+        ("gelu", "gelu", (f(B, T, H),), {}, 2 * B * T * H * 4, 0),
+        ("silu_mul", "silu_mul", (f(B, T, H), f(B, T, H)), {}, 3 * B * T * H * 4, 0),
+        ("gelu_mul", "gelu_mul", (f(B, T, H), f(B, T, H)), {}, 3 * B * T * H * 4, 0),
+        ("softcap logits", "softcap", (f(8, V), 30.0), {}, 2 * 8 * V * 4, 0),
+        ("rope", "rope", (f(B, nh, T, hs), cos, sin), {}, 2 * B * nh * T * hs * 4 + 2 * cos.nbytes, 0),
+        ("rope partial 3/4", "rope", (f(B, nh, T, hs), f(B, T, r // 2), f(B, T, r // 2)), {},
+         2 * B * nh * T * hs * 4 + 2 * B * T * r // 2 * 4, 0),
+        ("softmax", "softmax", (f(B * nh, T, T),), {}, 2 * B * nh * T * T * 4, 0),
+        ("attention prefill", "attention", (f(B, nh, T, hs), f(B, n_kv, T, hs), f(B, n_kv, T, hs), 0), {},
          (2 * B * nh * T * hs + 2 * B * n_kv * T * hs) * 4, 2 * B * nh * T * T * hs),  # causal: half of 4*T*T*hs
-        ("attention decode", "attention", (f(8, nh, 1, hs), f(8, n_kv, S, hs), f(8, n_kv, S, hs), S - 1),
+        ("attention decode", "attention", (f(8, nh, 1, hs), f(8, n_kv, S, hs), f(8, n_kv, S, hs), S - 1), {},
          (2 * 8 * nh * hs + 2 * 8 * n_kv * S * hs) * 4, 4 * 8 * nh * S * hs),
-        ("sample top-k/top-p", "sample", (f(8, V), rng.random(8), 0.8, 50, 0.9), 8 * V * 4, 0),
+        ("attn prefill hs=256", "attention", (f(B, g_nh, T, g_hs), f(B, g_kv, T, g_hs), f(B, g_kv, T, g_hs), 0),
+         dict(softcap=50.0), (2 * B * g_nh * T * g_hs + 2 * B * g_kv * T * g_hs) * 4, 2 * B * g_nh * T * T * g_hs),
+        ("attn decode window", "attention", (f(8, g_nh, 1, g_hs), f(8, g_kv, S, g_hs), f(8, g_kv, S, g_hs), S - 1),
+         dict(softcap=50.0, window=window), (2 * 8 * g_nh * g_hs + 2 * 8 * g_kv * window * g_hs) * 4,
+         4 * 8 * g_nh * window * g_hs),  # only the window's keys are read
+        ("sample top-k/top-p", "sample", (f(8, V), rng.random(8), 0.8, 50, 0.9), {}, 8 * V * 4, 0),
     ]
 
 
@@ -105,14 +120,14 @@ def main() -> int:
     name, peak_gbps, peak_tflops = peaks(cupy)
     print(f"{name}: peak {peak_gbps:.0f} GB/s, {peak_tflops:.1f} FP32 TFLOP/s")
     print(f"{'kernel':<20} {'GPU us':>9} {'GB/s':>8} {'% peak':>7} {'TFLOP/s':>8} {'NumPy ms':>9} {'speed-up':>9}")
-    for label, op, args, nbytes, flops in cases(np.random.default_rng(0)):
-        dev_args = tuple(gpu.xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args)  # float32 uploads
-        t_gpu = time_gpu(cupy, lambda: getattr(gpu, op)(*dev_args))
+    for label, op, args, kwargs, nbytes, flops in cases(np.random.default_rng(0)):
+        dev_args = tuple(gpu.xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args)  # uploads as they are
+        t_gpu = time_gpu(cupy, lambda: getattr(gpu, op)(*dev_args, **kwargs))
         if op == "sample":
             logits, u, temperature, k, p = args
             t_cpu = time_cpu(lambda: [sample_token(row, ui, temperature, k, p) for row, ui in zip(logits, u)])
         else:
-            t_cpu = time_cpu(lambda: getattr(ref, op)(*args))
+            t_cpu = time_cpu(lambda: getattr(ref, op)(*args, **kwargs))
         gbps = nbytes / t_gpu / 1e9
         tflops = f"{flops / t_gpu / 1e12:8.2f}" if flops else f"{'':8}"
         share = f"{100 * gbps / peak_gbps:6.0f}%" if peak_gbps else f"{'?':>7}"
