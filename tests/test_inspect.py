@@ -8,6 +8,9 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import shared_file
+from hypothesis import find
+
+from tests.hf_families import FAMILIES, STRATEGIES, build_family
 from tests.hf_models import Options, build_checkpoint
 from weights_tools.inspect import config_parameters, inspect_path, main
 from weights_tools.llama2c import convert_to_hf_dir
@@ -32,6 +35,16 @@ def test_parameter_count_matches_transformers(tmp_path, options):
     assert report.parameters == reference.num_parameters()
     assert config_parameters(report.config) == reference.num_parameters()
     assert report.float32_bytes == 4 * reference.num_parameters()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_counts_as_transformers(tmp_path, family):
+    """The norms, q/k norms, biases and fused projections of each family: counted from the files and from
+    config.json alone, equal to transformers' count."""
+    config = find(STRATEGIES[family](), lambda _: True)  # the simplest configuration the strategy draws
+    directory, reference = build_family(tmp_path / "m", family, config)
+    report = inspect_path(directory)
+    assert report.parameters == reference.num_parameters() == config_parameters(report.config)
 
 
 def test_stories260k_counts(tmp_path):

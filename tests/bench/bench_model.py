@@ -1,7 +1,8 @@
 """`make bench`: nanollm's NumPy engine against transformers on CPU, in one process, with the same threads.
 
-Two random-weight checkpoints written by transformers: GPT-2 124M (GPT2Config() defaults) and a Llama shape with
-grouped-query heads. For each engine: prefill of a 128-token prompt, and the mean time per output token over 128
+Three random-weight checkpoints written by transformers: GPT-2 124M (GPT2Config() defaults), a Llama shape with
+grouped-query heads, and Qwen2.5-0.5B's shape (24 layers, 14 query / 2 key-value heads, q/k/v biases, a tied
+151,936-token output projection: the vocabulary is a third of its weights). For each engine: prefill of a 128-token prompt, and the mean time per output token over 128
 greedy decode steps with that engine's KV cache. Runs alternate between the engines (A B A B ...) and the median is
 reported, so background load hits both alike. Ratios below 1.0 mean nanollm is faster.
 """
@@ -13,7 +14,7 @@ import time
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import nanollm
 
@@ -75,6 +76,10 @@ def main():
     bench("Llama (GQA 12q/4kv)", LlamaForCausalLM(LlamaConfig(
         vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
         num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)))
+    bench("Qwen2.5-0.5B shape", Qwen2ForCausalLM(Qwen2Config(  # its config.json, with random weights
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, max_position_embeddings=32768, rope_parameters={"rope_type": "default",
+        "rope_theta": 1000000.0}, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)))
 
 
 if __name__ == "__main__":
