@@ -26,7 +26,8 @@
 //   writes: item i < half rotates the pair (i, i + half), item i >= half copies dim i + half.
 //
 // Memory traffic: residual_add, silu_mul and gelu_mul 12 B/element, gelu and softcap 8 B, rope 8 B of x/y plus the
-//   cos/sin rows (shared by all heads, cached), embedding_gather 8 B (4 with a float16 table) per output element.
+//   cos/sin rows (shared by all heads, cached), embedding_gather 8 B (6 with a float16 table: 2 read, 4 written) per
+//   output element.
 //
 // Versions (measured results come from `make bench-kernels` on a GPU; none was available when this was written):
 //   1. residual_add, gelu, gelu_mul, silu_mul, softcap, rope, embedding_gather, embedding_gather_f16: scalar

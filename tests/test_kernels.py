@@ -116,6 +116,25 @@ def test_norms_hand_example(be):
     np.testing.assert_allclose(rms, [[1 / math.sqrt(5), 3 / math.sqrt(5)]], rtol=1e-6)
 
 
+@NEW_OPS_EXAMPLES
+@given(B=st.integers(1, 2), n=st.integers(1, 4), T=st.integers(1, 6), hs=st.sampled_from([1, 7, 64, 128, 256]),
+       seed=st.integers(0, 2**32 - 1))
+def test_qk_norms_match_numpy(be, B, n, T, hs, seed):
+    """The q/k norms are rms_norm_rows on other rows: Qwen3 and Gemma 3 normalise each head, given as the strided
+    (B, n, T, hs) view of the fused projection that model.attention slices (weight (hs,)); OLMo-2 normalises the
+    whole projection width (rows of n*hs, weight (n*hs,))."""
+    rng = np.random.default_rng(seed)
+    proj = planted(rng, (B, T, 2 * n, hs))
+    heads_be = be.asarray(proj).transpose(0, 2, 1, 3)[:, :n]  # (B, n, T, hs) view
+    heads = np.ascontiguousarray(proj.transpose(0, 2, 1, 3)[:, :n])
+    w = rng.standard_normal(hs).astype(np.float32)
+    got = be.to_numpy(be.rms_norm(heads_be, be.asarray(w), 1e-6))
+    assert_close(got, REF.rms_norm(heads, w, 1e-6), FLOAT32_RTOL, "per-head q/k norm")
+    wide, w_wide = proj[:, :, :n].reshape(B, T, n * hs), rng.standard_normal(n * hs).astype(np.float32)
+    got = be.to_numpy(be.rms_norm(be.asarray(wide), be.asarray(w_wide), 1e-6))
+    assert_close(got, REF.rms_norm(wide, w_wide, 1e-6), FLOAT32_RTOL, "whole-width q/k norm")
+
+
 # -- elementwise ----------------------------------------------------------------------------------------------------
 
 
