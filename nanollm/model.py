@@ -162,6 +162,10 @@ class Model:
     """A loaded model: config, weights on a backend, and the tokenizer when the checkpoint has one."""
 
     def __init__(self, cfg: ModelConfig, weights: ModelWeights, backend, tokenizer=None, generation_defaults=None):
+        limit = getattr(backend, "max_head_dim", None)  # the CUDA kernels hold a head in registers: 256 at most
+        if limit is not None and cfg.head_dim > limit:
+            raise ValueError(f"head_dim={cfg.head_dim} is more than the {backend.name} backend's attention kernel "
+                             f"holds ({limit}); the numpy backend runs any head size")
         self.config = cfg
         self.backend = backend
         self.weights = weights.map(backend.weight)

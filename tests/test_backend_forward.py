@@ -98,3 +98,10 @@ def test_cached_decode_with_padding_matches_numpy(be):
         pos = positions[:, -1:] + 1 + i
         outs = [m.step(token, c, pos, real[:, : T + i + 1]) for m, c in zip(models, caches)]
         assert_close(outs[1], outs[0], 1e-4, f"decode step {i} logits")
+
+
+def test_a_head_larger_than_the_kernels_hold_is_refused_at_load():
+    cfg = small_config("llama", head_dim=264, n_kv_head=2)
+    with pytest.raises(ValueError, match="head_dim=264 is more than the .* backend's attention kernel holds"):
+        Model(cfg, random_weights(cfg, seed=0), make_backend("emulator"))
+    Model(cfg, random_weights(cfg, seed=0), NumpyBackend())  # the reference runs any head size

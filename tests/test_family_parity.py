@@ -44,6 +44,15 @@ def test_family_matches_transformers(tmp_path_factory, family, data, seed):
     check_family(tmp_path_factory, family, data.draw(STRATEGIES[family]()), seed, "numpy")
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=3)
+@given(data=st.data(), seed=st.integers(0, 2**16))
+def test_family_on_the_emulated_kernels_matches_transformers(tmp_path_factory, family, data, seed):
+    """The same on the CUDA kernels, run by the CPU emulator: three configurations per family (each kernel is tested
+    against its NumPy twin on its own, with hypothesis, in tests/test_kernels.py)."""
+    check_family(tmp_path_factory, family, data.draw(STRATEGIES[family]()), seed, "emulator")
+
+
 def test_a_batch_through_a_sliding_window_equals_each_prompt_alone(tmp_path):
     """Left padding shifts every slot of a row by the same amount, so a window over slots is a window over positions:
     a batch of prompts of different lengths decodes as each prompt alone. Right padding would not, and is refused."""

@@ -65,6 +65,7 @@ class KernelBackend:
     """
 
     name = "kernels"
+    max_head_dim = MAX_HEAD_DIM  # Model refuses larger heads at load, not at the first attention call
 
     def __init__(self, xp, load_module, *, attention_warps: int = 4, decode_chunk: int = 256):
         if decode_chunk <= 0 or decode_chunk % TILE_KEYS:
