@@ -93,6 +93,38 @@ def test_gpt2_vocab_json_and_merges_txt(gpt2_source):
         assert ours.encode_prompt(text) == reference(text)["input_ids"]
 
 
+@pytest.mark.parametrize("add_prefix_space", [False, True])
+def test_vocab_and_merges_follow_the_configs_add_prefix_space(gpt2_source, tmp_path, add_prefix_space):
+    """GPT2Tokenizer's add_prefix_space (a space before each text that lacks one, "Hello" -> " Hello") is read from
+    tokenizer_config.json beside vocab.json + merges.txt, as transformers reads it."""
+    directory = tmp_path / "gpt2"
+    shutil.copytree(gpt2_source, directory)
+    config = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": add_prefix_space}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    ours, reference = Tokenizer.from_pretrained(directory), transformers.AutoTokenizer.from_pretrained(directory)
+    for text in PROMPTS:
+        assert ours.encode_prompt(text) == reference(text)["input_ids"], text
+    assert ours.encode("Hello") == ([18435] if add_prefix_space else [15496])  # " Hello" and "Hello" in GPT-2
+
+
+@pytest.mark.parametrize("tokenizer_class, loads", [("GPT2TokenizerFast", True), ("Qwen2TokenizerFast", True),
+                                                    ("RobertaTokenizer", False), ("LlamaTokenizerFast", False)])
+def test_vocab_and_merges_of_an_unknown_class_are_refused_by_name(gpt2_source, tmp_path, tokenizer_class, loads):
+    """vocab.json + merges.txt do not say how text is cut into words; the class named in tokenizer_config.json does.
+    nanollm knows GPT-2's and Qwen 2's (with or without transformers' "Fast"); any other is one TokenizerError
+    naming the file, the key and the class, not GPT-2's regex applied silently."""
+    directory = tmp_path / "source"
+    shutil.copytree(gpt2_source, directory)
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": tokenizer_class}))
+    if loads:
+        assert Tokenizer.from_pretrained(directory).encode("Hello world") == [15496, 995]
+        return
+    with pytest.raises(TokenizerError) as caught:
+        Tokenizer.from_pretrained(directory)
+    message = str(caught.value)
+    assert f"tokenizer_config.json: tokenizer_class is '{tokenizer_class}'" in message and "Qwen2Tokenizer" in message
+
+
 def test_chat_template_is_read(gpt2_saved, tmp_path):
     directory = tmp_path / "chat"
     shutil.copytree(gpt2_saved, directory)

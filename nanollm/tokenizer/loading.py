@@ -12,7 +12,9 @@
 
 and then reads tokenizer_config.json (and special_tokens_map.json, added_tokens.json, chat_template.jinja) when
 present for the BOS/EOS tokens, whether a prompt starts with BOS (``add_bos_token``, used when tokenizer.json has no
-post-processor that says so), added tokens, and the chat template.
+post-processor that says so), added tokens, the chat template, ``add_prefix_space`` (beside vocab.json + merges.txt)
+and ``legacy`` (beside a SentencePiece tokenizer.model: whether text after a special token gets the dummy prefix,
+``sentencepiece.SentencePieceModel``).
 
 Added tokens beside vocab.json + merges.txt. These two files say nothing about special tokens; transformers'
 GPT2Tokenizer takes them from the settings files, and cuts every one of them out of the text before BPE (special or
@@ -197,7 +199,7 @@ def _from_tokenizer_model(path: Path, config: dict) -> Tokenizer:
     if len(first_line) == 2 and first_line[1].isdigit():
         parts = _tiktoken_parts(path, "llama3", _added_tokens(config))
         return _finish(parts, config, default_bos=True, name=path.name)
-    model = SentencePieceModel(ModelProto.parse(data))
+    model = SentencePieceModel(ModelProto.parse(data), legacy=config.get("legacy") or False)
     specials = {**model.control_tokens, **_added_tokens(config)}
     parts = {"model": model, "decode_rules": model.decode_rules(), "special_tokens": specials}
     bos = model.proto.pieces[model.bos_id].text if model.bos_id is not None else None
@@ -355,7 +357,7 @@ def _check_settings(settings: dict, place: Place) -> dict:
     for key, value in settings.items():
         if key in _NAMED_TOKENS or (key.endswith("_token") and isinstance(value, dict)):
             _check_token(value, place[key])
-    for key in ("add_bos_token", "add_eos_token", "add_prefix_space"):
+    for key in ("add_bos_token", "add_eos_token", "add_prefix_space", "legacy"):
         get(settings, key, (bool, NoneType), place, None)
     get(settings, "tokenizer_class", (str, NoneType), place, None)
     for key, entry in get(settings, "added_tokens_decoder", dict, place, {}).items():

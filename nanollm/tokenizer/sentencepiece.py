@@ -298,9 +298,16 @@ def _fuse_runs(ids: list[int], unk_id: int) -> list[int]:
 
 
 class SentencePieceModel:
-    """sentencepiece's encoder and decoder for a BPE ``ModelProto``."""
+    """sentencepiece's encoder and decoder for a BPE ``ModelProto``.
 
-    def __init__(self, proto: ModelProto):
+    ``legacy``: whether text after a special token gets the dummy prefix too. sentencepiece knows nothing of special
+    tokens in text; transformers' LlamaTokenizer cuts them out and then either encodes each piece between them as a
+    text of its own, with its dummy prefix ("<s>[INST]" -> <s> "▁[" ...: ``legacy`` true, as Mistral's
+    tokenizer_config.json says, and as Meta's and Mistral's own code encode each turn), or only the start of the whole
+    text (<s> "[" ...: legacy false, transformers 5's default when the config does not say).
+    """
+
+    def __init__(self, proto: ModelProto, *, legacy: bool = False):
         trainer, normalizer = proto.trainer, proto.normalizer
         if trainer["model_type"] != BPE:
             raise TokenizerError(
@@ -316,6 +323,7 @@ class SentencePieceModel:
             raise TokenizerError("SentencePiece models with treat_whitespace_as_suffix are not supported")
         self.proto = proto
         self.add_dummy_prefix = normalizer["add_dummy_prefix"]
+        self.legacy = legacy
         self.remove_extra_whitespaces = normalizer["remove_extra_whitespaces"]
         self.escape_whitespaces = normalizer["escape_whitespaces"]
 
@@ -359,14 +367,15 @@ class SentencePieceModel:
             text = " ".join(part for part in text.split(" ") if part)
         if not text:
             return ""
-        if self.add_dummy_prefix and at_start:
+        if self.add_dummy_prefix and (at_start or self.legacy):
             text = " " + text
         if self.escape_whitespaces:
             text = text.replace(" ", SPACE)
         return text
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
-        """Ids for ``text``; ``at_start`` False (text that follows a special token) skips the dummy prefix."""
+        """Ids for ``text``; ``at_start`` False (text that follows a special token) skips the dummy prefix, unless
+        ``legacy``."""
         return self.bpe.encode(self.normalize(repair_surrogates(text), at_start))
 
     def decode_rules(self) -> DecodeRules:
