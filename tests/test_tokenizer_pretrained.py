@@ -284,11 +284,12 @@ CHATML_PROMPTS = [
 def test_chatml_added_tokens_match_auto_tokenizer(chatml_pair):
     """Hand-checked ids: new tokens count up from GPT-2's vocabulary size (50257) in the order they were added
     (eos <|im_end|> first, then <|im_start|>, "hello world", "café"); encode_prompt, decode and the added vocabulary
-    agree with transformers."""
+    agree with transformers, which holds the first two special and the other two ordinary added tokens."""
     ours, reference = chatml_pair
     new = {"<|im_end|>": 50257, "<|im_start|>": 50258, "hello world": 50259, "café": 50260}
-    assert {t: ours.special_tokens[t] for t in new} == new
-    assert ours.special_tokens == reference.get_added_vocab()
+    assert {**ours.special_tokens, **ours.added_tokens} == reference.get_added_vocab()
+    assert {t: reference.get_added_vocab()[t] for t in new} == new
+    assert set(ours.special_tokens) == set(reference.all_special_tokens)
     assert (ours.bos_token_id, ours.eos_token_id) == (reference.bos_token_id, reference.eos_token_id) == (50256, 50257)
     for text in CHATML_PROMPTS + PROMPTS:
         ids = reference(text)["input_ids"]

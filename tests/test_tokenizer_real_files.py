@@ -164,6 +164,9 @@ class Case:
     special_as_text: bool = False  # the reference encodes special-token text as text (tiktoken's encode_ordinary,
     #                                sentencepiece), so nanollm is asked the same with encode's default policy
     prompt_applies: Callable[[str], bool] = lambda text: True
+    # tokenizers with encode_special_tokens: special-token text as text, the other added tokens still matched, as
+    # nanollm's encode does by default (special.py); only where the main reference parses special tokens
+    ids_special_as_text: Callable[[list[str]], list[list[int]]] | None = None
 
     def our_ids(self, text: str) -> list[int]:
         return self.ours.encode(text) if self.special_as_text else self.ours.encode(text, allowed_special="all")
@@ -176,6 +179,12 @@ def _hf_json(name: str):
     return (lambda texts: [e.ids for e in reference.encode_batch(texts, add_special_tokens=False)],
             lambda texts: [e.ids for e in reference.encode_batch(texts)],
             lambda ids: reference.decode_batch(ids, skip_special_tokens=hide_special))
+
+
+def _hf_json_special_as_text(name: str):
+    reference = tokenizers.Tokenizer.from_file(str(shared_file(f"tokenizers/{name}/tokenizer.json")))
+    reference.encode_special_tokens = True
+    return lambda texts: [e.ids for e in reference.encode_batch(texts, add_special_tokens=False)]
 
 
 def _auto(directory):
@@ -245,7 +254,8 @@ def qwen3_vocab_merges_case(tmp):
     directory = _copy(tmp / "qwen3-vocab-merges", *[(f"qwen3/{name}", name) for name in
                                                     ("vocab.json", "merges.txt", "tokenizer_config.json")])
     ids, _, decode = _hf_json("qwen3")
-    return Case(load_tokenizer(directory), ids, decode, _auto(directory))
+    return Case(load_tokenizer(directory), ids, decode, _auto(directory),
+                ids_special_as_text=_hf_json_special_as_text("qwen3"))
 
 
 def mistral_model_case(tmp):
@@ -259,7 +269,8 @@ def mistral_model_case(tmp):
 def json_case(name, prompt_from_transformers=True):
     ids, prompt, decode = _hf_json(name)
     directory = shared_file(f"tokenizers/{name}")
-    return Case(load_tokenizer(directory), ids, decode, _auto(directory) if prompt_from_transformers else prompt)
+    return Case(load_tokenizer(directory), ids, decode, _auto(directory) if prompt_from_transformers else prompt,
+                ids_special_as_text=_hf_json_special_as_text(name))
 
 
 CASES = {
@@ -296,6 +307,15 @@ def test_corpus_ids_and_decoded_text_equal_the_reference(case):
     decoded = [case.ours.decode(ids) for ids in ours]
     wrong = mismatches(CORPUS, decoded, case.decode(ours))
     assert not wrong, f"{len(wrong)} of {len(CORPUS)} decodings differ, e.g. {wrong[:2]}"
+
+
+def test_corpus_special_tokens_as_text_equal_the_reference(case):
+    """encode's default policy: special-token text stays text, while added tokens that are not special (Gemma 3's
+    "\\n\\n" and "<b>", Qwen3's "<think>") are still matched, as tokenizers with encode_special_tokens does."""
+    if case.ids_special_as_text is None:
+        pytest.skip("the main reference already encodes special-token text as text")
+    wrong = mismatches(CORPUS, [case.ours.encode(text) for text in CORPUS], case.ids_special_as_text(CORPUS))
+    assert not wrong, f"{len(wrong)} of {len(CORPUS)} strings differ, e.g. {wrong[:2]}"
 
 
 def test_corpus_prompt_ids_equal_the_reference(case):

@@ -11,8 +11,8 @@ into nanollm's pieces:
     normalizer NFC/NFD/NFKC/NFKD, Prepend, Replace, Sequence      -> applied to each segment, as tokenizers does
     post_processor TemplateProcessing / Roberta / Bert / ByteLevel -> prompt_prefix and prompt_suffix ids
     decoder ByteLevel; or Replace("▁", " "), ByteFallback, Fuse, Strip, Metaspace  -> decoding.DecodeRules
-    added_tokens                                        -> special tokens (all of them, special or not: Hugging Face
-                                                           cuts every added token out of the text)
+    added_tokens                                        -> special tokens ("special": true) and the other added
+                                                           tokens, which every text is cut at (special.py)
 
 Every value is read with the type tokenizers requires of it (``errors.get``), so a malformed file is one
 TokenizerError naming the file and the key. Anything this module does not reproduce exactly is refused by name
@@ -183,8 +183,9 @@ def load_tokenizer_json(path: str | Path) -> dict:
         encoder, decode_rules = _metaspace(vocab, merges, normalizer, pre_tokenizer, decoders, specials, control,
                                            model, top)
     prefix, suffix = _template(spec, top, decode_rules)
-    return {"model": encoder, "decode_rules": decode_rules, "special_tokens": specials,
-            "prompt_prefix": prefix, "prompt_suffix": suffix}
+    return {"model": encoder, "decode_rules": decode_rules, "prompt_prefix": prefix, "prompt_suffix": suffix,
+            "special_tokens": {text: i for text, i in specials.items() if text in control},
+            "added_tokens": {text: i for text, i in specials.items() if text not in control}}
 
 
 def front_end(spec: dict, place: Place) -> tuple[Normalizer, PreTokenizer, str]:

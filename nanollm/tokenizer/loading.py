@@ -17,8 +17,9 @@ and ``legacy`` (beside a SentencePiece tokenizer.model: whether text after a spe
 ``sentencepiece.SentencePieceModel``).
 
 Added tokens beside vocab.json + merges.txt. These two files say nothing about special tokens; transformers'
-GPT2Tokenizer takes them from the settings files, and cuts every one of them out of the text before BPE (special or
-not, as with tokenizer.json's added_tokens). ``_added_vocabulary`` rebuilds that list in transformers' order:
+GPT2Tokenizer takes them from the settings files, and cuts every one of them out of the text before BPE, the special
+ones as the special-token policy says, the others always (``_special_texts``, special.py).
+``_added_vocabulary`` rebuilds that list in transformers' order:
 
     1. tokenizer_config.json's ``added_tokens_decoder`` {"50257": {"content": "<|im_start|>", ...}}, by id; only when
        the config has none, added_tokens.json {"<|im_start|>": 50257} (and then special_tokens_map.json's names
@@ -158,16 +159,16 @@ def load_tiktoken(path, *, pattern: str | None = None, special_tokens: dict[str,
     name = _encoding_name(path.name)
     with blame(path):
         parts = _tiktoken_parts(path, pattern or name, special_tokens if special_tokens is not None
-                                else TIKTOKEN_SPECIAL_TOKENS.get(name, {}))
+                                else TIKTOKEN_SPECIAL_TOKENS.get(name, {}), {})
         return _finish(parts, config or {}, default_bos=False, name=path.name, fallback_eos="<|endoftext|>")
 
 
-def _tiktoken_parts(path: Path, pattern: str, special_tokens: dict[str, int]) -> dict:
-    """The model, decode rules and special tokens of a tiktoken ranks file cut into words by ``pattern``."""
+def _tiktoken_parts(path: Path, pattern: str, special_tokens: dict[str, int], added_tokens: dict[str, int]) -> dict:
+    """The model, decode rules and added tokens of a tiktoken ranks file cut into words by ``pattern``."""
     pre_tokenizer = regex_pre_tokenizer(resolve_pattern(pattern), f"{path}: pattern")
     model = from_tiktoken_ranks(load_tiktoken_ranks(path), pre_tokenizer)
-    specials = dict(special_tokens)
-    return {"model": model, "decode_rules": _byte_rules(model, specials), "special_tokens": specials}
+    return {"model": model, "decode_rules": _byte_rules(model, {**added_tokens, **special_tokens}),
+            "special_tokens": dict(special_tokens), "added_tokens": dict(added_tokens)}
 
 
 def _encoding_name(file_name: str) -> str:
@@ -197,11 +198,12 @@ def _from_tokenizer_model(path: Path, config: dict) -> Tokenizer:
     data = read_bytes(path)
     first_line = data.split(b"\n", 1)[0].split()
     if len(first_line) == 2 and first_line[1].isdigit():
-        parts = _tiktoken_parts(path, "llama3", _added_tokens(config))
+        parts = _tiktoken_parts(path, "llama3", *_added_tokens(config))
         return _finish(parts, config, default_bos=True, name=path.name)
     model = SentencePieceModel(ModelProto.parse(data), legacy=config.get("legacy") or False)
-    specials = {**model.control_tokens, **_added_tokens(config)}
-    parts = {"model": model, "decode_rules": model.decode_rules(), "special_tokens": specials}
+    special, added = _added_tokens(config)
+    parts = {"model": model, "decode_rules": model.decode_rules(), "added_tokens": added,
+             "special_tokens": {**model.control_tokens, **special}}
     bos = model.proto.pieces[model.bos_id].text if model.bos_id is not None else None
     eos = model.proto.pieces[model.eos_id].text if model.eos_id is not None else None
     return _finish(parts, config, default_bos=True, name=path.name, fallback_bos=bos, fallback_eos=eos)
@@ -219,8 +221,10 @@ def _from_vocab_and_merges(vocab_path: Path, config: dict) -> Tokenizer:
     model = byte_level_encoder(vocab, merges, normalizer, pre_tokenizer)
     named = {**tokenizer_class["defaults"], **{key: config[key] for key in _NAMED_TOKENS if key in config}}
     added = _added_vocabulary(config, vocab, named)
+    special = _special_texts(config, named)
     parts = {"model": model, "decode_rules": DecodeRules(vocab_token_bytes({**vocab, **added})),
-             "special_tokens": added}
+             "special_tokens": {text: i for text, i in added.items() if text in special},
+             "added_tokens": {text: i for text, i in added.items() if text not in special}}
     return _finish(parts, {**config, **named}, default_bos=False, name=vocab_path.name)
 
 
@@ -252,14 +256,27 @@ def _added_vocabulary(config: dict, vocab: dict[str, int], named: dict) -> dict[
     ``named``: bos_token... -> token (a string, a {"content": ...} dict, or None), defaults already filled in.
     """
     entries = sorted(config.get("added_tokens_decoder", {}).items(), key=lambda pair: int(pair[0]))
-    candidates = [_token_text(entry) for _, entry in entries]
-    candidates += [_token_text(named.get(key)) for key in _NAMED_TOKENS]
-    # Other *_token names become special tokens too when they hold a string or a serialized AddedToken.
-    candidates += [_token_text(value) for key, value in config.items()
-                   if key.endswith("_token") and key not in _NAMED_TOKENS
-                   and (isinstance(value, str) or (isinstance(value, dict) and value.get("__type") == "AddedToken"))]
-    candidates += [_token_text(value) for value in _token_list(config.get("extra_special_tokens"))]
-    return added_token_ids(candidates, vocab)
+    return added_token_ids([_token_text(entry) for _, entry in entries] + _named_texts(config, named), vocab)
+
+
+def _named_texts(config: dict, named: dict) -> list[str | None]:
+    """The tokens the config names, in transformers' order: bos, eos, unk, sep, pad, cls, mask (``named``, defaults
+    filled in), any other *_token holding a string or a serialized AddedToken ("image_token"), extra_special_tokens.
+    transformers makes every one of them a special token."""
+    texts = [_token_text(named.get(key)) for key in _NAMED_TOKENS]
+    texts += [_token_text(value) for key, value in config.items()
+              if key.endswith("_token") and key not in _NAMED_TOKENS
+              and (isinstance(value, str) or (isinstance(value, dict) and value.get("__type") == "AddedToken"))]
+    return texts + [_token_text(value) for value in _token_list(config.get("extra_special_tokens"))]
+
+
+def _special_texts(config: dict, named: dict) -> set[str]:
+    """Which added tokens are special: those whose added_tokens_decoder entry says "special": true (false when
+    absent, as transformers' AddedToken), and every named one (``_named_texts``). The others are matched in any
+    text, special-token policy or not (special.AddedVocabulary)."""
+    flagged = {entry["content"] for entry in config.get("added_tokens_decoder", {}).values()
+               if entry.get("special", False)}
+    return flagged | {text for text in _named_texts(config, named) if text}
 
 
 def _byte_rules(model, specials: dict[str, int]) -> DecodeRules:
@@ -272,11 +289,11 @@ def _byte_rules(model, specials: dict[str, int]) -> DecodeRules:
 def _finish(parts: dict, config: dict, *, default_bos: bool, name: str, has_template: bool = False,
             fallback_bos: str | None = None, fallback_eos: str | None = None) -> Tokenizer:
     """Add what tokenizer_config.json says: BOS/EOS, whether prompts start with BOS, the chat template."""
-    specials = parts["special_tokens"]
+    tokens = {**parts["added_tokens"], **parts["special_tokens"]}
     bos_text = _token_text(config.get("bos_token")) or fallback_bos
     eos_text = _token_text(config.get("eos_token")) or fallback_eos
-    bos_id = specials.get(bos_text) if bos_text else None
-    eos_id = specials.get(eos_text) if eos_text else None
+    bos_id = tokens.get(bos_text) if bos_text else None
+    eos_id = tokens.get(eos_text) if eos_text else None
     if not has_template:
         # No post-processor said what surrounds a prompt: use add_bos_token / add_eos_token, else the format default.
         add_bos = default_bos if config.get("add_bos_token") is None else config["add_bos_token"]
@@ -302,9 +319,13 @@ def _token_list(value) -> list:
     return list(value or [])
 
 
-def _added_tokens(config: dict) -> dict[str, int]:
-    """tokenizer_config.json's added_tokens_decoder: {"128000": {"content": "<|begin_of_text|>", ...}, ...}."""
-    return {entry["content"]: int(i) for i, entry in config.get("added_tokens_decoder", {}).items()}
+def _added_tokens(config: dict) -> tuple[dict[str, int], dict[str, int]]:
+    """tokenizer_config.json's added_tokens_decoder {"128000": {"content": "<|begin_of_text|>", "special": true}, ...}
+    -> (the special tokens, the other added tokens), split by ``_special_texts``."""
+    ids = {entry["content"]: int(i) for i, entry in config.get("added_tokens_decoder", {}).items()}
+    special = _special_texts(config, {key: config.get(key) for key in _NAMED_TOKENS})
+    return ({text: i for text, i in ids.items() if text in special},
+            {text: i for text, i in ids.items() if text not in special})
 
 
 def _read_config(directory: Path) -> dict:

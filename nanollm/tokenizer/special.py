@@ -11,6 +11,14 @@ injection). So, as in tiktoken, text is split on special tokens only when the ca
 Unlike tiktoken, whose default is to raise, nanollm's default (both empty) encodes special-token text as the
 ordinary characters it is made of, which is always safe. ``Tokenizer.encode_prompt`` allows them all, because a
 prompt rendered from a chat template is trusted text that must contain them.
+
+Added tokens that are not special are another thing: Gemma 3 adds "\n\n", runs of spaces and "<b>" to its
+vocabulary, Qwen3 adds "<think>", all marked ``"special": false``. They are no control signal, just tokens that
+ordinary text is cut into, and tokenizers matches them in every text, even with ``encode_special_tokens`` (its
+switch for special-token text as text). ``AddedVocabulary`` does the same in front of the model, so they are no
+part of the policy above: a user's "<b>" is Gemma's <b> token, as in transformers. (Where a special and a
+non-special added token overlap in a text, the special one is cut out first; tokenizers takes the leftmost-longest
+of all added tokens in one pass. The files nanollm reads have no such pair.)
 """
 from __future__ import annotations
 
@@ -64,6 +72,25 @@ def added_token_ids(texts, vocab: dict[str, int]) -> dict[str, int]:
             largest = max(added.values(), default=-1)
             added[text] = largest + 1 if largest >= len(vocab) else len(vocab)
     return added
+
+
+class AddedVocabulary:
+    """A model behind its non-special added tokens (module docstring): ``encode_ordinary`` cuts them out of the text
+    and encodes the rest with ``model``. Example with {"\n\n": 108}: "a\n\nb" -> model("a"), 108, model("b")."""
+
+    def __init__(self, model, tokens: dict[str, int]):
+        self.model = model
+        self.tokens = tokens
+        self._pattern = special_regex(tokens)
+
+    def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
+        ids: list[int] = []
+        for start, piece, is_added in split_on_special(text, self._pattern):
+            if is_added:
+                ids.append(self.tokens[piece])
+            elif piece:
+                ids.extend(self.model.encode_ordinary(piece, at_start and start == 0))
+        return ids
 
 
 def special_regex(tokens: Collection[str]) -> regex.Pattern | None:

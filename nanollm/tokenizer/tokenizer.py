@@ -4,7 +4,8 @@ A Tokenizer joins three things that the other modules build:
 
 * a *model* with ``encode_ordinary(text, at_start) -> ids``: ``ByteLevelBPE`` (GPT-2, tiktoken, Llama 3, trained
   tokenizers) or ``SentencePieceModel`` / a Metaspace front end over ``PieceBPE`` (Llama 2);
-* the special tokens and the policy for finding them in text (``special.py``);
+* the special tokens and the policy for finding them in text, and the added tokens that are not special, which
+  are found in any text (``special.py``);
 * ``DecodeRules`` saying what bytes each id stands for (``decoding.py``).
 
 Plus what a model expects around a prompt (``prompt_prefix``/``prompt_suffix``, e.g. Llama's BOS) and the chat
@@ -17,7 +18,7 @@ from typing import Protocol
 
 from .decoding import DecodeRules, StreamDecoder, bytes_to_text, decode_bytes
 from .errors import TokenizerError
-from .special import refuse_disallowed, resolve_policy, special_regex, split_on_special
+from .special import AddedVocabulary, refuse_disallowed, resolve_policy, special_regex, split_on_special
 
 
 class EncodingModel(Protocol):
@@ -40,6 +41,7 @@ class Tokenizer:
         decode_rules: DecodeRules,
         *,
         special_tokens: dict[str, int] | None = None,
+        added_tokens: dict[str, int] | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
         prompt_prefix: Sequence[int] = (),
@@ -47,11 +49,15 @@ class Tokenizer:
         chat_template: str | None = None,
         name: str = "",
     ):
-        self.model = model
         self.decode_rules = decode_rules
         # An empty special token is dropped, as tokenizers drops an empty added token: the regex that cuts special
         # tokens out of text would match it between every two characters.
         self.special_tokens: dict[str, int] = {text: i for text, i in (special_tokens or {}).items() if text}
+        # Added tokens that are not special ("special": false: Gemma 3's "\n\n", Qwen3's "<think>") are cut out of
+        # every text, whatever the special-token policy: the model sees them first (special.AddedVocabulary).
+        self.added_tokens = {text: i for text, i in (added_tokens or {}).items()
+                             if text and text not in self.special_tokens}
+        self.model = AddedVocabulary(model, self.added_tokens) if self.added_tokens else model
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.prompt_prefix = tuple(prompt_prefix)
@@ -59,9 +65,9 @@ class Tokenizer:
         self.chat_template = chat_template
         self.name = name
         self.vocab_size = max([*decode_rules.token_bytes, *self.special_tokens.values()]) + 1
-        for text, i in self.special_tokens.items():
+        for text, i in {**self.added_tokens, **self.special_tokens}.items():
             if i not in decode_rules.token_bytes:
-                raise TokenizerError(f"special token {text!r} has id {i}, which has no decoding")
+                raise TokenizerError(f"added token {text!r} has id {i}, which has no decoding")
         # Compiled special-token regexes, by token set: callers reuse one or two policies, so this stays tiny.
         self._special_patterns: dict[frozenset[str], object] = {}
 
