@@ -39,8 +39,10 @@ from .files import read_text
 from .tokenizer.special import special_regex, split_on_special
 
 ROLES = ("system", "user", "assistant")
-# Tokens that end an assistant turn in common chat formats: generation stops on them as on EOS.
-TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
+# Tokens that end an assistant turn in common chat formats: generation stops on them as on EOS. ChatML (Qwen),
+# Llama 3 (and <|eom_id|>: Llama 3.1+ end a built-in tool call with it, their generation_config.json lists it as an
+# EOS), Phi-3 and Gemma. (Mistral's </s> and OLMo-2's <|endoftext|> are their EOS.)
+TURN_END_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<end_of_turn>")
 
 
 def check_messages(messages):
