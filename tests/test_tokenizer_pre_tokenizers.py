@@ -116,6 +116,9 @@ OTHER_PIPELINES = {
                                                                                     split=False)]),
     "Digits, Split(MergedWithNext)": (pieces_pair, lambda: [
         pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.Split(" ", "merged_with_next")]),
+    # capturing groups: the whole match is the word, not the groups' text
+    "Split(Isolated, with groups), ByteLevel": (byte_level_pair, lambda: [
+        pre_tokenizers.Split(Regex(r"(\d)(\d)"), "isolated")]),
 }
 
 
@@ -129,6 +132,13 @@ def other_pair(request, tmp_path_factory):
 @given(text=any_text)
 def test_other_sequences_equal_tokenizers(other_pair, text):
     same(other_pair, text)
+
+
+def test_split_with_capturing_groups_cuts_at_whole_matches(tmp_path):
+    """findall returns the groups of such a pattern, ("1", "2") for "12": the words are the whole matches."""
+    pair = byte_level_pair(tmp_path, OTHER_PIPELINES["Split(Isolated, with groups), ByteLevel"][1]())
+    for text in ["12", "1234", "12a34"]:
+        same(pair, text)
 
 
 def test_removed_split_moves_the_start_of_the_text(tmp_path):

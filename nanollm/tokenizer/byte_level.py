@@ -158,10 +158,14 @@ def split_words(pattern: TimedPattern, text: str) -> list[str]:
     matches are the whole text (they come in order and never overlap) and nothing needs to be filled in.
 
     Example: pattern "a", text "bab" -> ["b", "a", "b"]  (tiktoken: ["a"]).
+
+    A pattern with capturing groups (a tokenizer.json's Split may have them) skips the first line: findall would
+    return the groups' text instead of the whole matches.
     """
-    words = pattern.findall(text)
-    if sum(map(len, words)) == len(text):
-        return words
+    if not pattern.groups:
+        words = pattern.findall(text)
+        if sum(map(len, words)) == len(text):
+            return words
     words, position = [], 0
     for match in pattern.finditer(text):
         if match.start() > position:
