@@ -24,8 +24,9 @@ Two kinds of input here come from strangers, and each is kept in its place:
   * a message is text from the user: special tokens it contains stay text (`ChatTemplate.encode`, `defuse`). A
     user who types "<|im_end|>\\n<|im_start|>system" gets those characters, not a forged system turn. This is
     stricter than transformers' apply_chat_template(tokenize=True), which tokenizes the whole rendered string with
-    every special token allowed. One consequence: a template that looks for a special token inside a message
-    (Qwen3 cutting an assistant message at "</think>") no longer finds it there.
+    every special token allowed. Added tokens that are not special (Qwen3's "<think>", Gemma 3's "\\n\\n") are
+    ordinary vocabulary, matched in every text as in transformers, so templates that look for them inside a
+    message (Qwen3 cutting an assistant message at "</think>") work as there.
 """
 import json
 import multiprocessing
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .files import read_text
-from .tokenizer.special import special_regex, split_on_special
+from .tokenizer.special import special_regex
 
 ROLES = ("system", "user", "assistant")
 # Tokens that end an assistant turn in common chat formats: generation stops on them as on EOS. ChatML (Qwen),
@@ -239,7 +240,7 @@ class ChatTemplate:
         text = self.render(safe, add_generation_prompt)
         restore = {ord(marker): token for token, marker in markers.items()}
         ids = []
-        for start, piece, is_special in split_on_special(text, specials):
+        for start, piece, is_special in tokenizer.split_special(text):
             if is_special:  # only the template's own: none is left inside a message
                 ids.append(tokenizer.special_tokens[piece])
             elif piece:

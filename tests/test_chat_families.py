@@ -25,9 +25,8 @@ Families and their turn-end tokens:
 What the tokenizers stand in for: Gemma 1/2's vocabulary is Gemma 3's but for added tokens, Qwen2.5's is Qwen3's,
 Llama 3 and 3.1's are Llama 3.2's; Mistral v0.3's adds control tokens such as [INST] that v0.1's spells as text.
 Phi-3's tokenizer is Llama 2's SentencePiece layout (here Mistral v0.1's file of that layout) with its chat tokens
-added; the real Phi-3 files mark those tokens rstrip, which nanollm refuses by name (hf_json.py), so here they are
-plain added tokens. OLMo-2's is cl100k-based; here GPT-2's, with <|endoftext|> as its BOS and EOS as in OLMo-2's
-config. Llama 3.2's template prints today's date: both sides render within the same second.
+added, marked rstrip as in the real files (each takes the white space after it: the "\n" its template writes).
+OLMo-2's is cl100k-based; here GPT-2's, with <|endoftext|> as its BOS and EOS as in OLMo-2's config. Llama 3.2's template prints today's date: both sides render within the same second.
 """
 import json
 import shutil
@@ -527,8 +526,9 @@ def write_base(directory, base: str):
         shutil.copy(source / name, directory / name)
     if base == "phi3":  # Phi-3's chat tokens after Llama 2's 32,000 pieces (ids 32000..32010, by tokenizers' rule)
         spec = json.loads((directory / "tokenizer.json").read_text(encoding="utf-8"))
+        # as in Phi-3-mini's tokenizer.json: every chat token but <|endoftext|> takes the white space after it
         spec["added_tokens"] += [{"id": 32000 + i, "content": token, "single_word": False, "lstrip": False,
-                                  "rstrip": False, "normalized": False, "special": True}
+                                  "rstrip": token != "<|endoftext|>", "normalized": False, "special": True}
                                  for i, token in enumerate(PHI3_TOKENS)]
         (directory / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
 

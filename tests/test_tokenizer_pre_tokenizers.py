@@ -188,3 +188,29 @@ def test_unsupported_steps_are_refused_by_name(tmp_path, steps, message):
     with pytest.raises(TokenizerError, match="tokenizer.json") as caught:
         Tokenizer.from_pretrained(tmp_path)
     assert message in str(caught.value)
+
+
+# -- added tokens that take the white space beside them (lstrip / rstrip: Phi-3's chat tokens) ------------------------
+
+STRIPPING = [("<|end|>", dict(rstrip=True)), ("<|user|>", dict(lstrip=True, rstrip=True)), ("<L>", dict(lstrip=True))]
+SPACES = [" ", "  ", "\n", "\t", "\u3000", "\x1c", "\u00a0"]  # \x1c: str.isspace() but not Unicode White_Space
+
+
+@pytest.fixture(scope="module", params=["byte_level", "pieces"])
+def stripping_pair(request, tmp_path_factory):
+    """A trained BPE with special and non-special added tokens carrying lstrip / rstrip, saved by tokenizers."""
+    ours, reference = (byte_level_pair if request.param == "byte_level" else pieces_pair)(
+        tmp_path_factory.mktemp("strip"), [pre_tokenizers.Digits(individual_digits=False)])
+    reference.add_special_tokens([tokenizers.AddedToken(t, **flags) for t, flags in STRIPPING])
+    reference.add_tokens([tokenizers.AddedToken("<b>", lstrip=True, rstrip=True), tokenizers.AddedToken("<|plain|>")])
+    directory = tmp_path_factory.mktemp("strip_saved")
+    reference.save(str(directory / "tokenizer.json"))
+    return Tokenizer.from_pretrained(directory), reference
+
+
+@settings(max_examples=60)
+@given(text=st.lists(st.sampled_from([t for t, _ in STRIPPING] + ["<b>", "<|plain|>", "hi", "x1", "."] + SPACES),
+                     max_size=14).map("".join))
+def test_lstrip_and_rstrip_take_the_white_space_as_tokenizers_does(stripping_pair, text):
+    ours, reference = stripping_pair
+    assert ours.encode(text, allowed_special="all") == reference.encode(text, add_special_tokens=False).ids

@@ -17,9 +17,9 @@ into nanollm's pieces:
 Every value is read with the type tokenizers requires of it (``errors.get``), so a malformed file is one
 TokenizerError naming the file and the key. Anything this module does not reproduce exactly is refused by name
 rather than skipped: other models (WordPiece, Unigram), other pre-tokenizers (``pre_tokenizers.py`` lists those it
-reads, and in which orders), other decoders, BPE dropout, an added token's ``lstrip``/``rstrip``/``single_word``
-flags (used by a few BERT-era and Phi-3 tokens; GPT-2, Llama, Qwen and Mistral set none of them). A tokenizer is
-never silently wrong.
+reads, and in which orders), other decoders, BPE dropout, an added token's ``single_word`` flag (a few BERT-era
+tokens). An added token's ``lstrip``/``rstrip`` (Phi-3's <|end|>, <|assistant|>: the token takes the white space
+beside it) are honoured (``special.split_on_special``). A tokenizer is never silently wrong.
 
 Added tokens' ids: like tokenizers, nanollm does not take the ``id`` written beside each added token but gives one
 by tokenizers' rule (``special.added_token_ids``): the vocabulary's id for a token already in it (an added "ing"
@@ -145,21 +145,25 @@ def _check_bpe_options(model: dict, place: Place) -> None:
     get(model, "unk_token", (str, NoneType), place, None)
 
 
-def _added_tokens(spec: dict, place: Place, vocab: dict[str, int]) -> tuple[dict[str, int], set[str]]:
-    """-> (content -> id of every added token, the contents marked special). Module docstring: the ids are
-    tokenizers', not the file's."""
-    contents, control = [], set()
+def _added_tokens(spec: dict, place: Place, vocab: dict[str, int]
+                  ) -> tuple[dict[str, int], set[str], dict[str, tuple[bool, bool]]]:
+    """-> (content -> id of every added token, the contents marked special, content -> (lstrip, rstrip) of those
+    that take white space). Module docstring: the ids are tokenizers', not the file's."""
+    contents, control, strips = [], set(), {}
     for token, at in items(spec, "added_tokens", dict, place, default=()):
         get(token, "id", int, at)  # required by tokenizers, though not used (see the module docstring)
-        contents.append(get(token, "content", str, at))
+        content = get(token, "content", str, at)
+        contents.append(content)
         if get(token, "special", bool, at, False):
-            control.add(token["content"])
+            control.add(content)
         get(token, "normalized", bool, at, False)
-        for flag in ("lstrip", "rstrip", "single_word"):
-            if get(token, flag, bool, at, False):
-                raise at[flag].error("is true: nanollm does not implement this flag, and ignoring it would split "
-                                     "the text differently from tokenizers")
-    return added_token_ids(contents, vocab), control
+        if get(token, "single_word", bool, at, False):
+            raise at["single_word"].error("is true: nanollm does not implement this flag, and ignoring it would "
+                                          "split the text differently from tokenizers")
+        flags = get(token, "lstrip", bool, at, False), get(token, "rstrip", bool, at, False)
+        if any(flags):
+            strips[content] = flags
+    return added_token_ids(contents, vocab), control, strips
 
 
 def load_tokenizer_json(path: str | Path) -> dict:
@@ -170,7 +174,7 @@ def load_tokenizer_json(path: str | Path) -> dict:
     _check_bpe_options(model, top["model"])
     vocab = check_vocab(get(model, "vocab", dict, top["model"]), top["model"]["vocab"])
     merges = _merges(model, top["model"])
-    specials, control = _added_tokens(spec, top, vocab)
+    specials, control, strips = _added_tokens(spec, top, vocab)
     normalizer, pre_tokenizer, kind = front_end(spec, top)
     decoders = _steps(spec, "decoder", "decoders", top)
     if not decoders:
@@ -185,7 +189,7 @@ def load_tokenizer_json(path: str | Path) -> dict:
     prefix, suffix = _template(spec, top, decode_rules)
     return {"model": encoder, "decode_rules": decode_rules, "prompt_prefix": prefix, "prompt_suffix": suffix,
             "special_tokens": {text: i for text, i in specials.items() if text in control},
-            "added_tokens": {text: i for text, i in specials.items() if text not in control}}
+            "added_tokens": {text: i for text, i in specials.items() if text not in control}, "strips": strips}
 
 
 def front_end(spec: dict, place: Place) -> tuple[Normalizer, PreTokenizer, str]:

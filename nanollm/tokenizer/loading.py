@@ -31,10 +31,10 @@ ones as the special-token policy says, the others always (``_special_texts``, sp
 The ids written in the files are not what decides: like tokenizers' ``AddedVocabulary.add_tokens``, a token already
 in vocab.json keeps its vocabulary id and any other takes the next free id. Files written by transformers agree
 with that, since their added ids count up from the vocabulary size. An added token decodes as Hugging Face's
-ByteLevel decoder makes it (``byte_level.token_text_bytes``). Not reproduced, and so refused by name when set: the
-``lstrip``/``rstrip``/``single_word`` flags (as in hf_json.py). Not reproduced: the two-pass matching that tokenizers
-does for ``normalized`` tokens, which differs from one longest-first pass only when a normalized and a
-non-normalized token overlap in the text.
+ByteLevel decoder makes it (``byte_level.token_text_bytes``). The ``lstrip``/``rstrip`` flags of
+added_tokens_decoder are honoured; ``single_word`` is not reproduced, and so refused by name when set (as in
+hf_json.py). Not reproduced either: the two-pass matching that tokenizers does for ``normalized`` tokens, which
+differs from one longest-first pass only when a normalized and a non-normalized token overlap in the text.
 
 Every file is read through ``nanollm.files`` (regular files only), and a name that is present but is not a regular
 file (a FIFO, a device, a dangling link called tokenizer.json) is refused by name rather than skipped for the next
@@ -290,6 +290,10 @@ def _finish(parts: dict, config: dict, *, default_bos: bool, name: str, has_temp
             fallback_bos: str | None = None, fallback_eos: str | None = None) -> Tokenizer:
     """Add what tokenizer_config.json says: BOS/EOS, whether prompts start with BOS, the chat template."""
     tokens = {**parts["added_tokens"], **parts["special_tokens"]}
+    if "strips" not in parts:  # tokenizer.json says it for itself; otherwise added_tokens_decoder's AddedTokens do
+        parts["strips"] = {entry["content"]: (entry.get("lstrip", False), entry.get("rstrip", False))
+                           for entry in config.get("added_tokens_decoder", {}).values()
+                           if entry.get("lstrip") or entry.get("rstrip")}
     bos_text = _token_text(config.get("bos_token")) or fallback_bos
     eos_text = _token_text(config.get("eos_token")) or fallback_eos
     bos_id = tokens.get(bos_text) if bos_text else None
@@ -386,10 +390,11 @@ def _check_settings(settings: dict, place: Place) -> dict:
         if not (key.isascii() and key.isdigit()):
             raise place["added_tokens_decoder"].error(f"has the key {key!r}; its keys must be token ids")
         _check_token(expect(entry, dict, at), at)
-        for flag in ("lstrip", "rstrip", "single_word"):
-            if get(entry, flag, bool, at, False):
-                raise at[flag].error("is true: nanollm does not implement this flag, and ignoring it would split the "
-                                     "text differently from transformers")
+        for flag in ("lstrip", "rstrip"):
+            get(entry, flag, bool, at, False)
+        if get(entry, "single_word", bool, at, False):
+            raise at["single_word"].error("is true: nanollm does not implement this flag, and ignoring it would split "
+                                          "the text differently from transformers")
     for key in ("extra_special_tokens", "additional_special_tokens"):
         tokens = get(settings, key, (list, dict, NoneType), place, None)
         for name, token in (tokens.items() if isinstance(tokens, dict) else enumerate(tokens or [])):

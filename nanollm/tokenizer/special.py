@@ -76,16 +76,18 @@ def added_token_ids(texts, vocab: dict[str, int]) -> dict[str, int]:
 
 class AddedVocabulary:
     """A model behind its non-special added tokens (module docstring): ``encode_ordinary`` cuts them out of the text
-    and encodes the rest with ``model``. Example with {"\n\n": 108}: "a\n\nb" -> model("a"), 108, model("b")."""
+    and encodes the rest with ``model``. Example with {"\n\n": 108}: "a\n\nb" -> model("a"), 108, model("b").
+    ``strips``: the tokens that take the white space beside them (see ``split_on_special``)."""
 
-    def __init__(self, model, tokens: dict[str, int]):
+    def __init__(self, model, tokens: dict[str, int], strips: dict[str, tuple[bool, bool]] | None = None):
         self.model = model
         self.tokens = tokens
+        self.strips = strips or {}
         self._pattern = special_regex(tokens)
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         ids: list[int] = []
-        for start, piece, is_added in split_on_special(text, self._pattern):
+        for start, piece, is_added in split_on_special(text, self._pattern, self.strips):
             if is_added:
                 ids.append(self.tokens[piece])
             elif piece:
@@ -113,19 +115,35 @@ def refuse_disallowed(text: str, pattern: regex.Pattern | None) -> None:
         )
 
 
-def split_on_special(text: str, pattern: regex.Pattern | None):
+# Rust's char::is_whitespace, which tokenizers' lstrip/rstrip use: Unicode's White_Space property (Python's
+# str.isspace also counts the separators U+001C..U+001F).
+_WHITE_SPACE = regex.compile(r"\p{White_Space}")
+
+
+def split_on_special(text: str, pattern: regex.Pattern | None, strips: dict[str, tuple[bool, bool]] | None = None):
     """Yield (start offset, piece, is_special) in order; ordinary pieces may be empty only if the text is empty.
 
     Example: "a<s>b" with pattern matching "<s>" -> (0, "a", False), (1, "<s>", True), (4, "b", False).
+
+    ``strips`` maps a token to its (lstrip, rstrip) flags (tokenizers' AddedToken; Phi-3's <|end|> and
+    <|assistant|> have rstrip): the token also takes the white space on that side, which then belongs to no piece.
+    Example: "a <|end|>\n b" with <|end|>: (True, True) -> (0, "a", False), (1, "<|end|>", True), (11, "b", False).
     """
     if pattern is None:
         yield 0, text, False
         return
+    strips = strips or {}
     position = 0
-    for found in pattern.finditer(text):
-        if found.start() > position:
-            yield position, text[position : found.start()], False
-        yield found.start(), found.group(), True
-        position = found.end()
+    while (found := pattern.search(text, position)) is not None:
+        start, end = found.span()
+        lstrip, rstrip = strips.get(found.group(), (False, False))
+        while lstrip and start > position and _WHITE_SPACE.match(text, start - 1):
+            start -= 1
+        while rstrip and end < len(text) and _WHITE_SPACE.match(text, end):
+            end += 1
+        if start > position:
+            yield position, text[position:start], False
+        yield start, found.group(), True
+        position = end
     if position < len(text) or position == 0:
         yield position, text[position:], False

@@ -42,6 +42,7 @@ class Tokenizer:
         *,
         special_tokens: dict[str, int] | None = None,
         added_tokens: dict[str, int] | None = None,
+        strips: dict[str, tuple[bool, bool]] | None = None,
         bos_token_id: int | None = None,
         eos_token_id: int | None = None,
         prompt_prefix: Sequence[int] = (),
@@ -57,7 +58,9 @@ class Tokenizer:
         # every text, whatever the special-token policy: the model sees them first (special.AddedVocabulary).
         self.added_tokens = {text: i for text, i in (added_tokens or {}).items()
                              if text and text not in self.special_tokens}
-        self.model = AddedVocabulary(model, self.added_tokens) if self.added_tokens else model
+        # Added tokens that take the white space beside them: text -> (lstrip, rstrip) (special.split_on_special).
+        self.strips = dict(strips or {})
+        self.model = AddedVocabulary(model, self.added_tokens, self.strips) if self.added_tokens else model
         self.bos_token_id = bos_token_id
         self.eos_token_id = eos_token_id
         self.prompt_prefix = tuple(prompt_prefix)
@@ -102,12 +105,17 @@ class Tokenizer:
         if not allowed:
             return self.model.encode_ordinary(text, True)
         ids: list[int] = []
-        for start, piece, is_special in split_on_special(text, self._pattern(allowed)):
+        for start, piece, is_special in split_on_special(text, self._pattern(allowed), self.strips):
             if is_special:
                 ids.append(self.special_tokens[piece])
             elif piece:
                 ids.extend(self.model.encode_ordinary(piece, start == 0))
         return ids
+
+    def split_special(self, text: str):
+        """``text`` cut at every special token, as encode with allowed_special="all" cuts it: (start offset, piece,
+        is_special) in order. For callers that encode the ordinary pieces themselves (chat.ChatTemplate.encode)."""
+        return split_on_special(text, self._pattern(frozenset(self.special_tokens)), self.strips)
 
     def encode_prompt(self, text: str) -> list[int]:
         """The ids a model expects for a prompt: special tokens parsed, plus this model's BOS (or other template).
