@@ -26,7 +26,8 @@ What the tokenizers stand in for: Gemma 1/2's vocabulary is Gemma 3's but for ad
 Llama 3 and 3.1's are Llama 3.2's; Mistral v0.3's adds control tokens such as [INST] that v0.1's spells as text.
 Phi-3's tokenizer is Llama 2's SentencePiece layout (here Mistral v0.1's file of that layout) with its chat tokens
 added, marked rstrip as in the real files (each takes the white space after it: the "\n" its template writes).
-OLMo-2's is cl100k-based; here GPT-2's, with <|endoftext|> as its BOS and EOS as in OLMo-2's config. Llama 3.2's template prints today's date: both sides render within the same second.
+OLMo-2's is cl100k-based; here GPT-2's, with <|endoftext|> as its BOS and EOS as in OLMo-2's config. Llama 3.2's
+template prints today's date: both sides render within the same second.
 """
 import json
 import shutil
