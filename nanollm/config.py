@@ -85,7 +85,9 @@ class ModelConfig:
     out_bias: bool = False  # bias on the attention output projection (GPT-2)
     mlp_bias: bool = False  # biases on the MLP projections (GPT-2)
     qk_norm: str | None = None  # RMSNorm of q and k before RoPE: "head" (Qwen3, Gemma 3), "full" (OLMo-2)
-    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(n_embd))
+    embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(n_embd)). transformers rounds it
+    #                           to the dtype it runs in: float32 here, as in its float32 runs; a bfloat16 run of
+    #                           Gemma 3-1B multiplies by 34.0 instead of 33.94 (sqrt(1152)), as the model was trained
     attn_scale: float | None = None  # attention score scale; None is 1/sqrt(head_dim) (Gemma 2/3: 256 ** -0.5)
     attn_softcap: float | None = None  # scores become cap * tanh(score / cap) (Gemma 2: 50)
     final_softcap: float | None = None  # the same on the output logits (Gemma 2: 30)

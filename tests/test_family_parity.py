@@ -67,3 +67,15 @@ def test_a_batch_through_a_sliding_window_equals_each_prompt_alone(tmp_path):
                                                            eos_token_ids=[]).token_ids for p in prompts]
     with pytest.raises(ValueError, match="padding_side='left'"):
         model.generate(prompts, max_new_tokens=2, padding_side="right")
+
+
+def test_gemma3_with_its_head_size_256_on_the_emulated_kernels(tmp_path_factory):
+    """The widest head the kernels hold (Gemma's 256), with q/k norms, a window and two RoPE bases, on the emulator."""
+    config = dict(num_hidden_layers=2, num_key_value_heads=1, num_attention_heads=2, hidden_size=32,
+                  intermediate_size=40, vocab_size=80, max_position_embeddings=128, head_dim=256,
+                  hidden_activation="gelu_pytorch_tanh", layer_types=["sliding_attention", "full_attention"],
+                  rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}},
+                  query_pre_attn_scalar=256, sliding_window=5, tie_word_embeddings=True, bos_token_id=1,
+                  eos_token_id=2, pad_token_id=0)
+    check_family(tmp_path_factory, "gemma3_text", config, seed=11, backend="emulator")
