@@ -6,10 +6,15 @@ setup(
     version="0.1.0",
     description="A from-scratch LLM inference engine (NumPy reference, CUDA kernels, BPE tokenizers)",
     python_requires=">=3.11",
-    packages=find_packages(include=["nanollm", "nanollm.*", "weights_tools", "weights_tools.*", "kernels"]),
+    # The repository's kernels/ folder installs as nanollm.kernels: a top-level `kernels` would collide with the
+    # unrelated PyPI distribution of that name (whichever was installed last would win).
+    packages=[*find_packages(include=["nanollm", "nanollm.*", "weights_tools", "weights_tools.*"]),
+              "nanollm.kernels", "nanollm.kernels.emulator"],
+    package_dir={"nanollm.kernels": "kernels"},
     # The CUDA sources ship with the package: the CuPy backend and the CPU emulator both compile them at run time.
     package_data={
-        "kernels": ["*.cu", "*.cuh", "*.h", "*.cpp"],
+        "nanollm.kernels": ["*.cu", "*.cuh"],
+        "nanollm.kernels.emulator": ["*.h", "*.cpp"],
         # The offline demo model (weights_tools/train_demo.py trains it): `python -m nanollm.generate` with no
         # network still produces text.
         "nanollm": ["demo_model/*"],

@@ -1,9 +1,14 @@
-"""CUDA kernels (one .cu file per op family) and the CPU emulator that runs them without a GPU.
+"""CUDA kernels (one .cu file per op family), installed as `nanollm.kernels`; the CPU emulator that runs them
+without a GPU is the subpackage `nanollm.kernels.emulator` (kernels/emulator/).
 
 The .cu files are compiled by NVRTC through CuPy on a GPU (nanollm/backends/cupy_backend.py) and by the host C++
-compiler for the CPU emulator (kernels/emulator.py, kernels/cuda_emulator.h, kernels/cuda_emulator.cpp).
+compiler for the CPU emulator (kernels/emulator/: __init__.py, cuda_emulator.h, cuda_emulator.cpp).
 `python kernels/build.py --nvcc` (= `make kernels`) checks them with nvcc.
+
+The folder stays at the top of the repository, beside nanollm/, so the kernels read as a project of their own;
+setup.py installs it inside nanollm (package_dir) so that it never takes the generic top-level name `kernels`,
+which an unrelated PyPI distribution owns.
 """
 from pathlib import Path
 
-KERNELS_DIR = Path(__file__).resolve().parent  # where the .cu sources and the emulator live
+KERNELS_DIR = Path(__file__).resolve().parent  # where the .cu sources and common.cuh live

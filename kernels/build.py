@@ -5,10 +5,11 @@
             them as one table and exits non-zero on a compile error or on any spill (a spill moves registers to
             slow local memory: a kernel that spills needs fewer live values or a smaller tile). Without nvcc on
             PATH it says so and exits 0, so CI machines without CUDA pass.
---emulator  build each file for the CPU emulator (kernels/emulator.py) instead; needs NumPy and a C++ compiler.
 
 Files can be named on the command line; the default is every .cu file beside this script. This script needs only
-the standard library for --nvcc, so `make kernels` runs it with any python3.
+the standard library, so `make kernels` runs it with any python3, with nanollm not installed and no NumPy. (It
+imports nothing of nanollm for that reason: building the kernels for the CPU emulator is what the kernel tests do,
+through nanollm.kernels.emulator.EmuModule.)
 """
 import argparse
 import re
@@ -95,41 +96,17 @@ def check_nvcc(sources: list, options: list) -> int:
     return 1 if failures or spills else 0
 
 
-def check_emulator(sources: list) -> int:
-    sys.path.insert(0, str(KERNELS_DIR.parent))
-    from kernels.emulator import EmulatorError, EmuModule
-
-    status = 0
-    for source in sources:
-        try:
-            module = EmuModule(path=source)
-            print(f"{source.name}: {', '.join(module.kernels) or '(no kernels)'}"
-                  f"{' (compiled)' if module.compiled else ' (cached)'}")
-        except EmulatorError as error:
-            print(f"{source.name}: {error}", file=sys.stderr)
-            status = 1
-    return status
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path, help="the .cu files (default: every kernels/*.cu)")
-    parser.add_argument("--nvcc", action="store_true", help="compile with nvcc for sm_80 and sm_90")
-    parser.add_argument("--emulator", action="store_true", help="build for the CPU emulator")
+    parser.add_argument("--nvcc", action="store_true", required=True, help="compile with nvcc for sm_80 and sm_90")
     parser.add_argument("--nvcc-option", action="append", default=[], help="an extra nvcc flag (repeatable)")
     args = parser.parse_args(argv)
-    if not (args.nvcc or args.emulator):
-        parser.error("choose --nvcc and/or --emulator")
     sources = args.files or sorted(KERNELS_DIR.glob("*.cu"))
     if not sources:
         print(f"no .cu files in {KERNELS_DIR}: nothing to compile")
         return 0
-    status = 0
-    if args.nvcc:
-        status |= check_nvcc(sources, args.nvcc_option)
-    if args.emulator:
-        status |= check_emulator(sources)
-    return status
+    return check_nvcc(sources, args.nvcc_option)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 //
 // What is here, and why it is shared:
 //   * NANOLLM_DYNAMIC_SHARED(type, name): declares the block's dynamic shared memory (the size is chosen at launch).
-//     nvcc and NVRTC spell it `extern __shared__ type name[]`; the CPU emulator (cuda_emulator.h, built with
+//     nvcc and NVRTC spell it `extern __shared__ type name[]`; the CPU emulator (emulator/cuda_emulator.h, built with
 //     -DNANOLLM_EMULATOR) defines its own version, so kernels use the macro and never the raw spelling.
 //   * warp_sum / warp_max: a butterfly reduction with __shfl_xor_sync; after log2(32) = 5 steps every lane holds the
 //     result, so no lane has to broadcast it afterwards.

@@ -1,4 +1,4 @@
-"""The CPU emulator of the CUDA execution model (kernels/emulator.py, cuda_emulator.h, cuda_emulator.cpp).
+"""The CPU emulator of the CUDA execution model (kernels/emulator/: __init__.py, cuda_emulator.h, cuda_emulator.cpp).
 
 Each test launches a small kernel from tests/emulator_kernels/semantics.cu and compares what it wrote with a NumPy
 expectation derived from the CUDA Programming Guide's definition of the built-in it exercises (barriers, the four
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels.build import parse_ptxas
-from kernels.emulator import (
+from nanollm.kernels.build import parse_ptxas
+from nanollm.kernels.emulator import (
     CompilerNotFound,
     DeadlockError,
     EmulatorError,

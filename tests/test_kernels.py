@@ -19,10 +19,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import build
-from kernels import KERNELS_DIR
 from nanollm.backends.kernel_backend import attention_block
 from nanollm.backends.numpy_backend import NumpyBackend
+from nanollm.kernels import KERNELS_DIR, build
 from nanollm.sampling import sample_token, softmax as ref_softmax, top_k_filter
 from tests.kernel_harness import ATTENTION_RTOL, FLOAT32_RTOL, KERNEL_BACKENDS, assert_close, make_backend
 

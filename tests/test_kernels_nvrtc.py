@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kernels import KERNELS_DIR
+from nanollm.kernels import KERNELS_DIR
 
 KERNEL_FILES = sorted(KERNELS_DIR.glob("*.cu"))
 

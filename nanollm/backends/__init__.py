@@ -4,8 +4,11 @@
   cupy      the same ops as hand-written CUDA kernels on a GPU, through CuPy (cupy_backend.py)
   emulator  the same CUDA kernels run on the CPU by nanollm's emulator of the CUDA execution model
 
-The model code (nanollm/model.py) is written once against this API and never asks which backend it has.
+The model code is written once against this API and never asks which backend it has; every backend offers the
+same methods with the same parameters (tests/test_backend_api.py). Only the CuPy backend is imported when asked
+for: it needs CuPy, an optional dependency; the emulator needs only NumPy (and a C++ compiler at its first launch).
 """
+from .emulator_backend import EmulatorBackend
 from .numpy_backend import NumpyBackend
 
 BACKENDS = ("numpy", "cupy", "emulator")
@@ -18,11 +21,9 @@ def get_backend(backend="numpy"):
     if backend == "numpy":
         return NumpyBackend()
     if backend == "cupy":
-        from .cupy_backend import CupyBackend
+        from .cupy_backend import CupyBackend  # CuPy is optional: importing it without CuPy is an ImportError
 
         return CupyBackend()
     if backend == "emulator":
-        from .emulator_backend import EmulatorBackend
-
         return EmulatorBackend()
     raise ValueError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")

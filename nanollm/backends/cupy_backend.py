@@ -5,13 +5,14 @@ What this adds over kernel_backend.py: the GPU side of moving data, and where pr
     in float32 inside cuBLAS. Vectors (norm weights, biases) and every activation stay float32.
     The model uploads its weights through `weight` (matrices go to `weight_dtype`) and everything else through
     `asarray` (float32). Pass weight_dtype=np.float32 for closely comparable runs against the NumPy reference.
-  * Each .cu file is compiled at first use by NVRTC (cupy.RawModule) with kernels/ on the include path.
+  * Each .cu file is compiled at first use by NVRTC (cupy.RawModule) with kernels/ (installed as nanollm.kernels)
+    on the include path.
 Importing this module without CuPy, or constructing the backend without a visible GPU, raises an ImportError /
 RuntimeError that says which.
 """
 import numpy as np
 
-from kernels import KERNELS_DIR
+from nanollm.kernels import KERNELS_DIR
 
 from .kernel_backend import KernelBackend
 

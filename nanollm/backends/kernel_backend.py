@@ -1,11 +1,14 @@
 """The kernel backend: every op of the layer API as a launch of a hand-written CUDA kernel from `kernels/`.
 
+The repository's kernels/ folder is installed as the package `nanollm.kernels` (setup.py), so it is imported by
+that name; the emulator is its subpackage `nanollm.kernels.emulator` (kernels/emulator/).
+
 What this module adds over numpy_backend.py (read that first: it is the math): the launch side of each kernel,
 that is which kernel, how many blocks and threads, how much dynamic shared memory and how the arguments are packed.
 It is written once for two places the same .cu files run:
 
   CupyBackend      xp = cupy,  modules compiled by NVRTC (cupy.RawModule), arrays in GPU memory
-  EmulatorBackend  xp = numpy, modules compiled by g++ against kernels/cuda_emulator.h (kernels.emulator.EmuModule)
+  EmulatorBackend  xp = numpy, modules compiled by g++ against kernels/emulator/cuda_emulator.h (EmuModule)
 
 Both module kinds are called the same way, `kernel(grid, block, args, shared_mem=bytes)`, with arrays passed as
 pointers and scalars as NumPy scalars of the kernel's C type (np.int32 for int, np.int64 for long long, np.float32
@@ -19,7 +22,7 @@ import math
 
 import numpy as np
 
-from kernels import KERNELS_DIR
+from nanollm.kernels import KERNELS_DIR
 
 WARP = 32
 ROW_THREADS = 256  # threads per block for the one-row-per-block kernels (softmax, norms, sampling)

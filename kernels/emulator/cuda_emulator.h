@@ -1,9 +1,10 @@
 // cuda_emulator.h: the CUDA built-ins, written in plain C++ so that an unmodified .cu file compiles on the CPU.
 //
-// How the CPU emulator works (the Python side is kernels/emulator.py, the scheduler is kernels/cuda_emulator.cpp):
-//   1. emulator.py compiles a .cu file with the host C++ compiler, `g++ -include cuda_emulator.h -DNANOLLM_EMULATOR`,
-//      so every name the kernel uses from CUDA (threadIdx, __syncthreads, __shfl_xor_sync, atomicAdd, ...) comes
-//      from this header instead of from nvcc.
+// How the CPU emulator works (the Python side is kernels/emulator/__init__.py, the scheduler is cuda_emulator.cpp
+// beside this file):
+//   1. The Python side compiles a .cu file with the host C++ compiler, `g++ -include cuda_emulator.h
+//      -DNANOLLM_EMULATOR`, so every name the kernel uses from CUDA (threadIdx, __syncthreads, __shfl_xor_sync,
+//      atomicAdd, ...) comes from this header instead of from nvcc.
 //   2. Every CUDA thread of a block becomes a *fiber*: a function call with its own stack that can pause in the
 //      middle (at __syncthreads, a shuffle, ...) and be resumed later. All fibers of a block take turns on one OS
 //      thread, so there is never a data race inside the emulator, and a barrier is just "pause until every thread
@@ -17,7 +18,7 @@
 //         NANOLLM_DYNAMIC_SHARED(float, smem);   // then use smem[i] as usual
 //     Here it gives `type* name` pointing at this block's dynamic buffer (the `shared_mem` bytes of the launch);
 //     the nvcc/NVRTC side (kernels/common.cuh, not this file) defines it as `extern __shared__ type name[]`.
-//     A plain `extern __shared__` declaration cannot be emulated and emulator.py rejects it with a clear message.
+//     A plain `extern __shared__` declaration cannot be emulated and the Python side rejects it with a clear message.
 //   * `static __shared__` memory becomes a `static thread_local` variable. That is exactly "one copy per block"
 //     because all threads of a block run on one OS thread and blocks on the same OS thread run one after another
 //     (a launch from another Python thread gets its own copies). Like on a GPU, its contents are undefined when a

@@ -1,6 +1,6 @@
 // cuda_emulator.cpp: the scheduler of the CPU emulator -- runs a CUDA grid with one fiber per CUDA thread.
 //
-// Read kernels/cuda_emulator.h first (what a kernel sees), then this file (how a launch runs).
+// Read kernels/emulator/cuda_emulator.h first (what a kernel sees), then this file (how a launch runs).
 //
 // A launch (nanollm_emu_launch, at the bottom) runs the blocks of the grid one after another. For one block:
 //   * every CUDA thread gets a fiber: its own stack plus, while it is paused, its saved CPU registers ("Switching
@@ -107,7 +107,7 @@ namespace {
 
 enum class State { runnable, at_barrier, at_warp, exited };
 
-// Error codes returned to Python (kernels/emulator.py turns them into exceptions).
+// Error codes returned to Python (kernels/emulator/__init__.py turns them into exceptions).
 constexpr int kOk = 0;
 constexpr int kDeadlock = 1;
 constexpr int kMisuse = 2;
