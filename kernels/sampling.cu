@@ -1,6 +1,7 @@
-// sampling.cu: logits -> one token id per row: temperature, top-k, softmax, top-p and the draw in one kernel.
+// sampling.cu: logits -> one token id per row: temperature, top-k, softmax, top-p, min-p and the draw in one kernel.
 //
-// Math (NumPy twin: nanollm.sampling.sample_token, applied row by row; this kernel must return the same token):
+// Math (NumPy twin: NumpyBackend.sample, which is nanollm.sampling's filtered_probs + draw row by row, or the argmax
+// at temperature 0; this kernel must return the same token):
 //   greedy (temperature 0): the first index of the largest logit. So is a temperature too small for float32: when
 //     max(logits) * (1/temperature) is not finite (nanollm.sampling.overflowed: softmax would be NaN there, and its
 //     T -> 0 limit is the argmax).
@@ -9,6 +10,9 @@
 //   softmax: prob_i = exp(z_i - max z) / sum_j exp(z_j - max z) over the kept z (the others have prob 0).
 //   top-p: keep prob_i >= tau, tau = the largest probability value whose "mass at or above it" reaches p
 //          (equivalently the probability at which the descending cumulative sum first reaches p; ties kept).
+//   min-p: of those, keep prob_i >= min_p * (the largest prob), the largest prob being exp(0) / sum = 1 / sum
+//          (the largest z survives every filter); min_p arrives rounded to float32 and the product is float32, as
+//          NumPy computes `min_p * probs.max()` for a Python float min_p. min_p = 0 keeps everything.
 //   draw: the first index i (in vocabulary order) whose cumulative kept mass exceeds u * total mass, in float64.
 //
 // No sort. Both thresholds are found by bisection on bits: ordered_key (common.cuh) maps floats to unsigned ints in
@@ -22,7 +26,8 @@
 //     index order, so among equal candidates the lower index owns the lower slice of [0, 1). Exact agreement.
 //   * float32 rounding: the softmax sum (and the top-p mass) is added in a different order than NumPy's, so a
 //     probability can differ by an ulp or so. The token can then differ only when u * total lies within that
-//     rounding of a cumulative boundary, or p within it of a partial mass of the sorted probabilities.
+//     rounding of a cumulative boundary, p within it of a partial mass of the sorted probabilities, or a
+//     probability within it of the min-p threshold min_p * max prob.
 //   * rows containing +inf or NaN, or entirely -inf, are undefined (NumPy gives NaN probabilities too).
 //
 // Thread mapping: one block per row; threads stride over the vocabulary for the reductions (coalesced). For the
@@ -32,10 +37,12 @@
 // Memory traffic: nothing is written but the id. Values are recomputed from the logits at every pass instead of
 //   being stored: ~1 (max) + 32 (top-k bisection) + 1 (sum) + 32 (top-p bisection) + 1 (draw) reads of the row,
 //   which for a 128k vocabulary (512 KB) stay in L2, plus one read for the overflow check. Greedy is one read.
+//   min-p costs no pass: its threshold comes from the sum.
 //
 // Versions (measured results come from `make bench-kernels` on a GPU; none was available when this was written):
-//   1. sample_rows: 1-bit bisection for both thresholds. Idea not yet tried: 8-bit radix select (a 256-bin
-//      histogram per pass: 4 passes instead of 32), skipping top-p bisection when top-k already left few tokens.
+//   1. sample_rows: 1-bit bisection for both thresholds; min-p as a third test in the draw. Idea not yet tried:
+//      8-bit radix select (a 256-bin histogram per pass: 4 passes instead of 32), skipping top-p bisection when
+//      top-k already left few tokens.
 #include "common.cuh"
 
 #define MAX_SAMPLE_THREADS 1024
@@ -47,6 +54,8 @@ struct SampleRow {
     unsigned int kth_key;  // ordered_key of the k-th largest z; 0 keeps every z
     float max_z;
     float sum;             // sum of exp(z - max_z) over the kept z
+    unsigned int tau_key;  // ordered_key of the top-p threshold tau; 0 keeps every prob
+    float min_prob;        // the min-p threshold min_p * (1 / sum); 0 keeps every prob
 };
 
 __device__ inline float z_at(const SampleRow& s, int i) { return s.logits[i] * s.inv_temperature; }
@@ -55,6 +64,12 @@ __device__ inline float z_at(const SampleRow& s, int i) { return s.logits[i] * s
 __device__ inline float prob_at(const SampleRow& s, int i) {
     const float z = z_at(s, i);
     return ordered_key(z) >= s.kth_key ? expf(z - s.max_z) / s.sum : 0.0f;
+}
+
+// the probability the draw walks: prob_at after top-p and min-p (0 for a filtered token)
+__device__ inline float kept_prob(const SampleRow& s, int i) {
+    const float p = prob_at(s, i);
+    return ordered_key(p) >= s.tau_key && p >= s.min_prob ? p : 0.0f;
 }
 
 // weight of the elements whose key is >= t: a count (top-k: keys of z) or a mass (top-p: keys of prob)
@@ -106,9 +121,10 @@ __device__ void argmax_row(const float* row, int V, long long* out) {
 }
 
 // logits (B, V) float32, uniforms (B,) float64 in [0, 1), out (B,) int64. grid = B, blockDim.x <= 1024.
-// greedy != 0 ignores the other settings; top_k = 0 or >= V disables top-k; top_p >= 1 disables top-p.
+// greedy != 0 ignores the other settings; top_k = 0 or >= V disables top-k; top_p >= 1 disables top-p;
+// min_p = 0 disables min-p.
 extern "C" __global__ void sample_rows(const float* logits, const double* uniforms, long long* out, int V,
-                                       int greedy, float inv_temperature, int top_k, double top_p) {
+                                       int greedy, float inv_temperature, int top_k, double top_p, float min_p) {
     __shared__ float scratch[WARP_SIZE];
     __shared__ double span_start[MAX_SAMPLE_THREADS + 1];
     const int b = blockIdx.x;
@@ -143,16 +159,14 @@ extern "C" __global__ void sample_rows(const float* logits, const double* unifor
     s.sum = block_sum(e, scratch);
 
     // p stays a double: NumPy's searchsorted compares the float32 cumulative mass with p in float64
-    const unsigned int tau_key = top_p < 1.0 ? bisect_threshold(s, top_p, true, scratch) : 0u;
+    s.tau_key = top_p < 1.0 ? bisect_threshold(s, top_p, true, scratch) : 0u;
+    s.min_prob = min_p * (1.0f / s.sum);  // prob_at of the largest z: expf(0) / sum, divided as NumPy divides
 
     // the draw: this thread's contiguous span of ids and its kept mass, in float64 like the reference's cumsum
     const int span = (V + blockDim.x - 1) / blockDim.x;
     const int begin = min(V, (int)threadIdx.x * span), end = min(V, begin + span);
     double mass = 0.0;
-    for (int i = begin; i < end; ++i) {
-        const float p = prob_at(s, i);
-        if (ordered_key(p) >= tau_key) mass += p;
-    }
+    for (int i = begin; i < end; ++i) mass += kept_prob(s, i);
     span_start[threadIdx.x + 1] = mass;
     __syncthreads();
     if (threadIdx.x == 0) {  // in order, so every thread sees the same boundaries: span_start[t+1] = start + mass
@@ -166,8 +180,7 @@ extern "C" __global__ void sample_rows(const float* logits, const double* unifor
     if (start <= target && start + mass > target) {  // exactly one thread's span holds the crossing
         double partial = 0.0;
         for (int i = begin; i < end; ++i) {
-            const float p = prob_at(s, i);
-            if (ordered_key(p) >= tau_key) partial += p;
+            partial += kept_prob(s, i);
             if (start + partial > target) {
                 out[b] = i;
                 break;

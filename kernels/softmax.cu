@@ -1,12 +1,12 @@
-// softmax.cu: fused softmax over the rows of a matrix, with optional scale and causal mask.
+// softmax.cu: fused softmax over the rows of a matrix.
 //
-// Math (NumPy twin: NumpyBackend.softmax; the masked/scaled form is spelled out in tests/test_kernels.py):
-//   z_j = scale * x_j if column j is visible, else -inf
-//   y_j = exp(z_j - max z) / sum_j' exp(z_j' - max z)
+// Math (NumPy twin: NumpyBackend.softmax):
+//   y_j = exp(x_j - max x) / sum_j' exp(x_j' - max x)
 //   The max is subtracted so exp never overflows (exp(88.7) is already inf in float32); everything is float32.
-//   A row with no visible column (max = -inf) is defined as all zeros, where the naive formula gives 0/0 = NaN.
-//   Causal mask: the rows come in groups of T queries; row r is query t = r % T, sitting at key slot q_start + t,
-//   and sees columns j <= q_start + t. causal_T = 0 turns the mask off.
+//   A row with no finite column (max = -inf: every key masked) is defined as all zeros, where the naive formula
+//   gives 0/0 = NaN.
+//   Masking and scaling happen before this kernel, in the caller's x (-inf for a hidden column); attention.cu does
+//   its own, fused into the score tiles, and does not call this kernel.
 //
 // Thread mapping: one block per row (gridDim.x = rows); the block's threads stride over the columns
 //   (thread i reads columns i, i + blockDim.x, ...), so consecutive threads read consecutive floats (coalesced).
@@ -20,30 +20,23 @@
 //      keeping a short row in registers between passes.
 #include "common.cuh"
 
-__device__ inline float visible_logit(const float* row, int j, float scale, int last_visible) {
-    return j <= last_visible ? row[j] * scale : -INFINITY;
-}
-
-extern "C" __global__ void softmax_rows(const float* x, float* y, int rows, int cols, float scale, int causal_T,
-                                        int q_start) {
+extern "C" __global__ void softmax_rows(const float* x, float* y, int rows, int cols) {
     __shared__ float scratch[WARP_SIZE];
     const int r = blockIdx.x;
     if (r >= rows) return;  // uniform across the block: no thread of it reaches a barrier
     const float* row = x + (long long)r * cols;
     float* out = y + (long long)r * cols;
-    const int last_visible = causal_T > 0 ? q_start + r % causal_T : cols - 1;
 
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, visible_logit(row, j, scale, last_visible));
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) m = fmaxf(m, row[j]);
     m = block_max(m, scratch);
     // A fully masked row: exp(-inf - 0) = 0 everywhere. An +inf logit gives inf/inf = NaN, as NumPy does.
     if (!isfinite(m)) m = 0.0f;
 
     float s = 0.0f;
-    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += expf(visible_logit(row, j, scale, last_visible) - m);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) s += expf(row[j] - m);
     s = block_sum(s, scratch);
     const float denom = s > 0.0f ? s : 1.0f;  // divide (not multiply by 1/s) to round exactly as NumPy does
 
-    for (int j = threadIdx.x; j < cols; j += blockDim.x)
-        out[j] = expf(visible_logit(row, j, scale, last_visible) - m) / denom;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) out[j] = expf(row[j] - m) / denom;
 }

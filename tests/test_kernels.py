@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nanollm.backends import kernel_backend
 from nanollm.backends.kernel_backend import attention_block
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.kernels import KERNELS_DIR, build
@@ -66,12 +67,14 @@ def test_softmax_matches_numpy(be, rows, cols, seed, masked_row):
 @given(heads=st.integers(1, 3), T=st.integers(1, 9), q_start=st.integers(0, 40), extra=st.integers(0, 5),
        scale=st.sampled_from([1.0, 0.125, 2.5]), seed=st.integers(0, 2**32 - 1))
 def test_softmax_scale_and_causal_mask(be, heads, T, q_start, extra, scale, seed):
-    """The fused options: row r (query t = r % T at slot q_start + t) sees columns <= q_start + t of scale * x."""
+    """Scaled scores under a causal mask, as a caller builds them: row r (query t = r % T at slot q_start + t) sees
+    columns <= q_start + t of scale * x, the rest are -inf (rows with many -inf columns, and few visible ones)."""
     S = q_start + T + extra
     x = planted(np.random.default_rng(seed), (heads, T, S))
     visible = np.arange(S) <= q_start + np.arange(T)[:, None]  # (T, S)
-    want = REF.softmax(np.where(visible, x * np.float32(scale), -np.inf).astype(np.float32))
-    got = be.to_numpy(be.softmax(be.asarray(x), scale=scale, causal_T=T, q_start=q_start))
+    masked = np.where(visible, x * np.float32(scale), -np.inf).astype(np.float32)  # (heads, T, S)
+    want = REF.softmax(masked)
+    got = be.to_numpy(be.softmax(be.asarray(masked)))
     assert_close(got, want, FLOAT32_RTOL, "masked softmax")
 
 
@@ -339,7 +342,7 @@ def test_decode_launches_only_the_chunks_inside_the_window(be, monkeypatch):
     """S = 200 keys, window 40, 32-key chunks: the query at slot 199 sees slots 160..199, so 2 chunks start
     (160..191 and 192..199) instead of the 7 that cover all 200 keys, and the answer is the twin's."""
     launches = []
-    kernel = be.kernel
+    kernel = be._kernel
 
     def recording(file, name):
         launch = kernel(file, name)
@@ -350,7 +353,7 @@ def test_decode_launches_only_the_chunks_inside_the_window(be, monkeypatch):
 
         return recorded
 
-    monkeypatch.setattr(be, "kernel", recording)
+    monkeypatch.setattr(be, "_kernel", recording)
     q, ck, cv = attention_inputs(np.random.default_rng(5), 1, 1, 2, 1, 200, 64, 200, fused=False)
     got, want = run_attention(be, q, 2, False, ck, cv, 200, 199, None, window=40)
     assert_close(got, want, ATTENTION_RTOL, "windowed decode")
@@ -418,15 +421,20 @@ def test_attention_refuses_what_it_cannot_compute(be):
 # -- sampling -------------------------------------------------------------------------------------------------------
 
 
-def near_boundary(row, u, temperature, top_k, top_p) -> bool:
+def near_boundary(row, u, temperature, top_k, top_p, min_p=0.0) -> bool:
     """True when float32 rounding may legitimately change the token (kernels/sampling.cu, "Tie rule"): the top-p
-    mass p, or the draw target u * total, lies within 1e-5 of a boundary of the reference's cumulative sums."""
+    mass p, or the draw target u * total, lies within 1e-5 of a boundary of the reference's cumulative sums, or a
+    probability that top-p keeps lies within 1e-5 (relative) of the min-p threshold min_p * max prob."""
     z = top_k_filter(row * (1.0 / temperature), top_k)
     probs = ref_softmax(z).astype(np.float64)
     desc = np.cumsum(np.sort(probs)[::-1])
     if top_p < 1.0 and np.abs(desc - top_p).min() < 1e-5:
         return True
-    for kept in (probs, probs * (probs >= np.sort(probs)[::-1][min(np.searchsorted(desc, top_p), len(desc) - 1)])):
+    top_p_kept = probs * (probs >= np.sort(probs)[::-1][min(np.searchsorted(desc, top_p), len(desc) - 1)])
+    threshold = min_p * probs.max()
+    if min_p > 0 and np.abs(top_p_kept[top_p_kept > 0] - threshold).min() < 1e-5 * probs.max():
+        return True
+    for kept in (probs, top_p_kept, top_p_kept * (top_p_kept >= threshold)):
         cumulative = np.cumsum(kept)
         if np.abs(cumulative - u * cumulative[-1]).min() < 1e-5 * cumulative[-1]:
             return True
@@ -449,6 +457,48 @@ def test_sampling_matches_reference_token(be, B, V, temperature, top_k, top_p, u
         if got[b] != want:
             assert temperature > 0 and near_boundary(logits[b], uniforms[b], temperature, top_k, top_p), (
                 f"row {b}: kernel token {got[b]}, reference {want}, not at a rounding boundary")
+
+
+@settings(max_examples=60)
+@given(B=st.integers(1, 3), V=st.integers(1, 700), temperature=st.sampled_from([0.0, 0.7, 1.0, 1.5]),
+       top_k=st.integers(0, 12), top_p=st.sampled_from([1.0, 0.95, 0.6, 0.2]),
+       min_p=st.sampled_from([0.0, 0.02, 0.1, 0.5, 1.0]), scale=st.sampled_from([0.5, 3.0]),
+       u=st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=3, max_size=3), seed=st.integers(0, 2**32 - 1))
+def test_sampling_matches_the_twin_with_min_p(be, B, V, temperature, top_k, top_p, min_p, scale, u, seed):
+    """Every sampler generation uses, min-p included: the kernel picks NumpyBackend.sample's token for the same u,
+    unless float32 rounding sits on a boundary (sampling.cu's rule, checked by near_boundary). The rows are spread
+    (no huge logit, which test_sampling_matches_reference_token plants), so min-p and top-p cut inside them."""
+    rng = np.random.default_rng(seed)
+    logits = planted(rng, (B, V), extremes=(-1e4, -np.inf), p=0.05, scale=scale)
+    logits[:, 0] = np.maximum(logits[:, 0], 0.0)  # never a row of only -inf (undefined on both sides)
+    uniforms = np.array(u[:B])
+    got = be.sample(be.asarray(logits), uniforms, temperature, top_k, top_p, min_p)
+    want = REF.sample(logits, uniforms, temperature, top_k, top_p, min_p)
+    assert got.dtype == want.dtype == np.int64 and got.shape == want.shape == (B,)
+    for b in np.flatnonzero(got != want):
+        assert temperature > 0 and near_boundary(logits[b], uniforms[b], temperature, top_k, top_p, min_p), (
+            f"row {b}: kernel token {got[b]}, twin {want[b]}, not at a rounding boundary")
+
+
+def test_sampling_min_p_hand_example(be):
+    """probs [0.5, 0.3, 0.15, 0.05] (logits are their logs), min_p = 0.2: the threshold is 0.2 * 0.5 = 0.1, so
+    token 3 goes (min_p_filter's docstring example). The cumulative mass is then 0.5, 0.8, 0.95: u = 0.99 draws
+    0.99 * 0.95 = 0.9405 -> token 2, where without min-p it reaches 0.99 -> token 3; u = 0.6 -> 0.57 -> token 1."""
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 2, dtype=np.float32))
+    u = np.array([0.99, 0.6])
+    for backend in (be, REF):
+        assert backend.sample(backend.asarray(logits), u, 1.0, 0, 1.0, 0.2).tolist() == [2, 1]
+        assert backend.sample(backend.asarray(logits), u, 1.0).tolist() == [3, 1]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_sampling_refuses_nan_logits(be, temperature):
+    """NaN logits are one ValueError on both sides, greedy or sampled: never a silently chosen token."""
+    logits = np.zeros((2, 5), np.float32)
+    logits[1, 3] = np.nan
+    for backend in (be, REF):
+        with pytest.raises(ValueError, match="NaN logits"):
+            backend.sample(backend.asarray(logits), np.array([0.5, 0.5]), temperature)
 
 
 def test_sampling_tie_rule(be):
@@ -506,8 +556,6 @@ def test_launcher_constants_match_the_kernels_defines():
     """kernel_backend.py sizes shared memory, picks a head-size bucket and refuses head sizes from constants that
     attention.cu and common.cuh fix in their source: the two must agree, or a launch would reserve the wrong shared
     memory or run a kernel whose registers hold fewer dims than the head has."""
-    from nanollm.backends import kernel_backend
-
     source = (KERNELS_DIR / "attention.cu").read_text()
     defines = {}
     for text in (source, (KERNELS_DIR / "common.cuh").read_text()):

@@ -24,6 +24,8 @@ import numpy as np
 
 from nanollm.kernels import KERNELS_DIR
 
+from ..sampling import refuse_nan
+
 WARP = 32
 ROW_THREADS = 256  # threads per block for the one-row-per-block kernels (softmax, norms, sampling)
 ELEMENTWISE_THREADS = 256
@@ -81,7 +83,7 @@ class KernelBackend:
         self._load_module = load_module
         self._modules = {}  # file name -> loaded module (compiled once per backend object)
 
-    def kernel(self, file: str, name: str):
+    def _kernel(self, file: str, name: str):
         """The kernel `name` of kernels/<file>, compiling the file on first use."""
         if file not in self._modules:
             self._modules[file] = self._load_module(KERNELS_DIR / file)
@@ -108,7 +110,7 @@ class KernelBackend:
     def _launch_elementwise(self, name: str, n: int, args: tuple):
         """Launch a grid-stride kernel of elementwise.cu with enough blocks for n work items (at most MAX_BLOCKS)."""
         blocks = max(1, min(MAX_BLOCKS, -(-n // ELEMENTWISE_THREADS)))
-        self.kernel("elementwise.cu", name)((blocks,), (ELEMENTWISE_THREADS,), args)
+        self._kernel("elementwise.cu", name)((blocks,), (ELEMENTWISE_THREADS,), args)
 
     # -- the ops -------------------------------------------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class KernelBackend:
         """(..., C) -> (..., C).  norms.cu: layer_norm_rows, one block per row."""
         x, rows, C = self._rows(x)
         y = self.xp.empty_like(x)
-        self.kernel("norms.cu", "layer_norm_rows")((rows,), (row_threads(C),), (
+        self._kernel("norms.cu", "layer_norm_rows")((rows,), (row_threads(C),), (
             x, self._contiguous(w), self._contiguous(b), y, np.int32(rows), np.int32(C), np.float32(eps)))
         return y
 
@@ -181,7 +183,7 @@ class KernelBackend:
         """(..., C) -> (..., C).  norms.cu: rms_norm_rows, one block per row."""
         x, rows, C = self._rows(x)
         y = self.xp.empty_like(x)
-        self.kernel("norms.cu", "rms_norm_rows")((rows,), (row_threads(C),), (
+        self._kernel("norms.cu", "rms_norm_rows")((rows,), (row_threads(C),), (
             x, self._contiguous(w), y, np.int32(rows), np.int32(C), np.float32(eps)))
         return y
 
@@ -229,19 +231,15 @@ class KernelBackend:
             np.int32(half), sb, sh, st))
         return y
 
-    def softmax(self, x, axis=-1, *, scale: float = 1.0, causal_T: int = 0, q_start: int = 0):
-        """Softmax over `axis`, optionally of scale * x under a causal mask. (..., S) -> (..., S).  softmax.cu.
-
-        The keyword-only extras are the kernel's fused options: with causal_T > 0 the rows come in groups of
-        causal_T queries and row r sees columns 0 .. q_start + r % causal_T (the rest count as -inf).
-        """
+    def softmax(self, x, axis=-1):
+        """Softmax over `axis`. (..., S) -> (..., S).  softmax.cu: softmax_rows, one block per row."""
         moved = axis not in (-1, x.ndim - 1)
         if moved:
             x = self.xp.moveaxis(x, axis, -1)
         x, rows, cols = self._rows(x)
         y = self.xp.empty_like(x)
-        self.kernel("softmax.cu", "softmax_rows")((rows,), (row_threads(cols),), (
-            x, y, np.int32(rows), np.int32(cols), np.float32(scale), np.int32(causal_T), np.int32(q_start)))
+        self._kernel("softmax.cu", "softmax_rows")((rows,), (row_threads(cols),), (
+            x, y, np.int32(rows), np.int32(cols)))
         return self.xp.moveaxis(y, -1, axis) if moved else y
 
     def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
@@ -288,30 +286,33 @@ class KernelBackend:
                       np.float32(1.0 / math.sqrt(hs) if scale is None else scale), np.float32(cap), np.float32(inv_cap))
         key_begin, key_end = max(0, q_start - reach + 1), min(S, q_start + 1)  # the keys of a single query
         if T > 1 or key_end - key_begin <= self.decode_chunk:
-            self.kernel("attention.cu", f"attention_prefill_hs{D}")(
+            self._kernel("attention.cu", f"attention_prefill_hs{D}")(
                 (grid_rows, n_kv, B), (warps * WARP,), (q, k, v, mask, y, *shape_args), shared_mem=shared)
             return y
         n_chunks = -(-(key_end - key_begin) // self.decode_chunk)
         part_acc = self.xp.empty((B, n_chunks, nh, T, hs), dtype=np.float32)
         part_ml = self.xp.empty((B, n_chunks, nh, T, 2), dtype=np.float32)
-        self.kernel("attention.cu", f"attention_decode_split_hs{D}")(
+        self._kernel("attention.cu", f"attention_decode_split_hs{D}")(
             (grid_rows, n_kv, B * n_chunks), (warps * WARP,),
             (q, k, v, mask, part_acc, part_ml, *shape_args, np.int32(key_begin), np.int32(self.decode_chunk),
              np.int32(n_chunks)), shared_mem=shared)
-        self.kernel("attention.cu", "attention_decode_combine")(
+        self._kernel("attention.cu", "attention_decode_combine")(
             (nh * T, B), (_round_up(hs, WARP),),
             (part_acc, part_ml, y, np.int32(nh), np.int32(T), np.int32(hs), np.int32(n_chunks)))
         return y
 
-    def sample(self, logits, u, temperature: float, top_k: int = 0, top_p: float = 1.0) -> np.ndarray:
-        """Fused temperature, top-k, softmax, top-p and inverse-CDF draw. (B, V), u (B,) -> NumPy int64 ids (B,).
+    def sample(self, logits, u, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+               ) -> np.ndarray:
+        """Fused temperature, top-k, softmax, top-p, min-p and inverse-CDF draw. (B, V), u (B,) -> NumPy int64 (B,).
 
-        Row b gives the token nanollm.sampling.sample_token(logits[b], u[b], temperature, top_k, top_p) gives,
-        up to float32 rounding at a boundary (kernels/sampling.cu says exactly when).  sampling.cu: sample_rows.
+        Row b gives the token NumpyBackend.sample gives, up to float32 rounding at a boundary (kernels/sampling.cu
+        says exactly when). NaN logits are a ValueError, as in the twin: the kernel would return some token.
+        sampling.cu: sample_rows.
         """
         logits = self._contiguous(logits)
         if logits.ndim != 2:
             raise ValueError(f"sample takes logits of shape (B, V), got {logits.shape}")
+        refuse_nan(self.to_numpy(logits.max(axis=-1)))  # (B,) a row's max is NaN exactly when the row holds one
         B, V = logits.shape
         u = self._contiguous(self.xp.asarray(u), np.float64).reshape(-1)
         if u.shape != (B,):
@@ -320,6 +321,7 @@ class KernelBackend:
         greedy = temperature == 0
         with np.errstate(over="ignore"):  # 1/T past float32 becomes inf: the kernel then takes the argmax
             inv_t = np.float32(0.0 if greedy else 1.0 / temperature)  # rounded to float32 first, as NumPy does
-        self.kernel("sampling.cu", "sample_rows")((B,), (row_threads(V),), (
-            logits, u, ids, np.int32(V), np.int32(greedy), inv_t, np.int32(top_k), np.float64(top_p)))
+        self._kernel("sampling.cu", "sample_rows")((B,), (row_threads(V),), (
+            logits, u, ids, np.int32(V), np.int32(greedy), inv_t, np.int32(top_k), np.float64(top_p),
+            np.float32(min_p)))
         return self.to_numpy(ids)

@@ -11,9 +11,12 @@ import math
 
 import numpy as np
 
+from ..sampling import draw, filtered_probs, refuse_nan
+
 
 class NumpyBackend:
     name = "numpy"
+    max_head_dim = None  # any head size: the kernel backends hold a head in a warp's registers, 256 at most
 
     # -- moving data ---------------------------------------------------------------------------------------------
 
@@ -138,3 +141,20 @@ class NumpyBackend:
         att = self.softmax(att)  # (B, n_kv, g, T, S)
         y = att.reshape(B, n_kv, g * T, S) @ v  # (B, n_kv, g*T, S) x (B, n_kv, S, hs) -> (B, n_kv, g*T, hs)
         return y.reshape(B, nh, T, hs)
+
+    def sample(self, logits, u, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
+               ) -> np.ndarray:
+        """One token per row: temperature, top-k, softmax, top-p, min-p, inverse-CDF draw. (B, V), u (B,) -> int64 (B,)
+
+        Row b is nanollm.sampling's pipeline: the first argmax when temperature is 0 (as torch.argmax), else
+        draw(filtered_probs(logits[b], temperature, top_k, top_p, min_p), u[b]). u holds one uniform number in
+        [0, 1) per row, so the result is a pure function of its arguments. NaN logits are a ValueError.
+        Kernel: sample_rows in kernels/sampling.cu (the same token, except where float32 rounding sits on a boundary:
+        its header says exactly when).
+        """
+        if temperature == 0:
+            ids = logits.argmax(axis=-1)  # (B,)
+            refuse_nan(logits[np.arange(len(ids)), ids])  # (B,) each row's value at its argmax is NaN if it holds one
+            return ids.astype(np.int64)
+        rows = [filtered_probs(row, temperature, top_k, top_p, min_p) for row in logits]  # B x (V,) unnormalised
+        return np.array([draw(probs, u[b]) for b, probs in enumerate(rows)], dtype=np.int64)  # (B,)

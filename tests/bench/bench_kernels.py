@@ -20,16 +20,14 @@ FP32_PER_SM = {(7, 0): 64, (7, 5): 64, (8, 0): 64, (8, 6): 128, (8, 7): 128, (8,
 
 
 def gpu_or_reason():
-    """(cupy module, None) when a GPU is usable, else (None, why not)."""
+    """(the cupy_backend module, None) when a GPU is usable, else (None, why not)."""
     try:
-        import cupy
+        from nanollm.backends import cupy_backend  # CuPy is optional: without it this import is an ImportError
     except ImportError:
         return None, "CuPy is not installed (pip install nanollm[gpu])"
-    from nanollm.backends.cupy_backend import gpu_count
-
-    if gpu_count() == 0:
+    if cupy_backend.gpu_count() == 0:
         return None, "CuPy sees no CUDA GPU"
-    return cupy, None
+    return cupy_backend, None
 
 
 def peaks(cupy) -> tuple[str, float, float]:
@@ -103,31 +101,25 @@ def cases(rng):
         ("attn decode window", "attention", (f(8, g_nh, 1, g_hs), f(8, g_kv, S, g_hs), f(8, g_kv, S, g_hs), S - 1),
          dict(softcap=50.0, window=window), (2 * 8 * g_nh * g_hs + 2 * 8 * g_kv * window * g_hs) * 4,
          4 * 8 * g_nh * window * g_hs),  # only the window's keys are read
-        ("sample top-k/top-p", "sample", (f(8, V), rng.random(8), 0.8, 50, 0.9), {}, 8 * V * 4, 0),
+        ("sample k/p/min-p", "sample", (f(8, V), rng.random(8), 0.8, 50, 0.9, 0.05), {}, 8 * V * 4, 0),
     ]
 
 
 def main() -> int:
-    cupy, reason = gpu_or_reason()
-    if cupy is None:
+    cupy_backend, reason = gpu_or_reason()
+    if cupy_backend is None:
         print(f"no GPU here: {reason}. The kernel benchmark needs one; the kernels' correctness is tested on the "
               "CPU emulator by tests/test_kernels.py.")
         return 0
-    from nanollm.backends.cupy_backend import CupyBackend
-    from nanollm.sampling import sample_token
-
-    gpu, ref = CupyBackend(), NumpyBackend()
+    cupy = cupy_backend.cupy
+    gpu, ref = cupy_backend.CupyBackend(), NumpyBackend()
     name, peak_gbps, peak_tflops = peaks(cupy)
     print(f"{name}: peak {peak_gbps:.0f} GB/s, {peak_tflops:.1f} FP32 TFLOP/s")
     print(f"{'kernel':<20} {'GPU us':>9} {'GB/s':>8} {'% peak':>7} {'TFLOP/s':>8} {'NumPy ms':>9} {'speed-up':>9}")
     for label, op, args, kwargs, nbytes, flops in cases(np.random.default_rng(0)):
         dev_args = tuple(gpu.xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args)  # uploads as they are
         t_gpu = time_gpu(cupy, lambda: getattr(gpu, op)(*dev_args, **kwargs))
-        if op == "sample":
-            logits, u, temperature, k, p = args
-            t_cpu = time_cpu(lambda: [sample_token(row, ui, temperature, k, p) for row, ui in zip(logits, u)])
-        else:
-            t_cpu = time_cpu(lambda: getattr(ref, op)(*args, **kwargs))
+        t_cpu = time_cpu(lambda: getattr(ref, op)(*args, **kwargs))
         gbps = nbytes / t_gpu / 1e9
         tflops = f"{flops / t_gpu / 1e12:8.2f}" if flops else f"{'':8}"
         share = f"{100 * gbps / peak_gbps:6.0f}%" if peak_gbps else f"{'?':>7}"
