@@ -28,7 +28,8 @@
 //     probability can differ by an ulp or so. The token can then differ only when u * total lies within that
 //     rounding of a cumulative boundary, p within it of a partial mass of the sorted probabilities, or a
 //     probability within it of the min-p threshold min_p * max prob.
-//   * rows containing +inf or NaN, or entirely -inf, are undefined (NumPy gives NaN probabilities too).
+//   * rows containing +inf, or entirely -inf, are undefined (NumPy gives NaN probabilities too). A row holding a NaN
+//     never reaches the kernel: KernelBackend.sample refuses it with the twin's ValueError.
 //
 // Thread mapping: one block per row; threads stride over the vocabulary for the reductions (coalesced). For the
 //   draw each thread takes a contiguous span of ceil(V / threads) ids; thread 0 adds the span sums in order (one

@@ -309,7 +309,7 @@ class KernelBackend:
         says exactly when). NaN logits are a ValueError, as in the twin: the kernel would return some token.
         sampling.cu: sample_rows.
         """
-        logits = self._contiguous(logits)
+        logits = self._contiguous(self.xp.asarray(logits))  # generation may pass host logits: uploaded here
         if logits.ndim != 2:
             raise ValueError(f"sample takes logits of shape (B, V), got {logits.shape}")
         refuse_nan(self.to_numpy(logits.max(axis=-1)))  # (B,) a row's max is NaN exactly when the row holds one
