@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanollm.tokenizer import Tokenizer, TokenizerError
-from nanollm.tokenizer.sentencepiece import ModelProto, read_fields, read_varint
+from nanollm.tokenizer.model_proto import ModelProto, read_fields, read_varint
 from tests.conftest import shared_file
 from tests.test_tokenizer_byte_level import EDGE_CASES, surrogate_text, tricky_text
 

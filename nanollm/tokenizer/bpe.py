@@ -12,15 +12,19 @@ Each loader turns its format into one table, ``pair_ranks[(a, b)] -> rank``, and
 two pairs share the best rank, the leftmost merges first: that is what tiktoken (a left-to-right scan), Hugging Face
 ``tokenizers`` (a heap ordered by (rank, position)) and sentencepiece (a heap ordered by (score, position)) all do.
 
+Merging is the slow part of encoding, and text repeats its words constantly, so every model merges each word once
+and remembers the result in a ``WordCache``.
+
 Sources: Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units"; tiktoken's
 ``_educational.py`` (the scan) and sentencepiece's ``bpe_model.cc`` (the heap with lazily discarded stale entries).
 """
 from __future__ import annotations
 
 import heapq
-from typing import Hashable, Sequence, TypeVar
+from typing import Callable, Hashable, Sequence, TypeVar
 
 Symbol = TypeVar("Symbol", bytes, str)
+WORD_CACHE_LIMIT = 100_000  # words; a word and its ids take ~200 bytes, so a full cache holds ~20 MB
 
 
 def bpe_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
@@ -98,3 +102,26 @@ def pair_ranks_from_token_ranks(token_ranks: dict) -> dict:
             if (len(left) == 1 or left in token_ranks) and (len(right) == 1 or right in token_ranks):
                 pairs[(left, right)] = rank
     return pairs
+
+
+class WordCache(dict):
+    """word -> its ids, filled on first sight: ``cache[word]`` runs ``encode_word(word)`` only for a word it has not
+    seen, so a word met again costs one dictionary lookup instead of a ``bpe_merge``.
+
+    Bounded, because the words come from the user: text that never repeats a word (random strings, a long list of
+    numbers) would otherwise grow the cache without end. At ``WORD_CACHE_LIMIT`` entries it is emptied and starts
+    over. Emptying all at once, rather than evicting the oldest word (an LRU), keeps a hit a plain dict lookup with no
+    bookkeeping, which is the cost that matters; the common words are back after a few lines of text. (Hugging Face
+    tokenizers bounds its BPE cache too, at 10,000 words, but stops adding when full: ``utils/cache.rs``. Here a text
+    whose vocabulary changes halfway, a second language, gets a cache of its own words.)
+    """
+
+    def __init__(self, encode_word: Callable[[str], tuple[int, ...]]):
+        super().__init__()
+        self.encode_word = encode_word
+
+    def __missing__(self, word: str) -> tuple[int, ...]:
+        if len(self) >= WORD_CACHE_LIMIT:
+            self.clear()
+        ids = self[word] = self.encode_word(word)
+        return ids

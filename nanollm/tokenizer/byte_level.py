@@ -13,8 +13,7 @@ that the files are readable text with no spaces or control characters in them (t
 "Ċ"). We undo that map at load time and work on real bytes everywhere else.
 
 Speed: encoding is dominated by a dictionary lookup per regex word. Natural text repeats words constantly, so each
-instance keeps a bounded cache word -> ids (``CACHE_LIMIT`` entries; it is cleared when full, so memory stays
-bounded on adversarial input). Only words never seen before pay for ``bpe_merge``.
+instance keeps its words' ids in a ``bpe.WordCache``; only words never seen before pay for ``bpe_merge``.
 
 Unicode versions: what counts as a letter (\\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import regex
 
-from .bpe import bpe_merge, pair_ranks_from_token_ranks
+from .bpe import WordCache, bpe_merge, pair_ranks_from_token_ranks
 from .errors import Place, TokenizerError, check_vocab, read_bytes, read_json_object, read_text
 from .guards import TimedPattern, repair_surrogates
 
@@ -87,8 +86,6 @@ TIKTOKEN_SPECIAL_TOKENS = {
     },
     "o200k": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
 }
-
-CACHE_LIMIT = 100_000
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -202,21 +199,15 @@ class ByteLevelBPE:
         self.pair_ranks = pair_ranks
         self.pre_tokenizer = pre_tokenizer
         self.whole_word_first = whole_word_first
-        self._cache: dict[str, tuple[int, ...]] = {}
+        self._word_ids = WordCache(self._encode_word)
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
         """Ids for ``text`` with no special-token handling. ``at_start``: whether ``text`` begins the input (it is
         not a segment after a special token), for the pre-tokenizer steps that ask."""
         ids: list[int] = []
-        cache = self._cache
+        word_ids = self._word_ids
         for word in self.pre_tokenizer.words(repair_surrogates(text), at_start):
-            word_ids = cache.get(word)
-            if word_ids is None:
-                word_ids = self._encode_word(word)
-                if len(cache) >= CACHE_LIMIT:
-                    cache.clear()
-                cache[word] = word_ids
-            ids.extend(word_ids)
+            ids.extend(word_ids[word])
         return ids
 
     def _encode_word(self, word: str) -> tuple[int, ...]:

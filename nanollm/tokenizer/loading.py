@@ -61,9 +61,10 @@ from .byte_level import (
 from .decoding import DecodeRules
 from .errors import Place, TokenizerError, blame, check_vocab, expect, get, read_bytes, read_json_object, read_text
 from .hf_json import byte_level_encoder, front_end, load_tokenizer_json
+from .model_proto import ModelProto
 from .pre_tokenizers import regex_pre_tokenizer
 from .saving import NANOLLM_TOKENIZER_FILE, load_nanollm_tokenizer
-from .sentencepiece import ModelProto, SentencePieceModel
+from .sentencepiece import SentencePieceModel
 from .special import added_token_ids
 from .tokenizer import Tokenizer
 
