@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nanollm.tokenizer import TokenizerError
+from nanollm.tokenizer import Tokenizer, TokenizerError
 from nanollm.tokenizer.byte_level import NAMED_PATTERNS
-from nanollm.tokenizer.saving import BPEMerges, load_nanollm_tokenizer
+from nanollm.tokenizer.saving import BPEMerges, read_nanollm_tokenizer
 from nanollm.tokenizer.train import train_bpe
 
 # Wikipedia's example (train.py's docstring): merges aa=256, ab=257, aaab=258; then <s>=259 and </s>=260.
@@ -28,7 +28,7 @@ def _saved_record(tmp_path):
 def test_valid_file_loads_and_names_its_tokens(tmp_path):
     """The base every corruption below starts from is itself fine: BOS <s> = 259 is prepended, aaab = 258."""
     path, _ = _saved_record(tmp_path)
-    tok = load_nanollm_tokenizer(path)
+    tok = Tokenizer(read_nanollm_tokenizer(path))
     assert tok.encode_prompt("aaab</s>") == [259, 258, 260]
 
 
@@ -143,7 +143,7 @@ def test_corrupted_saved_file_loads_or_raises_tokenizer_error(tmp_path_factory, 
             break  # an earlier byte edit already broke the file; load it as it is
     path.write_bytes(data)
     try:
-        tok = load_nanollm_tokenizer(path)
+        tok = Tokenizer(read_nanollm_tokenizer(path))
     except TokenizerError:
         return
     tok.decode(tok.encode(text))

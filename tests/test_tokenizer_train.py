@@ -66,7 +66,7 @@ def test_hand_checked_tiny_corpus():
     """Wikipedia's example, derived in train.py's docstring: aa (256), then ab (257, wins the tie), then aaab (258)."""
     learned = train_bpe("aaabdaaabac", 256 + 3)
     assert learned.merges == [(97, 97, 256), (97, 98, 257), (256, 257, 258)]
-    tok = learned.tokenizer()
+    tok = Tokenizer(learned.parts())
     assert tok.encode("aaabdaaabac") == [258, 100, 258, 97, 99]
     assert tok.decode([258]) == "aaab"
 
@@ -77,7 +77,7 @@ def test_training_stops_when_no_pair_is_left():
 
 def test_trained_tokenizer_round_trips_and_reloads(tmp_path):
     learned = train_bpe(CORPUS, 256 + 60, special_tokens=("<|endoftext|>",), eos_token="<|endoftext|>")
-    tok = learned.tokenizer()
+    tok = Tokenizer(learned.parts())
     assert tok.vocab_size == 256 + 60
     assert tok.eos_token_id == tok.special_tokens["<|endoftext|>"] == 256 + 59
     assert len(tok.encode(CORPUS)) < 0.6 * len(CORPUS.encode())  # 59 merges learned on it save > 40% of tokens
@@ -98,7 +98,7 @@ def test_trained_tokenizer_round_trips_any_text(trained, text):
 
 @pytest.fixture(scope="module")
 def trained():
-    return train_bpe(CORPUS, 256 + 40).tokenizer()
+    return Tokenizer(train_bpe(CORPUS, 256 + 40).parts())
 
 
 def test_training_is_deterministic():

@@ -33,6 +33,7 @@ from pathlib import Path
 import pydoc_data.topics
 
 from nanollm.files import write_text
+from nanollm.tokenizer import Tokenizer
 from nanollm.tokenizer.train import train_bpe
 
 from .safetensors import save_safetensors
@@ -114,7 +115,7 @@ def train(s: DemoSettings, out: Path) -> None:
     text_sha = hashlib.sha256("".join(train_docs + val_docs).encode("utf-8")).hexdigest()
     t0 = time.time()
     bpe = build_tokenizer(train_docs, s)
-    tokenizer = bpe.tokenizer()
+    tokenizer = Tokenizer(bpe.parts())
     train_ids = torch.tensor(token_stream(tokenizer, train_docs))
     val_ids = torch.tensor(token_stream(tokenizer, val_docs))
     eot = tokenizer.eos_token_id

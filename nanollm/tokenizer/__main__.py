@@ -21,7 +21,7 @@ from pathlib import Path
 from .. import files
 from .byte_level import NAMED_PATTERNS
 from .errors import TokenizerError
-from .loading import from_pretrained
+from .tokenizer import from_pretrained
 from .train import train_bpe
 
 

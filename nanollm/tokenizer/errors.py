@@ -4,8 +4,9 @@ A tokenizer directory is input from the world: any file in it may be missing, no
 JSON, or JSON of another shape than expected. Each of those must end in one TokenizerError that names the file (and,
 inside a JSON file, the key), never in a traceback from deep inside a loader. Three pieces do that:
 
-* ``read_json_object``: the file through ``nanollm.files`` (regular files only: a FIFO or /dev/zero is refused at
-  once instead of hanging), parsed, and checked to be one JSON object.
+* ``read_json_object``, ``read_text``, ``read_bytes``: how every file of a tokenizer is read, through ``nanollm.files``
+  (regular files only: a FIFO or /dev/zero is refused at once instead of hanging). ``read_json_object`` is the one
+  place JSON is parsed (tests/test_tokenizer_layers.py checks), and checks the file holds one JSON object.
 * ``Place`` and ``get``/``expect``: every value is read with the JSON type it must have, so a wrong one is reported
   where it sits: ``tokenizer.json: model.vocab must be an object, not a list``.
 * ``blame(path)``: a backstop at the load boundary. Whatever a malformed file still makes the code below raise
@@ -28,9 +29,9 @@ class TokenizerError(ValueError):
 
 
 def read_json_object(path) -> dict:
-    """The JSON object in a tokenizer file (tokenizer.json, vocab.json, tokenizer_config.json, ...). Every one of them
-    holds a single object; a missing file, something that is not a regular file, bytes that are not UTF-8 JSON, or any
-    other value is a TokenizerError naming the file."""
+    """The JSON object in a tokenizer file (tokenizer.json, vocab.json, tokenizer_config.json, ...): the package's one
+    JSON reader. Every one of them holds a single object; a missing file, something that is not a regular file, bytes
+    that are not UTF-8 JSON, or any other value is a TokenizerError naming the file."""
     try:
         data = json.loads(files.read_text(path))
     except (OSError, json.JSONDecodeError, RecursionError) as err:  # RecursionError: JSON nested thousands deep

@@ -37,16 +37,17 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
+from types import NoneType
 
 from .byte_level import compile_regex, from_string_vocab, vocab_token_bytes
 from .decoding import DecodeRules
 from .errors import Place, check_vocab, expect, get, items, read_json_object
 from .guards import repair_surrogates
+from .parts import TokenizerParts
 from .pre_tokenizers import Metaspace, PreTokenizer, check_order, metaspace_settings, pattern_of, read_pre_tokenizer
 from .sentencepiece import SPACE, PieceBPE, byte_piece
 from .special import added_token_ids
 
-NoneType = type(None)
 _UNICODE_FORMS = ("NFC", "NFD", "NFKC", "NFKD")
 
 
@@ -166,8 +167,8 @@ def _added_tokens(spec: dict, place: Place, vocab: dict[str, int]
     return added_token_ids(contents, vocab), control, strips
 
 
-def load_tokenizer_json(path: str | Path) -> dict:
-    """Read tokenizer.json; return the keyword arguments of ``Tokenizer`` (model, decode_rules, special tokens...)."""
+def load_tokenizer_json(path: str | Path) -> TokenizerParts:
+    """Read tokenizer.json into its parts: model, decode rules, special and added tokens, what surrounds a prompt."""
     spec = read_json_object(path)
     top = Place(path)
     model = get(spec, "model", dict, top)
@@ -187,9 +188,9 @@ def load_tokenizer_json(path: str | Path) -> dict:
         encoder, decode_rules = _metaspace(vocab, merges, normalizer, pre_tokenizer, decoders, specials, control,
                                            model, top)
     prefix, suffix = _template(spec, top, decode_rules)
-    return {"model": encoder, "decode_rules": decode_rules, "prompt_prefix": prefix, "prompt_suffix": suffix,
-            "special_tokens": {text: i for text, i in specials.items() if text in control},
-            "added_tokens": {text: i for text, i in specials.items() if text not in control}, "strips": strips}
+    return TokenizerParts(encoder, decode_rules, prompt_prefix=prefix, prompt_suffix=suffix, strips=strips,
+                          special_tokens={text: i for text, i in specials.items() if text in control},
+                          added_tokens={text: i for text, i in specials.items() if text not in control})
 
 
 def front_end(spec: dict, place: Place) -> tuple[Normalizer, PreTokenizer, str]:

@@ -1,6 +1,6 @@
-"""Which files in a model directory mean which tokenizer, and the settings that sit beside them.
+"""Which files in a model directory mean which tokenizer, and the settings files read beside them.
 
-``from_pretrained(directory)`` tries, in this order (the first present wins):
+``read_directory(directory)`` (what ``Tokenizer.from_pretrained`` calls) tries, in this order (the first present wins):
 
     nanollm_tokenizer.json          nanollm's own format (saving.py), written by ``python -m nanollm.tokenizer train``
     tokenizer.json                  Hugging Face's pipeline file; what transformers' AutoTokenizer itself reads
@@ -11,38 +11,19 @@
     <name>.tiktoken                 tiktoken ranks; the pattern and special tokens follow the name (cl100k_base...)
 
 and then reads tokenizer_config.json (and special_tokens_map.json, added_tokens.json, chat_template.jinja) when
-present for the BOS/EOS tokens, whether a prompt starts with BOS (``add_bos_token``, used when tokenizer.json has no
-post-processor that says so), added tokens, the chat template, ``add_prefix_space`` (beside vocab.json + merges.txt)
-and ``legacy`` (beside a SentencePiece tokenizer.model: whether text after a special token gets the dummy prefix,
-``sentencepiece.SentencePieceModel``).
-
-Added tokens beside vocab.json + merges.txt. These two files say nothing about special tokens; transformers'
-GPT2Tokenizer takes them from the settings files, and cuts every one of them out of the text before BPE, the special
-ones as the special-token policy says, the others always (``_special_texts``, special.py).
-``_added_vocabulary`` rebuilds that list in transformers' order:
-
-    1. tokenizer_config.json's ``added_tokens_decoder`` {"50257": {"content": "<|im_start|>", ...}}, by id; only when
-       the config has none, added_tokens.json {"<|im_start|>": 50257} (and then special_tokens_map.json's names
-       override the config's: transformers reads both legacy files only in that case);
-    2. the named tokens bos/eos/unk/sep/pad/cls/mask (GPT2Tokenizer's default for bos, eos and unk is
-       "<|endoftext|>"), then other ``*_token`` names in the config ("image_token");
-    3. ``extra_special_tokens`` (older files: ``additional_special_tokens``).
-
-The ids written in the files are not what decides: like tokenizers' ``AddedVocabulary.add_tokens``, a token already
-in vocab.json keeps its vocabulary id and any other takes the next free id. Files written by transformers agree
-with that, since their added ids count up from the vocabulary size. An added token decodes as Hugging Face's
-ByteLevel decoder makes it (``byte_level.token_text_bytes``). The ``lstrip``/``rstrip`` flags of
-added_tokens_decoder are honoured; ``single_word`` is not reproduced, and so refused by name when set (as in
-hf_json.py). Not reproduced either: the two-pass matching that tokenizers does for ``normalized`` tokens, which
-differs from one longest-first pass only when a normalized and a non-normalized token overlap in the text.
+present: ``settings.py`` says what they mean (BOS/EOS, whether a prompt starts with BOS, added tokens, the chat
+template), plus ``add_prefix_space`` (beside vocab.json + merges.txt) and ``legacy`` (beside a SentencePiece
+tokenizer.model: whether text after a special token gets the dummy prefix, ``sentencepiece.SentencePieceModel``).
+Every file name the tokenizer reads is written in this module (tests/test_hub.py checks the hub client fetches them).
 
 Every file is read through ``nanollm.files`` (regular files only), and a name that is present but is not a regular
 file (a FIFO, a device, a dangling link called tokenizer.json) is refused by name rather than skipped for the next
-format. Every key read from the settings files is checked for its type where it is read (``_check_settings``), and
-``from_pretrained`` loads the chosen file inside ``errors.blame``, so a malformed file is one TokenizerError naming it.
+format. Every key read from the settings files is checked for its type where it is read (``settings.check_settings``),
+and ``read_directory`` loads the chosen file inside ``errors.blame``, so a malformed file is one TokenizerError naming
+it. What comes out is a ``TokenizerParts``; ``tokenizer.py`` makes the Tokenizer of it.
 
-Sources: transformers ``tokenization_utils_base.py`` (``_from_pretrained``), ``tokenization_utils_tokenizers.py``
-(``TokenizersBackend.__init__``), ``models/gpt2/tokenization_gpt2.py``; tokenizers ``added_vocabulary.rs``.
+Sources: transformers ``tokenization_utils_base.py`` (``_from_pretrained``), ``models/gpt2/tokenization_gpt2.py``,
+``models/qwen2/tokenization_qwen2.py``.
 """
 from __future__ import annotations
 
@@ -59,16 +40,25 @@ from .byte_level import (
     vocab_token_bytes,
 )
 from .decoding import DecodeRules
-from .errors import Place, TokenizerError, blame, check_vocab, expect, get, read_bytes, read_json_object, read_text
+from .errors import Place, TokenizerError, blame, check_vocab, read_bytes, read_json_object, read_text
 from .hf_json import byte_level_encoder, front_end, load_tokenizer_json
 from .model_proto import ModelProto
+from .parts import TokenizerParts
 from .pre_tokenizers import regex_pre_tokenizer
-from .saving import NANOLLM_TOKENIZER_FILE, load_nanollm_tokenizer
+from .saving import NANOLLM_TOKENIZER_FILE, read_nanollm_tokenizer
 from .sentencepiece import SentencePieceModel
-from .special import added_token_ids
-from .tokenizer import Tokenizer
+from .settings import (
+    NAMED_TOKENS,
+    added_vocabulary,
+    check_settings,
+    rename_additional_special_tokens,
+    special_texts,
+    split_added_tokens,
+    token_list,
+    token_text,
+    with_settings,
+)
 
-NoneType = type(None)
 _FORMATS = (
     (NANOLLM_TOKENIZER_FILE,),
     ("tokenizer.json",),
@@ -77,8 +67,6 @@ _FORMATS = (
     ("encoder.json", "vocab.bpe"),
 )
 _VOCAB_AND_MERGES = dict(names for names in _FORMATS if len(names) == 2)  # vocab file -> its merges file
-# transformers' named special tokens (PreTrainedTokenizerBase.SPECIAL_TOKENS_ATTRIBUTES), in the order it adds them.
-_NAMED_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # The tokenizer classes of transformers that read vocab.json + merges.txt, by the name tokenizer_config.json gives in
 # "tokenizer_class" (GPT-2's when there is none: OpenAI's files and the first hub repositories came without one).
 # These two files hold no pre-tokenizer: each class builds its own around them, written here as the tokenizer.json
@@ -101,19 +89,16 @@ _VOCAB_AND_MERGES_CLASSES = {
 }
 
 
-def load_tokenizer(directory) -> Tokenizer | None:
-    """The tokenizer in ``directory``, or None when it holds no tokenizer files at all."""
+def has_tokenizer_files(directory) -> bool:
+    """Whether ``directory`` holds the files of any tokenizer format (``load_tokenizer`` gives None when not)."""
     directory = Path(directory)
-    if not any(all(_present(directory / name) for name in names) for names in _FORMATS) and not _tiktoken_files(
-        directory
-    ):
-        return None
-    return from_pretrained(directory)
+    return any(all(_present(directory / name) for name in names) for names in _FORMATS) or bool(
+        _tiktoken_files(directory))
 
 
-def from_pretrained(directory) -> Tokenizer:
-    """Load the tokenizer in ``directory``; TokenizerError names the directory when there is none, and the file when
-    one is malformed (``errors.blame`` is the backstop for what the checks below do not name)."""
+def read_directory(directory) -> TokenizerParts:
+    """The tokenizer in ``directory``; TokenizerError names the directory when there is none, and the file when one
+    is malformed (``errors.blame`` is the backstop for what the checks below do not name)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise TokenizerError(f"{directory} is not a directory")
@@ -126,7 +111,7 @@ def from_pretrained(directory) -> Tokenizer:
 
 def _chosen_file(directory: Path):
     """The tokenizer file to load (the first present, in the module docstring's order) and the function loading it."""
-    for name, load in ((NANOLLM_TOKENIZER_FILE, lambda path, config: load_nanollm_tokenizer(path)),
+    for name, load in ((NANOLLM_TOKENIZER_FILE, lambda path, config: read_nanollm_tokenizer(path)),
                        ("tokenizer.json", _from_tokenizer_json), ("tokenizer.model", _from_tokenizer_model)):
         if _present(directory / name):
             return directory / name, load
@@ -135,7 +120,7 @@ def _chosen_file(directory: Path):
             return directory / vocab_name, _from_vocab_and_merges
     tiktoken_files = _tiktoken_files(directory)
     if len(tiktoken_files) == 1:
-        return tiktoken_files[0], lambda path, config: load_tiktoken(path, config=config)
+        return tiktoken_files[0], lambda path, config: read_tiktoken(path, config=config)
     if len(tiktoken_files) > 1:
         raise TokenizerError(f"{directory} holds several *.tiktoken files: {[f.name for f in tiktoken_files]}")
     expected = ", ".join(" + ".join(names) for names in _FORMATS) + ", *.tiktoken"
@@ -148,28 +133,29 @@ def _present(path: Path) -> bool:
     return os.path.lexists(path)
 
 
-def load_tiktoken(path, *, pattern: str | None = None, special_tokens: dict[str, int] | None = None,
-                  config: dict | None = None) -> Tokenizer:
-    """A Tokenizer from a ``*.tiktoken`` ranks file.
+def read_tiktoken(path, *, pattern: str | None = None, special_tokens: dict[str, int] | None = None,
+                 config: dict | None = None) -> TokenizerParts:
+    """The parts of a ``*.tiktoken`` ranks file.
 
     ``pattern``: a regex or a name ("gpt2"/"r50k", "cl100k", "o200k", "llama3"); by default it follows the file
     name ("cl100k_base.tiktoken" -> "cl100k"), and is cl100k when the name says nothing. ``special_tokens``: by
-    default those tiktoken gives the encoding of that name.
+    default those tiktoken gives the encoding of that name. ``config``: the settings files beside it, if any.
     """
     path = Path(path)
     name = _encoding_name(path.name)
     with blame(path):
         parts = _tiktoken_parts(path, pattern or name, special_tokens if special_tokens is not None
                                 else TIKTOKEN_SPECIAL_TOKENS.get(name, {}), {})
-        return _finish(parts, config or {}, default_bos=False, name=path.name, fallback_eos="<|endoftext|>")
+        return with_settings(parts, config or {}, default_bos=False, name=path.name, fallback_eos="<|endoftext|>")
 
 
-def _tiktoken_parts(path: Path, pattern: str, special_tokens: dict[str, int], added_tokens: dict[str, int]) -> dict:
+def _tiktoken_parts(path: Path, pattern: str, special_tokens: dict[str, int],
+                    added_tokens: dict[str, int]) -> TokenizerParts:
     """The model, decode rules and added tokens of a tiktoken ranks file cut into words by ``pattern``."""
     pre_tokenizer = regex_pre_tokenizer(resolve_pattern(pattern), f"{path}: pattern")
     model = from_tiktoken_ranks(load_tiktoken_ranks(path), pre_tokenizer)
-    return {"model": model, "decode_rules": _byte_rules(model, {**added_tokens, **special_tokens}),
-            "special_tokens": dict(special_tokens), "added_tokens": dict(added_tokens)}
+    return TokenizerParts(model, _byte_rules(model, {**added_tokens, **special_tokens}),
+                          special_tokens=dict(special_tokens), added_tokens=dict(added_tokens))
 
 
 def _encoding_name(file_name: str) -> str:
@@ -183,11 +169,11 @@ def _tiktoken_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("*.tiktoken")) if directory.is_dir() else []
 
 
-def _from_tokenizer_json(path: Path, config: dict) -> Tokenizer:
-    return _finish(load_tokenizer_json(path), config, default_bos=False, name=path.name, has_template=True)
+def _from_tokenizer_json(path: Path, config: dict) -> TokenizerParts:
+    return with_settings(load_tokenizer_json(path), config, default_bos=False, name=path.name)
 
 
-def _from_tokenizer_model(path: Path, config: dict) -> Tokenizer:
+def _from_tokenizer_model(path: Path, config: dict) -> TokenizerParts:
     """tokenizer.model is a protobuf for SentencePiece models, but base64 text for Llama 3's tiktoken ranks.
 
     Both start a prompt with BOS unless the config's add_bos_token says otherwise: sentencepiece's Llama convention
@@ -199,18 +185,18 @@ def _from_tokenizer_model(path: Path, config: dict) -> Tokenizer:
     data = read_bytes(path)
     first_line = data.split(b"\n", 1)[0].split()
     if len(first_line) == 2 and first_line[1].isdigit():
-        parts = _tiktoken_parts(path, "llama3", *_added_tokens(config))
-        return _finish(parts, config, default_bos=True, name=path.name)
+        parts = _tiktoken_parts(path, "llama3", *split_added_tokens(config))
+        return with_settings(parts, config, default_bos=True, name=path.name)
     model = SentencePieceModel(ModelProto.parse(data), legacy=config.get("legacy") or False)
-    special, added = _added_tokens(config)
-    parts = {"model": model, "decode_rules": model.decode_rules(), "added_tokens": added,
-             "special_tokens": {**model.control_tokens, **special}}
+    special, added = split_added_tokens(config)
+    parts = TokenizerParts(model, model.decode_rules(), special_tokens={**model.control_tokens, **special},
+                           added_tokens=added)
     bos = model.proto.pieces[model.bos_id].text if model.bos_id is not None else None
     eos = model.proto.pieces[model.eos_id].text if model.eos_id is not None else None
-    return _finish(parts, config, default_bos=True, name=path.name, fallback_bos=bos, fallback_eos=eos)
+    return with_settings(parts, config, default_bos=True, name=path.name, fallback_bos=bos, fallback_eos=eos)
 
 
-def _from_vocab_and_merges(vocab_path: Path, config: dict) -> Tokenizer:
+def _from_vocab_and_merges(vocab_path: Path, config: dict) -> TokenizerParts:
     """GPT-2's two files plus the added tokens of the settings files, cut into words as the tokenizer class named in
     tokenizer_config.json does (``_VOCAB_AND_MERGES_CLASSES``); any other class is refused by name, since these
     files alone do not say how its text is cut."""
@@ -220,13 +206,13 @@ def _from_vocab_and_merges(vocab_path: Path, config: dict) -> Tokenizer:
                                                                          config.get("add_prefix_space", False))}
     normalizer, pre_tokenizer, _ = front_end(components, Place(f"the {config.get('tokenizer_class')} pipeline"))
     model = byte_level_encoder(vocab, merges, normalizer, pre_tokenizer)
-    named = {**tokenizer_class["defaults"], **{key: config[key] for key in _NAMED_TOKENS if key in config}}
-    added = _added_vocabulary(config, vocab, named)
-    special = _special_texts(config, named)
-    parts = {"model": model, "decode_rules": DecodeRules(vocab_token_bytes({**vocab, **added})),
-             "special_tokens": {text: i for text, i in added.items() if text in special},
-             "added_tokens": {text: i for text, i in added.items() if text not in special}}
-    return _finish(parts, {**config, **named}, default_bos=False, name=vocab_path.name)
+    named = {**tokenizer_class["defaults"], **{key: config[key] for key in NAMED_TOKENS if key in config}}
+    added = added_vocabulary(config, vocab, named)
+    special = special_texts(config, named)
+    parts = TokenizerParts(model, DecodeRules(vocab_token_bytes({**vocab, **added})),
+                           special_tokens={text: i for text, i in added.items() if text in special},
+                           added_tokens={text: i for text, i in added.items() if text not in special})
+    return with_settings(parts, {**config, **named}, default_bos=False, name=vocab_path.name)
 
 
 def _vocab_and_merges_class(config: dict, vocab_path: Path) -> dict:
@@ -251,86 +237,11 @@ def _with_prefix_space(pre_tokenizer: dict, add_prefix_space: bool) -> dict:
     return pre_tokenizer
 
 
-def _added_vocabulary(config: dict, vocab: dict[str, int], named: dict) -> dict[str, int]:
-    """content -> id of every added token, in the order and with the ids transformers gives them (module docstring).
-
-    ``named``: bos_token... -> token (a string, a {"content": ...} dict, or None), defaults already filled in.
-    """
-    entries = sorted(config.get("added_tokens_decoder", {}).items(), key=lambda pair: int(pair[0]))
-    return added_token_ids([_token_text(entry) for _, entry in entries] + _named_texts(config, named), vocab)
-
-
-def _named_texts(config: dict, named: dict) -> list[str | None]:
-    """The tokens the config names, in transformers' order: bos, eos, unk, sep, pad, cls, mask (``named``, defaults
-    filled in), any other *_token holding a string or a serialized AddedToken ("image_token"), extra_special_tokens.
-    transformers makes every one of them a special token."""
-    texts = [_token_text(named.get(key)) for key in _NAMED_TOKENS]
-    texts += [_token_text(value) for key, value in config.items()
-              if key.endswith("_token") and key not in _NAMED_TOKENS
-              and (isinstance(value, str) or (isinstance(value, dict) and value.get("__type") == "AddedToken"))]
-    return texts + [_token_text(value) for value in _token_list(config.get("extra_special_tokens"))]
-
-
-def _special_texts(config: dict, named: dict) -> set[str]:
-    """Which added tokens are special: those whose added_tokens_decoder entry says "special": true (false when
-    absent, as transformers' AddedToken), and every named one (``_named_texts``). The others are matched in any
-    text, special-token policy or not (special.AddedVocabulary)."""
-    flagged = {entry["content"] for entry in config.get("added_tokens_decoder", {}).values()
-               if entry.get("special", False)}
-    return flagged | {text for text in _named_texts(config, named) if text}
-
-
 def _byte_rules(model, specials: dict[str, int]) -> DecodeRules:
     token_bytes = model.id_to_bytes()
     for text, i in specials.items():
         token_bytes[i] = text.encode("utf-8")
     return DecodeRules(token_bytes)
-
-
-def _finish(parts: dict, config: dict, *, default_bos: bool, name: str, has_template: bool = False,
-            fallback_bos: str | None = None, fallback_eos: str | None = None) -> Tokenizer:
-    """Add what tokenizer_config.json says: BOS/EOS, whether prompts start with BOS, the chat template."""
-    tokens = {**parts["added_tokens"], **parts["special_tokens"]}
-    if "strips" not in parts:  # tokenizer.json says it for itself; otherwise added_tokens_decoder's AddedTokens do
-        parts["strips"] = {entry["content"]: (entry.get("lstrip", False), entry.get("rstrip", False))
-                           for entry in config.get("added_tokens_decoder", {}).values()
-                           if entry.get("lstrip") or entry.get("rstrip")}
-    bos_text = _token_text(config.get("bos_token")) or fallback_bos
-    eos_text = _token_text(config.get("eos_token")) or fallback_eos
-    bos_id = tokens.get(bos_text) if bos_text else None
-    eos_id = tokens.get(eos_text) if eos_text else None
-    if not has_template:
-        # No post-processor said what surrounds a prompt: use add_bos_token / add_eos_token, else the format default.
-        add_bos = default_bos if config.get("add_bos_token") is None else config["add_bos_token"]
-        add_eos = config.get("add_eos_token") or False
-        parts["prompt_prefix"] = [bos_id] if add_bos and bos_id is not None else []
-        parts["prompt_suffix"] = [eos_id] if add_eos and eos_id is not None else []
-    return Tokenizer(
-        **parts, bos_token_id=bos_id, eos_token_id=eos_id, chat_template=config.get("chat_template"), name=name
-    )
-
-
-def _token_text(value) -> str | None:
-    """tokenizer_config.json writes a token as "<s>" or as {"content": "<s>", ...} (checked by ``_check_token``)."""
-    if isinstance(value, dict):
-        return value.get("content")
-    return value if isinstance(value, str) else None
-
-
-def _token_list(value) -> list:
-    """extra_special_tokens as a list of tokens: transformers 5 writes a list, or an object {name: token}."""
-    if isinstance(value, dict):
-        return list(value.values())
-    return list(value or [])
-
-
-def _added_tokens(config: dict) -> tuple[dict[str, int], dict[str, int]]:
-    """tokenizer_config.json's added_tokens_decoder {"128000": {"content": "<|begin_of_text|>", "special": true}, ...}
-    -> (the special tokens, the other added tokens), split by ``_special_texts``."""
-    ids = {entry["content"]: int(i) for i, entry in config.get("added_tokens_decoder", {}).items()}
-    special = _special_texts(config, {key: config.get(key) for key in _NAMED_TOKENS})
-    return ({text: i for text, i in ids.items() if text in special},
-            {text: i for text, i in ids.items() if text not in special})
 
 
 def _read_config(directory: Path) -> dict:
@@ -341,12 +252,12 @@ def _read_config(directory: Path) -> dict:
     ``extra_special_tokens`` list is appended to), and added_tokens.json becomes the ``added_tokens_decoder``.
     """
     config = _read_settings(directory / "tokenizer_config.json")
-    _rename_additional_special_tokens(config)
+    rename_additional_special_tokens(config)
     if "added_tokens_decoder" not in config:
         for key, value in _read_settings(directory / "special_tokens_map.json").items():
             if key == "extra_special_tokens" and isinstance(value, list):
-                existing = _token_list(config.get(key))
-                value = existing + [t for t in value if _token_text(t) not in map(_token_text, existing)]
+                existing = token_list(config.get(key))
+                value = existing + [t for t in value if token_text(t) not in map(token_text, existing)]
             config[key] = value
         if "additional_special_tokens" in config and "extra_special_tokens" not in config:
             config["extra_special_tokens"] = config.pop("additional_special_tokens")
@@ -364,53 +275,9 @@ def _read_config(directory: Path) -> dict:
     return config
 
 
-def _rename_additional_special_tokens(config: dict) -> None:
-    """transformers 5 calls additional_special_tokens extra_special_tokens; a non-empty new name wins."""
-    if "additional_special_tokens" in config and not config.get("extra_special_tokens"):
-        config["extra_special_tokens"] = config.pop("additional_special_tokens")
-
-
 def _read_settings(path: Path) -> dict:
     """The object in an optional settings file (tokenizer_config.json, special_tokens_map.json), checked by
-    ``_check_settings``; {} when there is no such file."""
+    ``settings.check_settings``; {} when there is no such file."""
     if not _present(path):
         return {}
-    return _check_settings(read_json_object(path), Place(path))
-
-
-def _check_settings(settings: dict, place: Place) -> dict:
-    """Check the JSON type of every key of a settings file that nanollm reads, naming the file and key when wrong."""
-    for key, value in settings.items():
-        if key in _NAMED_TOKENS or (key.endswith("_token") and isinstance(value, dict)):
-            _check_token(value, place[key])
-    for key in ("add_bos_token", "add_eos_token", "add_prefix_space", "legacy"):
-        get(settings, key, (bool, NoneType), place, None)
-    get(settings, "tokenizer_class", (str, NoneType), place, None)
-    for key, entry in get(settings, "added_tokens_decoder", dict, place, {}).items():
-        at = place["added_tokens_decoder"][key]
-        if not (key.isascii() and key.isdigit()):
-            raise place["added_tokens_decoder"].error(f"has the key {key!r}; its keys must be token ids")
-        _check_token(expect(entry, dict, at), at)
-        for flag in ("lstrip", "rstrip"):
-            get(entry, flag, bool, at, False)
-        if get(entry, "single_word", bool, at, False):
-            raise at["single_word"].error("is true: nanollm does not implement this flag, and ignoring it would split "
-                                          "the text differently from transformers")
-    for key in ("extra_special_tokens", "additional_special_tokens"):
-        tokens = get(settings, key, (list, dict, NoneType), place, None)
-        for name, token in (tokens.items() if isinstance(tokens, dict) else enumerate(tokens or [])):
-            _check_token(token, place[key][name])
-    template = get(settings, "chat_template", (str, list, NoneType), place, None)
-    for k, entry in enumerate(template if isinstance(template, list) else []):  # [{"name": ..., "template": ...}]
-        at = place["chat_template"][k]
-        get(expect(entry, dict, at), "name", str, at)
-        get(entry, "template", str, at)
-    return settings
-
-
-def _check_token(value, place: Place) -> None:
-    """A token in a settings file: "<s>", null, or an AddedToken object {"content": "<s>", "special": true, ...}."""
-    if isinstance(value, dict):
-        get(value, "content", str, place)
-    else:
-        expect(value, (str, NoneType), place)
+    return check_settings(read_json_object(path), Place(path))

@@ -30,17 +30,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import NoneType
 
 from .. import files
 from .byte_level import ByteLevelBPE, compile_pattern
 from .decoding import DecodeRules
 from .errors import Place, TokenizerError, blame, check_vocab, get, read_json_object
+from .parts import TokenizerParts
 from .pre_tokenizers import regex_pre_tokenizer
 
 NANOLLM_TOKENIZER_FILE = "nanollm_tokenizer.json"
 FORMAT_NAME = "nanollm-tokenizer"
 FORMAT_VERSION = 1
-NoneType = type(None)
 
 
 @dataclass
@@ -90,10 +91,9 @@ class BPEMerges:
             raise TokenizerError("add_bos_token is true but there is no bos_token")
         return table
 
-    def tokenizer(self, name: str = "nanollm BPE", origin: str = "pattern"):
-        """A Tokenizer; ``origin`` says where the pattern came from, for the message if it runs out of time."""
-        from .tokenizer import Tokenizer
-
+    def parts(self, name: str = "nanollm BPE", origin: str = "pattern") -> TokenizerParts:
+        """What ``Tokenizer(parts)`` is built from; ``origin`` says where the pattern came from, for the message if it
+        runs out of time."""
         table = self.check()
         token_ids = {b: i for i, b in table.items()}
         pair_ranks = {}
@@ -106,7 +106,7 @@ class BPEMerges:
             decode_table[i] = text.encode("utf-8")
         bos_id = self.special_tokens.get(self.bos_token) if self.bos_token else None
         eos_id = self.special_tokens.get(self.eos_token) if self.eos_token else None
-        return Tokenizer(
+        return TokenizerParts(
             model,
             DecodeRules(decode_table),
             special_tokens=self.special_tokens,
@@ -184,6 +184,6 @@ def _encodes_as_utf8(text: str) -> bool:
     return True
 
 
-def load_nanollm_tokenizer(path):
-    """Read ``nanollm_tokenizer.json`` into a Tokenizer."""
-    return BPEMerges.load(path).tokenizer(name=Path(path).name, origin=f"{path}: pattern")
+def read_nanollm_tokenizer(path) -> TokenizerParts:
+    """Read ``nanollm_tokenizer.json`` into the parts of a Tokenizer."""
+    return BPEMerges.load(path).parts(name=Path(path).name, origin=f"{path}: pattern")

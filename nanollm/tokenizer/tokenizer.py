@@ -1,6 +1,6 @@
 """``Tokenizer``: the one object the rest of nanollm uses, whatever file format the vocabulary came from.
 
-A Tokenizer joins three things that the other modules build:
+A Tokenizer joins the ``TokenizerParts`` (parts.py) that a format was read into:
 
 * a *model* with ``encode_ordinary(text, at_start) -> ids``: ``ByteLevelBPE`` (GPT-2, tiktoken, Llama 3, trained
   tokenizers) or ``SentencePieceModel`` / a Metaspace front end over ``PieceBPE`` (Llama 2);
@@ -9,20 +9,19 @@ A Tokenizer joins three things that the other modules build:
 * ``DecodeRules`` saying what bytes each id stands for (``decoding.py``).
 
 Plus what a model expects around a prompt (``prompt_prefix``/``prompt_suffix``, e.g. Llama's BOS) and the chat
-template from tokenizer_config.json. Loading by directory lives in ``loading.py``.
+template from tokenizer_config.json. ``loading.py`` says which files in a directory are read, and how; the functions
+at the end of this module (``from_pretrained``, ``load_tokenizer``, ``load_tiktoken``) make Tokenizers of what it reads.
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
-from typing import Protocol
+from collections.abc import Collection, Iterable
+from pathlib import Path
 
-from .decoding import DecodeRules, StreamDecoder, bytes_to_text, decode_bytes
+from . import loading
+from .decoding import StreamDecoder, bytes_to_text, decode_bytes
 from .errors import TokenizerError
+from .parts import TokenizerParts
 from .special import AddedVocabulary, refuse_disallowed, resolve_policy, special_regex, split_on_special
-
-
-class EncodingModel(Protocol):
-    def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]: ...
 
 
 class Tokenizer:
@@ -35,53 +34,27 @@ class Tokenizer:
     'Hello world'
     """
 
-    def __init__(
-        self,
-        model: EncodingModel,
-        decode_rules: DecodeRules,
-        *,
-        special_tokens: dict[str, int] | None = None,
-        added_tokens: dict[str, int] | None = None,
-        strips: dict[str, tuple[bool, bool]] | None = None,
-        bos_token_id: int | None = None,
-        eos_token_id: int | None = None,
-        prompt_prefix: Sequence[int] = (),
-        prompt_suffix: Sequence[int] = (),
-        chat_template: str | None = None,
-        name: str = "",
-    ):
-        self.decode_rules = decode_rules
-        # An empty special token is dropped, as tokenizers drops an empty added token: the regex that cuts special
-        # tokens out of text would match it between every two characters.
-        self.special_tokens: dict[str, int] = {text: i for text, i in (special_tokens or {}).items() if text}
-        # Added tokens that are not special ("special": false: Gemma 3's "\n\n", Qwen3's "<think>") are cut out of
-        # every text, whatever the special-token policy: the model sees them first (special.AddedVocabulary).
-        self.added_tokens = {text: i for text, i in (added_tokens or {}).items()
-                             if text and text not in self.special_tokens}
-        # Added tokens that take the white space beside them: text -> (lstrip, rstrip) (special.split_on_special).
-        self.strips = dict(strips or {})
-        self.model = AddedVocabulary(model, self.added_tokens, self.strips) if self.added_tokens else model
-        self.bos_token_id = bos_token_id
-        self.eos_token_id = eos_token_id
-        self.prompt_prefix = tuple(prompt_prefix)
-        self.prompt_suffix = tuple(prompt_suffix)
-        self.chat_template = chat_template
-        self.name = name
-        self.vocab_size = max([*decode_rules.token_bytes, *self.special_tokens.values()]) + 1
-        for text, i in {**self.added_tokens, **self.special_tokens}.items():
-            if i not in decode_rules.token_bytes:
-                raise TokenizerError(f"added token {text!r} has id {i}, which has no decoding")
+    def __init__(self, parts: TokenizerParts):
+        """``parts``: what a format was read into, checked where it was made (parts.py)."""
+        self.decode_rules = parts.decode_rules
+        self.special_tokens = parts.special_tokens
+        self.added_tokens = parts.added_tokens
+        self.strips = dict(parts.strips or {})  # added token -> (lstrip, rstrip) (special.split_on_special)
+        self.model = AddedVocabulary(parts.model, self.added_tokens, self.strips) if self.added_tokens else parts.model
+        self.bos_token_id = parts.bos_token_id
+        self.eos_token_id = parts.eos_token_id
+        self.prompt_prefix = tuple(parts.prompt_prefix or ())
+        self.prompt_suffix = tuple(parts.prompt_suffix or ())
+        self.chat_template = parts.chat_template
+        self.name = parts.name
+        self.vocab_size = max([*self.decode_rules.token_bytes, *self.special_tokens.values()]) + 1
         # Compiled special-token regexes, by token set: callers reuse one or two policies, so this stays tiny.
         self._special_patterns: dict[frozenset[str], object] = {}
 
-    # -- loading -------------------------------------------------------------------------------------------------
-
     @classmethod
-    def from_pretrained(cls, directory) -> "Tokenizer":
+    def from_pretrained(cls, directory) -> Tokenizer:
         """Load the tokenizer files in ``directory`` (see ``loading.py`` for which files are tried, in what order)."""
-        from .loading import from_pretrained
-
-        return from_pretrained(directory)
+        return cls(loading.read_directory(directory))
 
     # -- encoding ------------------------------------------------------------------------------------------------
 
@@ -161,3 +134,19 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.name or type(self.model).__name__}, vocab_size={self.vocab_size})"
+
+
+def from_pretrained(directory) -> Tokenizer:
+    """``Tokenizer.from_pretrained(directory)``; TokenizerError names the directory when it holds no tokenizer, and
+    the file when one is malformed."""
+    return Tokenizer.from_pretrained(directory)
+
+
+def load_tokenizer(directory) -> Tokenizer | None:
+    """The tokenizer in ``directory``, or None when it holds no tokenizer files at all."""
+    return Tokenizer.from_pretrained(directory) if loading.has_tokenizer_files(Path(directory)) else None
+
+
+def load_tiktoken(path, *, pattern: str | None = None, special_tokens: dict[str, int] | None = None) -> Tokenizer:
+    """A Tokenizer from a ``*.tiktoken`` ranks file (``loading.read_tiktoken`` says what the arguments default to)."""
+    return Tokenizer(loading.read_tiktoken(path, pattern=pattern, special_tokens=special_tokens))
