@@ -1,4 +1,4 @@
-"""What `pip install .` puts on a machine: nanollm and weights_tools, the kernels inside nanollm, no top-level `kernels`.
+"""What `pip install .` installs: nanollm and weights_tools, the kernels inside nanollm, no top-level `kernels`.
 
 The repository keeps kernels/ at its top level, beside nanollm/, but setup.py installs it as `nanollm.kernels`
 (package_dir): a top-level package named `kernels` would collide with the unrelated PyPI distribution of that name,
@@ -44,8 +44,9 @@ def wheel(tmp_path_factory) -> Path:
         else:
             shutil.copy2(ROOT / name, source / name)
     env = dict(os.environ, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
-    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
-                             "-w", str(tmp / "dist")], capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    command = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation",
+               "-w", str(tmp / "dist")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, f"pip wheel failed:\n{result.stdout}\n{result.stderr}"
     (built,) = (tmp / "dist").glob("nanollm-*.whl")
     return built
