@@ -59,12 +59,19 @@ tricky_text = st.lists(st.sampled_from(TRICKY), max_size=40).map("".join)
 assigned_text = st.text(st.characters(blacklist_categories=("Cs", "Cn")), max_size=60)
 
 
+def shared_directory(tmp_path_factory, name: str, files: dict[str, str]):
+    """A fresh directory holding reference files from ../shared/data under the names a loader looks for:
+    {"vocab.json": "tokenizers/gpt2/encoder.json"} copies GPT-2's encoder.json in as vocab.json."""
+    directory = tmp_path_factory.mktemp(name)
+    for target, source in files.items():
+        shutil.copy(shared_file(source), directory / target)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("gpt2")
-    shutil.copy(shared_file("tokenizers/gpt2/encoder.json"), directory / "encoder.json")
-    shutil.copy(shared_file("tokenizers/gpt2/vocab.bpe"), directory / "vocab.bpe")
-    return directory
+    return shared_directory(tmp_path_factory, "gpt2", {"encoder.json": "tokenizers/gpt2/encoder.json",
+                                                       "vocab.bpe": "tokenizers/gpt2/vocab.bpe"})
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from nanollm.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from tests.conftest import shared_file
-from tests.test_tokenizer_byte_level import EDGE_CASES, assigned_text, tricky_text
+from tests.test_tokenizer_byte_level import EDGE_CASES, assigned_text, shared_directory, tricky_text
 
 transformers = pytest.importorskip("transformers")
 
@@ -31,10 +31,8 @@ PROMPTS = EDGE_CASES + [
 @pytest.fixture(scope="module")
 def gpt2_source(tmp_path_factory):
     """GPT-2 under Hugging Face's file names, as in the openai-community/gpt2 repository."""
-    directory = tmp_path_factory.mktemp("gpt2_source")
-    shutil.copy(shared_file("tokenizers/gpt2/encoder.json"), directory / "vocab.json")
-    shutil.copy(shared_file("tokenizers/gpt2/vocab.bpe"), directory / "merges.txt")
-    return directory
+    return shared_directory(tmp_path_factory, "gpt2_source", {"vocab.json": "tokenizers/gpt2/encoder.json",
+                                                              "merges.txt": "tokenizers/gpt2/vocab.bpe"})
 
 
 @pytest.fixture(scope="module")

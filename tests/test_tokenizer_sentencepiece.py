@@ -1,5 +1,4 @@
 """SentencePiece (Llama 2's tokenizer.model) read without the sentencepiece package, checked against that package."""
-import shutil
 import struct
 
 import pytest
@@ -8,17 +7,14 @@ from hypothesis import strategies as st
 
 from nanollm.tokenizer import Tokenizer, TokenizerError
 from nanollm.tokenizer.model_proto import ModelProto, read_fields, read_varint
-from tests.conftest import shared_file
-from tests.test_tokenizer_byte_level import EDGE_CASES, surrogate_text, tricky_text
+from tests.test_tokenizer_byte_level import EDGE_CASES, shared_directory, surrogate_text, tricky_text
 
 spm = pytest.importorskip("sentencepiece")
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("llama2")
-    shutil.copy(shared_file("tokenizers/llama2/tokenizer.model"), directory / "tokenizer.model")
-    return directory
+    return shared_directory(tmp_path_factory, "llama2", {"tokenizer.model": "tokenizers/llama2/tokenizer.model"})
 
 
 @pytest.fixture(scope="module")
