@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .generation import GenerationResult, GenerationSettings, GenerationStats, record_timing
 from .logits_processors import TokenHistory, process_logits
 from .memory import check_fits
+from .request import GenerationResult, GenerationSettings, GenerationStats, record_timing
 from .sampling import refuse_nan
 
 NEG = np.float32(-1.0e9)  # transformers' "impossible" score: finite so that sums and sorts stay well defined

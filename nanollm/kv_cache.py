@@ -23,7 +23,7 @@ class KVCache:
     v: list  # per layer: (B, n_kv, max_len, hs)
     ids: np.ndarray  # (B, max_len) int64: the token in each slot (what a recomputation needs: see Model.step)
     positions: np.ndarray  # (B, max_len) int64: each slot's position in its own sequence
-    length: int = 0  # slots filled so far (the same for every layer once a forward pass completes)
+    length: int = 0  # slots held; changed only here (append, restart, copy_prefix), as llama2.c's one `pos`
 
     @classmethod
     def allocate(cls, backend, cfg, batch_size: int, max_len: int) -> "KVCache":
@@ -56,10 +56,25 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, n_kv, end, hs) x2
 
-    def record(self, ids: np.ndarray, positions: np.ndarray, start: int) -> None:
-        """Note which tokens (B, T), at which positions, fill slots start .. start+T-1."""
-        self.ids[:, start : start + ids.shape[1]] = ids
-        self.positions[:, start : start + ids.shape[1]] = positions
+    def append(self, ids: np.ndarray, positions: np.ndarray) -> int:
+        """Claim the next T slots for tokens ids (B, T) at positions (B, T): the cache now holds them (the layers
+        write their keys and values there next, through `update`). -> the first of those slots."""
+        start, end = self.length, self.length + ids.shape[1]
+        if end > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end} does not fit")
+        self.ids[:, start:end], self.positions[:, start:end] = ids, positions
+        self.length = end
+        return start
+
+    def history(self, ids: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every token and position held so far, then ids and positions (B, T): what a recomputation runs over."""
+        n = self.length
+        return (np.concatenate([self.ids[:, :n], ids], axis=1),  # (B, n+T)
+                np.concatenate([self.positions[:, :n], positions], axis=1))  # (B, n+T)
+
+    def restart(self) -> None:
+        """Forget every slot (the buffers are reused: the next append writes from slot 0)."""
+        self.length = 0
 
     def reorder(self, rows: np.ndarray) -> None:
         """Row b becomes a copy of row rows[b] (beam search: each beam continues its parent). rows: int (B,)"""

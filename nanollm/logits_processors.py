@@ -10,52 +10,16 @@ Every processor is a small function over a batch of logit rows (B, V). One order
     4. min_new_tokens        EOS logits = -inf until enough new tokens         (transformers
                              MinNewTokensLengthLogitsProcessor)
     5. then either greedy (argmax; temperature=0) or sampling.py's temperature -> top-k -> softmax -> top-p -> min-p
-       -> inverse-CDF draw with a uniform number from a seeded generator.
+       -> inverse-CDF draw with a uniform number from a seeded generator, by the backend (`choose_tokens`).
 
 A processor that is switched off costs nothing: `process_logits` skips it, and returns the model's own array when
 every one is off (greedy decoding with no penalties does no per-step work here at all).
 """
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from .memory import check_fits
-from .sampling import check_sampling_args, draw, filtered_probs, refuse_nan, softmax, whole_number
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How the next token is chosen. Defaults are plain multinomial sampling at temperature 1."""
-
-    temperature: float = 1.0  # 0.7; 0 is greedy
-    top_k: int = 0  # 50; 0 disables
-    top_p: float = 1.0  # 0.9; 1 disables
-    min_p: float = 0.0  # 0.05; 0 disables
-    repetition_penalty: float = 1.0  # 1.2; 1 disables
-    presence_penalty: float = 0.0  # 0.5; 0 disables (OpenAI range -2 .. 2)
-    frequency_penalty: float = 0.0  # 0.5; 0 disables
-    logit_bias: dict = field(default_factory=dict)  # {token id: bias}, e.g. {50256: -100.0} bans end-of-text
-
-    def __post_init__(self):
-        check_sampling_args(self.temperature, self.top_k, self.top_p, self.min_p)
-        object.__setattr__(self, "top_k", whole_number("top_k", self.top_k))  # 2.0 -> 2, once checked (frozen)
-        if not (self.repetition_penalty > 0):
-            raise ValueError(f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not np.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        for token, bias in self.logit_bias.items():
-            if int(token) != token or token < 0 or not np.isfinite(bias):
-                raise ValueError(f"logit_bias maps token ids >= 0 to finite numbers, got {token!r}: {bias!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def uses_history(self) -> bool:
-        """Whether a processor reads the tokens seen so far (then the loop keeps a TokenHistory)."""
-        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+from .request import SamplingParams
+from .sampling import draw, filtered_probs, refuse_nan, softmax
 
 
 class TokenHistory:
@@ -141,14 +105,14 @@ def process_logits(logits: np.ndarray, params: SamplingParams, history: TokenHis
     return logits
 
 
-def choose_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
-    """Processed logits (B, V) -> int (B,) token ids: argmax when greedy, else one seeded draw per row."""
-    if params.greedy:
-        tokens = logits.argmax(axis=-1)  # (B,) the first maximum, as torch.argmax
-        refuse_nan(logits[np.arange(len(tokens)), tokens])  # (B,) each row's value at its argmax
-        return tokens
-    u = rng.random(len(logits))  # (B,) one uniform number per row
-    return np.array([draw(distribution(row, params), u[b]) for b, row in enumerate(logits)], dtype=np.int64)
+def choose_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator, backend) -> np.ndarray:
+    """Processed logits (B, V) -> int (B,) token ids, chosen by the backend's sampler: kernels/sampling.cu on the
+    kernel backends, its NumPy twin on numpy (sampling.py's pipeline). Greedy is the argmax (temperature 0), and
+    draws nothing from rng; sampling draws one seeded uniform number per row, the same on every backend, so a seed
+    gives the same tokens everywhere. NaN logits are refused first, whoever samples."""
+    refuse_nan(logits.max(axis=-1))  # (B,): NumPy's max propagates a NaN anywhere in the row
+    u = np.zeros(len(logits)) if params.greedy else rng.random(len(logits))  # (B,) one uniform number per row
+    return backend.sample(logits, u, params.temperature, params.top_k, params.top_p, params.min_p)  # (B,)
 
 
 def distribution(row: np.ndarray, params: SamplingParams) -> np.ndarray:

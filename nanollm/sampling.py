@@ -4,19 +4,16 @@ Each step is a small function over one row of logits (V,). The draw takes its un
 argument instead of owning a random generator, so sampling is a pure function that a test can pin down.
 
 The order is fixed: temperature -> top-k -> softmax -> top-p -> min-p -> inverse-CDF draw (transformers' order for
-its warpers). `filtered_probs` is the pipeline with min-p; the generation loop (logits_processors.choose_tokens)
-draws from it, in NumPy, on every backend. The processors that run before temperature (penalties, logit bias) are in
-logits_processors.py.
+its warpers). `filtered_probs` is the pipeline; `sample_token` is it for one row with its draw. The processors that
+run before temperature (penalties, logit bias) are in logits_processors.py.
 
-`sample_token` (no min-p) is the reference for the GPU kernel kernels/sampling.cu: given the same logits and the same
-`u` the kernel must return the same token, which tests/test_kernels.py checks (on the CPU emulator, or a GPU when
-there is one). The kernel is not used by generation yet: on the CuPy backend the logits come back to the host and
-are sampled here. Wiring the kernel into choose_tokens is future work.
+These functions are the NumPy twin of kernels/sampling.cu: the generation loop (logits_processors.choose_tokens)
+hands each step's logits to the backend's `sample`, which is this pipeline on the numpy backend and the kernel on the
+kernel backends; given the same logits and the same `u` both return the same token (tests/test_kernels.py, on the
+CPU emulator or a GPU when there is one).
 """
-from numbers import Integral, Real
 
 import numpy as np
-
 
 NAN_LOGITS = "the model produced NaN logits: the weights or the input are corrupt"
 
@@ -113,7 +110,8 @@ def draw(probs: np.ndarray, u: float) -> int:
     return min(i, len(probs) - 1)
 
 
-def sample_token(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> int:
+def sample_token(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 min_p: float = 0.0) -> int:
     """The whole pipeline for one row. (V,) float32 logits, uniform u -> token id.
 
     temperature=0 is greedy, and so is a temperature too small for float32 (see `overflowed`: filtered_probs then
@@ -122,7 +120,7 @@ def sample_token(logits: np.ndarray, u: float, temperature: float = 1.0, top_k: 
     if temperature == 0:
         refuse_nan(logits.max())
         return int(np.argmax(logits))  # the first maximum, as torch.argmax does
-    return draw(filtered_probs(logits, temperature, top_k, top_p), u)
+    return draw(filtered_probs(logits, temperature, top_k, top_p, min_p), u)
 
 
 def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0
@@ -139,26 +137,3 @@ def filtered_probs(logits: np.ndarray, temperature: float, top_k: int = 0, top_p
         probs[np.argmax(logits)] = 1.0
         return probs
     return min_p_filter(top_p_filter(softmax(top_k_filter(z, top_k)), top_p), min_p)
-
-
-def whole_number(name: str, value, minimum: int = 0) -> int:
-    """value as an int if it is a whole number >= minimum, else a ValueError naming the setting.
-
-    Examples: 3 -> 3, 2.0 -> 2 (a whole number written as a float, as JSON may); 2.5, True, "3", inf -> error;
-    10**400 -> 10**400 (an int is whole already: float() of it would overflow).
-    """
-    whole = isinstance(value, Integral) or (isinstance(value, Real) and float(value).is_integer())
-    if isinstance(value, bool) or not whole or value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def check_sampling_args(temperature: float, top_k: int, top_p: float, min_p: float = 0.0):
-    """Refuse settings that have no meaning, with a message naming the setting."""
-    if not (temperature >= 0):  # also rejects NaN
-        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
-    whole_number("top_k (0 disables it)", top_k)
-    if not (0 < top_p <= 1):
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if not (0 <= min_p <= 1):
-        raise ValueError(f"min_p must be in [0, 1] (0 disables it), got {min_p}")

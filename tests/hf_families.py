@@ -24,7 +24,8 @@ def shape(draw, head_dims=(8, 16), kv_groups=(1, 2), min_layers=1):
     """The sizes every family shares; heads of a group share a key/value head (grouped-query attention)."""
     n_kv = draw(st.sampled_from([1, 2]))
     return dict(num_hidden_layers=draw(st.integers(min_layers, min_layers + 1)), num_key_value_heads=n_kv,
-                num_attention_heads=n_kv * draw(st.sampled_from(kv_groups)), hidden_size=draw(st.sampled_from([32, 48])),
+                num_attention_heads=n_kv * draw(st.sampled_from(kv_groups)),
+                hidden_size=draw(st.sampled_from([32, 48])),
                 intermediate_size=draw(st.sampled_from([40, 64])), vocab_size=draw(st.integers(60, 120)),
                 max_position_embeddings=128, head_dim=draw(st.sampled_from(head_dims)), **SPECIAL)
 

@@ -13,7 +13,7 @@ import pytest
 
 import nanollm
 from nanollm.chat import chat_template_for, turn_end_ids
-from nanollm.generation import eos_ids
+from nanollm.request import eos_ids
 from tests.conftest import PROJECT_ROOT
 from tests.generation_fixtures import write_family, write_gpt2_tokenizer_files
 from tests.hf_models import Options, build_checkpoint

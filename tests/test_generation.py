@@ -135,7 +135,7 @@ def test_show_probs_reports_the_processed_distribution(models):
 
 def test_iter_generate_yields_the_ids_and_fills_stats(models):
     model, _ = models
-    stats = nanollm.generation.GenerationStats(prompt_tokens=0)
+    stats = nanollm.request.GenerationStats(prompt_tokens=0)
     ids = list(iter_generate(model, [3, 4], 9, 0, stats=stats, eos_token_ids=set()))
     assert ids == model.generate([3, 4], max_new_tokens=9, temperature=0, eos_token_ids=set()).token_ids
     assert stats.new_tokens == 9 and stats.prompt_tokens == 2

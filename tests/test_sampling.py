@@ -19,10 +19,11 @@ from hypothesis.extra.numpy import arrays
 from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-from nanollm.logits_processors import (SamplingParams, TokenHistory, apply_presence_frequency,
-                                       apply_repetition_penalty, choose_tokens, distribution, process_logits)
-from nanollm.sampling import (draw, filtered_probs, min_p_filter, sample_token, top_k_filter, top_p_filter,
-                              whole_number)
+from nanollm.logits_processors import (TokenHistory, apply_presence_frequency, apply_repetition_penalty,
+                                       choose_tokens, distribution, process_logits)
+from nanollm.backends import NumpyBackend
+from nanollm.request import SamplingParams, whole_number
+from nanollm.sampling import draw, filtered_probs, min_p_filter, sample_token, top_k_filter, top_p_filter
 from tests.generation_fixtures import build
 
 ROWS = 12  # next-token rows per architecture: prefixes of one random sequence
@@ -102,7 +103,7 @@ finite_logits = arrays(np.float32, st.integers(2, 60), elements=st.floats(-30, 3
 def test_greedy_is_argmax(logits):
     expected = int(np.argmax(logits))
     assert sample_token(logits, 0.5, temperature=0) == expected
-    assert choose_tokens(logits[None], SamplingParams(temperature=0), np.random.default_rng(0))[0] == expected
+    assert choose_tokens(logits[None], SamplingParams(temperature=0), np.random.default_rng(0), NumpyBackend())[0] == expected
 
 
 @given(logits=finite_logits, top_p=st.floats(1e-6, 1.0), min_p=st.floats(0.0, 1.0), top_k=st.integers(0, 70),
@@ -199,7 +200,7 @@ def test_whole_number_takes_ints_of_any_size():
 def test_nan_logits_raise(temperature):
     logits = np.array([[0.1, np.nan, 0.3]], np.float32)
     with pytest.raises(ValueError, match="NaN"):
-        choose_tokens(logits, SamplingParams(temperature=temperature), np.random.default_rng(0))
+        choose_tokens(logits, SamplingParams(temperature=temperature), np.random.default_rng(0), NumpyBackend())
     with pytest.raises(ValueError, match="NaN"):  # the kernel's twin checks too, whatever the temperature
         sample_token(logits[0], 0.5, temperature=temperature)
 
@@ -218,4 +219,4 @@ def test_a_temperature_too_small_for_float32_is_greedy(temperature, logits):
         assert sample_token(logits, u, temperature=temperature, top_k=2, top_p=0.9) == 1
     assert filtered_probs(logits, temperature, 2, 0.9, 0.1).tolist() == [0, 1, 0, 0, 0]
     p = SamplingParams(temperature=temperature, top_k=2)
-    assert choose_tokens(np.stack([logits, logits[::-1]]), p, np.random.default_rng(0)).tolist() == [1, 1]
+    assert choose_tokens(np.stack([logits, logits[::-1]]), p, np.random.default_rng(0), NumpyBackend()).tolist() == [1, 1]

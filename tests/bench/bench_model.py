@@ -1,9 +1,9 @@
 """`make bench`: nanollm's NumPy engine against transformers on CPU, in one process, with the same threads.
 
 Three random-weight checkpoints written by transformers: GPT-2 124M (GPT2Config() defaults), a Llama shape with
-grouped-query heads, and Qwen2.5-0.5B's shape (24 layers, 14 query / 2 key-value heads, q/k/v biases, a tied
-151,936-token output projection: the vocabulary is a third of its weights). For each engine: prefill of a 128-token prompt, and the mean time per output token over 128
-greedy decode steps with that engine's KV cache. Runs alternate between the engines (A B A B ...) and the median is
+grouped-query heads, and Qwen2.5-0.5B's shape (24 layers, 14 query / 2 key-value heads, q/k/v biases, a
+tied 151,936-token output projection: the vocabulary is a third of its weights). For each engine: prefill of a
+128-token prompt, and the mean time per output token over 128 greedy decode steps with that engine's KV cache. Runs alternate between the engines (A B A B ...) and the median is
 reported, so background load hits both alike. Ratios below 1.0 mean nanollm is faster.
 """
 import os

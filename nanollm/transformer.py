@@ -1,0 +1,136 @@
+"""The transformer: one forward pass, written once for every family and every backend.
+
+GPT-2 (learned positions, LayerNorm, GELU MLP), Llama (RoPE, RMSNorm, SwiGLU MLP, grouped-query heads) and the
+families after them (Qwen, Mistral, Phi-3, Gemma, OLMo-2) differ in a few named places: each is a field of
+ModelConfig (nanollm/config.py lists them by family) and, where it computes something, one small helper below.
+The forward pass itself is shared. Every op goes through `be` (a backend object), so the same code runs on NumPy,
+on the GPU with CUDA kernels, or on the CPU emulator of those kernels.
+
+The weights are named in weights.py (a linear weight is (in, out), applied as x @ w). Everything one pass shares
+(backend, config, cache, mask, RoPE tables) travels in one small `Pass`, so each helper reads like its math.
+"""
+from dataclasses import dataclass
+
+from .config import ModelConfig
+from .kv_cache import KVCache
+from .rope import rope_cos_sin
+from .weights import LayerWeights, ModelWeights
+
+
+@dataclass
+class Pass:
+    """What every layer of one forward pass shares. Only the cache is written (each layer's keys and values)."""
+
+    be: object  # the backend: every op goes through it
+    cfg: ModelConfig
+    cache: KVCache | None  # None: a stateless full pass
+    start: int  # the cache slot of this pass's first position (prefill 0, decode the cache's length)
+    key_mask: object | None  # (B, start+T) bool: False marks padding slots no query may attend to
+    ropes: dict  # Rope -> (cos, sin), each (B, T, r/2): this pass's positions, per RoPE the layers use
+
+
+def norm(p: Pass, x, w, b=None):
+    """GPT-2 normalises with LayerNorm, every later family with RMSNorm (no mean, no bias). (..., C) -> (..., C)
+
+    Gemma's RMSNorm multiplies by (1 + w) rather than w: weights_tools.convert adds the 1 to w at load, so the
+    same op serves it.
+    """
+    if p.cfg.norm == "layer":
+        return p.be.layer_norm(x, w, b, p.cfg.norm_eps)
+    return p.be.rms_norm(x, w, p.cfg.norm_eps)
+
+
+def branch_input(p: Pass, x, w, b):
+    """What a residual branch reads: the normalised stream, except for OLMo-2, which normalises outputs instead."""
+    return x if p.cfg.norm_placement == "post" else norm(p, x, w, b)  # (B, T, C)
+
+
+def branch_output(p: Pass, h, w):
+    """What a residual branch adds back: Gemma 2/3 ("sandwich") and OLMo-2 ("post") normalise it first."""
+    return h if p.cfg.norm_placement == "pre" else norm(p, h, w)  # (B, T, C)
+
+
+def mlp(p: Pass, layer: LayerWeights, x):
+    """GPT-2: down(gelu(up(x))). Gated (Llama's SwiGLU, Gemma's GeGLU): down(act(gate(x)) * up(x)).
+    (B, T, C) -> (B, T, C)"""
+    be = p.be
+    up = be.linear(x, layer.w_up, layer.b_up)  # (B, T, H)
+    if p.cfg.mlp == "gelu":
+        h = be.gelu(up)  # (B, T, H)
+    else:
+        gate = be.linear(x, layer.w_gate)  # (B, T, H)
+        h = be.silu_mul(gate, up) if p.cfg.mlp == "swiglu" else be.gelu_mul(gate, up)  # (B, T, H)
+    return be.linear(h, layer.w_down, layer.b_down)  # (B, T, C)
+
+
+def qk_norm(p: Pass, x, w):
+    """RMSNorm of the queries or keys, before RoPE. (B, n, T, hs) -> (B, n, T, hs)
+
+    Qwen3 and Gemma 3 normalise each head on its own ((hs,) weight); OLMo-2 normalises the whole projection, all
+    heads together ((n * hs,) weight), so the heads are put side by side for it and split again.
+    """
+    if p.cfg.qk_norm == "head":
+        return p.be.rms_norm(x, w, p.cfg.norm_eps)  # (B, n, T, hs)
+    B, n, T, hs = x.shape
+    flat = x.transpose(0, 2, 1, 3).reshape(B, T, n * hs)  # (B, T, n*hs) as projected
+    return p.be.rms_norm(flat, w, p.cfg.norm_eps).reshape(B, T, n, hs).transpose(0, 2, 1, 3)  # (B, n, T, hs)
+
+
+def attention(p: Pass, i: int, layer: LayerWeights, x):
+    """Causal self-attention of layer i over the cache. (B, T, C) -> (B, T, C)
+
+    The new keys/values are written into the cache at slots start .. start+T-1 and the queries attend to every slot
+    up to their own (a sliding layer: the last sliding_window of them). Without a cache (a stateless full pass) they
+    attend to just this pass's T positions.
+    """
+    be, cfg = p.be, p.cfg
+    B, T, _ = x.shape
+    nh, n_kv, hs = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+    qkv = be.linear(x, layer.w_qkv, layer.b_qkv)  # (B, T, (nh + 2*n_kv) * hs)
+    qkv = qkv.reshape(B, T, nh + 2 * n_kv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2*n_kv, T, hs)
+    q, k, v = qkv[:, :nh], qkv[:, nh : nh + n_kv], qkv[:, nh + n_kv :]  # (B, nh, T, hs), (B, n_kv, T, hs) x2
+    if cfg.qk_norm is not None:
+        q, k = qk_norm(p, q, layer.q_norm_w), qk_norm(p, k, layer.k_norm_w)
+    rope = p.ropes.get(cfg.layer_rope(i))
+    if rope is not None:
+        q, k = be.rope(q, *rope), be.rope(k, *rope)  # (B, nh, T, hs), (B, n_kv, T, hs): positions enter here
+    if p.cache is not None:
+        k, v = p.cache.update(i, k, v, p.start)  # (B, n_kv, start+T, hs) x2
+    window = cfg.sliding_window if cfg.layer_type(i) == "sliding" else None
+    y = be.attention(q, k, v, p.start, p.key_mask, scale=cfg.attn_scale, softcap=cfg.attn_softcap,
+                     window=window)  # (B, nh, T, hs)
+    y = y.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)  # (B, T, nh*hs): heads side by side again
+    return be.linear(y, layer.w_o, layer.b_o)  # (B, T, C)
+
+
+def rope_tables(be, cfg: ModelConfig, positions) -> dict:
+    """cos and sin for each RoPE the layers use (Gemma 3's sliding layers have their own), uploaded once a pass."""
+    ropes = {cfg.layer_rope(i) for i in range(cfg.n_layer)} - {None}
+    return {rope: tuple(be.asarray(a) for a in rope_cos_sin(rope, positions)) for rope in ropes}
+
+
+def forward(be, cfg: ModelConfig, w: ModelWeights, ids, positions, cache=None, start=0, key_mask=None,
+            last_only=False):
+    """Token ids -> next-token logits. int (B, T) -> (B, T, V), or (B, 1, V) with last_only.
+
+    positions (B, T): each token's position in its own sequence (equal to the cache slot except under left padding).
+    cache/start: keys and values go to cache slots start .. start+T-1 (prefill: start=0; decode: T=1).
+    key_mask (B, start+T) bool or None: False marks padding slots no query may attend to.
+    last_only: project only the last position to the vocabulary, all that generation needs (saves a (T, C) x (C, V)
+    matmul in prefill).
+    """
+    x = be.embedding(w.tok_emb, ids, cfg.embed_scale)  # (B, T, C)
+    if cfg.positions == "learned":
+        x = be.add(x, be.embedding(w.pos_emb, positions))  # (B, T, C) learned absolute positions
+    p = Pass(be, cfg, cache, start, key_mask, rope_tables(be, cfg, positions))
+    for i, layer in enumerate(w.layers):
+        h = attention(p, i, layer, branch_input(p, x, layer.attn_norm_w, layer.attn_norm_b))  # (B, T, C)
+        x = be.add(x, branch_output(p, h, layer.attn_post_norm_w))  # (B, T, C)
+        h = mlp(p, layer, branch_input(p, x, layer.mlp_norm_w, layer.mlp_norm_b))  # (B, T, C)
+        x = be.add(x, branch_output(p, h, layer.mlp_post_norm_w))  # (B, T, C)
+    if last_only:
+        x = x[:, -1:]  # (B, 1, C)
+    x = norm(p, x, w.norm_f_w, w.norm_f_b)  # (B, T, C)
+    lm_head = w.tok_emb.T if w.lm_head is None else w.lm_head  # (C, V)
+    logits = be.linear(x, lm_head)  # (B, T, V)
+    return logits if cfg.final_softcap is None else be.softcap(logits, cfg.final_softcap)  # Gemma 2
