@@ -13,8 +13,11 @@ import json
 import sys
 import warnings
 
+from .chat import chat_template_for, turn_end_ids
 from .files import read_text
-from .generation import GenerationStats, eos_ids, generate
+from .generation import generate
+from .loader import default_model_path, load
+from .request import GenerationStats, eos_ids
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -169,8 +172,6 @@ def run_prompts(model, args, prompts: list) -> int:
 
 def run_chat(model, args) -> int:
     """The interactive loop: each turn resends the whole conversation, rendered with the chat template."""
-    from .chat import chat_template_for, turn_end_ids
-
     tok = model.tokenizer
     if tok is None:
         raise ValueError("--chat needs a model with tokenizer files")
@@ -212,11 +213,7 @@ def run_chat(model, args) -> int:
 
 
 def run(args) -> int:
-    from . import load
-
     if args.model is None:
-        from weights_tools.default_model import default_model_path
-
         args.model = default_model_path()
     prompts = [] if args.chat else read_prompts(args)  # before loading: a bad file fails fast
     with warnings.catch_warnings(record=True) as caught:  # e.g. an EOS id outside the vocabulary, ignored

@@ -17,7 +17,7 @@ from transformers import GPT2LMHeadModel
 
 import nanollm
 from tests.conftest import PROJECT_ROOT
-from weights_tools.default_model import default_model_path, demo_model_path
+from nanollm.loader import DEMO_MODEL, default_model_path
 from weights_tools.hub import SNAPSHOT_MARKER
 
 PROMPT = "The for statement"
@@ -29,7 +29,7 @@ PINNED_TEXT = 'The for statement\nexception handler is executed.\n\n\nThe "excep
 
 @pytest.fixture(scope="module")
 def demo():
-    return nanollm.load(demo_model_path())
+    return nanollm.load(DEMO_MODEL)
 
 
 def greedy(model, ids, n):
@@ -44,7 +44,7 @@ def greedy(model, ids, n):
 
 
 def test_demo_files_and_size():
-    d = demo_model_path()
+    d = DEMO_MODEL
     names = sorted(p.name for p in d.iterdir())
     assert names == ["README.md", "config.json", "generation_config.json", "model.safetensors",
                      "nanollm_tokenizer.json"]
@@ -66,7 +66,7 @@ def test_demo_greedy_continuation_is_pinned(demo):
 def test_demo_matches_transformers(demo):
     """The shipped checkpoint is a real GPT-2: transformers reads the same directory and gives the same logits
     (float16 storage, float32 compute on both sides; tolerance 1e-4 * max(1, max |logit|))."""
-    reference = GPT2LMHeadModel.from_pretrained(demo_model_path(), dtype=torch.float32).eval()
+    reference = GPT2LMHeadModel.from_pretrained(DEMO_MODEL, dtype=torch.float32).eval()
     ids = demo.tokenizer.encode("def f(x):\n    return x + 1\n\nThe while statement is used")
     with torch.no_grad():
         theirs = reference(torch.tensor([ids])).logits.numpy()
@@ -88,8 +88,8 @@ def test_demo_runs_with_numpy_and_regex_only():
     code = """
 import sys
 import nanollm
-from weights_tools.default_model import demo_model_path
-model = nanollm.load(demo_model_path())
+from nanollm.loader import DEMO_MODEL
+model = nanollm.load(DEMO_MODEL)
 print(repr(model.generate("The if statement", max_new_tokens=8).text))
 third_party = sorted({m.split(".")[0] for m in sys.modules} - set(sys.stdlib_module_names))
 print(",".join(m for m in third_party if not m.startswith("_") and m != "cython_runtime"))
@@ -104,7 +104,7 @@ print(",".join(m for m in third_party if not m.startswith("_") and m != "cython_
 def test_offline_default_falls_back_to_demo_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NANOLLM_CACHE", str(tmp_path))
     monkeypatch.setenv("NANOLLM_OFFLINE", "1")
-    assert default_model_path() == demo_model_path()
+    assert default_model_path() == DEMO_MODEL
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "NANOLLM_OFFLINE" in err and "demo model" in err
 
@@ -136,5 +136,5 @@ def test_readme_run_command_without_network_produces_the_demo_text(tmp_path, no_
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("\n") == 1 and "demo model" in result.stderr
-    expected = nanollm.load(demo_model_path()).generate("The with statement", max_new_tokens=12, temperature=0)
+    expected = nanollm.load(DEMO_MODEL).generate("The with statement", max_new_tokens=12, temperature=0)
     assert expected.text.strip() and result.stdout.rstrip("\n") == expected.text

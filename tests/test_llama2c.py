@@ -24,7 +24,6 @@ from weights_tools.llama2c import (
     Llama2cError,
     convert_to_hf_dir,
     export_llama2c,
-    load_llama2c,
     main,
     read_llama2c,
     to_interleaved_order,
@@ -152,7 +151,7 @@ def test_stories260k_matches_transformers_and_direct_load(stories_dir):
     ids = np.random.default_rng(1).integers(0, 512, (2, 80))
     ours = nanollm.load(stories_dir).forward(ids)
     assert_logits_close(ours, transformers_logits(stories_dir, ids))
-    direct = load_llama2c(shared_file(STORIES)).forward(ids)
+    direct = nanollm.load(shared_file(STORIES)).forward(ids)
     np.testing.assert_array_equal(direct, ours)  # the same float32 weights through the same code
 
 
@@ -224,7 +223,7 @@ def test_transformers_checkpoint_round_trip(tmp_path, options):
     with torch.no_grad():
         expected = reference(torch.from_numpy(ids)).logits.numpy()
     assert_logits_close(nanollm.load(back).forward(ids), expected)
-    assert_logits_close(load_llama2c(bin_path).forward(ids), expected)
+    assert_logits_close(nanollm.load(bin_path).forward(ids), expected)
 
 
 def test_export_refuses_what_llama2c_cannot_hold(tmp_path):

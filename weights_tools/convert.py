@@ -34,10 +34,10 @@ import numpy as np
 from nanollm.config import Llama3Scaling, LinearScaling, LongRopeScaling, ModelConfig, Rope
 from nanollm.files import read_bytes
 from nanollm.memory import check_fits
-from nanollm.model import LayerWeights, ModelWeights
+from nanollm.weights import LayerWeights, ModelWeights
 from nanollm.rope import frequencies
 
-from .safetensors import open_checkpoint
+from . import safetensors  # the module, not its names: see weights_tools/__init__.py
 
 # config.json's model_type -> the family. Gemma 3's text-only checkpoints say gemma3_text (the multimodal ones, gemma3,
 # hold a vision tower nanollm does not run).
@@ -569,7 +569,7 @@ def load_hf_checkpoint(path) -> tuple[ModelConfig, ModelWeights]:
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model directory")
     cfg = config_from_hf(read_json(path / "config.json"), where=str(path / "config.json"))
-    src = TensorSource(open_checkpoint(path), where=str(path))
+    src = TensorSource(safetensors.open_checkpoint(path), where=str(path))
     # Every tensor becomes float32 (F16/BF16 are upcast copies, Llama's are transposed copies): refuse a checkpoint
     # larger than memory before the first copy, rather than fail, or be killed, halfway through.
     check_fits(4 * sum(math.prod(src.ckpt.info(name).shape) for name in src.ckpt.keys()),

@@ -124,8 +124,7 @@ from pathlib import Path
 
 from nanollm import files
 
-from .safetensors import INDEX_FILE_NAME as WEIGHTS_INDEX
-from .safetensors import SINGLE_FILE_NAME as WEIGHTS_FILE
+from . import safetensors  # the module, not its names: see weights_tools/__init__.py
 
 DEFAULT_HUB_URL = "https://huggingface.co"
 TIMEOUT_SECONDS = 30.0  # per socket operation (the connect, then each read), and the window of the rate rule
@@ -337,13 +336,13 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, locks: Path, *, limits: _Li
     fetch(CONFIG_FILE, required=True)  # every model has one: its absence means there is no such model
     for filename in OPTIONAL_FILES:
         fetch(filename)
-    if fetch(WEIGHTS_INDEX):
-        for shard in _shard_names(snapshot / WEIGHTS_INDEX, remote):
+    if fetch(safetensors.INDEX_FILE_NAME):
+        for shard in _shard_names(snapshot / safetensors.INDEX_FILE_NAME, remote):
             if not fetch(shard):
-                raise HubError(f"model {remote.repo_id}: its {WEIGHTS_INDEX} names {shard}, which the hub lacks")
-    elif not fetch(WEIGHTS_FILE):
+                raise HubError(f"model {remote.repo_id}: its {safetensors.INDEX_FILE_NAME} names {shard}, which the hub lacks")
+    elif not fetch(safetensors.SINGLE_FILE_NAME):
         raise HubError(
-            f"model {remote.repo_id} (revision {remote.revision}) has no {WEIGHTS_FILE} or {WEIGHTS_INDEX}; "
+            f"model {remote.repo_id} (revision {remote.revision}) has no {safetensors.SINGLE_FILE_NAME} or {safetensors.INDEX_FILE_NAME}; "
             f"nanollm reads safetensors weights only"
         )
     for filename in TOKENIZER_FILES:
@@ -369,11 +368,11 @@ def _shard_names(index_path: Path, remote: _Remote) -> list[str]:
         weight_map = json.loads(files.read_text(index_path))["weight_map"]
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise HubError(f"model {remote.repo_id}: {WEIGHTS_INDEX} has no readable weight_map ({error})") from None
+        raise HubError(f"model {remote.repo_id}: {safetensors.INDEX_FILE_NAME} has no readable weight_map ({error})") from None
     for name in names:
         if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
             raise HubError(
-                f"model {remote.repo_id}: {WEIGHTS_INDEX} names a shard {name!r}, which is not a plain *.safetensors "
+                f"model {remote.repo_id}: {safetensors.INDEX_FILE_NAME} names a shard {name!r}, which is not a plain *.safetensors "
                 f"file name (letters, digits, '.', '_', '-', not starting with '.'); refusing it"
             )
     return names

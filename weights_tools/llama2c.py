@@ -4,7 +4,7 @@ What this module adds: `read_llama2c` parses both float32 formats of Karpathy's 
 `run.c` reads, and the "version 1" export) into named tensors; `write_llama2c` writes version 1; `llama2c_to_hf` /
 `hf_to_llama2c` translate between llama2.c's tensors and a Hugging Face `LlamaForCausalLM` state dict;
 `convert_to_hf_dir` writes a directory (config.json + model.safetensors) that both `nanollm.load` and transformers
-read; `load_llama2c` builds a nanollm Model from a `.bin` without writing anything. Sources: llama2.c's `run.c`
+read; `load_llama2c_checkpoint` reads a `.bin` into nanollm's config and weights without writing anything. Sources: llama2.c's `run.c`
 (`read_checkpoint`, `memory_map_weights`, `forward`) and `export.py` (`legacy_export`, `version1_export`).
 
 The two file layouts (all numbers little-endian; L = n_layers, hs = dim / n_heads, kv = n_kv_heads * hs):
@@ -62,10 +62,11 @@ from pathlib import Path
 
 import numpy as np
 
+from nanollm.config import ModelConfig
 from nanollm.files import atomic_write, open_regular, refuse_overwriting_inputs, write_text
+from nanollm.weights import ModelWeights
 
-from .convert import CheckpointError, TensorSource, config_from_hf, llama_family_weights, read_json
-from .safetensors import SINGLE_FILE_NAME, SafetensorsError, TensorInfo, open_checkpoint, save_safetensors
+from . import convert, safetensors  # the modules, not their names: see weights_tools/__init__.py
 
 MAGIC = 0x616B3432  # "ak42"
 VERSION1_HEADER_BYTES = 256
@@ -315,7 +316,7 @@ def llama2c_to_hf(model: Llama2cModel) -> tuple[dict, dict[str, np.ndarray]]:
 
 def hf_to_llama2c(config: dict, state: Mapping[str, np.ndarray], where: str = "model") -> Llama2cModel:
     """A Hugging Face Llama (config.json dict + state dict) -> llama2.c tensors; refuses what llama2.c cannot hold."""
-    cfg = config_from_hf(config, where=f"{where}/config.json")
+    cfg = convert.config_from_hf(config, where=f"{where}/config.json")
     problems = []
     if cfg.arch != "llama":
         problems.append(f"architecture {cfg.arch!r} (llama2.c runs Llama only)")
@@ -375,7 +376,7 @@ def read_any(path: str | os.PathLike) -> Llama2cModel:
     """A llama2.c .bin, or a Hugging Face Llama directory, as llama2.c tensors."""
     path = Path(path)
     if path.is_dir():
-        return hf_to_llama2c(read_json(path / "config.json"), open_checkpoint(path), where=str(path))
+        return hf_to_llama2c(convert.read_json(path / "config.json"), safetensors.open_checkpoint(path), where=str(path))
     return read_llama2c(path)
 
 
@@ -394,10 +395,10 @@ def convert_to_hf_dir(bin_path: str | os.PathLike, out_dir: str | os.PathLike) -
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        save_safetensors(out_dir / SINGLE_FILE_NAME, state, metadata={"format": "pt"})
+        safetensors.save_safetensors(out_dir / safetensors.SINGLE_FILE_NAME, state, metadata={"format": "pt"})
         write_text(out_dir / "config.json", json.dumps(config, indent=2) + "\n")
     except BaseException:
-        (out_dir / SINGLE_FILE_NAME).unlink(missing_ok=True)  # the directory was empty: this file is ours
+        (out_dir / safetensors.SINGLE_FILE_NAME).unlink(missing_ok=True)  # the directory was empty: this file is ours
         if created:
             out_dir.rmdir()
         raise
@@ -422,9 +423,9 @@ class _ArrayCheckpoint(Mapping):
     def __init__(self, tensors: dict[str, np.ndarray]):
         self._tensors = tensors
 
-    def info(self, name: str) -> TensorInfo:
+    def info(self, name: str) -> safetensors.TensorInfo:
         a = self._tensors[name]
-        return TensorInfo(name, "F32", tuple(a.shape), a.nbytes)
+        return safetensors.TensorInfo(name, "F32", tuple(a.shape), a.nbytes)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self._tensors[name]
@@ -436,16 +437,12 @@ class _ArrayCheckpoint(Mapping):
         return len(self._tensors)
 
 
-def load_llama2c(path: str | os.PathLike, backend="numpy"):
-    """A llama2.c .bin -> nanollm Model, through the same Hugging Face path as a converted directory (no tokenizer:
-    llama2.c keeps it in a separate tokenizer.bin)."""
-    from nanollm.backends import get_backend
-    from nanollm.model import Model
-
+def load_llama2c_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, ModelWeights]:
+    """A llama2.c .bin -> (config, float32 weights), through the same Hugging Face path as a converted directory;
+    nanollm.load builds the Model (llama2.c keeps the tokenizer in a separate tokenizer.bin: there is none)."""
     config, state = llama2c_to_hf(read_llama2c(path))
-    cfg = config_from_hf(config, where=str(path))
-    weights = llama_family_weights(cfg, TensorSource(_ArrayCheckpoint(state), where=str(path)))
-    return Model(cfg, weights, get_backend(backend))
+    cfg = convert.config_from_hf(config, where=str(path))
+    return cfg, convert.llama_family_weights(cfg, convert.TensorSource(_ArrayCheckpoint(state), where=str(path)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -482,7 +479,7 @@ def main(argv=None) -> int:
             out = convert_to_hf_dir(args.bin, args.out_dir)
         else:
             out = export_llama2c(args.source, args.bin)
-    except (Llama2cError, CheckpointError, SafetensorsError, OSError) as e:
+    except (Llama2cError, convert.CheckpointError, safetensors.SafetensorsError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except MemoryError as e:
