@@ -5,6 +5,7 @@ with a clear reason when that folder is absent, so a user who has only the proje
 """
 import os
 import signal
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -73,3 +74,27 @@ def time_limit(seconds: float):
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+NON_REGULAR = ("fifo", "/dev/zero", "directory", "dangling link", "socket")
+
+
+def make_non_regular(path: Path, kind: str) -> None:
+    """Put at `path` what is not a regular file: a FIFO (open() would wait for a writer), a link to /dev/zero (it
+    never ends), a directory, a link to nothing, or a (bound, closed) Unix socket."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "dangling link":
+        path.symlink_to(path.with_name("missing"))
+    else:  # a socket's path must be short (108 bytes): bind it relative to its directory
+        cwd = os.getcwd()
+        os.chdir(path.parent)
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.bind(path.name)
+        finally:
+            os.chdir(cwd)

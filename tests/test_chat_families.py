@@ -31,6 +31,7 @@ template prints today's date: both sides render within the same second.
 """
 import json
 import shutil
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,6 +39,7 @@ import pytest
 
 from nanollm.chat import ChatTemplate, ChatTemplateError, chat_template_for, turn_end_ids
 from nanollm.tokenizer import Tokenizer, load_tokenizer
+from tests.test_chat import CONVERSATIONS as BASIC_CONVERSATIONS
 from tests.conftest import shared_file
 from tests.generation_fixtures import write_gpt2_tokenizer_files
 
@@ -54,81 +56,37 @@ LLAMA3 = ("{% set loop_messages = messages %}{% for message in loop_messages %}{
           "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
           "{% endif %}")
 
-# meta-llama/Llama-3.1-8B-Instruct (3.2 differs in the date line and in having no built-in tools)
-LLAMA31 = r"""{{- bos_token }}
-{%- if custom_tools is defined %}
-    {%- set tools = custom_tools %}
-{%- endif %}
-{%- if not tools_in_user_message is defined %}
-    {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
+# meta-llama/Llama-3.1-8B-Instruct and Llama-3.2-*-Instruct: their common text, with the parts they differ in
+# marked @DATE@, @SYSTEM@ and @TOOL_CALL@ (filled in below)
+LLAMA3X = (Path(__file__).parent / "chat_templates" / "llama3x.jinja").read_text(encoding="utf-8")
+
+# Llama 3.1's and 3.2's official templates are LLAMA3X with three parts filled in: 3.2 takes today's date from
+# strftime_now, writes no built-in tools into the system message, and writes tool calls always as JSON ending in
+# <|eot_id|> (3.1: <|python_tag|> calls of built-in tools ending in <|eom_id|>).
+LLAMA31_DATE = r"""{%- if not date_string is defined %}
     {%- set date_string = "26 Jul 2024" %}
-{%- endif %}
-{%- if not tools is defined %}
-    {%- set tools = none %}
-{%- endif %}
-
-{#- This block extracts the system message, so we can slot it into the right place. #}
-{%- if messages[0]['role'] == 'system' %}
-    {%- set system_message = messages[0]['content']|trim %}
-    {%- set messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = "" %}
-{%- endif %}
-
-{#- System message + builtin tools #}
+{%- endif %}"""
+LLAMA32_DATE = r"""{%- if not date_string is defined %}
+    {%- if strftime_now is defined %}
+        {%- set date_string = strftime_now("%d %b %Y") %}
+    {%- else %}
+        {%- set date_string = "26 Jul 2024" %}
+    {%- endif %}
+{%- endif %}"""
+LLAMA31_SYSTEM = r"""{#- System message + builtin tools #}
 {{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
 {%- if builtin_tools is defined or tools is not none %}
     {{- "Environment: ipython\n" }}
 {%- endif %}
 {%- if builtin_tools is defined %}
     {{- "Tools: " + builtin_tools | reject('equalto', 'code_interpreter') | join(", ") + "\n\n"}}
-{%- endif %}
-{{- "Cutting Knowledge Date: December 2023\n" }}
-{{- "Today Date: " + date_string + "\n\n" }}
-{%- if tools is not none and not tools_in_user_message %}
-    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\n\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\n\n" }}
-    {%- endfor %}
-{%- endif %}
-{{- system_message }}
-{{- "<|eot_id|>" }}
-
-{#- Custom tools are passed in a user message with some extra guidance #}
-{%- if tools_in_user_message and not tools is none %}
-    {#- Extract the first user message so we can plug it in here #}
-    {%- if messages | length != 0 %}
-        {%- set first_user_message = messages[0]['content']|trim %}
-        {%- set messages = messages[1:] %}
-    {%- else %}
-        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
-{%- endif %}
-    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
-    {{- "Given the following functions, please respond with a JSON for a function call " }}
-    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\n\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\n\n" }}
-    {%- endfor %}
-    {{- first_user_message + "<|eot_id|>"}}
-{%- endif %}
-
-{%- for message in messages %}
-    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
-        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
-    {%- elif 'tool_calls' in message %}
-        {%- if not message.tool_calls|length == 1 %}
-            {{- raise_exception("This model only supports single tool-calls at once!") }}
-        {%- endif %}
-        {%- set tool_call = message.tool_calls[0].function %}
-        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
+{%- endif %}"""
+LLAMA32_SYSTEM = r"""{#- System message #}
+{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
+{%- if tools is not none %}
+    {{- "Environment: ipython\n" }}
+{%- endif %}"""
+LLAMA31_TOOL_CALL = r"""        {%- if builtin_tools is defined and tool_call.name in builtin_tools %}
             {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
             {{- "<|python_tag|>" + tool_call.name + ".call(" }}
             {%- for arg_name, arg_val in tool_call.arguments | items %}
@@ -151,116 +109,18 @@ LLAMA31 = r"""{{- bos_token }}
         {%- else %}
             {{- "<|eot_id|>" }}
         {%- endif %}
-    {%- elif message.role == "tool" or message.role == "ipython" %}
-        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
-        {%- if message.content is mapping or message.content is iterable %}
-            {{- message.content | tojson }}
-        {%- else %}
-            {{- message.content }}
-        {%- endif %}
-        {{- "<|eot_id|>" }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
-{%- endif %}
 """
-
-# meta-llama/Llama-3.2-1B-Instruct
-LLAMA32 = r"""{{- bos_token }}
-{%- if custom_tools is defined %}
-    {%- set tools = custom_tools %}
-{%- endif %}
-{%- if not tools_in_user_message is defined %}
-    {%- set tools_in_user_message = true %}
-{%- endif %}
-{%- if not date_string is defined %}
-    {%- if strftime_now is defined %}
-        {%- set date_string = strftime_now("%d %b %Y") %}
-    {%- else %}
-        {%- set date_string = "26 Jul 2024" %}
-    {%- endif %}
-{%- endif %}
-{%- if not tools is defined %}
-    {%- set tools = none %}
-{%- endif %}
-
-{#- This block extracts the system message, so we can slot it into the right place. #}
-{%- if messages[0]['role'] == 'system' %}
-    {%- set system_message = messages[0]['content']|trim %}
-    {%- set messages = messages[1:] %}
-{%- else %}
-    {%- set system_message = "" %}
-{%- endif %}
-
-{#- System message #}
-{{- "<|start_header_id|>system<|end_header_id|>\n\n" }}
-{%- if tools is not none %}
-    {{- "Environment: ipython\n" }}
-{%- endif %}
-{{- "Cutting Knowledge Date: December 2023\n" }}
-{{- "Today Date: " + date_string + "\n\n" }}
-{%- if tools is not none and not tools_in_user_message %}
-    {{- "You have access to the following functions. To call a function, please respond with JSON for a function call." }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\n\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\n\n" }}
-    {%- endfor %}
-{%- endif %}
-{{- system_message }}
-{{- "<|eot_id|>" }}
-
-{#- Custom tools are passed in a user message with some extra guidance #}
-{%- if tools_in_user_message and not tools is none %}
-    {#- Extract the first user message so we can plug it in here #}
-    {%- if messages | length != 0 %}
-        {%- set first_user_message = messages[0]['content']|trim %}
-        {%- set messages = messages[1:] %}
-    {%- else %}
-        {{- raise_exception("Cannot put tools in the first user message when there's no first user message!") }}
-{%- endif %}
-    {{- '<|start_header_id|>user<|end_header_id|>\n\n' -}}
-    {{- "Given the following functions, please respond with a JSON for a function call " }}
-    {{- "with its proper arguments that best answers the given prompt.\n\n" }}
-    {{- 'Respond in the format {"name": function name, "parameters": dictionary of argument name and its value}.' }}
-    {{- "Do not use variables.\n\n" }}
-    {%- for t in tools %}
-        {{- t | tojson(indent=4) }}
-        {{- "\n\n" }}
-    {%- endfor %}
-    {{- first_user_message + "<|eot_id|>"}}
-{%- endif %}
-
-{%- for message in messages %}
-    {%- if not (message.role == 'ipython' or message.role == 'tool' or 'tool_calls' in message) %}
-        {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' }}
-    {%- elif 'tool_calls' in message %}
-        {%- if not message.tool_calls|length == 1 %}
-            {{- raise_exception("This model only supports single tool-calls at once!") }}
-        {%- endif %}
-        {%- set tool_call = message.tool_calls[0].function %}
-        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
+LLAMA32_TOOL_CALL = r"""        {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' -}}
         {{- '{"name": "' + tool_call.name + '", ' }}
         {{- '"parameters": ' }}
         {{- tool_call.arguments | tojson }}
         {{- "}" }}
         {{- "<|eot_id|>" }}
-    {%- elif message.role == "tool" or message.role == "ipython" %}
-        {{- "<|start_header_id|>ipython<|end_header_id|>\n\n" }}
-        {%- if message.content is mapping or message.content is iterable %}
-            {{- message.content | tojson }}
-        {%- else %}
-            {{- message.content }}
-        {%- endif %}
-        {{- "<|eot_id|>" }}
-    {%- endif %}
-{%- endfor %}
-{%- if add_generation_prompt %}
-    {{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}
-{%- endif %}
 """
+LLAMA31 = LLAMA3X.replace("@DATE@", LLAMA31_DATE).replace("@SYSTEM@", LLAMA31_SYSTEM).replace(
+    "@TOOL_CALL@", LLAMA31_TOOL_CALL)
+LLAMA32 = LLAMA3X.replace("@DATE@", LLAMA32_DATE).replace("@SYSTEM@", LLAMA32_SYSTEM).replace(
+    "@TOOL_CALL@", LLAMA32_TOOL_CALL)
 
 # mistralai/Mistral-7B-Instruct-v0.1 (its current template, which takes a system message)
 MISTRAL_V01 = r"""{%- if messages[0]['role'] == 'system' %}
@@ -481,10 +341,7 @@ FAMILIES = {
 # their ids are checked against tokenizers on the same file; their rendering is still transformers'.
 REBUILT = {"mistral-v0.1", "mistral-v0.3", "phi3"}
 
-CONVERSATIONS = [
-    [{"role": "user", "content": "Hello!"}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "  What is 2+2?  "},
-     {"role": "assistant", "content": " 4. "}, {"role": "user", "content": "And in French? Ça fait…"}],
+CONVERSATIONS = BASIC_CONVERSATIONS[:2] + [  # test_chat.py's first two, then turns that cut more kinds of text
     [{"role": "user", "content": "Line one\nline two"}, {"role": "assistant", "content": "ok"},
      {"role": "user", "content": "emoji 🤗, digits 12345 and <b>html</b>\n\n"}],
     [{"role": "system", "content": "Réponds en français."}, {"role": "user", "content": "Quel temps fait-il ?"}],

@@ -22,7 +22,7 @@ from nanollm.tokenizer.byte_level import LLAMA3_PATTERN, NAMED_PATTERNS, compile
 from nanollm.tokenizer.guards import PATTERN_SECONDS_BASE, TimedPattern, pattern_budget, repair_surrogates
 from nanollm.tokenizer.saving import NANOLLM_TOKENIZER_FILE, BPEMerges
 from nanollm.tokenizer.train import train_bpe
-from tests.conftest import time_limit
+from tests.conftest import make_non_regular, time_limit
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -148,17 +148,6 @@ LAYOUTS = {
 }
 
 
-def _hostile_entry(path: Path, kind: str) -> None:
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "/dev/zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "directory":
-        path.mkdir()
-    else:  # a link to nothing: present, but not a file to read
-        path.symlink_to(path.with_name("missing"))
-
-
 @pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "directory", "dangling link"])
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_a_name_that_is_not_a_regular_file_is_refused_at_once(tmp_path, name, kind):
@@ -168,7 +157,7 @@ def test_a_name_that_is_not_a_regular_file_is_refused_at_once(tmp_path, name, ki
     for other in LAYOUTS[name]:
         source = {"encoder.json": "vocab.json", "vocab.bpe": "merges.txt"}.get(other, other)
         (tmp_path / other).write_bytes((model_files / source).read_bytes())
-    _hostile_entry(tmp_path / name, kind)
+    make_non_regular(tmp_path / name, kind)
     start = time.perf_counter()
     refused(tmp_path, name)
     with time_limit(LIMIT), pytest.raises(TokenizerError, match=name.replace(".", r"\.")):

@@ -44,6 +44,10 @@ from typing import Callable
 
 import pytest
 import regex
+import sentencepiece
+import tiktoken
+import tokenizers
+import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -51,11 +55,6 @@ from nanollm.tokenizer import Tokenizer, load_tokenizer
 from nanollm.tokenizer.byte_level import CL100K_PATTERN, LLAMA3_PATTERN, R50K_PATTERN, load_tiktoken_ranks
 from tests.conftest import shared_file
 from tests.test_tokenizer_byte_level import EDGE_CASES, assigned_text, tricky_text
-
-tokenizers = pytest.importorskip("tokenizers")
-tiktoken = pytest.importorskip("tiktoken")
-sentencepiece = pytest.importorskip("sentencepiece")
-transformers = pytest.importorskip("transformers")
 
 # -- the corpus --------------------------------------------------------------------------------------------------
 

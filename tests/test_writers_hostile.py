@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests.conftest import PROJECT_ROOT, time_limit
+from tests.conftest import PROJECT_ROOT, make_non_regular, time_limit
 from tests.test_writers_atomic import tiny_llama2c
 from weights_tools import inspect, llama2c
 from weights_tools.llama2c import MAGIC, Llama2cError, read_llama2c
@@ -211,26 +210,8 @@ def test_save_sharded_errors(tmp_path, arguments, message):
 # Readers open regular files only
 
 
-def make_non_regular(path: Path, kind: str) -> None:
-    """Put a FIFO, a link to /dev/zero, a directory or a (bound, closed) Unix socket at `path`."""
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "dev-zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "directory":
-        path.mkdir()
-    else:  # a socket's path must be short (108 bytes): bind it relative to its directory
-        cwd = os.getcwd()
-        os.chdir(path.parent)
-        try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.bind(path.name)
-        finally:
-            os.chdir(cwd)
-
-
 # What the error says. open(2) itself refuses a socket (ENXIO) before nanollm.files can fstat it.
-KIND_WORDS = {"fifo": "is a FIFO", "dev-zero": "is a character device", "directory": "is a directory",
+KIND_WORDS = {"fifo": "is a FIFO", "/dev/zero": "is a character device", "directory": "is a directory",
               "socket": "is a socket|No such device or address"}
 
 
