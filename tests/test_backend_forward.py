@@ -105,3 +105,27 @@ def test_a_head_larger_than_the_kernels_hold_is_refused_at_load():
     with pytest.raises(ValueError, match="head_dim=264 is more than the .* backend's attention kernel holds"):
         Model(cfg, random_weights(cfg, seed=0), make_backend("emulator"))
     Model(cfg, random_weights(cfg, seed=0), NumpyBackend())  # the reference runs any head size
+
+
+def test_generation_samples_through_the_sampling_kernel_and_equals_numpy(monkeypatch):
+    """On the emulator, every step of a sampled generation (temperature, top-k, top-p, min-p and a repetition
+    penalty) launches kernels/sampling.cu's sample_rows: the kernel is on the product path, not only in its tests.
+    With the same seed it chooses the NumPy backend's tokens (each step draws the same uniform number on both)."""
+    cfg = small_config("llama")
+    weights = random_weights(cfg, seed=4)
+    emulated = Model(cfg, weights, make_backend("emulator"))
+    launches = []
+    kernel = emulated.backend._kernel
+
+    def recording(file, name):
+        launches.append(name)
+        return kernel(file, name)
+
+    monkeypatch.setattr(emulated.backend, "_kernel", recording)
+    options = dict(max_new_tokens=12, temperature=0.9, top_k=20, top_p=0.95, min_p=0.02, repetition_penalty=1.1,
+                   seed=7, eos_token_ids=[])
+    ours = emulated.generate([[3, 4, 5], [9, 1]], **options)
+    reference = Model(cfg, weights, NumpyBackend()).generate([[3, 4, 5], [9, 1]], **options)
+    assert launches.count("sample_rows") == 12  # one launch per step, for the whole batch
+    assert [r.token_ids for r in ours] == [r.token_ids for r in reference]
+    assert len({tuple(r.token_ids) for r in ours}) == 2  # sampled, not a degenerate repetition
