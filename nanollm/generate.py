@@ -17,7 +17,7 @@ from .chat import chat_template_for, turn_end_ids
 from .files import read_text
 from .generation import generate
 from .loader import default_model_path, load
-from .request import GenerationStats, eos_ids
+from .request import OPTIONS, GenerationStats, eos_ids
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -41,26 +41,16 @@ def parse_args(argv):
     src.add_argument("--system", help="--chat: the system message")
     src.add_argument("--chat-template", help="--chat: a built-in template (chatml, llama2, llama3, plain) instead "
                                              "of the model's own")
-    smp = p.add_argument_group("choosing tokens (unset: the model's generation_config.json)")
-    smp.add_argument("--temperature", type=float, help="0 is greedy")
-    smp.add_argument("--top-k", type=int)
-    smp.add_argument("--top-p", type=float)
-    smp.add_argument("--min-p", type=float)
-    smp.add_argument("--repetition-penalty", type=float)
-    smp.add_argument("--presence-penalty", type=float, default=0.0)
-    smp.add_argument("--frequency-penalty", type=float, default=0.0)
-    smp.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
-    smp.add_argument("--seed", type=int)
-    smp.add_argument("--num-beams", type=int, help="> 1: beam search")
-    smp.add_argument("--length-penalty", type=float)
-    smp.add_argument("--early-stopping", choices=["true", "false", "never"])
-    stop = p.add_argument_group("stopping and context")
-    stop.add_argument("--max-new-tokens", type=int, default=64)
-    stop.add_argument("--min-new-tokens", type=int)
-    stop.add_argument("--stop", action="append", default=[], help="a stop string (never printed); repeatable")
-    stop.add_argument("--keep-recent", action="store_true",
-                      help="a prompt too long for the context keeps its most recent tokens instead of failing")
-    stop.add_argument("--padding-side", choices=["left", "right"], default="left")
+    gen = p.add_argument_group("generation (unset: the model's generation_config.json, else the engine's default)")
+    for o in OPTIONS:  # every number the request takes, from its one table (request.OPTIONS)
+        if o.kind in (int, float):
+            gen.add_argument("--" + o.name.replace("_", "-"), type=o.kind, help=o.help)
+    gen.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
+    gen.add_argument("--early-stopping", choices=["true", "false", "never"], help="beam search: when to stop")
+    gen.add_argument("--stop", action="append", default=[], help="a stop string (never printed); repeatable")
+    gen.add_argument("--keep-recent", action="store_true",
+                     help="a prompt too long for the context keeps its most recent tokens instead of failing")
+    gen.add_argument("--padding-side", choices=["left", "right"], help="where a batch's shorter prompts are padded")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) at the end")
     out.add_argument("--stats", action="store_true", help="print TTFT, TPOT, tokens/s and memory to stderr")
@@ -105,13 +95,9 @@ def read_prompts(args) -> list:
 
 def generation_options(args) -> dict:
     """The CLI flags as generate() keyword arguments (unset flags left out, so the model's defaults apply)."""
-    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                   presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
-                   logit_bias=args.logit_bias, min_new_tokens=args.min_new_tokens, stop=tuple(args.stop),
-                   context_overflow="truncate_left" if args.keep_recent else "error",
-                   padding_side=args.padding_side, num_beams=args.num_beams, length_penalty=args.length_penalty,
-                   early_stopping=args.early_stopping)
+    options = {o.name: getattr(args, o.name) for o in OPTIONS if o.kind in (int, float)}
+    options.update(logit_bias=args.logit_bias, stop=tuple(args.stop), padding_side=args.padding_side,
+                   context_overflow="truncate_left" if args.keep_recent else None, early_stopping=args.early_stopping)
     return {k: v for k, v in options.items() if v is not None}
 
 

@@ -15,30 +15,27 @@ from weights_tools import convert, hub, llama2c  # modules, not names: see weigh
 
 from .backends import get_backend
 from .model import Model
-from .request import GenerationSettings, SamplingParams
+from .request import OPTIONS, SAMPLING_FIELDS, GenerationSettings, Option, SamplingParams
 from .tokenizer import load_tokenizer
 
 DEFAULT_REPO = "gpt2"
 DEMO_MODEL = Path(__file__).resolve().parent / "demo_model"
 
-# generation_config.json keys nanollm reads -> how each is read (a JsonFields getter: the JSON type). Their ranges
-# are those of generate()'s own arguments, checked by the same code (check_generation_values). transformers 5's
-# GenerationConfig loads almost anything here (`top_p: [1]`, `num_beams: "2"`) and fails, or not, at generate time.
-GENERATION_FIELDS = {
-    "do_sample": lambda f, key: f.boolean(key),
-    "temperature": lambda f, key: f.number(key),
-    "top_k": lambda f, key: f.integer(key, minimum=0),
-    "top_p": lambda f, key: f.number(key),
-    "min_p": lambda f, key: f.number(key),
-    "repetition_penalty": lambda f, key: f.number(key),
-    "min_new_tokens": lambda f, key: f.integer(key, minimum=0),
-    "num_beams": lambda f, key: f.integer(key, minimum=1),
-    "length_penalty": lambda f, key: f.number(key),
-    "early_stopping": lambda f, key: f.one_of(key, (True, False, "never")),
-}
+# generation_config.json: its do_sample, and the options of request.OPTIONS that transformers also reads from it,
+# each read as the JSON type of its kind (early_stopping: true, false or "never"). Their ranges are those of
+# generate()'s own arguments, checked by the same code (check_generation_values). transformers 5's GenerationConfig
+# loads almost anything here (`top_p: [1]`, `num_beams: "2"`) and fails, or not, at generate time.
+FILE_OPTIONS = {o.name: o for o in OPTIONS if o.from_file != "no"}
 SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # only eos_token_id may be a list
-SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # SamplingParams fields
-SETTINGS_KEYS = ("min_new_tokens", "num_beams", "length_penalty", "early_stopping")  # GenerationSettings fields
+
+
+def read_option(fields: convert.JsonFields, key: str, option: Option | None):
+    """One key of generation_config.json, read as the JSON type of its option's kind (do_sample: a bool)."""
+    if key == "early_stopping":
+        return fields.one_of(key, (True, False, "never"))
+    if option is None or option.kind is bool:
+        return fields.boolean(key)
+    return fields.integer(key, minimum=option.minimum) if option.kind is int else fields.number(key)
 
 
 def load(source, backend="numpy", *, revision: str = "main") -> Model:
@@ -76,7 +73,8 @@ def read_generation_config(path: Path, vocab_size: int) -> dict:
     if not file.exists():
         return {}
     fields = convert.JsonFields(convert.read_json(file), str(file))
-    values = {key: read(fields, key) for key, read in GENERATION_FIELDS.items() if key in fields}
+    values = {key: read_option(fields, key, option) for key, option in {"do_sample": None, **FILE_OPTIONS}.items()
+              if key in fields}
     ignored = []
     for key in SPECIAL_IDS:
         if key in fields.data:
@@ -89,8 +87,9 @@ def read_generation_config(path: Path, vocab_size: int) -> dict:
 def check_generation_values(values: dict, where: str) -> None:
     """Run the file's values through the checks generate() applies to its arguments (SamplingParams,
     GenerationSettings), so the ranges are written once; an error names the file (and, in its text, the key)."""
+    options = {key: value for key, value in values.items() if key in FILE_OPTIONS}
     try:
-        sampling = SamplingParams(**{key: values[key] for key in SAMPLING_KEYS if key in values})
-        GenerationSettings(sampling=sampling, **{key: values[key] for key in SETTINGS_KEYS if key in values})
+        sampling = SamplingParams(**{key: options.pop(key) for key in SAMPLING_FIELDS if key in options})
+        GenerationSettings(sampling=sampling, **options)
     except ValueError as e:
         raise convert.CheckpointError(f"{where}: {e}") from None

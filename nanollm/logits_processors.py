@@ -19,7 +19,7 @@ import numpy as np
 
 from .memory import check_fits
 from .request import SamplingParams
-from .sampling import draw, filtered_probs, refuse_nan, softmax
+from .sampling import filtered_probs, refuse_nan, softmax
 
 
 class TokenHistory:

@@ -163,47 +163,79 @@ class GenerationSettings:
             raise ValueError(f"a stop string must not be empty, got {self.stop!r}")
 
 
-def resolve_settings(model, *, max_new_tokens=64, temperature=None, top_k=None, top_p=None, min_p=None,
-                     repetition_penalty=None, presence_penalty=0.0, frequency_penalty=0.0, logit_bias=None,
-                     min_new_tokens=None, eos_token_ids=None, stop=(), seed=None, context_overflow="error",
-                     padding_side="left", num_beams=None, length_penalty=None, early_stopping=None
-                     ) -> GenerationSettings:
-    """Keyword arguments -> GenerationSettings. Unset ones follow the model's generation_config.json as transformers
-    does: greedy unless it says do_sample, and its temperature/top_k/top_p/min_p only when sampling."""
-    g = model.generation_defaults
-    sampling = g.get("do_sample", False)
+@dataclass(frozen=True)
+class Option:
+    """One option of a generation request: generate()'s keyword, the command line's flag (--top-p for top_p) and,
+    where transformers reads it there too, a key of the model's generation_config.json."""
 
-    def default(value, key, fallback, only_when_sampling=False):
-        if value is not None:
-            return value
-        if only_when_sampling and not sampling:
-            return fallback
-        found = g.get(key)
-        return fallback if found is None else found
+    name: str  # "top_p"
+    kind: type  # float, int, bool, str or dict: what the flag parses, and what the file must hold
+    help: str
+    from_file: str = "no"  # "no", "always", or "sampling": the file's value applies only when it says do_sample
+    default: object = None  # when neither the caller nor the file sets it; a callable takes whether sampling is on
+    minimum: int = 0  # counts (kind int): the least value that means something
 
-    params = SamplingParams(
-        temperature=float(default(temperature, "temperature", 1.0 if sampling else 0.0, True)),
-        top_k=default(top_k, "top_k", TRANSFORMERS_DEFAULT_TOP_K if sampling else 0, True),
-        top_p=float(default(top_p, "top_p", 1.0, True)),
-        min_p=float(default(min_p, "min_p", 0.0, True)),
-        repetition_penalty=float(default(repetition_penalty, "repetition_penalty", 1.0)),
-        presence_penalty=float(presence_penalty), frequency_penalty=float(frequency_penalty),
-        logit_bias=dict(logit_bias or {}),
-    )
+
+# Every option, once. resolve_settings, the loader (generation_config.json) and the command line read this table.
+OPTIONS = (
+    Option("max_new_tokens", int, "tokens to generate at most", default=64),
+    Option("temperature", float, "0 is greedy", "sampling", lambda sampling: 1.0 if sampling else 0.0),
+    Option("top_k", int, "keep the k most likely tokens (0: every one)", "sampling",
+           lambda sampling: TRANSFORMERS_DEFAULT_TOP_K if sampling else 0),
+    Option("top_p", float, "keep the fewest tokens whose probabilities reach p (1: every one)", "sampling", 1.0),
+    Option("min_p", float, "drop tokens less likely than min_p x the most likely (0: none)", "sampling", 0.0),
+    Option("repetition_penalty", float, "make every token seen so far less likely (1: off)", "always", 1.0),
+    Option("presence_penalty", float, "subtract this from the logit of every token generated so far", default=0.0),
+    Option("frequency_penalty", float, "subtract this times each token's count so far", default=0.0),
+    Option("logit_bias", dict, "add a bias to chosen tokens' logits", default={}),
+    Option("min_new_tokens", int, "no end of sequence before this many new tokens", "always", 0),
+    Option("eos_token_ids", list, "the tokens that end a sequence (default: the model's)"),
+    Option("stop", tuple, "strings that end a sequence, never shown", default=()),
+    Option("seed", int, "the random generator's seed: the same seed, the same text"),
+    Option("context_overflow", str, "a prompt too long for the context: 'error' or 'truncate_left'",
+           default="error"),
+    Option("padding_side", str, "where a batch's shorter prompts are padded: 'left' or 'right'", default="left"),
+    Option("num_beams", int, "> 1: beam search", "always", 1, minimum=1),
+    Option("length_penalty", float, "beam search: a beam's score is divided by its length to this power",
+           "always", 1.0),
+    Option("early_stopping", bool, "beam search: stop when num_beams beams are done (true, false or never)",
+           "always", False),
+)
+SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                   "frequency_penalty", "logit_bias")  # SamplingParams' fields; the others are GenerationSettings'
+
+
+def resolve_settings(model, **given) -> GenerationSettings:
+    """generate()'s options (OPTIONS) -> GenerationSettings. Unset ones follow the model's generation_config.json as
+    transformers does: greedy unless it says do_sample, and its temperature/top_k/top_p/min_p only when sampling."""
+    unknown = sorted(given.keys() - {o.name for o in OPTIONS})
+    if unknown:
+        raise TypeError(f"generate() got unknown options {unknown}; known: {', '.join(o.name for o in OPTIONS)}")
+    file = model.generation_defaults
+    sampling = file.get("do_sample", False)
+
+    def value(o: Option):
+        if given.get(o.name) is not None:
+            return given[o.name]
+        if o.from_file == "always" or (o.from_file == "sampling" and sampling):
+            if file.get(o.name) is not None:
+                return file[o.name]
+        return o.default(sampling) if callable(o.default) else o.default
+
+    values = {o.name: value(o) for o in OPTIONS}
+    for name in ("temperature", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty",
+                 "length_penalty"):
+        values[name] = float(values[name])  # 1 -> 1.0, once checked for a number by the settings below
+    values["logit_bias"] = dict(values["logit_bias"])  # the request's own copy
+    params = SamplingParams(**{name: values.pop(name) for name in SAMPLING_FIELDS})
     checked_token_ids(list(params.logit_bias), model.config.vocab_size, "logit_bias")
-    if isinstance(stop, str):
-        stop = (stop,)
-    if eos_token_ids is None:
+    stop, eos = values.pop("stop"), values.pop("eos_token_ids")
+    if eos is None:
         eos = eos_ids(model)
     else:
-        eos = checked_token_ids(eos_token_ids, model.config.vocab_size, "the eos_token_ids argument")
-    return GenerationSettings(
-        sampling=params, max_new_tokens=max_new_tokens, min_new_tokens=default(min_new_tokens, "min_new_tokens", 0),
-        eos_ids=frozenset(eos), stop=tuple(stop), seed=seed, context_overflow=context_overflow,
-        padding_side=padding_side, num_beams=default(num_beams, "num_beams", 1),
-        length_penalty=float(default(length_penalty, "length_penalty", 1.0)),
-        early_stopping=default(early_stopping, "early_stopping", False),
-    )
+        eos = checked_token_ids(eos, model.config.vocab_size, "the eos_token_ids argument")
+    return GenerationSettings(sampling=params, eos_ids=frozenset(eos), stop=(stop,) if isinstance(stop, str) else
+                              tuple(stop), **values)
 
 
 def eos_ids(model) -> set[int]:

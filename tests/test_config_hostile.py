@@ -16,7 +16,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 import nanollm
-from nanollm.loader import GENERATION_FIELDS, SPECIAL_IDS
+from nanollm.loader import FILE_OPTIONS, SPECIAL_IDS
 from tests.conftest import time_limit
 from tests.hf_models import Options, build_checkpoint
 from weights_tools.convert import CheckpointError
@@ -232,7 +232,7 @@ def test_fuzzed_config_json_values(tmp_path_factory, gpt2_dir, llama_dir, arch, 
 
 
 @settings(max_examples=200)
-@given(key=st.sampled_from([*GENERATION_FIELDS, *SPECIAL_IDS]), value=VALUES)
+@given(key=st.sampled_from(["do_sample", *FILE_OPTIONS, *SPECIAL_IDS]), value=VALUES)
 def test_fuzzed_generation_config_values(tmp_path_factory, gpt2_dir, key, value):
     directory = edited_copy(gpt2_dir, tmp_path_factory.mktemp("fuzz") / "m", "generation_config.json",
                             lambda c: apply(c, (key,), value))
