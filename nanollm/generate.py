@@ -10,6 +10,7 @@ Errors (a bad flag, a missing or corrupt model, a prompt longer than the context
 """
 import argparse
 import json
+import re
 import sys
 import warnings
 
@@ -18,6 +19,7 @@ from .files import read_text
 from .generation import generate
 from .loader import default_model_path, load
 from .request import OPTIONS, GenerationStats, eos_ids
+from .views.choice import format_choice
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -29,9 +31,9 @@ class ArgumentParser(argparse.ArgumentParser):
 def parse_args(argv):
     p = ArgumentParser(prog="python -m nanollm.generate", description=__doc__.split("\n")[0])
     p.add_argument("text", nargs="?", help="the prompt text")
-    p.add_argument("--model", help="a model directory (config.json + *.safetensors), a llama2.c .bin, or a hub name "
-                                   "(default: GPT-2 from the cache or the hub, else the small demo model shipped inside "
-                                   "nanollm)")
+    p.add_argument("--model", help="a model directory (config.json + *.safetensors), a llama2.c .bin, or a hub "
+                                   "name (default: GPT-2 from the cache or the hub, else the small demo model shipped "
+                                   "inside nanollm)")
     p.add_argument("--backend", default="numpy", help="numpy (default), cupy or emulator")
     src = p.add_argument_group("prompts (several make a batch)")
     src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
@@ -44,7 +46,10 @@ def parse_args(argv):
     gen = p.add_argument_group("generation (unset: the model's generation_config.json, else the engine's default)")
     for o in OPTIONS:  # every number the request takes, from its one table (request.OPTIONS)
         if o.kind in (int, float):
-            gen.add_argument("--" + o.name.replace("_", "-"), type=o.kind, help=o.help)
+            gen.add_argument(flag(o.name), type=o.kind, help=o.help)
+    gen.add_argument("--no-kv-cache", dest="kv_cache", action="store_false", default=None,
+                     help="recompute the whole sequence at every step (same tokens; --stats shows what the cache "
+                          "saves)")
     gen.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="repeatable")
     gen.add_argument("--early-stopping", choices=["true", "false", "never"], help="beam search: when to stop")
     gen.add_argument("--stop", action="append", default=[], help="a stop string (never printed); repeatable")
@@ -55,7 +60,10 @@ def parse_args(argv):
     out.add_argument("--json", action="store_true", help="print one JSON object (text, token_ids, stats) at the end")
     out.add_argument("--stats", action="store_true", help="print TTFT, TPOT, tokens/s and memory to stderr")
     out.add_argument("--show-probs", type=int, default=0, metavar="K",
-                     help="print the K most likely next tokens at every step, after the processors (stderr)")
+                     help="print every stage of each token choice, K tokens a stage (raw logits, penalties, "
+                          "temperature, the top-k/top-p/min-p cuts, the number drawn and the token it picked)")
+    out.add_argument("--show-prompt", action="store_true",
+                     help="--chat: print the exact text the template produced and its tokens, every turn")
     args = p.parse_args(argv)
 
     try:
@@ -93,11 +101,27 @@ def read_prompts(args) -> list:
     return prompts
 
 
+def flag(option: str) -> str:
+    """generate()'s option name -> the command line's flag: max_new_tokens -> --max-new-tokens."""
+    return "--" + option.replace("_", "-")
+
+
+def in_flags(message: str) -> str:
+    """An engine message names generate()'s options ("max_new_tokens=300 leaves no room", "top_p must be in ...");
+    the command line's user knows the flags: "--max-new-tokens 300 leaves no room", "--top-p must be in ..."."""
+    message = message.replace("context_overflow='truncate_left'", "--keep-recent")
+    for o in OPTIONS:
+        message = re.sub(rf"\b{o.name}=", flag(o.name) + " ", message)
+        message = re.sub(rf"\b{o.name} (must|is|names)\b", flag(o.name) + r" \1", message)
+    return message
+
+
 def generation_options(args) -> dict:
     """The CLI flags as generate() keyword arguments (unset flags left out, so the model's defaults apply)."""
     options = {o.name: getattr(args, o.name) for o in OPTIONS if o.kind in (int, float)}
     options.update(logit_bias=args.logit_bias, stop=tuple(args.stop), padding_side=args.padding_side,
-                   context_overflow="truncate_left" if args.keep_recent else None, early_stopping=args.early_stopping)
+                   context_overflow="truncate_left" if args.keep_recent else None, early_stopping=args.early_stopping,
+                   kv_cache=args.kv_cache)
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -108,15 +132,20 @@ def format_stats(s: GenerationStats) -> str:
             f"peak memory {s.peak_memory_bytes / 2**20:.0f} MiB (KV cache {s.kv_cache_bytes / 2**20:.2f} MiB)")
 
 
-def probs_printer(model):
-    """on_probs callback for --show-probs: one stderr line per sequence per step."""
-    steps = {}
+def token_namer(model):
+    """token id -> how a learner reads it: the repr of its text piece ('\\n' visible), or the id itself."""
+    if model.tokenizer is None:
+        return str
+    return lambda i: repr(model.tokenizer.decode([i]))
 
-    def show(row, top):
-        steps[row] = steps.get(row, 0) + 1
-        name = (lambda i: repr(model.tokenizer.decode([i]))) if model.tokenizer is not None else str
-        cells = " | ".join(f"{name(i)} {p:.3f}" for i, p in top)
-        print(f"[{row}] step {steps[row]}: {cells}", file=sys.stderr)
+
+def choice_printer(model, k: int, batch: bool):
+    """on_choice callback for --show-probs: each choice's stages on stdout, before the text (which is then printed
+    whole at the end, so the two never interleave)."""
+    name = token_namer(model)
+
+    def show(row, choice):
+        print(("" if not batch else f"[{row}] ") + format_choice(choice, k, name), flush=True)
 
     return show
 
@@ -130,10 +159,11 @@ def result_json(r) -> dict:
 
 def run_prompts(model, args, prompts: list) -> int:
     options = generation_options(args)
-    if args.show_probs > 0:
-        options.update(show_probs=args.show_probs, on_probs=probs_printer(model))
     single = len(prompts) == 1
-    streaming = single and not args.json and model.tokenizer is not None and (args.num_beams or 1) == 1
+    if args.show_probs > 0:
+        options["on_choice"] = choice_printer(model, args.show_probs, batch=not single)
+    streaming = (single and not args.json and model.tokenizer is not None and (args.num_beams or 1) == 1
+                 and args.show_probs == 0)
     if streaming:
         stream = generate(model, prompts[0], stream=True, **options)
         for piece in stream:
@@ -147,12 +177,17 @@ def run_prompts(model, args, prompts: list) -> int:
         if args.json:
             print(json.dumps(result_json(results[0]) if single else {"results": [result_json(r) for r in results]}))
         else:
+            if args.show_probs > 0:
+                print("text:")
             for i, r in enumerate(results):
                 shown = r.text if r.text is not None else " ".join(map(str, r.token_ids))
                 print(shown if single else f"[{i}] {shown}")
     if args.stats:
         for i, r in enumerate(results):
             print(("" if single else f"[{i}] ") + format_stats(r.stats), file=sys.stderr)
+        if not single:  # each sequence's own numbers above; what the batch achieved together here
+            print(f"batch of {len(results)}: {sum(r.stats.new_tokens for r in results)} new tokens, "
+                  f"{results[0].stats.batch_tokens_per_s:.1f} tokens/s together (prefill included)", file=sys.stderr)
     return 0
 
 
@@ -184,6 +219,9 @@ def run_chat(model, args) -> int:
         turn += 1
         messages.append({"role": "user", "content": line.rstrip("\n")})
         ids = template.encode(tok, messages)  # message text never becomes special tokens
+        if args.show_prompt:  # the model keeps nothing between turns: this whole text goes in every time
+            print(f"[turn {turn}: the template's text, {len(ids)} tokens]\n{template.render(messages)}\n"
+                  f"[its tokens] {' '.join(map(str, ids))}", file=sys.stderr)
         stream = generate(model, ids, stream=True, **options)
         for piece in stream:
             sys.stdout.write(piece)
@@ -198,6 +236,16 @@ def run_chat(model, args) -> int:
             print(format_stats(r.stats), file=sys.stderr)
 
 
+def file_settings_note(model, args) -> str:
+    """One line naming what the model's generation_config.json decides that no flag overrides (the demo model sets
+    repetition_penalty 1.3: greedy text looks unlike greedy text without it), or "" when it decides nothing."""
+    chosen = {o.name for o in OPTIONS if getattr(args, o.name, None) is not None}
+    keys = ["do_sample"] + [o.name for o in OPTIONS if o.from_file != "no" and o.name not in chosen]
+    values = model.generation_defaults
+    found = [f"{key}={json.dumps(values[key])}" for key in keys if values.get(key) is not None]
+    return f"note: generation_config.json sets {' '.join(found)} (a flag overrides each)" if found else ""
+
+
 def run(args) -> int:
     if args.model is None:
         args.model = default_model_path()
@@ -207,6 +255,9 @@ def run(args) -> int:
         model = load(args.model, backend=args.backend)
     for warning in caught:  # one line each, as the errors are, not Python's two with a source line
         print(f"warning: {warning.message}", file=sys.stderr)
+    note = file_settings_note(model, args)
+    if note:
+        print(note, file=sys.stderr)
     return run_chat(model, args) if args.chat else run_prompts(model, args, prompts)
 
 
@@ -222,7 +273,7 @@ def main(argv=None) -> int:
     except (OSError, ValueError, ImportError, RuntimeError, MemoryError) as e:
         # Every error the engine raises on purpose names the problem; a traceback would only bury that line.
         # (NumPy's own MemoryError names the size: "Unable to allocate 1.2 TiB for an array with shape ...".)
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {in_flags(str(e))}", file=sys.stderr)
         return 1
 
 

@@ -21,10 +21,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from .beam_search import beam_search_result
-from .logits_processors import TokenHistory, choose_tokens, process_logits, top_probabilities
+from .logits_processors import TokenHistory, choose_tokens, draw_uniforms, explain_choice, process_logits
 from .request import (PROMPT_TYPES, GenerationResult, GenerationSettings, GenerationStats, check_beam_request,
-                      encode_prompt, is_prompt, record_timing, resolve_settings, split_prompts, type_outline,
-                      whole_number)
+                      encode_prompt, is_prompt, record_timing, resolve_settings, split_prompts, type_outline)
 from .stopping import TextStream
 
 
@@ -49,10 +48,9 @@ class Batch:
     at position L_b + n whatever its slot, so padding changes nothing a sequence computes.
     """
 
-    def __init__(self, model, prompts: list[list[int]], settings: GenerationSettings, show_probs: int = 0,
-                 on_probs=None):
+    def __init__(self, model, prompts: list[list[int]], settings: GenerationSettings, on_choice=None):
         self.model, self.settings = model, settings
-        self.show_probs, self.on_probs = show_probs, on_probs
+        self.on_choice = on_choice  # on_choice(sequence index, logits_processors.Choice) after every choice
         tok = model.tokenizer
         self.seqs = [Sequence(ids, TextStream(tok.stream_decoder(), settings.stop) if tok is not None else None)
                      for ids in prompts]
@@ -93,12 +91,13 @@ class Batch:
             logits = all_logits[:, -1] if s.padding_side == "left" else all_logits[np.arange(B), last]  # (B, V)
         for n in range(s.max_new_tokens):
             suppressed = s.eos_ids if n < s.min_new_tokens else ()
-            logits = process_logits(logits, s.sampling, history, suppressed)
-            if self.on_probs is not None:
-                for b in running:
-                    self.on_probs(b, top_probabilities(logits[b], s.sampling, self.show_probs))
-            tokens = choose_tokens(logits, s.sampling, rng, model.backend)  # (B,)
+            raw, logits = logits, process_logits(logits, s.sampling, history, suppressed)  # (B, V) each
+            u = draw_uniforms(s.sampling, rng, B)  # (B,) the draw's uniform numbers (zeros when greedy)
+            tokens = choose_tokens(logits, s.sampling, u, model.backend)  # (B,)
             self.token_times.append(time.perf_counter())
+            if self.on_choice is not None:
+                for b in running:
+                    self.on_choice(b, explain_choice(n + 1, raw[b], logits[b], s.sampling, u[b], tokens[b]))
             if history is not None:
                 history.add(tokens)
             events = [(b, *self.accept(b, int(tokens[b]), n + 1)) for b in running]
@@ -107,9 +106,14 @@ class Batch:
             if not running:
                 return
             # decode: every row (finished ones too, ignored) appends one token at slot T + n, its position next_pos.
-            step_pos = None if key_mask is None else (next_pos + n)[:, None]  # (B, 1)
+            step_pos = (next_pos + n)[:, None]  # (B, 1)
             step_mask = None if key_mask is None else key_mask[:, : T + n + 1]  # (B, T+n+1)
-            logits = model.step(tokens[:, None], cache, step_pos, step_mask)[:, -1]  # (B, V)
+            if s.kv_cache:
+                logits = model.step(tokens[:, None], cache, step_pos, step_mask)[:, -1]  # (B, V)
+            else:  # what the cache saves: recompute every position so far, every step (--no-kv-cache)
+                ids, positions = np.concatenate([ids, tokens[:, None]], 1), np.concatenate([positions, step_pos], 1)
+                cache.restart()
+                logits = model.step(ids, cache, positions, step_mask)[:, -1]  # (B, V)
 
     def prefill_inputs(self):
         """Padded ids (B, T), positions (B, T), the key mask over the whole cache (B, T + max_new) or None, the
@@ -155,9 +159,13 @@ class Batch:
     def results(self) -> list[GenerationResult]:
         """Per-sequence results with their stats; call once steps() is exhausted."""
         out = []
+        total = sum(len(seq.token_ids) for seq in self.seqs)  # every sequence's new tokens
+        elapsed = self.token_times[-1] - self.t_start if self.token_times else 0.0
+        batch_rate = total / elapsed if elapsed > 0 else 0.0
         for seq in self.seqs:
             n = len(seq.token_ids)  # a sequence's n tokens were chosen at the batch's first n steps
-            stats = record_timing(replace(self.stats, prompt_tokens=len(seq.prompt_ids), new_tokens=n),
+            stats = record_timing(replace(self.stats, prompt_tokens=len(seq.prompt_ids), new_tokens=n,
+                                          batch_tokens_per_s=batch_rate),
                                   self.t_start, self.token_times[:n], self.stats.prompt_tokens)
             text = "".join(seq.pieces) if seq.text is not None else None
             out.append(GenerationResult(text=text, token_ids=seq.token_ids, stats=stats,
@@ -186,27 +194,26 @@ class GenerationStream:
 
 
 def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top_p=None, seed=None, *,
-             stream=False, return_beams=False, show_probs=0, on_probs=None, **options):
+             stream=False, return_beams=False, on_choice=None, **options):
     """Generate after prompt: a string, a list of int token ids, or a list of several of either (a batch).
 
     Returns a GenerationResult (a list of them for a batch), or with stream=True a GenerationStream yielding text
     pieces. temperature=0 is greedy; every other option is a field of GenerationSettings or SamplingParams
     (min_p, repetition_penalty, presence_penalty, frequency_penalty, logit_bias, min_new_tokens, eos_token_ids, stop,
-    context_overflow, padding_side, num_beams, length_penalty, early_stopping). show_probs=K calls
-    on_probs(sequence index, [(token id, probability)] * K) at every step. Beam search (num_beams > 1) takes neither
-    stream, stop nor show_probs: each raises a ValueError instead of being ignored.
+    context_overflow, padding_side, num_beams, length_penalty, early_stopping, kv_cache: request.OPTIONS). on_choice is
+    called as on_choice(sequence index, logits_processors.Choice) after every token is chosen: every stage of the
+    choice (--show-probs prints them). Beam search (num_beams > 1) takes neither stream, stop nor on_choice: each
+    raises a ValueError instead of being ignored.
     """
     settings = resolve_settings(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, **options)
     prompts, batched = split_prompts(prompt)
     prompts = [encode_prompt(model, p, settings) for p in prompts]
-    if (whole_number("show_probs", show_probs) > 0) != (on_probs is not None):
-        raise ValueError("show_probs=K and on_probs=callback go together")
     if settings.num_beams > 1:
-        check_beam_request(settings, stream, on_probs)
+        check_beam_request(settings, stream, on_choice)
         results = [beam_search_result(model, ids, settings, return_beams) for ids in prompts]
         return results if batched else results[0]
-    batch = Batch(model, prompts, settings, show_probs, on_probs)
+    batch = Batch(model, prompts, settings, on_choice)
     if stream:
         if model.tokenizer is None:
             raise ValueError("stream=True yields text, and this model has no tokenizer: use iter_generate for ids")

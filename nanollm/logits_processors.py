@@ -15,11 +15,14 @@ Every processor is a small function over a batch of logit rows (B, V). One order
 A processor that is switched off costs nothing: `process_logits` skips it, and returns the model's own array when
 every one is off (greedy decoding with no penalties does no per-step work here at all).
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from .memory import check_fits
 from .request import SamplingParams
-from .sampling import filtered_probs, refuse_nan, softmax
+from .sampling import (apply_temperature, min_p_filter, overflowed, refuse_nan, softmax, top_k_filter,
+                       top_p_filter)
 
 
 class TokenHistory:
@@ -105,30 +108,68 @@ def process_logits(logits: np.ndarray, params: SamplingParams, history: TokenHis
     return logits
 
 
-def choose_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator, backend) -> np.ndarray:
-    """Processed logits (B, V) -> int (B,) token ids, chosen by the backend's sampler: kernels/sampling.cu on the
-    kernel backends, its NumPy twin on numpy (sampling.py's pipeline). Greedy is the argmax (temperature 0), and
-    draws nothing from rng; sampling draws one seeded uniform number per row, the same on every backend, so a seed
-    gives the same tokens everywhere. NaN logits are refused first, whoever samples."""
+def draw_uniforms(params: SamplingParams, rng: np.random.Generator, batch: int) -> np.ndarray:
+    """One uniform number in [0, 1) per row for the draw (B,); zeros for greedy, which draws nothing from rng, so a
+    seed's numbers do not depend on how many greedy steps came before."""
+    return np.zeros(batch) if params.greedy else rng.random(batch)
+
+
+def choose_tokens(logits: np.ndarray, params: SamplingParams, u: np.ndarray, backend) -> np.ndarray:
+    """Processed logits (B, V), uniforms u (B,) -> int (B,) token ids, chosen by the backend's sampler:
+    kernels/sampling.cu on the kernel backends, its NumPy twin on numpy (sampling.py's pipeline). Greedy is the
+    argmax (temperature 0). The same u on every backend gives the same tokens. NaN logits are refused first."""
     refuse_nan(logits.max(axis=-1))  # (B,): NumPy's max propagates a NaN anywhere in the row
-    u = np.zeros(len(logits)) if params.greedy else rng.random(len(logits))  # (B,) one uniform number per row
     return backend.sample(logits, u, params.temperature, params.top_k, params.top_p, params.min_p)  # (B,)
 
 
-def distribution(row: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """The unnormalised next-token distribution one processed row (V,) is drawn from. (V,) -> (V,)
-
-    Greedy has no distribution of its own; it shows the softmax at temperature 1, whose top token greedy takes.
+@dataclass
+class Choice:
+    """Every stage of one token choice, for one sequence at one step: what --show-probs prints. Each stage is the
+    output of the very function the loop uses (process_logits, then sampling.py's pipeline), so what a learner sees
+    is what happened, and a cut token is marked cut rather than shown with probability 0. (V,) arrays throughout.
     """
+
+    step: int  # 1 for the first new token
+    raw: np.ndarray  # the model's logits
+    processed: np.ndarray  # after logit bias, penalties and EOS suppression (raw itself when none is on)
+    params: SamplingParams
+    scaled: np.ndarray | None = None  # processed / temperature (None when greedy)
+    after_top_k: np.ndarray | None = None  # scaled with -inf where top-k cut
+    probs: np.ndarray | None = None  # softmax of after_top_k
+    after_top_p: np.ndarray | None = None  # probs with 0 where top-p cut
+    final: np.ndarray | None = None  # after min-p: the unnormalised distribution the draw reads
+    u: float | None = None  # the uniform number drawn (None when greedy)
+    token: int = -1  # the token chosen
+
+    @property
+    def top_p_crossing(self) -> int | None:
+        """The token at which the cumulative probability (most probable first) reached top_p: the last one kept."""
+        if self.probs is None or self.params.top_p >= 1.0:
+            return None
+        kept = np.flatnonzero(self.after_top_p > 0)
+        return int(kept[np.argmin(self.probs[kept])])
+
+    def cut(self, stage: str) -> np.ndarray:
+        """Token ids the stage ("top_k", "top_p", "min_p") removed that were still in before it."""
+        before, after = {"top_k": (np.isfinite(self.scaled), np.isfinite(self.after_top_k)),
+                         "top_p": (self.probs > 0, self.after_top_p > 0),
+                         "min_p": (self.after_top_p > 0, self.final > 0)}[stage]
+        return np.flatnonzero(before & ~after)
+
+
+def explain_choice(step: int, raw: np.ndarray, processed: np.ndarray, params: SamplingParams, u: float,
+                   token: int) -> Choice:
+    """The stages of one row's choice, recomputed with sampling.py's own functions in their order (a temperature too
+    small for float32 is greedy, as in filtered_probs: then only the argmax survives)."""
+    choice = Choice(step, raw, processed, params, token=int(token))
     if params.greedy:
-        refuse_nan(row.max())
-        return softmax(row)
-    return filtered_probs(row, params.temperature, params.top_k, params.top_p, params.min_p)
-
-
-def top_probabilities(row: np.ndarray, params: SamplingParams, k: int) -> list[tuple[int, float]]:
-    """The k most likely next tokens after every processor, with their normalised probabilities (--show-probs)."""
-    probs = distribution(row, params)
-    probs = probs / probs.sum()
-    top = np.argsort(-probs, kind="stable")[:k]
-    return [(int(i), float(probs[i])) for i in top]
+        return choice
+    choice.u = float(u)
+    choice.scaled = apply_temperature(processed, params.temperature)
+    if overflowed(processed, choice.scaled):
+        choice.scaled = np.where(np.arange(len(processed)) == np.argmax(processed), 0.0, -np.inf).astype(np.float32)
+    choice.after_top_k = top_k_filter(choice.scaled, params.top_k)
+    choice.probs = softmax(choice.after_top_k)
+    choice.after_top_p = top_p_filter(choice.probs, params.top_p)
+    choice.final = min_p_filter(choice.after_top_p, params.min_p)
+    return choice

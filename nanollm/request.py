@@ -91,6 +91,8 @@ class GenerationStats:
     kv_cache_bytes: int = 0  # the whole batch's cache
     peak_memory_bytes: int = 0  # peak resident set size of the process so far
     batch_size: int = 1
+    batch_tokens_per_s: float = 0.0  # a batch: every sequence's new tokens / the whole run, prefill included
+    step_times_s: list = field(default_factory=list)  # seconds of each decode step (n-1,): TPOT over the context
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -109,6 +111,7 @@ def record_timing(stats: GenerationStats, start: float | None, token_times: list
         stats.prefill_tokens_per_s = prefill_tokens / stats.ttft_s
     if len(token_times) > 1:
         gaps = np.diff(token_times)  # (n-1,) seconds between consecutive new tokens
+        stats.step_times_s = gaps.tolist()
         stats.tpot_s = float(gaps.mean())
         stats.tpot_p50_s, stats.tpot_p90_s = (float(x) for x in np.percentile(gaps, [50, 90]))
         stats.tokens_per_s = 1.0 / stats.tpot_s if stats.tpot_s > 0 else 0.0
@@ -140,6 +143,7 @@ class GenerationSettings:
     num_beams: int = 1  # > 1: beam search (beam_search.py)
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False or "never", as transformers
+    kv_cache: bool = True  # False: every step recomputes the whole sequence (to feel what the cache saves)
 
     def __post_init__(self):
         # Checked first, then stored as ints (2.0 -> 2), so NumPy never sees a float count. Frozen: object.__setattr__.
@@ -151,6 +155,8 @@ class GenerationSettings:
             raise ValueError(f"context_overflow must be one of {CONTEXT_OVERFLOW}, got {self.context_overflow!r}")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {self.padding_side!r}")
+        if not isinstance(self.kv_cache, bool):
+            raise ValueError(f"kv_cache must be True or False, got {self.kv_cache!r}")
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):  # 1 == True: not enough
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         lp = self.length_penalty
@@ -200,6 +206,8 @@ OPTIONS = (
            "always", 1.0),
     Option("early_stopping", bool, "beam search: stop when num_beams beams are done (true, false or never)",
            "always", False),
+    Option("kv_cache", bool, "keep keys and values between steps (False: recompute every position, every step)",
+           default=True),
 )
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "logit_bias")  # SamplingParams' fields; the others are GenerationSettings'
@@ -325,7 +333,7 @@ def encode_prompt(model, prompt, settings: GenerationSettings) -> list[int]:
     return model.check_ids(ids)[0].tolist()
 
 
-def check_beam_request(settings: GenerationSettings, stream: bool, on_probs) -> None:
+def check_beam_request(settings: GenerationSettings, stream: bool, on_choice) -> None:
     """Refuse what beam search does not do, rather than silently ignore it (beam_search.py says why each is left out).
     """
     if stream:
@@ -333,6 +341,9 @@ def check_beam_request(settings: GenerationSettings, stream: bool, on_probs) -> 
     if settings.stop:
         raise ValueError("beam search does not take stop strings (a beam cut at one would be scored on fewer tokens "
                          "than it holds): end beams with eos_token_ids, or use stop without num_beams")
-    if on_probs is not None:
-        raise ValueError("show_probs reports one sequence's next-token distribution per step; beam search scores "
-                         "num_beams of them at once: use show_probs without num_beams")
+    if not settings.kv_cache:
+        raise ValueError("beam search always keeps its KV cache (kv_cache=False shows what the cache saves in the "
+                         "greedy and sampling loop): use it without num_beams")
+    if on_choice is not None:
+        raise ValueError("on_choice (--show-probs) reports one sequence's choice per step; beam search scores "
+                         "num_beams of them at once: use it without num_beams")

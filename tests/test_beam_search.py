@@ -87,9 +87,9 @@ def test_beam_search_refuses_stop_strings_and_show_probs(models):
     with pytest.raises(ValueError, match="beam search does not take stop strings"):
         model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, stop="x")
     seen = []
-    with pytest.raises(ValueError, match="show_probs"):
-        model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2, show_probs=2,
-                       on_probs=lambda row, top: seen.append(top))
+    with pytest.raises(ValueError, match="on_choice"):
+        model.generate([3, 4], max_new_tokens=3, temperature=0, num_beams=2,
+                       on_choice=lambda row, choice: seen.append(choice))
     assert seen == []
 
 

@@ -75,13 +75,49 @@ def test_a_batch_from_flags_and_a_file(text_model, tmp_path):
     assert [r["text"] for r in results] == [e.text for e in expected]
 
 
-def test_show_probs_prints_k_tokens_per_step(text_model, tmp_path):
-    out = cli("--model", str(text_model), "--max-new-tokens", "4", "--temperature", "0.8", "--top-k", "2",
-              "--seed", "1", "--show-probs", "3", "Paris is the city", cwd=tmp_path)
+def test_show_probs_prints_every_stage_then_the_text(text_model, tmp_path):
+    """Each step's stages on stdout, K tokens each, the token generated marked, tokens top-k cut written "cut";
+    then the text, whole, after them (never interleaved with a stream)."""
+    args = ("--model", str(text_model), "--max-new-tokens", "4", "--temperature", "0.8", "--top-k", "2", "--seed",
+            "1", "Paris is the city")
+    out = cli(*args, "--show-probs", "3", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    lines = [line for line in out.stderr.splitlines() if line.startswith("[0] step")]
-    assert len(lines) == 4 and all(line.count(" | ") == 2 for line in lines)
-    assert all(line.endswith(" 0.000") for line in lines)  # top-k 2: the third token has no mass left
+    blocks = out.stdout.split("step ")[1:]
+    assert len(blocks) == 4
+    for block in blocks:
+        stages = [line.split()[0] for line in block.splitlines()[1:] if line.startswith("  ")]
+        assert stages == ["logits", "/", "top-k", "probabilities", "draw"], block
+        probabilities = next(line for line in block.splitlines() if line.strip().startswith("probabilities"))
+        assert probabilities.count(" cut") == 1 and " <" in probabilities  # top-k 2 of 3 shown; the chosen marked
+    text = out.stdout.split("text:\n", 1)[1]
+    plain = cli(*args, cwd=tmp_path)
+    assert text == plain.stdout  # the same tokens as without --show-probs
+
+
+def test_no_kv_cache_gives_the_same_text(text_model, tmp_path):
+    args = ("--model", str(text_model), "--max-new-tokens", "8", "--temperature", "0.7", "--seed", "5", "Hello")
+    cached, recomputed = cli(*args, cwd=tmp_path), cli(*args, "--no-kv-cache", "--stats", cwd=tmp_path)
+    assert cached.returncode == recomputed.returncode == 0, recomputed.stderr
+    assert cached.stdout == recomputed.stdout and "TPOT" in recomputed.stderr
+
+
+def test_a_batch_reports_each_sequence_and_the_batch_together(ids_model, tmp_path):
+    out = cli("--model", str(ids_model), "--prompt-ids", "1,2", "--prompt-ids", "3,4,5", "--max-new-tokens", "3",
+              "--temperature", "0", "--stats", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert [line[:3] for line in lines if line.startswith("[")] == ["[0]", "[1]"]
+    assert any(line.startswith("batch of 2: 6 new tokens") and "tokens/s together" in line for line in lines)
+
+
+def test_errors_name_the_flags_not_the_api_options(text_model, tmp_path):
+    long = " ".join(["word"] * 200)
+    out = cli("--model", str(text_model), "--max-new-tokens", "100", long, cwd=tmp_path)
+    assert out.returncode == 1 and "--keep-recent keeps the most recent" in out.stderr, out.stderr
+    out = cli("--model", str(text_model), "--max-new-tokens", "5000", "x", cwd=tmp_path)
+    assert out.returncode == 1 and out.stderr.startswith("error: --max-new-tokens 5000 leaves no room"), out.stderr
+    out = cli("--model", str(text_model), "--top-p", "2", "x", cwd=tmp_path)
+    assert out.stderr.strip() == "error: --top-p must be in (0, 1], got 2.0"
 
 
 def test_beam_search_and_sampling_flags(ids_model, tmp_path):
@@ -144,8 +180,10 @@ def test_an_eos_id_outside_the_vocabulary_is_a_warning_and_ignored(ids_model, tm
     out = cli("--model", str(model_dir), "--prompt-ids", "1,2", "--max-new-tokens", "3", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert len(json.loads(out.stdout)["token_ids"]) == 3
-    assert out.stderr.startswith("warning: ") and len(out.stderr.strip().splitlines()) == 1, out.stderr
-    assert "generation_config.json" in out.stderr and "99999" in out.stderr
+    warning, note = out.stderr.strip().splitlines()
+    assert warning.startswith("warning: ") and "generation_config.json" in warning and "99999" in warning
+    # and what the file decides that no flag overrides is said, not left for the user to find
+    assert note == "note: generation_config.json sets min_new_tokens=1 (a flag overrides each)"
 
 
 @pytest.mark.parametrize("flag, value", [("--seed", "-1"), ("--show-probs", "-3")])
@@ -256,3 +294,18 @@ def test_chat_with_a_hostile_template_is_one_line(tmp_path_factory, tmp_path):
     out = cli("--model", str(directory), "--chat", stdin="Hi\n", cwd=tmp_path)
     assert out.returncode == 1 and out.stderr.splitlines()[-1] == "error: the chat template needed more than 1024 " \
                                                                   "MiB of memory", out.stderr
+
+
+def test_chat_show_prompt_prints_the_whole_conversation_each_turn(text_model, tmp_path):
+    """The model keeps nothing between turns: --show-prompt prints the template's text and its ids, and the second
+    turn's holds the first exchange."""
+    out = cli("--model", str(text_model), "--chat", "--show-prompt", "--max-new-tokens", "3", "--temperature", "0",
+              stdin="Hi there\nAnd then?\n", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    model = nanollm.load(text_model)
+    template = chat_template_for(model.tokenizer)
+    first = [{"role": "user", "content": "Hi there"}]
+    assert template.render(first) in out.stderr
+    shown = [line.split("] ", 1)[1] for line in out.stderr.splitlines() if line.startswith("[its tokens]")]
+    assert shown[0] == " ".join(map(str, template.encode(model.tokenizer, first)))
+    assert len(shown) == 2 and len(shown[1].split()) > len(shown[0].split())

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import nanollm
 from nanollm.generation import iter_generate
+from nanollm.sampling import apply_temperature, draw, filtered_probs, softmax, top_k_filter, top_p_filter
 from nanollm.kv_cache import kv_cache_bytes
 from nanollm.stopping import TextStream, held_back_length
 from tests.generation_fixtures import build, write_gpt2_tokenizer_files
@@ -116,21 +117,51 @@ def test_stats_report_the_run(models):
     assert s.tokens_per_s == pytest.approx(1 / s.tpot_s) and s.prefill_tokens_per_s == pytest.approx(4 / s.ttft_s)
 
 
-def test_show_probs_reports_the_processed_distribution(models):
-    """Greedy: the top entry at each step is the token chosen. top_k=3 sampling: only 3 tokens keep mass."""
+def test_on_choice_reports_every_stage_as_the_loop_computed_it(models):
+    """Each stage of a reported choice is the output of the loop's own function on the previous stage, and the
+    token it marks is the token generated (greedy: the argmax; sampling: the draw of its u from its distribution)."""
     model, _ = models
     seen = []
-    r = model.generate([7, 8, 9], max_new_tokens=5, temperature=0, show_probs=4,
-                       on_probs=lambda row, top: seen.append(top))
-    assert [top[0][0] for top in seen] == r.token_ids
-    for top in seen:
-        probs = [p for _, p in top]
-        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+    r = model.generate([7, 8, 9], max_new_tokens=5, temperature=0, on_choice=lambda row, c: seen.append(c))
+    assert [c.token for c in seen] == r.token_ids == [int(np.argmax(c.processed)) for c in seen]
+    assert [c.step for c in seen] == [1, 2, 3, 4, 5] and all(c.u is None for c in seen)
     seen.clear()
-    model.generate([7, 8, 9], max_new_tokens=5, temperature=0.9, top_k=3, seed=1, show_probs=5,
-                   on_probs=lambda row, top: seen.append(top))
-    for top in seen:
-        assert sum(p > 0 for _, p in top) == 3 and sum(p for _, p in top) == pytest.approx(1.0, abs=1e-5)
+    options = dict(temperature=0.9, top_k=6, top_p=0.8, min_p=0.05, repetition_penalty=1.3, logit_bias={5: 2.0})
+    r = model.generate([7, 8, 9], max_new_tokens=6, seed=1, on_choice=lambda row, c: seen.append(c), **options)
+    assert [c.token for c in seen] == r.token_ids
+    for c in seen:
+        p = c.params
+        assert c.processed[5] != c.raw[5]  # the bias (and maybe the penalty) acted
+        assert np.array_equal(c.scaled, apply_temperature(c.processed, p.temperature))
+        assert np.array_equal(c.after_top_k, top_k_filter(c.scaled, p.top_k))
+        assert np.array_equal(c.probs, softmax(c.after_top_k))
+        assert np.array_equal(c.after_top_p, top_p_filter(c.probs, p.top_p))
+        assert np.array_equal(c.final, filtered_probs(c.processed, p.temperature, p.top_k, p.top_p, p.min_p))
+        assert draw(c.final, c.u) == c.token and c.final[c.token] > 0
+        assert np.isfinite(c.after_top_k).sum() == 6 and set(c.cut("top_k")) == set(np.flatnonzero(
+            ~np.isfinite(c.after_top_k)))
+        assert c.after_top_p[c.top_p_crossing] > 0  # the token that crosses p is kept, as transformers keeps it
+
+
+def test_an_unknown_option_is_a_type_error_naming_it(models):
+    with pytest.raises(TypeError, match="unknown options \\['show_probs'\\]"):
+        models[0].generate([3, 4], show_probs=3)
+
+
+def test_without_the_kv_cache_the_tokens_are_the_same(models):
+    """kv_cache=False recomputes every position at every step: the same tokens, greedy or seeded sampling, one
+    prompt or a padded batch; only the time grows."""
+    model, _ = models
+    for options in (dict(temperature=0), dict(temperature=0.8, top_p=0.9, seed=3)):
+        for prompt in ([5, 6, 7], [[5, 6, 7, 8], [9, 1]]):
+            cached = model.generate(prompt, max_new_tokens=10, eos_token_ids=[], **options)
+            recomputed = model.generate(prompt, max_new_tokens=10, eos_token_ids=[], kv_cache=False, **options)
+            if isinstance(cached, list):
+                assert [r.token_ids for r in cached] == [r.token_ids for r in recomputed]
+            else:
+                assert cached.token_ids == recomputed.token_ids
+    with pytest.raises(ValueError, match="beam search always keeps its KV cache"):
+        model.generate([5, 6], max_new_tokens=2, num_beams=2, kv_cache=False)
 
 
 def test_iter_generate_yields_the_ids_and_fills_stats(models):
@@ -147,7 +178,7 @@ def test_iter_generate_yields_the_ids_and_fills_stats(models):
     (dict(stop=("x",)), "tokenizer"), (dict(temperature=-1), "temperature"), (dict(stream=True), "tokenizer"),
     (dict(temperature=0.7, top_k=2.5), "top_k"), (dict(max_new_tokens=float("inf")), "max_new_tokens"),
     (dict(max_new_tokens="3"), "max_new_tokens"), (dict(seed=-1), "seed"), (dict(num_beams=True), "num_beams"),
-    (dict(show_probs=-3, on_probs=print), "show_probs"), (dict(early_stopping=1), "early_stopping"),
+    (dict(kv_cache="no"), "kv_cache"), (dict(early_stopping=1), "early_stopping"),
     (dict(num_beams=2, length_penalty=float("nan")), "length_penalty"), (dict(stop=("a", "")), "must not be empty"),
 ])
 def test_invalid_requests_raise(models, kwargs, message):

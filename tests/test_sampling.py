@@ -20,7 +20,7 @@ from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenal
                           TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
 from nanollm.logits_processors import (TokenHistory, apply_presence_frequency, apply_repetition_penalty,
-                                       choose_tokens, distribution, process_logits)
+                                       choose_tokens, explain_choice, process_logits)
 from nanollm.backends import NumpyBackend
 from nanollm.request import SamplingParams, whole_number
 from nanollm.sampling import draw, filtered_probs, min_p_filter, sample_token, top_k_filter, top_p_filter
@@ -87,7 +87,7 @@ def test_processed_distribution_equals_transformers(model_logits, arch, temperat
                        repetition_penalty=repetition_penalty)
     ours = process_logits(logits, p, TokenHistory(prompts, logits.shape[1]))
     assume(away_from_boundaries(ours, p))
-    ours = np.stack([distribution(row, p) for row in ours])
+    ours = np.stack([explain_choice(1, row, row, p, 0.5, 0).final for row in ours])  # what --show-probs shows
     ours = ours / ours.sum(axis=1, keepdims=True)
     theirs = transformers_distribution(prompts, logits, p)
     assert np.abs(ours - theirs).max() <= 1e-5, np.abs(ours - theirs).max()
@@ -103,7 +103,7 @@ finite_logits = arrays(np.float32, st.integers(2, 60), elements=st.floats(-30, 3
 def test_greedy_is_argmax(logits):
     expected = int(np.argmax(logits))
     assert sample_token(logits, 0.5, temperature=0) == expected
-    assert choose_tokens(logits[None], SamplingParams(temperature=0), np.random.default_rng(0), NumpyBackend())[0] == expected
+    assert choose_tokens(logits[None], SamplingParams(temperature=0), np.zeros(1), NumpyBackend())[0] == expected
 
 
 @given(logits=finite_logits, top_p=st.floats(1e-6, 1.0), min_p=st.floats(0.0, 1.0), top_k=st.integers(0, 70),
@@ -200,7 +200,7 @@ def test_whole_number_takes_ints_of_any_size():
 def test_nan_logits_raise(temperature):
     logits = np.array([[0.1, np.nan, 0.3]], np.float32)
     with pytest.raises(ValueError, match="NaN"):
-        choose_tokens(logits, SamplingParams(temperature=temperature), np.random.default_rng(0), NumpyBackend())
+        choose_tokens(logits, SamplingParams(temperature=temperature), np.full(1, 0.5), NumpyBackend())
     with pytest.raises(ValueError, match="NaN"):  # the kernel's twin checks too, whatever the temperature
         sample_token(logits[0], 0.5, temperature=temperature)
 
@@ -219,4 +219,4 @@ def test_a_temperature_too_small_for_float32_is_greedy(temperature, logits):
         assert sample_token(logits, u, temperature=temperature, top_k=2, top_p=0.9) == 1
     assert filtered_probs(logits, temperature, 2, 0.9, 0.1).tolist() == [0, 1, 0, 0, 0]
     p = SamplingParams(temperature=temperature, top_k=2)
-    assert choose_tokens(np.stack([logits, logits[::-1]]), p, np.random.default_rng(0), NumpyBackend()).tolist() == [1, 1]
+    assert choose_tokens(np.stack([logits, logits[::-1]]), p, np.array([0.2, 0.9]), NumpyBackend()).tolist() == [1, 1]
