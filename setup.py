@@ -23,6 +23,8 @@ setup(
     extras_require={
         "gpu": ["cupy-cuda12x"],
         "chat": ["jinja2>=3.1"],
+        # --plot: attention heat maps and time per token as PNG files (nanollm/views/plot.py, the only user)
+        "viz": ["matplotlib"],
         # Test-only reference libraries. torch is pinned: 2.13.0 is the CPU build on local disk; an unpinned torch
         # pulls a multi-GB CUDA build.
         "test": [
@@ -34,6 +36,7 @@ setup(
             "tokenizers",
             "sentencepiece",
             "jinja2>=3.1",
+            "matplotlib",  # the --plot tests draw real PNGs (tests/test_plot.py)
             # NVRTC, the compiler CuPy uses on a GPU: lets CI compile every kernel exactly as the CuPy path will.
             "nvidia-cuda-nvrtc-cu12",
         ],
