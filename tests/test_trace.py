@@ -114,7 +114,7 @@ def test_a_decode_step_reads_every_weight_once_and_does_two_flops_per_multiply_a
     tok_emb.T) once; FLOPs: 2 per weight of each matmul, plus q k^T and weights x v over the S cached keys."""
     model = nanollm.load(checkpoints[arch][0])
     cfg, w = model.config, model.weights
-    step = trace_generation(model, PROMPT, decode_steps=1, temperature=0).passes[1]
+    prefill, step = trace_generation(model, PROMPT, decode_steps=1, temperature=0).passes
     tables = [w.tok_emb] + ([w.pos_emb] if w.pos_emb is not None else [])
     arrays = [a for layer in w.layers for a in vars(layer).values() if a is not None] + \
         [a for a in (w.norm_f_w, w.norm_f_b, w.lm_head) if a is not None]
@@ -127,6 +127,10 @@ def test_a_decode_step_reads_every_weight_once_and_does_two_flops_per_multiply_a
     S = len(PROMPT) + 1
     attention = cfg.n_layer * 2 * 2 * cfg.n_head * S * cfg.head_dim
     assert step.total("flops") == 2 * (sum(m.size for m in matrices) + head) + attention
+    # "decode is memory-bound" as a number: a float32 weight (4 bytes) feeds one multiply-add (2 FLOP) per token,
+    # about 0.5 FLOP per byte; the prefill reuses each weight read for every prompt position.
+    assert 0.3 < step.flops_per_byte < 0.6
+    assert prefill.flops_per_byte > 3 * step.flops_per_byte
 
 
 def test_tracing_changes_nothing_and_gives_the_backend_back(checkpoints):

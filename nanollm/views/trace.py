@@ -14,7 +14,8 @@ for decode, the bytes each step reads against the time it took: the memory bandw
 byte feeds, which is what "decode is memory-bound" means as a number.
 
 Times are the wrapped backend's own: on a GPU a kernel launch returns before the kernel runs, so the tracer waits for
-the device after each op (the traced run is slower than an untraced one, but each op's time is its own).
+the device after each op, and each op's time is its own. A pass's time is its ops' plus the model's Python between
+them; the tracer's own bookkeeping is left out.
 """
 import time
 from contextlib import contextmanager
@@ -55,12 +56,12 @@ class OpRecord:
     op: str  # "linear": the backend method called
     inputs: list  # the shape of each array argument, in order: [(1, 5, 768), (768, 2304), (2304,)]
     output: tuple  # the result's shape: (1, 5, 2304)
-    started: float  # time.perf_counter() as it began
-    seconds: float
+    seconds: float  # the op itself
     block: int | None = None  # the block it ran in; None outside the blocks
     weight_bytes: int = 0  # weight bytes it read (an embedding reads only its rows)
     kv_bytes: int = 0  # attention: the keys and values it read, the filled part of one layer's cache
     flops: int = 0  # multiply-adds x 2 of the matmuls (linear, attention); elementwise ops are not counted
+    host_before: float = 0.0  # seconds of Python between the previous op and this one (the tracer's own excluded)
 
 
 @dataclass
@@ -73,12 +74,23 @@ class PassRecord:
 
     @property
     def seconds(self) -> float:
-        """Wall time from the embedding to the choice: the ops and the Python between them."""
-        return self.ops[-1].started + self.ops[-1].seconds - self.ops[0].started if self.ops else 0.0
+        """From the embedding to the choice: the ops and the Python between them, as an untraced pass would take
+        (the tracer's own bookkeeping is not counted)."""
+        return sum(r.seconds + r.host_before for r in self.ops)
 
     def total(self, what: str) -> int:
         """The sum of one OpRecord count over the pass: "weight_bytes", "kv_bytes" or "flops"."""
         return sum(getattr(r, what) for r in self.ops)
+
+    @property
+    def bytes_read(self) -> int:
+        """Weights and KV cache: what the pass must bring from memory at least once."""
+        return self.total("weight_bytes") + self.total("kv_bytes")
+
+    @property
+    def flops_per_byte(self) -> float:
+        """Arithmetic intensity: how much computing each byte read feeds (decode: about 2 FLOP per 4-byte weight)."""
+        return self.total("flops") / max(self.bytes_read, 1)
 
     @property
     def kv_cache(self) -> tuple[tuple, int]:
@@ -139,6 +151,7 @@ class TracingBackend:
         self.passes: list[PassRecord] = []  # every pass recorded so far
         self.current: PassRecord | None = None  # the pass being recorded (None: nothing is)
         self.block: int | None = None  # the block running now
+        self.left_at: float | None = None  # perf_counter() as the tracer last handed control back to the model
 
     def __getattr__(self, name):
         """Only attributes this class lacks come here: the backend's ops and everything else it has."""
@@ -153,19 +166,22 @@ class TracingBackend:
             self.begin_pass(args[1])
         if self.current is None:
             return fn(*args, **kwargs)
-        if op == "sample":
-            self.record_processors(args[0])
+        host = 0.0 if self.left_at is None else time.perf_counter() - self.left_at  # the model's Python since
+        if op == "sample" and self.current.ops and self.current.ops[-1].op == "to_numpy":
+            self.record_processors(args[0], host)
+            host = 0.0
         weights = self.weights_read(args)
         started = time.perf_counter()
         out = fn(*args, **kwargs)
         wait_for(out)
         seconds = time.perf_counter() - started
         shapes = [shape_of(a) for a in (*args, *kwargs.values()) if hasattr(a, "shape")]
-        record = OpRecord(self.stage(op, weights), op, shapes, shape_of(out), started, seconds, self.block)
+        record = OpRecord(self.stage(op, weights), op, shapes, shape_of(out), seconds, self.block, host_before=host)
         self.count_costs(record, args, weights)
         self.current.ops.append(record)
         if self.listener is not None:
             self.listener(record, args, kwargs)
+        self.left_at = time.perf_counter()
         return out
 
     def begin_pass(self, ids) -> None:
@@ -176,7 +192,7 @@ class TracingBackend:
             return
         self.current = PassRecord("prefill" if n == 0 else f"decode step {n}", np.array(self.inner.to_numpy(ids)))
         self.passes.append(self.current)
-        self.block = None
+        self.block, self.left_at = None, None
 
     def weights_read(self, args) -> list[tuple[str, object]]:
         """(name, array) for each of an op's arguments that is a weight, in order."""
@@ -215,15 +231,11 @@ class TracingBackend:
             record.kv_bytes = int(k.nbytes) + int(v.nbytes)
             record.flops = 2 * 2 * B * nh * T * k.shape[2] * hs  # q k^T, then weights x v: (T, hs) x (hs, S) each
 
-    def record_processors(self, logits) -> None:
-        """The logits came to the host (`to_numpy`) and went back for the choice (`sample`): the time between is the
-        host's work on them, the penalties and biases of logits_processors.process_logits (about nothing when none
-        is on) and the uniform number drawn for the choice. Recorded as a stage of its own."""
-        last = self.current.ops[-1] if self.current.ops else None
-        if last is not None and last.op == "to_numpy":
-            end = last.started + last.seconds
-            self.current.ops.append(OpRecord(PROCESSORS, "(host)", [shape_of(logits)], shape_of(logits), end,
-                                             time.perf_counter() - end))
+    def record_processors(self, logits, seconds: float) -> None:
+        """The logits came to the host (`to_numpy`) and go back for the choice (`sample`): the seconds between are
+        the host's work on them, the penalties and biases of logits_processors.process_logits (next to nothing when
+        none is on) and the uniform number drawn for the choice. Recorded as a stage of its own."""
+        self.current.ops.append(OpRecord(PROCESSORS, "(host)", [shape_of(logits)], shape_of(logits), seconds))
 
 
 @contextmanager
@@ -330,11 +342,10 @@ def format_pass(p: PassRecord, backend: str) -> list[str]:
         layers = sum(r.op == "attention" for r in p.ops)
         lines.append(f"  KV cache: {keys[2]} positions; 2 (k, v) x {layers} layers x {keys} = "
                      f"{human_bytes(kv_bytes)}")
-    weights, flops = p.total("weight_bytes"), p.total("flops")
-    ops_s = sum(r.seconds for r in p.ops)
-    lines.append(f"  {p.seconds * 1e3:.2f} ms (ops {ops_s * 1e3:.2f} ms); read {human_bytes(weights)} of weights + "
-                 f"{human_bytes(kv_bytes)} of KV cache; {human_flops(flops)} = "
-                 f"{flops / max(weights + kv_bytes, 1):.2f} FLOP per byte read")
+    host = sum(r.host_before for r in p.ops)
+    lines.append(f"  {p.seconds * 1e3:.2f} ms (Python between ops {host * 1e3:.2f} ms); read "
+                 f"{human_bytes(p.total('weight_bytes'))} of weights + {human_bytes(kv_bytes)} of KV cache; "
+                 f"{human_flops(p.total('flops'))}, {p.flops_per_byte:.2f} FLOP per byte")
     return lines
 
 
@@ -345,17 +356,16 @@ def format_bandwidth(passes: list) -> list[str]:
         return []
     lines = ["decode: each step reads every weight to make one token per sequence"]
     for p in decode:
-        read = p.total("weight_bytes") + p.total("kv_bytes")
-        lines.append(f"  {p.name}: {human_bytes(read)} read in {p.seconds * 1e3:.2f} ms = "
-                     f"{read / p.seconds / 1e9:.2f} GB/s achieved; {p.total('flops') / max(read, 1):.2f} FLOP per byte")
+        lines.append(f"  {p.name}: {human_bytes(p.bytes_read)} read in {p.seconds * 1e3:.2f} ms = "
+                     f"{p.bytes_read / max(p.seconds, 1e-9) / 1e9:.2f} GB/s achieved; {p.flops_per_byte:.2f} FLOP "
+                     f"per byte")
     prefill = passes[0]
     if prefill.name == "prefill":
-        read = prefill.total("weight_bytes") + prefill.total("kv_bytes")
         lines.append(f"  prefill read the weights once for all {prefill.ids.shape[1]} positions: "
-                     f"{prefill.total('flops') / max(read, 1):.2f} FLOP per byte")
-    lines.append("  A CPU core computes tens of FLOP in the time memory delivers one byte, a GPU hundreds: at about "
-                 "one FLOP\n  per byte, a decode step waits on memory (memory-bound), unless the time between ops "
-                 "dominates, as in a\n  tiny model: compare the step's time with its ops' time above.")
+                     f"{prefill.flops_per_byte:.2f} FLOP per byte")
+    lines.append("  A CPU core computes tens of FLOP in the time memory delivers one byte, a GPU hundreds: a step doing "
+                 "fewer FLOP\n  per byte than that waits on memory (memory-bound). In a tiny model fixed costs dominate "
+                 "instead (each op's\n  call, the Python between ops), so its GB/s stays far below the memory's.")
     return lines
 
 
