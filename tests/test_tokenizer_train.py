@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from nanollm.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 from nanollm.tokenizer.bpe import bpe_merge, pair_ranks_from_token_ranks
 from nanollm.tokenizer.saving import NANOLLM_TOKENIZER_FILE, BPEMerges
-from nanollm.tokenizer.train import train_bpe
+from nanollm.tokenizer.train import Merge, train_bpe
 
 CORPUS = (
     "The quick brown fox jumps over the lazy dog. The dog sleeps; the fox runs.\n"
@@ -69,6 +69,20 @@ def test_hand_checked_tiny_corpus():
     tok = Tokenizer(learned.parts())
     assert tok.encode("aaabdaaabac") == [258, 100, 258, 97, 99]
     assert tok.decode([258]) == "aaab"
+
+
+def test_on_merge_reports_each_merge_in_order():
+    """The callback sees every merge as learned: the same (left, right, new id) as the result, the new token's bytes,
+    and the pair's count when chosen (the docstring example: aa seen 4 times, then ab and aaab twice)."""
+    seen = []
+    learned = train_bpe("aaabdaaabac", 256 + 3, on_merge=seen.append)
+    assert seen == [Merge(97, 97, 256, b"aa", 4), Merge(97, 98, 257, b"ab", 2), Merge(256, 257, 258, b"aaab", 2)]
+    seen.clear()
+    learned = train_bpe(CORPUS, 256 + 40, on_merge=seen.append)
+    assert [m[:3] for m in seen] == learned.merges
+    tok = Tokenizer(learned.parts())
+    assert all(m.token == tok.token_to_bytes(m.new_id) for m in seen)
+    assert all(a.count >= b.count for a, b in zip(seen, seen[1:]))  # the most frequent pair goes first
 
 
 def test_training_stops_when_no_pair_is_left():

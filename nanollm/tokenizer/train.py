@@ -25,15 +25,33 @@ silently dropped: it is almost always a typo, and numbering both copies would le
 The pattern must match every character of the text (as the named ones do): ``findall`` skips what no alternative
 matches, so a tokenizer trained with such a pattern would drop those characters when encoding.
 
+``on_merge`` is told each merge as it is chosen (``train --verbose`` prints them), so a learner can watch the
+vocabulary grow: the demo model's tokenizer, trained on Python's documentation, first learned "  " (two spaces),
+"--", " t", " a", "in", "he" (nanollm/demo_model/nanollm_tokenizer.json).
+
 Source: Sennrich et al. 2016; Karpathy's minbpe (regex-split training).
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
+from typing import NamedTuple
 
 from .byte_level import compile_pattern, resolve_pattern
 from .errors import TokenizerError
 from .saving import BPEMerges
+
+
+class Merge(NamedTuple):
+    """One merge as training learns it: the pair (left, right) becomes new_id, whose bytes are ``token``; the pair
+    occurred ``count`` times in the text (words weighted by their counts) when it was chosen.
+    Example (the module docstring's): Merge(left=97, right=97, new_id=256, token=b"aa", count=4)."""
+
+    left: int
+    right: int
+    new_id: int
+    token: bytes
+    count: int
 
 
 def train_bpe(
@@ -44,11 +62,13 @@ def train_bpe(
     special_tokens: tuple[str, ...] = (),
     bos_token: str | None = None,
     eos_token: str | None = None,
+    on_merge: Callable[[Merge], None] | None = None,
 ) -> BPEMerges:
     """Learn merges from ``text`` until the vocabulary has ``vocab_size`` entries (special tokens included).
 
     Arguments are checked before any work: a bad pattern, a repeated or empty special token, or a BOS/EOS that is not
-    among the special tokens raises TokenizerError.
+    among the special tokens raises TokenizerError. ``on_merge``, when given, is called with each ``Merge`` in the
+    order learned (the same order as the result's ``merges``).
     """
     _check_special_tokens(special_tokens, bos_token, eos_token)
     if vocab_size < 256 + len(special_tokens):
@@ -80,6 +100,8 @@ def train_bpe(
             token_bytes[new_id] = merged
             id_of_bytes[merged] = new_id
         merges.append((best[0], best[1], new_id))
+        if on_merge is not None:
+            on_merge(Merge(best[0], best[1], new_id, merged, pair_counts[best]))
         for index in list(words_with.pop(best, ())):
             symbols = words[index]
             _add_pairs(symbols, -counts[index], index, pair_counts, words_with)
