@@ -1,7 +1,9 @@
 """Command line: train a tokenizer, encode text to ids, decode ids to text.
 
     python -m nanollm.tokenizer train --input corpus.txt --vocab-size 1024 --output my_tok [--special "<|endoftext|>"]
+    python -m nanollm.tokenizer train ... --verbose                            # each merge as it is learned
     python -m nanollm.tokenizer encode --tokenizer my_tok "Hello world"       # prints: 72 101 108 ...
+    python -m nanollm.tokenizer encode --tokenizer gpt2_dir --pieces "Hello"   # prints: 15496 'Hello'
     python -m nanollm.tokenizer decode --tokenizer my_tok 72 101 108           # prints: Hel
 
 ``--tokenizer`` takes any directory ``Tokenizer.from_pretrained`` reads. Without text or ids on the command line,
@@ -21,8 +23,8 @@ from pathlib import Path
 from .. import files
 from .byte_level import NAMED_PATTERNS
 from .errors import TokenizerError
-from .tokenizer import from_pretrained
-from .train import train_bpe
+from .tokenizer import Tokenizer, from_pretrained
+from .train import Merge, train_bpe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--special", action="append", default=[], help="a special token (repeatable)")
     train.add_argument("--bos", help="which special token is BOS (prepended to prompts)")
     train.add_argument("--eos", help="which special token is EOS")
+    train.add_argument("--verbose", action="store_true", help="print each merge as it is learned")
 
     encode = commands.add_parser("encode", help="print the ids of some text")
     encode.add_argument("--tokenizer", required=True, type=Path, help="tokenizer directory")
     encode.add_argument("--allow-special", action="store_true", help="turn special-token text into special ids")
+    encode.add_argument("--pieces", action="store_true", help="one id a line, with the text it stands for")
     encode.add_argument("text", nargs="?", help="text to encode (default: standard input)")
 
     decode = commands.add_parser("decode", help="print the text of some ids")
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 special_tokens=tuple(args.special),
                 bos_token=args.bos,
                 eos_token=args.eos,
+                on_merge=_print_merge if args.verbose else None,
             )
             path = trained.save(args.output, inputs=[args.input])
             print(f"wrote {path} ({len(trained.merges)} merges, {len(trained.special_tokens)} special tokens)")
@@ -65,7 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             tok = from_pretrained(args.tokenizer)
             text = _argument_text(args.text) if args.text is not None else _read_utf8(None)
             ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
-            print(" ".join(map(str, ids)))
+            if args.pieces:
+                print("\n".join(f"{i} {shown(piece)}" for i, piece in zip(ids, token_pieces(tok, ids))))
+            else:
+                print(" ".join(map(str, ids)))
         else:
             tok = from_pretrained(args.tokenizer)
             fields = args.ids if args.ids else _read_utf8(None).split()
@@ -78,6 +86,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def token_pieces(tok: Tokenizer, ids: list[int]) -> list[bytes]:
+    """The bytes each id adds to the decoded text, in order: joined they are ``tok.decode_bytes(ids)`` exactly.
+
+    An id's bytes are ``token_to_bytes`` except while decoding is at its start, where SentencePiece's first piece
+    drops its dummy-prefix space (decoding.py): there a piece is what ``decode_bytes`` gives for the id alone, and
+    the start lasts until the first id that is not a start id such as <s>.
+    Example (GPT-2): ids of "Hello world" [15496, 995] -> [b"Hello", b" world"].
+    """
+    rules = tok.decode_rules
+    first = next((k for k, i in enumerate(ids) if i not in rules.start_ids), len(ids))  # the first piece shown
+    return [tok.decode_bytes([i]) if k <= first else tok.token_to_bytes(i) for k, i in enumerate(ids)]
+
+
+def shown(piece: bytes) -> str:
+    """A piece as a Python literal: its text ('Hello') when it is whole UTF-8, else its bytes (b'\\xf0\\x9f', part
+    of a character that the next ids complete). nanollm.learn prints tokens with it too."""
+    try:
+        return repr(piece.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(piece)
+
+
+def _print_merge(merge: Merge) -> None:
+    """train --verbose: one line per merge, in the order learned, e.g. `merge 97 + 97 -> 256 'aa' (count 4)`."""
+    print(f"merge {merge.left} + {merge.right} -> {merge.new_id} {shown(merge.token)} "
+          f"(count {merge.count})", flush=True)
 
 
 def _read_utf8(path: Path | None) -> str:
