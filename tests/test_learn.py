@@ -254,11 +254,11 @@ def test_kv_cache_lesson(printed):
 
 def test_greedy_lesson_shows_the_loop_and_the_penalty_breaking_it(printed):
     out = printed(6)
-    off = section(out, "repetition_penalty=1 (off)", "repetition_penalty=1.3")
+    off = section(out, "repetition_penalty=1 (off)", "the file's repetition_penalty=1.3")
     text = ast.literal_eval(off.splitlines()[1])
     cycle = ast.literal_eval(re.search(r"repeats: (.*)$", off, re.MULTILINE).group(1))
     assert cycle * 2 in text
-    assert "no repeating cycle" in section(out, "repetition_penalty=1.3")
+    assert "no repeating cycle" in section(out, "the file's repetition_penalty=1.3")
     assert "'repetition_penalty': 1.3" in out
 
 

@@ -28,7 +28,7 @@ def causal_weights(q: np.ndarray, k: np.ndarray, q_start: int = 0) -> np.ndarray
 
 def run_by_hand() -> None:
     say("Each token has a query q (what it looks for), a key k (what it offers) and a value v (what it hands "
-          "over).")
+        "over).")
     for name, m in (("Q", Q), ("K", K), ("V", V)):
         say(f"  {name} = {[numbers(row, 0) for row in m]}")
     heading("1. Scores: every query against every key, q . k / sqrt(hs) (hs = 2)")
@@ -40,7 +40,7 @@ def run_by_hand() -> None:
     for t in range(3):
         say(f"  token {t}: {numbers(weights[t], 3)}   sum {weights[t].sum():.3f}")
     say(f"Token 0 sees only itself (weight 1). Token 1's query (0, 2) matches key 1 (0, 1) best: "
-          f"{weights[1, 1]:.3f} of its attention.")
+        f"{weights[1, 1]:.3f} of its attention.")
     heading("3. Output: each row mixes the values by its weights, weights @ V")
     out = weights @ V  # (T, T) x (T, hs) -> (T, hs)
     for t in range(3):
@@ -81,19 +81,19 @@ def run_in_model(layer: int = 1) -> None:
     model.forward([ids])
     q, k, v, q_start, out = be.calls[layer]  # (1, nh, T, hs), (1, n_kv, T, hs) x2, 0, (1, nh, T, hs)
     say(f"The demo model: {cfg.n_layer} layers x {cfg.n_head} heads of size {cfg.head_dim}. {len(ids)} tokens: "
-          f"q {q.shape}, k {k.shape} (B, nh, T, hs), recorded as transformer.attention calls be.attention.")
+        f"q {q.shape}, k {k.shape} (B, nh, T, hs), recorded as transformer.attention calls be.attention.")
     weights = causal_weights(q[0], k[0], q_start)  # (nh, T, T)
     say(f"Layer {layer}: softmax(q k^T / sqrt({cfg.head_dim})) by hand; weights @ v vs the model's own output: "
-          f"max difference {max_difference(weights @ v[0], out[0]):.1e}")
+        f"max difference {max_difference(weights @ v[0], out[0]):.1e}")
     say(f"Rows sum to 1 (largest error {np.abs(weights.sum(-1) - 1).max():.1e}); weights above the diagonal: "
-          f"{np.triu(weights, 1).max():.1f}")
+        f"{np.triu(weights, 1).max():.1f}")
     heading(f"Layer {layer}, the {cfg.n_head} heads averaged: row = a token, column = a token it may look at")
     mean = weights.mean(axis=0)  # (T, T)
     labels = [piece(tok, i) for i in ids]
     for t, label in enumerate(labels):
         strongest = int(np.argmax(mean[t]))
         say(f"  {label:12.12s} |{heat_row(mean[t, : t + 1]):{2 * len(ids)}s}| most: {labels[strongest]} "
-              f"{mean[t, strongest]:.2f}")
+            f"{mean[t, strongest]:.2f}")
     first = mean[1:, 0].mean()
     say(f"Mean weight on the first token, from the later tokens: {first:.2f} (a 'sink' when large: attention must "
-          f"put its weight of 1 somewhere).")
+        f"put its weight of 1 somewhere).")

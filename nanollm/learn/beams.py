@@ -26,18 +26,18 @@ def run() -> None:
     for beam in out.beams:
         say(f"  score {beam.score:8.4f}  {beam.text!r}")
     say("A beam's score is its summed log-probability / length ** length_penalty (1 here): the mean log p per "
-          "token.")
+        "token.")
     heading("The best beam's score, recomputed from one forward pass and log_softmax")
     best = out.beams[0]
     total = sequence_log_prob(model, ids, best.token_ids)
     say(f"  sum log p = {total:.4f}, / {len(best.token_ids)} tokens = {total / len(best.token_ids):.4f} "
-          f"(beam search said {best.score:.4f})")
+        f"(beam search said {best.score:.4f})")
     heading("Greedy, scored the same way")
     greedy_total = sequence_log_prob(model, ids, greedy.token_ids)
     say(f"  {greedy.text!r}: sum log p = {greedy_total:.4f}, mean {greedy_total / len(greedy.token_ids):.4f}")
     gain = np.exp(total - greedy_total)
     say(f"Greedy commits to the best next token; beams keep {BEAMS} candidates each step, so a token that looked "
-          f"worse first can lead to a better whole: here the best beam is {gain:.2f}x as probable as greedy's "
-          f"sequence.")
+        f"worse first can lead to a better whole: here the best beam is {gain:.2f}x as probable as greedy's "
+        f"sequence.")
     say("Each step scores num_beams x V candidates and reorders the KV cache to follow each beam's parent "
-          "(cache.reorder). Beam search cannot stream: the winner is known only at the end.")
+        "(cache.reorder). Beam search cannot stream: the winner is known only at the end.")

@@ -15,7 +15,7 @@ def run() -> None:
     print(chatml.render(messages))
     template = chat_template_for(tok)
     say(f"The demo model has no chat tokens (only {list(tok.special_tokens)}), so chat_template_for picks "
-          f"{template.name!r}: lines a base model can continue, stopping at {template.stop}.")
+        f"{template.name!r}: lines a base model can continue, stopping at {template.stop}.")
 
     heading("2. Two turns with the demo model: each prompt holds everything said so far")
     previous = ""
@@ -31,4 +31,4 @@ def run() -> None:
         messages.append({"role": "assistant", "content": out.text.strip()})
         previous = template.render(messages, add_generation_prompt=False)
     say("The model keeps nothing between turns: turn 2 pays again for turn 1's tokens (prefill grows every turn). "
-          "Servers keep the KV cache of a conversation's prefix to avoid that (prefix caching); nanollm does not.")
+        "Servers keep the KV cache of a conversation's prefix to avoid that (prefix caching); nanollm does not.")

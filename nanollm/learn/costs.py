@@ -38,9 +38,9 @@ def run() -> None:
           f"{weights / s.tpot_s / 1e9:.1f} GB/s")
     print(f"  peak memory {s.peak_memory_bytes / 2**20:9.0f} MiB resident (the whole Python process)")
     say(f"At {weights / 1e6:.1f} MB the demo's weights can stay in the CPU's caches, and its small matrix products "
-          "leave Python's per-op overhead as much of each step. A model too large for the caches (GPT-2 124M: about "
-          "500 MB in float32) streams every weight from memory for each token: decode is memory-bound, and weights / "
-          "TPOT approaches the memory's bandwidth.")
+        "leave Python's per-op overhead as much of each step. A model too large for the caches (GPT-2 124M: about "
+        "500 MB in float32) streams every weight from memory for each token: decode is memory-bound, and weights / "
+        "TPOT approaches the memory's bandwidth.")
 
     heading(f"A batch of {BATCH} prompts in one generate call: one weight read serves {BATCH} tokens per step")
     prompts = [PROMPT] * BATCH
@@ -51,6 +51,6 @@ def run() -> None:
     total = sum(len(r.token_ids) for r in results)
     alone = s.new_tokens / (s.ttft_s + s.tpot_s * (s.new_tokens - 1))  # the single request, prefill included
     say(f"  each sequence: {per_sequence:,.0f} tokens/s (1 / its TPOT); the batch: {total} tokens in "
-          f"{elapsed:.3f} s = {total / elapsed:,.0f} tokens/s, against {alone:,.0f} for one sequence alone")
+        f"{elapsed:.3f} s = {total / elapsed:,.0f} tokens/s, against {alone:,.0f} for one sequence alone")
     say("Total throughput against each sequence's own speed: the trade a server makes when it batches. "
-          "Try: python -m nanollm.generate --stats \"prompt\"")
+        "Try: python -m nanollm.generate --stats \"prompt\"")

@@ -56,10 +56,10 @@ def run_cache() -> None:
     cache = model.new_cache(batch_size=1, max_len=len(ids) + 3)
     logits = model.step(np.array([ids]), cache)  # (1, 1, V): only the last position's logits are needed
     say(f"ids (1, {len(ids)}) -> logits {logits.shape}; the cache holds {cache.length} positions; each layer's k and "
-          f"v buffer is {cache.k[0].shape} (B, n_kv, max_len, hs)")
+        f"v buffer is {cache.k[0].shape} (B, n_kv, max_len, hs)")
     per_token = kv_cache_bytes(cfg, 1, 1)
     say(f"per token: 2 (k, v) x {cfg.n_layer} layers x {cfg.n_kv_head} heads x {cfg.head_dim} x 4 bytes = "
-          f"{per_token:,} bytes")
+        f"{per_token:,} bytes")
     heading("2. Decode: one new token per step, T = 1; its keys and values join the cache")
     sequence = list(ids)
     for _ in range(3):
@@ -69,7 +69,7 @@ def run_cache() -> None:
         say(f"  chose {piece(tok, token):10s} -> step ids (1, 1), cache length {cache.length}")
     full = model.forward([sequence])[0, -1]  # (V,): recomputed from scratch
     say(f"The last step's logits vs a full pass over all {len(sequence)} tokens: max difference "
-          f"{max_difference(logits[0, -1], full):.1e} (the same numbers, without recomputing the past)")
+        f"{max_difference(logits[0, -1], full):.1e} (the same numbers, without recomputing the past)")
 
     heading(f"3. Timed: {NEW_TOKENS} greedy tokens with the cache, and recomputing everything each step")
     cached, cached_s = decode_with_cache(model, ids, NEW_TOKENS)
@@ -77,9 +77,9 @@ def run_cache() -> None:
     say(f"same tokens: {cached == again}")
     for name, s in (("cache", cached_s), ("recompute", again_s)):
         say(f"  {name:9s}: first 10 steps {1e3 * np.mean(s[:10]):6.2f} ms/token, last 10 "
-              f"{1e3 * np.mean(s[-10:]):6.2f} ms/token, total {sum(s):.3f} s")
+            f"{1e3 * np.mean(s[-10:]):6.2f} ms/token, total {sum(s):.3f} s")
     say(f"With the cache a step costs one position whatever the length; recomputing costs the whole sequence, "
-          f"{len(ids)} to {len(ids) + NEW_TOKENS} positions here, and grows with it.")
+        f"{len(ids)} to {len(ids) + NEW_TOKENS} positions here, and grows with it.")
 
 
 def find_loop(ids: list[int], longest: int = 20) -> tuple[int, int] | None:
@@ -98,12 +98,12 @@ def find_loop(ids: list[int], longest: int = 20) -> tuple[int, int] | None:
 
 def run_greedy() -> None:
     model = demo_model()
-    tok = model.tokenizer
+    tok, file_penalty = model.tokenizer, model.generation_defaults["repetition_penalty"]
     say(f"What nanollm read from the demo model's generation_config.json: {model.generation_defaults}")
     say("generate() follows it for what you do not pass, as transformers does (request.resolve_settings).")
     for penalty in (1.0, None):
         out = model.generate(GREEDY_PROMPT, max_new_tokens=60, temperature=0, repetition_penalty=penalty)
-        label = "repetition_penalty=1 (off)" if penalty else "the file's repetition_penalty=1.3"
+        label = "repetition_penalty=1 (off)" if penalty else f"the file's repetition_penalty={file_penalty}"
         heading(f"greedy, {label}")
         print(repr(out.text))
         loop = find_loop(out.token_ids)
@@ -115,6 +115,6 @@ def run_greedy() -> None:
             say(f"from new token {start} on, a cycle of {period} tokens repeats: {cycle!r}")
     print()
     say("Greedy takes the argmax, a pure function of the context: once the text repeats itself, the next choice "
-          "tends to repeat too. The penalty divides the positive logits of every token already seen by 1.3 "
-          "(lesson 10), which breaks the cycle. Passing repetition_penalty=1 (--repetition-penalty 1) shows the raw "
-          "model.")
+        f"tends to repeat too. The penalty divides the positive logits of every token already seen by {file_penalty} "
+        "(lesson 10), which breaks the cycle. Passing repetition_penalty=1 (--repetition-penalty 1) shows the raw "
+        "model.")

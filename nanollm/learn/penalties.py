@@ -21,11 +21,11 @@ def run() -> None:
     heading("1. Repetition penalty (CTRL, 2019; transformers' RepetitionPenaltyLogitsProcessor), penalty 2")
     say(f"  logits {numbers(LOGITS[0], 1)}, tokens 0 and 1 already seen")
     say(f"  apply_repetition_penalty -> {numbers(apply_repetition_penalty(LOGITS, SEEN, 2.0)[0], 1)}: "
-          f"a positive logit is divided, a negative one multiplied")
+        f"a positive logit is divided, a negative one multiplied")
     say("  (dividing -4 by 2 would give -2: the seen token would become more likely, not less)")
     heading("2. Presence and frequency penalties (OpenAI), over the generated tokens only")
     say(f"  counts {COUNTS[0].tolist()}, presence 0.5, frequency 0.25 -> "
-          f"{numbers(apply_presence_frequency(LOGITS, COUNTS, 0.5, 0.25)[0], 2)}  (logit - 0.5 - 0.25 x count)")
+        f"{numbers(apply_presence_frequency(LOGITS, COUNTS, 0.5, 0.25)[0], 2)}  (logit - 0.5 - 0.25 x count)")
 
     model = demo_model()
     tok = model.tokenizer
@@ -50,4 +50,4 @@ def run() -> None:
         print(f"  {options or 'max_new_tokens=30'!s:28s} -> {out.finish_reason:6s} after {len(out.token_ids):2d} "
               f"tokens, last {piece(tok, out.token_ids[-1])}: {out.text!r}")
     say("A stop string is matched on the text and never shown; the EOS token is kept in token_ids but not in the "
-          "text. min_new_tokens bans EOS (logit -inf) until that many tokens exist.")
+        "text. min_new_tokens bans EOS (logit -inf) until that many tokens exist.")

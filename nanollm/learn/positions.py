@@ -35,14 +35,14 @@ def run() -> None:
     for t, i in enumerate(ids[0]):
         say(f"  {i:5d} {piece(tok, i):12s} -> {numbers(x[0, t, :4])} ... ({cfg.n_embd} numbers)")
     say(f"x: {x.shape} (B, T, C). The same table, transposed, turns the last vector back into {cfg.vocab_size} "
-          f"logits (tied weights: tie_embeddings={cfg.tie_embeddings}).")
+        f"logits (tied weights: tie_embeddings={cfg.tie_embeddings}).")
 
     heading(f"2. GPT-2 learns a position table too: pos_emb {w.pos_emb.shape} (max_seq_len, C), added to x")
     p = w.pos_emb
     say("cosine similarity of position 10's vector with positions 11, 12, 20, 100: "
-          + " ".join(f"{cosine(p[10], p[j]):.3f}" for j in (11, 12, 20, 100)))
+        + " ".join(f"{cosine(p[10], p[j]):.3f}" for j in (11, 12, 20, 100)))
     say(f"x + positions: {be.add(x, be.embedding(p, np.arange(ids.shape[1])[None])).shape}, as transformer.forward "
-          f"does; a model trained on {cfg.max_seq_len} positions has no vector for position {cfg.max_seq_len}.")
+        f"does; a model trained on {cfg.max_seq_len} positions has no vector for position {cfg.max_seq_len}.")
 
     heading("3. The sinusoidal table of \"Attention is all you need\" (2017), computed by hand: nothing learned")
     d = cfg.n_embd
@@ -57,12 +57,12 @@ def run() -> None:
     rope = Rope(theta=10000.0, rotary_dim=d)
     inv_freq = frequencies(rope, seq_len=cfg.max_seq_len)  # (d/2,)
     say(f"rope.frequencies(theta=10000, r={d})[:4] = {numbers(inv_freq[:4])}; the sinusoid's 1/10000^(2i/d): "
-          f"max difference {max_difference(inv_freq, 1.0 / 10000.0 ** (np.arange(0, d, 2) / d)):.1e}")
+        f"max difference {max_difference(inv_freq, 1.0 / 10000.0 ** (np.arange(0, d, 2) / d)):.1e}")
     cos, _ = rope_cos_sin(rope, np.array([[0, 1, 2]]))  # (1, 3, d/2)
     say(f"angles of positions 0, 1, 2, first pair: {numbers(np.arccos(np.clip(cos[0, :, 0], -1, 1)))} radians")
     rotate = rotated_dot(NumpyBackend(), Rope(theta=10000.0, rotary_dim=8))
     say(f"q . k after rotation at positions (p, p+5), p = 0, 10, 100: "
-          f"{numbers([rotate(q, q + 5) for q in (0, 10, 100)])}: only the offset counts.")
+        f"{numbers([rotate(q, q + 5) for q in (0, 10, 100)])}: only the offset counts.")
 
 
 def rotated_dot(be, rope: Rope):

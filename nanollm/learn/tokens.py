@@ -28,7 +28,7 @@ def merge_steps(tokenizer: Tokenizer, word: str) -> list[tuple[int, list[bytes]]
 def run() -> None:
     tok = Tokenizer.from_pretrained(DEMO_MODEL)
     say(f"The demo model's tokenizer: byte-level BPE with {tok.vocab_size} ids (256 bytes, "
-          f"{len(tok.model.pair_ranks)} merges, <|endoftext|>), learned from Python's documentation.")
+        f"{len(tok.model.pair_ranks)} merges, <|endoftext|>), learned from Python's documentation.")
     heading("1. The pre-tokenizer cuts the text into words (a regex); merges never cross a word's edge")
     words = list(tok.model.pre_tokenizer.words(TEXT, True))
     say(f"{TEXT!r} -> {words}")
@@ -56,7 +56,7 @@ def run() -> None:
         say(f"GPT-2 ids: {' '.join(map(str, gpt2_ids))}")
         say(f"pieces:    {' '.join(piece(gpt2, i) for i in gpt2_ids)}")
         say(f"{len(gpt2_ids)} tokens where the demo needs {len(ids)}: a larger vocabulary holds longer pieces, "
-              f"so the same text costs fewer forward passes.")
+            f"so the same text costs fewer forward passes.")
     print()
     say("Try: python -m nanollm.tokenizer encode --pieces --tokenizer DIR \"text\"   and   "
-          "python -m nanollm.tokenizer train --verbose ...")
+        "python -m nanollm.tokenizer train --verbose ...")
