@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from nanollm.loader import DEMO_MODEL
 from nanollm.tokenizer import Tokenizer, load_tokenizer
-from nanollm.tokenizer.__main__ import main, token_pieces
+from nanollm.tokenizer.__main__ import main
 from nanollm.tokenizer.byte_level import CL100K_PATTERN
 from nanollm.tokenizer.saving import NANOLLM_TOKENIZER_FILE, BPEMerges
 from tests.conftest import PROJECT_ROOT, shared_file
@@ -102,9 +102,9 @@ def demo():
 def test_token_pieces_join_to_decode_bytes(demo, llama2, text):
     """Any text: the pieces of byte-level BPE are its UTF-8 bytes; SentencePiece's join to decode_bytes (its first
     piece without the dummy prefix's space), with or without the BOS control piece in front."""
-    assert b"".join(token_pieces(demo, demo.encode(text))) == text.encode("utf-8")
+    assert b"".join(demo.pieces(demo.encode(text))) == text.encode("utf-8")
     for ids in (llama2.encode(text), llama2.encode_prompt(text)):
-        assert b"".join(token_pieces(llama2, ids)) == llama2.decode_bytes(ids)
+        assert b"".join(llama2.pieces(ids)) == llama2.decode_bytes(ids)
 
 
 def test_pieces_through_the_program():

@@ -15,7 +15,7 @@ from weights_tools import hub
 from ..loader import DEMO_MODEL, load
 from ..model import Model
 from ..tokenizer import Tokenizer, TokenizerError
-from ..tokenizer.__main__ import shown
+from ..tokenizer.decoding import piece_literal
 
 WIDTH = 110  # columns of prose
 GPT2_DIR_VARIABLE = "NANOLLM_GPT2_DIR"  # a folder with GPT-2's tokenizer files (encoder.json + vocab.bpe, or more)
@@ -69,7 +69,7 @@ def numbers(values, digits: int = 4) -> str:
 def piece(tokenizer: Tokenizer, token_id: int) -> str:
     """One token's text as a literal, as `encode --pieces` prints it: ' assistant', or b'\\xf0\\x9f' for bytes
     that are part of a character."""
-    return shown(tokenizer.token_to_bytes(int(token_id)))
+    return piece_literal(tokenizer.token_to_bytes(int(token_id)))
 
 
 def heading(text: str) -> None:

@@ -1,7 +1,7 @@
 """Lesson 1: text becomes token ids, with the demo model's byte-level BPE and, when its files are here, GPT-2's."""
 from ..loader import DEMO_MODEL
 from ..tokenizer import Tokenizer
-from ..tokenizer.__main__ import shown, token_pieces
+from ..tokenizer.decoding import piece_literal
 from ..tokenizer.bpe import bpe_merge
 from .lesson import gpt2_tokenizer, heading, piece, say
 
@@ -42,8 +42,8 @@ def run() -> None:
 
     heading("3. Each final symbol is one id of the vocabulary (as python -m nanollm.tokenizer encode --pieces)")
     ids = tok.encode(TEXT)
-    for i, data in zip(ids, token_pieces(tok, ids)):
-        print(f"{i} {shown(data)}")
+    for i, data in zip(ids, tok.pieces(ids)):
+        print(f"{i} {piece_literal(data)}")
     say(f"{len(ids)} tokens for {len(TEXT)} characters; decode(ids) == text: {tok.decode(ids) == TEXT}")
 
     heading("4. GPT-2's tokenizer: the same algorithm, 50,257 ids learned from web text")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .. import files
 from .byte_level import NAMED_PATTERNS
+from .decoding import piece_literal
 from .errors import TokenizerError
 from .tokenizer import Tokenizer, from_pretrained
 from .train import Merge, train_bpe
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             text = _argument_text(args.text) if args.text is not None else _read_utf8(None)
             ids = tok.encode(text, allowed_special="all" if args.allow_special else ())
             if args.pieces:
-                print("\n".join(f"{i} {shown(piece)}" for i, piece in zip(ids, token_pieces(tok, ids))))
+                print("\n".join(f"{i} {piece_literal(piece)}" for i, piece in zip(ids, tok.pieces(ids))))
             else:
                 print(" ".join(map(str, ids)))
         else:
@@ -88,31 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def token_pieces(tok: Tokenizer, ids: list[int]) -> list[bytes]:
-    """The bytes each id adds to the decoded text, in order: joined they are ``tok.decode_bytes(ids)`` exactly.
-
-    An id's bytes are ``token_to_bytes`` except while decoding is at its start, where SentencePiece's first piece
-    drops its dummy-prefix space (decoding.py): there a piece is what ``decode_bytes`` gives for the id alone, and
-    the start lasts until the first id that is not a start id such as <s>.
-    Example (GPT-2): ids of "Hello world" [15496, 995] -> [b"Hello", b" world"].
-    """
-    rules = tok.decode_rules
-    first = next((k for k, i in enumerate(ids) if i not in rules.start_ids), len(ids))  # the first piece shown
-    return [tok.decode_bytes([i]) if k <= first else tok.token_to_bytes(i) for k, i in enumerate(ids)]
-
-
-def shown(piece: bytes) -> str:
-    """A piece as a Python literal: its text ('Hello') when it is whole UTF-8, else its bytes (b'\\xf0\\x9f', part
-    of a character that the next ids complete). nanollm.learn prints tokens with it too."""
-    try:
-        return repr(piece.decode("utf-8"))
-    except UnicodeDecodeError:
-        return repr(piece)
-
-
 def _print_merge(merge: Merge) -> None:
     """train --verbose: one line per merge, in the order learned, e.g. `merge 97 + 97 -> 256 'aa' (count 4)`."""
-    print(f"merge {merge.left} + {merge.right} -> {merge.new_id} {shown(merge.token)} "
+    print(f"merge {merge.left} + {merge.right} -> {merge.new_id} {piece_literal(merge.token)} "
           f"(count {merge.count})", flush=True)
 
 

@@ -70,6 +70,15 @@ def bytes_to_text(rules: DecodeRules, data: bytes) -> str:
     return data.decode("utf-8", errors="replace")
 
 
+def piece_literal(piece: bytes) -> str:
+    """A token's piece as a Python literal, as `encode --pieces` and the lessons print it: its text ('Hello') when
+    it is whole UTF-8, else its bytes (b'\\xf0\\x9f', part of a character that the next ids complete)."""
+    try:
+        return repr(piece.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(piece)
+
+
 class StreamDecoder:
     """Decode one token at a time; ``push`` returns the text completed by this token (maybe ""), ``flush`` the rest.
 

@@ -128,6 +128,17 @@ class Tokenizer:
         except (KeyError, TypeError):
             raise TokenizerError(f"token id {token_id!r} is not in the vocabulary") from None
 
+    def pieces(self, ids: list[int]) -> list[bytes]:
+        """The bytes each id adds to the decoded text, in order: joined they are ``decode_bytes(ids)`` exactly.
+
+        An id's bytes are ``token_to_bytes`` except while decoding is at its start, where SentencePiece's first piece
+        drops its dummy-prefix space (decoding.py): there a piece is what ``decode_bytes`` gives for the id alone, and
+        the start lasts until the first id that is not a start id such as <s>.
+        Example (GPT-2): ids of "Hello world" [15496, 995] -> [b"Hello", b" world"].
+        """
+        first = next((k for k, i in enumerate(ids) if i not in self.decode_rules.start_ids), len(ids))
+        return [self.decode_bytes([i]) if k <= first else self.token_to_bytes(i) for k, i in enumerate(ids)]
+
     def stream_decoder(self) -> StreamDecoder:
         """An incremental decoder: ``push(id)`` returns newly completed text, ``flush()`` the remainder."""
         return StreamDecoder(self.decode_rules)
