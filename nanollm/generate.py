@@ -5,6 +5,8 @@
     python -m nanollm.generate --model DIR --prompt "The sky is" --prompt "Paris is" --stats      (a batch)
     python -m nanollm.generate --model DIR --temperature 0.8 --top-p 0.9 --show-probs 5 "Paris is the city"
     python -m nanollm.generate --model DIR --chat --system "You are terse."                        (interactive)
+    python -m nanollm.generate --trace "Once upon a time"                   (every op of prefill and two decode steps)
+    python -m nanollm.generate --show-attention 2 --plot attention.png "Once upon a time"
 
 Errors (a bad flag, a missing or corrupt model, a prompt longer than the context) print one line and exit non-zero.
 """
@@ -19,7 +21,10 @@ from .files import read_text
 from .generation import generate
 from .loader import default_model_path, load
 from .request import OPTIONS, GenerationStats, eos_ids
+from .views import plot
+from .views.attention import attention_maps, format_attention, parse_attention_spec
 from .views.choice import format_choice
+from .views.trace import format_trace, trace_generation
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -64,6 +69,15 @@ def parse_args(argv):
                           "temperature, the top-k/top-p/min-p cuts, the number drawn and the token it picked)")
     out.add_argument("--show-prompt", action="store_true",
                      help="--chat: print the exact text the template produced and its tokens, every turn")
+    out.add_argument("--trace", type=int, nargs="?", const=2, metavar="STEPS",
+                     help="print every op of the prefill and of STEPS decode steps (default 2): stage, shapes, time, "
+                          "the KV cache, bytes read and FLOP per byte")
+    out.add_argument("--show-attention", metavar="LAYER[:HEAD]",
+                     help="print one layer's attention weights (one head, or the mean of all) as a heat map of "
+                          "tokens x tokens")
+    out.add_argument("--plot", metavar="FILE.png",
+                     help="draw --show-attention's map, or --stats' time per token over the context, as a PNG "
+                          "(needs matplotlib: pip install 'nanollm[viz]')")
     args = p.parse_args(argv)
 
     try:
@@ -78,6 +92,21 @@ def parse_args(argv):
         p.error(f"--seed must be >= 0, got {args.seed}")
     if args.show_probs < 0:
         p.error(f"--show-probs K must be >= 0 (0 shows nothing), got {args.show_probs}")
+    if args.trace is not None and args.trace < 0:
+        p.error(f"--trace STEPS must be >= 0, got {args.trace}")
+    if args.show_attention is not None:
+        try:
+            args.show_attention = parse_attention_spec(args.show_attention)
+        except ValueError as e:
+            p.error(str(e))
+    views = [name for name, on in (("--trace", args.trace is not None), ("--show-attention", args.show_attention),
+                                   ("--show-probs", args.show_probs), ("--json", args.json)) if on]
+    if len(views) > 1:
+        p.error(f"{' and '.join(views)} each print their own view: give one of them")
+    if views[:1] in (["--trace"], ["--show-attention"]) and args.chat:
+        p.error(f"{views[0]} follows one prompt, not --chat")
+    if args.plot is not None and not (bool(args.show_attention) ^ args.stats):
+        p.error("--plot draws one picture: --show-attention's map or --stats' time per token; give one of them")
     if args.early_stopping is not None:
         args.early_stopping = {"true": True, "false": False, "never": "never"}[args.early_stopping]
     if args.chat == bool(args.text is not None or args.prompt or args.prompt_ids or args.prompts_file):
@@ -157,7 +186,34 @@ def result_json(r) -> dict:
     return out
 
 
+def run_view(model, args, prompt) -> int:
+    """--trace or --show-attention: one prompt generated with its ops recorded, then printed (and drawn, --plot)."""
+    options = generation_options(args)
+    if args.trace is not None:
+        trace = trace_generation(model, prompt, decode_steps=args.trace, **options)
+        print(format_trace(trace))
+        result = trace.result
+    else:
+        layer, head = args.show_attention
+        attention = attention_maps(model, prompt, layer, head, **options)
+        result = attention.result
+        print(format_attention(attention))
+        if args.plot is not None:
+            plot.plot_attention(attention, args.plot)
+            print(f"wrote {args.plot}", file=sys.stderr)
+    print("text:")
+    print(result.text if result.text is not None else " ".join(map(str, result.token_ids)))
+    if args.stats:
+        print(format_stats(result.stats), file=sys.stderr)
+    return 0
+
+
 def run_prompts(model, args, prompts: list) -> int:
+    if args.trace is not None or args.show_attention:
+        if len(prompts) > 1:
+            raise ValueError(f"{'--trace' if args.trace is not None else '--show-attention'} follows one prompt; "
+                             f"got a batch of {len(prompts)}")
+        return run_view(model, args, prompts[0])
     options = generation_options(args)
     single = len(prompts) == 1
     if args.show_probs > 0:
@@ -188,6 +244,10 @@ def run_prompts(model, args, prompts: list) -> int:
         if not single:  # each sequence's own numbers above; what the batch achieved together here
             print(f"batch of {len(results)}: {sum(r.stats.new_tokens for r in results)} new tokens, "
                   f"{results[0].stats.batch_tokens_per_s:.1f} tokens/s together (prefill included)", file=sys.stderr)
+        if args.plot is not None:
+            plot.plot_step_times([r.stats for r in results], args.plot,
+                                 labels=None if single else [f"[{i}]" for i in range(len(results))])
+            print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -250,6 +310,8 @@ def run(args) -> int:
     if args.model is None:
         args.model = default_model_path()
     prompts = [] if args.chat else read_prompts(args)  # before loading: a bad file fails fast
+    if args.plot is not None:  # before the work whose picture it would draw
+        plot.check_can_write(args.plot)
     with warnings.catch_warnings(record=True) as caught:  # e.g. an EOS id outside the vocabulary, ignored
         warnings.simplefilter("always")
         model = load(args.model, backend=args.backend)

@@ -161,6 +161,16 @@ def test_keep_recent_keeps_the_most_recent_window(ids_model, tmp_path):
     (["--prompt-ids", "1,2", "--temperature", "0", "--num-beams", "2", "--show-probs", "2"], 1),
     (["--chat", "--prompt-ids", "1,2"], 2),
     ([], 2),
+    (["--prompt-ids", "1,2", "--trace", "--show-probs", "2"], 2),  # two views on one stdout
+    (["--prompt-ids", "1,2", "--trace", "-1"], 2),
+    (["--chat", "--show-attention", "0"], 2),
+    (["--prompt-ids", "1,2", "--show-attention", "1:x"], 2),
+    (["--prompt-ids", "1,2", "--show-attention", "7"], 1),  # the model has 2 layers
+    (["--prompt-ids", "1,2", "--show-attention", "0:9"], 1),  # ... and 4 heads
+    (["--prompt-ids", "1,2", "--show-attention", "0", "--temperature", "0", "--num-beams", "2"], 1),
+    (["--prompt-ids", "1,2", "--prompt-ids", "3", "--trace"], 1),  # a view follows one prompt, not a batch
+    (["--prompt-ids", "1,2", "--plot", "x.png"], 2),  # a picture of what? (--show-attention or --stats)
+    (["--prompt-ids", "1,2", "--stats", "--plot", "no/such/dir/x.png"], 1),
 ])
 def test_bad_flags_exit_with_one_line(ids_model, tmp_path, args, status):
     out = cli("--model", str(ids_model), *args, cwd=tmp_path)
@@ -309,3 +319,61 @@ def test_chat_show_prompt_prints_the_whole_conversation_each_turn(text_model, tm
     shown = [line.split("] ", 1)[1] for line in out.stderr.splitlines() if line.startswith("[its tokens]")]
     assert shown[0] == " ".join(map(str, template.encode(model.tokenizer, first)))
     assert len(shown) == 2 and len(shown[1].split()) > len(shown[0].split())
+
+
+def test_trace_prints_every_stage_then_the_text_generate_gives(text_model, tmp_path):
+    args = ("--model", str(text_model), "--temperature", "0", "Hello there")
+    out = cli(*args, "--trace", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    trace, text = out.stdout.split("\ntext:\n")
+    ids = nanollm.load(text_model).tokenizer.encode("Hello there")
+    assert trace.startswith(f"tokenize: {len(ids)} tokens")
+    headers = [line.split(":")[0] for line in trace.splitlines() if line.startswith(("prefill", "decode step"))]
+    assert headers == ["prefill", "decode step 1", "decode step 2"]
+    assert f"ids (B, T) = (1, {len(ids)})" in trace and "logits to host" in trace and "GB/s achieved" in trace
+    # by default the prefill and two decode steps choose 3 tokens: the same text as generating 3 tokens plainly
+    assert text == nanollm.load(text_model).generate("Hello there", max_new_tokens=3, temperature=0).text + "\n"
+
+
+def test_show_attention_prints_the_map_the_library_computes(text_model, tmp_path):
+    from nanollm.views.attention import attention_maps, format_attention
+
+    out = cli("--model", str(text_model), "--max-new-tokens", "5", "--temperature", "0", "--show-attention", "1:0",
+              "Hello there", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    shown, text = out.stdout.split("\ntext:\n")
+    expected = attention_maps(nanollm.load(text_model), "Hello there", 1, 0, max_new_tokens=5, temperature=0)
+    assert shown == format_attention(expected)
+    assert text == expected.result.text + "\n"
+
+
+def png_size(path) -> tuple[int, int]:
+    """A PNG's (width, height), read from its IHDR chunk: the file must start as every PNG does."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.mark.parametrize("view", [["--show-attention", "0"], ["--stats", "--no-kv-cache"]])
+def test_plot_writes_a_png(text_model, tmp_path, view):
+    pytest.importorskip("matplotlib", reason="--plot draws with matplotlib, the viz extra (installed with test)")
+    out = cli("--model", str(text_model), "--max-new-tokens", "6", "--temperature", "0", *view, "--plot",
+              "picture.png", "Hello there", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "wrote picture.png" in out.stderr
+    width, height = png_size(tmp_path / "picture.png")
+    assert width >= 400 and height >= 300
+
+
+def test_plot_without_matplotlib_says_how_to_install_it_before_any_work(text_model, tmp_path):
+    """A matplotlib that cannot be imported (a package that raises ImportError, found first on the path)."""
+    blocked = tmp_path / "blocked" / "matplotlib"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ImportError('matplotlib is blocked for this test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked.parent), str(PROJECT_ROOT)]))
+    out = subprocess.run([sys.executable, "-m", "nanollm.generate", "--model", str(text_model), "--stats", "--plot",
+                          "picture.png", "Hello"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 1 and out.stdout == ""  # nothing generated: the error comes first
+    assert out.stderr.strip().splitlines() == [
+        "error: plots need matplotlib, which is not installed: pip install 'nanollm[viz]' (or pip install matplotlib)"]
+    assert not (tmp_path / "picture.png").exists()

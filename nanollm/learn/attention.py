@@ -97,3 +97,5 @@ def run_in_model(layer: int = 1) -> None:
     first = mean[1:, 0].mean()
     say(f"Mean weight on the first token, from the later tokens: {first:.2f} (a 'sink' when large: attention must "
         f"put its weight of 1 somewhere).")
+    say("Any model, layer and head, with a row for each new token too (and a PNG with --plot):")
+    say(f"  python -m nanollm.generate --show-attention {layer}:0 \"...\"")

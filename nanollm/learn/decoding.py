@@ -80,6 +80,8 @@ def run_cache() -> None:
             f"{1e3 * np.median(s[-10:]):6.2f} ms/token, total {sum(s):.3f} s")  # medians: a busy machine's spikes
     say(f"With the cache a step costs one position whatever the length; recomputing costs the whole sequence, "
         f"{len(ids)} to {len(ids) + NEW_TOKENS} positions here, and grows with it.")
+    say("The same comparison for any model, time per token drawn over the context:")
+    say("  python -m nanollm.generate --stats [--no-kv-cache] --plot steps.png \"...\"")
 
 
 def find_loop(ids: list[int], longest: int = 20) -> tuple[int, int] | None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import NumpyBackend
-from ..request import PROMPT_TYPES, is_prompt, type_outline, whole_number
+from ..request import PROMPT_TYPES, GenerationResult, is_prompt, type_outline, whole_number
 from .trace import token_pieces, traced
 
 REFERENCE = NumpyBackend()  # the op whose math the weights are read from
@@ -86,6 +86,7 @@ class AttentionMap:
     weights: np.ndarray  # (N, N) float32: row i = how token i's query spreads over tokens 0 .. i (sums to 1)
     labels: list  # N token pieces: the prompt's, then the new tokens the model read
     prompt_len: int  # rows before this come from the prefill, the others one per decode step
+    result: GenerationResult | None = None  # the generation the weights were read from (text, ids, stats)
 
 
 def check_layer_head(model, layer, head) -> None:
@@ -113,8 +114,10 @@ def attention_maps(model, prompt, layer: int, head: int | None = None, max_new_t
     for the prompt and every new token the model read. generate_options: those of model.generate."""
     if not is_prompt(prompt):
         raise TypeError(f"attention_maps takes one prompt ({PROMPT_TYPES}); got {type_outline(prompt)}")
-    if generate_options.get("num_beams", 1) > 1:
-        raise ValueError("attention_maps follows one sequence; beam search reorders num_beams of them at every step")
+    beams = generate_options.get("num_beams", 1)
+    if beams > 1:
+        raise ValueError(f"the attention view follows one sequence; beam search (num_beams={beams}) reorders "
+                         f"{beams} of them at every step")
     with recording_attention(model, layer, head) as recorder:
         result = model.generate(prompt, max_new_tokens=max_new_tokens, **generate_options)
     ids = result.prompt_ids + result.token_ids
@@ -123,7 +126,7 @@ def attention_maps(model, prompt, layer: int, head: int | None = None, max_new_t
     for slot, row in recorder.rows.items():
         weights[slot, : len(row)] = row
     return AttentionMap(layer, head, model.config.n_head, weights, token_pieces(model.tokenizer, ids[:N]),
-                        len(result.prompt_ids))
+                        len(result.prompt_ids), result)
 
 
 def shade(w: float) -> str:

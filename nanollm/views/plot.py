@@ -5,6 +5,7 @@ matplotlib Figure directly, never through pyplot, so no window, no global state 
 PNG's bytes are written with files.write_bytes (a temporary file renamed into place, like every file nanollm writes).
 """
 import io
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +19,15 @@ except ImportError:  # the optional extra is not installed: each plot says how t
     colormaps = Figure = None
 
 INSTALL = "pip install 'nanollm[viz]' (or pip install matplotlib)"
+
+
+def check_can_write(path) -> None:
+    """Fail before any work is done when the plot could not be written: no matplotlib, or no such directory."""
+    if Figure is None:
+        raise ImportError(f"plots need matplotlib, which is not installed: {INSTALL}")
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write the plot {path}: the directory {folder} does not exist")
 
 
 def new_figure(width: float, height: float):

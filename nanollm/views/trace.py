@@ -252,11 +252,12 @@ def traced(model, **options):
 
 
 def token_pieces(tokenizer, ids) -> list[str]:
-    """The text each token stands for ("▁Hello" -> " Hello"); bytes that end mid-character show as U+FFFD. Without a
+    """The text each token adds (Tokenizer.pieces: "▁Hello" -> " Hello", or "Hello" first); bytes that end mid-character
+    show as U+FFFD. Without a
     tokenizer, the ids themselves."""
     if tokenizer is None:
         return [str(int(t)) for t in ids]
-    return [tokenizer.token_to_bytes(int(t)).decode("utf-8", errors="replace") for t in ids]
+    return [piece.decode("utf-8", errors="replace") for piece in tokenizer.pieces([int(t) for t in ids])]
 
 
 @dataclass
@@ -363,9 +364,11 @@ def format_bandwidth(passes: list) -> list[str]:
     if prefill.name == "prefill":
         lines.append(f"  prefill read the weights once for all {prefill.ids.shape[1]} positions: "
                      f"{prefill.flops_per_byte:.2f} FLOP per byte")
-    lines.append("  A CPU core computes tens of FLOP in the time memory delivers one byte, a GPU hundreds: a step doing "
-                 "fewer FLOP\n  per byte than that waits on memory (memory-bound). In a tiny model fixed costs dominate "
-                 "instead (each op's\n  call, the Python between ops), so its GB/s stays far below the memory's.")
+    lines += ["  A CPU core computes tens of FLOP in the time memory delivers one byte, a GPU hundreds: a step "
+              "doing fewer FLOP",
+              "  per byte than that waits on memory (memory-bound). In a tiny model fixed costs dominate instead "
+              "(each op's",
+              "  call, the Python between ops), so its GB/s stays far below the memory's."]
     return lines
 
 
