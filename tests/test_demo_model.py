@@ -127,7 +127,8 @@ def test_cached_gpt2_is_preferred(tmp_path, monkeypatch, capsys):
 ])
 def test_readme_run_command_without_network_produces_the_demo_text(tmp_path, no_network):
     """`python -m nanollm.generate "prompt"` with no --model, no network and an empty cache: one notice line on
-    stderr, then exactly the demo model's own greedy continuation on stdout."""
+    stderr, and the note on what the demo's generation_config.json decides; then exactly the demo model's own greedy
+    continuation on stdout."""
     result = subprocess.run(
         [sys.executable, "-m", "nanollm.generate", "--max-new-tokens", "12", "--temperature", "0",
          "The with statement"],
@@ -135,6 +136,8 @@ def test_readme_run_command_without_network_produces_the_demo_text(tmp_path, no_
         env=dict(os.environ, NANOLLM_CACHE=str(tmp_path), **no_network),
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("\n") == 1 and "demo model" in result.stderr
+    notice, note = result.stderr.splitlines()
+    assert "demo model" in notice and note == "note: generation_config.json sets repetition_penalty=1.3 (a flag " \
+                                              "overrides each)"
     expected = nanollm.load(DEMO_MODEL).generate("The with statement", max_new_tokens=12, temperature=0)
     assert expected.text.strip() and result.stdout.rstrip("\n") == expected.text

@@ -1,8 +1,8 @@
 """Lesson 1: text becomes token ids, with the demo model's byte-level BPE and, when its files are here, GPT-2's."""
 from ..loader import DEMO_MODEL
 from ..tokenizer import Tokenizer
-from ..tokenizer.decoding import piece_literal
 from ..tokenizer.bpe import bpe_merge
+from ..tokenizer.decoding import piece_literal
 from .lesson import gpt2_tokenizer, heading, piece, say
 
 TEXT = "Hello, I'm an AI assistant."

@@ -24,7 +24,7 @@ from .. import files
 from .byte_level import NAMED_PATTERNS
 from .decoding import piece_literal
 from .errors import TokenizerError
-from .tokenizer import Tokenizer, from_pretrained
+from .tokenizer import from_pretrained
 from .train import Merge, train_bpe
 
 
