@@ -245,8 +245,9 @@ def run_prompts(model, args, prompts: list) -> int:
             print(f"batch of {len(results)}: {sum(r.stats.new_tokens for r in results)} new tokens, "
                   f"{results[0].stats.batch_tokens_per_s:.1f} tokens/s together (prefill included)", file=sys.stderr)
         if args.plot is not None:
+            how = "recomputing every position (--no-kv-cache)" if args.kv_cache is False else "with the KV cache"
             plot.plot_step_times([r.stats for r in results], args.plot,
-                                 labels=None if single else [f"[{i}]" for i in range(len(results))])
+                                 labels=[how if single else f"[{i}] {how}" for i in range(len(results))])
             print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 

@@ -161,15 +161,16 @@ def test_cli_generates_the_api_greedy_ids(gpt2_dir):
 @pytest.mark.parametrize("args, message", [
     (["--model", "{missing}", "--prompt-ids", "1"], "no config.json"),
     (["--model", "{gpt2}", "--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
-    (["--model", "{gpt2}", "--prompt-ids", "1", "--top-p", "1.5"], "top_p must be in (0, 1]"),
+    (["--model", "{gpt2}", "--prompt-ids", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
     (["--model", "{gpt2}", "--prompt-ids", "1,2,3,4,5,6,7,8,9,10,11", "--max-new-tokens", "150"],
      "prompt of 11 tokens + 150 new tokens = 161 exceeds the model's context of 160 "
-     "tokens (context_overflow='truncate_left' keeps the most recent 10)"),
+     "tokens (--keep-recent keeps the most recent 10)"),
     (["--model", "{gpt2}", "--prompt-ids", "1", "--max-new-tokens", "1000000000"],
-     "max_new_tokens=1000000000 leaves no room for a prompt in the model's context of 160 tokens (at most 159 new"),
+     "--max-new-tokens 1000000000 leaves no room for a prompt in the model's context of 160 tokens (at most 159 new"),
     (["--model", "{gpt2}", "--prompt-ids", "1", "--max-new-tokens", "many"], "invalid int value"),
 ])
 def test_cli_errors_are_one_line(tmp_path, gpt2_dir, args, message):
+    """One line naming the problem, in the command line's terms: flags, not generate()'s option names."""
     args = [a.format(missing=tmp_path / "nothing", gpt2=gpt2_dir) for a in args]
     (tmp_path / "nothing").mkdir()
     out = run_cli(*args)
