@@ -11,6 +11,11 @@ slots are hidden by a key mask, and every sequence gets its own positions, so a 
 would alone. Each sequence stops on its own; a finished one keeps riding along (its tokens are ignored) until the
 last one stops, which keeps the cache rectangular.
 
+The loop (`Batch.steps`) reads: prefill, choose, then one decode step after another until every sequence stops.
+The decode step is the one part that varies: `Batch.decode` runs the tokens just chosen, one position per sequence;
+speculative decoding (speculative.py) puts its own step in its place, which verifies several proposed tokens in one
+pass and chooses each through the same `process`, `choose` and `record` (so stops, stats and history are the loop's).
+
 Which token comes next is logits_processors.py; when to stop and what text is shown is stopping.py; beam search is
 beam_search.py; the settings, prompt checks and results are request.py. `generate` is the public entry point
 (`model.generate` calls it).
@@ -24,6 +29,7 @@ from .beam_search import beam_search_result
 from .logits_processors import TokenHistory, choose_tokens, draw_uniforms, explain_choice, process_logits
 from .request import (PROMPT_TYPES, GenerationResult, GenerationSettings, GenerationStats, check_beam_request,
                       encode_prompt, is_prompt, record_timing, resolve_settings, split_prompts, type_outline)
+from .speculative import check_speculative_request, speculator
 from .stopping import TextStream
 
 
@@ -48,9 +54,12 @@ class Batch:
     at position L_b + n whatever its slot, so padding changes nothing a sequence computes.
     """
 
-    def __init__(self, model, prompts: list[list[int]], settings: GenerationSettings, on_choice=None):
+    def __init__(self, model, prompts: list[list[int]], settings: GenerationSettings, on_choice=None,
+                 assistant_model=None, on_verify=None):
         self.model, self.settings = model, settings
         self.on_choice = on_choice  # on_choice(sequence index, logits_processors.Choice) after every choice
+        self.assistant_model = assistant_model  # a draft model for speculative decoding (speculative.py), or None
+        self.on_verify = on_verify  # on_verify(speculative.Verification) after every verification pass
         tok = model.tokenizer
         self.seqs = [Sequence(ids, TextStream(tok.stream_decoder(), settings.stop) if tok is not None else None)
                      for ids in prompts]
@@ -65,55 +74,88 @@ class Batch:
         self.stats = GenerationStats(prompt_tokens=sum(len(p) for p in prompts), batch_size=len(prompts))
         self.t_start: float | None = None  # perf_counter() as prefill begins
         self.token_times: list[float] = []  # perf_counter() when each step's tokens were chosen
+        self.chosen = 0  # new tokens chosen so far per sequence (finished sequences keep counting, ignored)
+        self.last: np.ndarray | None = None  # (B,) the tokens chosen last: the next decode step's input
 
     def steps(self):
-        """Yield, after each step, a list of (sequence index, token, text piece) for every sequence still running."""
-        model, s = self.model, self.settings
-        if s.max_new_tokens == 0:
+        """Yield, after each step, a list of (sequence index, token, text piece) for every token it chose: one per
+        running sequence for a decode step, as many as the model accepted for a speculative one."""
+        if self.settings.max_new_tokens == 0:
             return
-        B, T = len(self.seqs), max(len(q.prompt_ids) for q in self.seqs)
-        cache = model.new_cache(batch_size=B, max_len=T + s.max_new_tokens)  # first: it checks that memory suffices
-        self.stats.kv_cache_bytes = cache.nbytes
-        ids, positions, key_mask, last, next_pos = self.prefill_inputs()  # (B, T) ids
-        rng = np.random.default_rng(s.seed)
-        history = TokenHistory([q.prompt_ids for q in self.seqs], model.config.vocab_size) \
-            if s.sampling.uses_history else None
-        running = list(range(B))
+        speculating = speculator(self, self.assistant_model)  # None unless a proposer was asked for
+        next_step = self.decode if speculating is None else speculating.step
+        logits = self.prefill()  # (B, V)
+        yield self.choose(logits)
+        while self.running:
+            yield next_step()
 
+    def prefill(self) -> np.ndarray:
+        """Allocate the cache, the random generator and the token history; run every prompt position at once.
+        -> the logits of each prompt's last position (B, V)."""
+        model, s = self.model, self.settings
+        B, T = len(self.seqs), max(len(q.prompt_ids) for q in self.seqs)
+        self.T = T  # the padded prompt length: new tokens take slots T, T+1, ...
+        self.cache = model.new_cache(batch_size=B, max_len=T + s.max_new_tokens)  # first: it checks memory suffices
+        self.stats.kv_cache_bytes += self.cache.nbytes
+        self.ids, self.positions, self.key_mask, last, self.next_pos = self.prefill_inputs()  # (B, T) ids
+        self.rng = np.random.default_rng(s.seed)
+        self.history = TokenHistory([q.prompt_ids for q in self.seqs], model.config.vocab_size) \
+            if s.sampling.uses_history else None
+        self.running = list(range(B))
         self.t_start = time.perf_counter()
-        if key_mask is None:  # no padding: every row's last position is T-1
-            logits = model.step(ids, cache)[:, -1]  # (B, V)
-        else:
-            mask = key_mask[:, :T]
-            # Right padding puts each row's last prompt token at a different position, so every position is
-            # projected to the vocabulary (B, T, V) and each row's own picked out; left padding needs only the last.
-            all_logits = model.step(ids, cache, positions, mask, last_only=s.padding_side == "left")  # (B, T|1, V)
-            logits = all_logits[:, -1] if s.padding_side == "left" else all_logits[np.arange(B), last]  # (B, V)
-        for n in range(s.max_new_tokens):
-            suppressed = s.eos_ids if n < s.min_new_tokens else ()
-            raw, logits = logits, process_logits(logits, s.sampling, history, suppressed)  # (B, V) each
-            u = draw_uniforms(s.sampling, rng, B)  # (B,) the draw's uniform numbers (zeros when greedy)
-            tokens = choose_tokens(logits, s.sampling, u, model.backend)  # (B,)
-            self.token_times.append(time.perf_counter())
-            if self.on_choice is not None:
-                for b in running:
-                    self.on_choice(b, explain_choice(n + 1, raw[b], logits[b], s.sampling, u[b], tokens[b]))
-            if history is not None:
-                history.add(tokens)
-            events = [(b, *self.accept(b, int(tokens[b]), n + 1)) for b in running]
-            running = [b for b in running if self.seqs[b].finish_reason is None]
-            yield events
-            if not running:
-                return
-            # decode: every row (finished ones too, ignored) appends one token at slot T + n, its position next_pos.
-            step_pos = (next_pos + n)[:, None]  # (B, 1)
-            step_mask = None if key_mask is None else key_mask[:, : T + n + 1]  # (B, T+n+1)
-            if s.kv_cache:
-                logits = model.step(tokens[:, None], cache, step_pos, step_mask)[:, -1]  # (B, V)
-            else:  # what the cache saves: recompute every position so far, every step (--no-kv-cache)
-                ids, positions = np.concatenate([ids, tokens[:, None]], 1), np.concatenate([positions, step_pos], 1)
-                cache.restart()
-                logits = model.step(ids, cache, positions, step_mask)[:, -1]  # (B, V)
+        if self.key_mask is None:  # no padding: every row's last position is T-1
+            return model.step(self.ids, self.cache)[:, -1]  # (B, V)
+        mask = self.key_mask[:, :T]
+        # Right padding puts each row's last prompt token at a different position, so every position is projected
+        # to the vocabulary (B, T, V) and each row's own picked out; left padding needs only the last.
+        left = s.padding_side == "left"
+        all_logits = model.step(self.ids, self.cache, self.positions, mask, last_only=left)  # (B, T|1, V)
+        return all_logits[:, -1] if left else all_logits[np.arange(B), last]  # (B, V)
+
+    def decode(self) -> list:
+        """One decode step: every row (finished ones too, ignored) runs the token it chose last at the next slot,
+        at its own next position. -> the events of the tokens chosen from the logits that come out."""
+        s, n = self.settings, self.chosen  # n tokens chosen per sequence so far; the n-th runs now
+        tokens = self.last[:, None]  # (B, 1)
+        step_pos = (self.next_pos + n - 1)[:, None]  # (B, 1)
+        step_mask = None if self.key_mask is None else self.key_mask[:, : self.T + n]  # (B, T+n)
+        if s.kv_cache:
+            logits = self.model.step(tokens, self.cache, step_pos, step_mask)[:, -1]  # (B, V)
+        else:  # what the cache saves: recompute every position so far, every step (--no-kv-cache)
+            self.ids = np.concatenate([self.ids, tokens], 1)  # (B, T+n)
+            self.positions = np.concatenate([self.positions, step_pos], 1)  # (B, T+n)
+            self.cache.restart()
+            logits = self.model.step(self.ids, self.cache, self.positions, step_mask)[:, -1]  # (B, V)
+        return self.choose(logits)
+
+    def process(self, logits: np.ndarray, n: int, history=None) -> np.ndarray:
+        """The processors (logits_processors.py) for each sequence's n-th new token: EOS is suppressed while fewer
+        than min_new_tokens precede it. history: the batch's own unless given (a draft model's copy). (B, V)"""
+        suppressed = self.settings.eos_ids if n <= self.settings.min_new_tokens else ()
+        return process_logits(logits, self.settings.sampling, self.history if history is None else history,
+                              suppressed)  # (B, V)
+
+    def choose(self, logits: np.ndarray) -> list:
+        """Process the logits of every row's next token (B, V), choose by the backend's sampler, record. -> events"""
+        s, n = self.settings, self.chosen + 1
+        raw, logits = logits, self.process(logits, n)  # (B, V) each
+        u = draw_uniforms(s.sampling, self.rng, len(logits))  # (B,) the draw's uniform numbers (zeros when greedy)
+        tokens = choose_tokens(logits, s.sampling, u, self.model.backend)  # (B,)
+        if self.on_choice is not None:
+            for b in self.running:
+                self.on_choice(b, explain_choice(n, raw[b], logits[b], s.sampling, u[b], tokens[b]))
+        return self.record(tokens)
+
+    def record(self, tokens: np.ndarray) -> list:
+        """Every running sequence takes its token (B,): the history, the time, its stops (`accept`). -> events"""
+        self.token_times.append(time.perf_counter())
+        self.chosen += 1
+        self.last = tokens
+        if self.history is not None:
+            self.history.add(tokens)
+        events = [(b, *self.accept(b, int(tokens[b]), self.chosen)) for b in self.running]
+        self.running = [b for b in self.running if self.seqs[b].finish_reason is None]
+        return events
 
     def prefill_inputs(self):
         """Padded ids (B, T), positions (B, T), the key mask over the whole cache (B, T + max_new) or None, the
@@ -194,7 +236,7 @@ class GenerationStream:
 
 
 def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top_p=None, seed=None, *,
-             stream=False, return_beams=False, on_choice=None, **options):
+             stream=False, return_beams=False, on_choice=None, assistant_model=None, on_verify=None, **options):
     """Generate after prompt: a string, a list of int token ids, or a list of several of either (a batch).
 
     Returns a GenerationResult (a list of them for a batch), or with stream=True a GenerationStream yielding text
@@ -204,16 +246,22 @@ def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top
     called as on_choice(sequence index, logits_processors.Choice) after every token is chosen: every stage of the
     choice (--show-probs prints them). Beam search (num_beams > 1) takes neither stream, stop nor on_choice: each
     raises a ValueError instead of being ignored.
+
+    Speculative decoding (speculative.py; one prompt): prompt_lookup_num_tokens=k proposes k tokens copied from the
+    context, assistant_model=a smaller Model with the same tokenizer proposes num_assistant_tokens; either way the
+    tokens are those plain decoding gives (greedy: the same ids; sampling: the same distribution), in fewer passes.
+    on_verify(speculative.Verification) is called after each verification pass (--trace prints them).
     """
     settings = resolve_settings(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, **options)
     prompts, batched = split_prompts(prompt)
     prompts = [encode_prompt(model, p, settings) for p in prompts]
+    check_speculative_request(model, settings, prompts, on_choice, assistant_model)
     if settings.num_beams > 1:
         check_beam_request(settings, stream, on_choice)
         results = [beam_search_result(model, ids, settings, return_beams) for ids in prompts]
         return results if batched else results[0]
-    batch = Batch(model, prompts, settings, on_choice)
+    batch = Batch(model, prompts, settings, on_choice, assistant_model, on_verify)
     if stream:
         if model.tokenizer is None:
             raise ValueError("stream=True yields text, and this model has no tokenizer: use iter_generate for ids")
@@ -225,14 +273,16 @@ def generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top
 
 
 def iter_generate(model, prompt, max_new_tokens=64, temperature=None, top_k=None, top_p=None, seed=None,
-                  stats: GenerationStats | None = None, **options):
+                  stats: GenerationStats | None = None, assistant_model=None, **options):
     """Yield each new token id of one prompt as it is chosen; `stats` (if given) is filled in when the loop ends."""
     settings = resolve_settings(model, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, **options)
     if not is_prompt(prompt):
         raise TypeError(f"iter_generate takes one prompt ({PROMPT_TYPES}); got {type_outline(prompt)}")
-    batch = Batch(model, [encode_prompt(model, prompt, settings)], settings)
-    for events in batch.steps():
-        yield events[0][1]
+    prompts = [encode_prompt(model, prompt, settings)]
+    check_speculative_request(model, settings, prompts, None, assistant_model)
+    batch = Batch(model, prompts, settings, assistant_model=assistant_model)
+    for events in batch.steps():  # a speculative step may choose several tokens
+        yield from (token for _, token, _ in events)
     if stats is not None:
         vars(stats).update(vars(batch.results()[0].stats))

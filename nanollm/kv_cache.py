@@ -23,7 +23,7 @@ class KVCache:
     v: list  # per layer: (B, n_kv, max_len, hs)
     ids: np.ndarray  # (B, max_len) int64: the token in each slot (what a recomputation needs: see Model.step)
     positions: np.ndarray  # (B, max_len) int64: each slot's position in its own sequence
-    length: int = 0  # slots held; changed only here (append, restart, copy_prefix), as llama2.c's one `pos`
+    length: int = 0  # slots held; changed only here (append, truncate, restart, copy_prefix), as llama2.c's `pos`
 
     @classmethod
     def allocate(cls, backend, cfg, batch_size: int, max_len: int) -> "KVCache":
@@ -71,6 +71,17 @@ class KVCache:
         n = self.length
         return (np.concatenate([self.ids[:, :n], ids], axis=1),  # (B, n+T)
                 np.concatenate([self.positions[:, :n], positions], axis=1))  # (B, n+T)
+
+    def truncate(self, length: int) -> None:
+        """Keep slots 0 .. length-1 and forget the rest, as if they had never been written (speculative decoding's
+        rollback of the proposals the model rejected): their keys, values, ids and positions go back to the zeros
+        `allocate` left, so nothing a later step could read, or a test compare, remembers them."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"the KV cache holds {self.length} positions; it cannot be cut to {length}")
+        for a in self.k + self.v:
+            a[:, :, length : self.length] = 0
+        self.ids[:, length : self.length], self.positions[:, length : self.length] = 0, 0
+        self.length = length
 
     def restart(self) -> None:
         """Forget every slot (the buffers are reused: the next append writes from slot 0)."""

@@ -6,6 +6,7 @@ their inputs: a bad setting or prompt is one ValueError naming it, never a failu
     SamplingParams, GenerationSettings   the options, each checked (whole_number, check_sampling_args)
     resolve_settings                      keyword arguments + the model's generation_config.json -> settings
     split_prompts, encode_prompt          a prompt or a batch -> validated token ids that fit the context
+    check_beam_request                    what beam search does not do (speculative.py checks its own requests)
     GenerationResult, GenerationStats     what comes back: text, ids, why it stopped, TTFT/TPOT/throughput/memory
 """
 import math
@@ -93,6 +94,10 @@ class GenerationStats:
     batch_size: int = 1
     batch_tokens_per_s: float = 0.0  # a batch: every sequence's new tokens / the whole run, prefill included
     step_times_s: list = field(default_factory=list)  # seconds of each decode step (n-1,): TPOT over the context
+    proposer: str = ""  # speculative decoding: "prompt lookup" or "assistant model" ("" when off)
+    proposed_tokens: int = 0  # tokens proposed to the model over every verification
+    accepted_tokens: int = 0  # of those, the tokens it accepted (each a forward pass saved)
+    acceptance_rate: float = 0.0  # accepted / proposed
 
     def as_dict(self) -> dict:
         return dict(vars(self))
@@ -144,13 +149,18 @@ class GenerationSettings:
     length_penalty: float = 1.0
     early_stopping: bool | str = False  # True, False or "never", as transformers
     kv_cache: bool = True  # False: every step recomputes the whole sequence (to feel what the cache saves)
+    prompt_lookup_num_tokens: int | None = None  # 10: speculative decoding, proposals copied from the context
+    max_matching_ngram_size: int = 2  # prompt lookup: the longest n-gram it matches (transformers' default)
+    num_assistant_tokens: int = 5  # an assistant model's proposals per verification
 
     def __post_init__(self):
         # Checked first, then stored as ints (2.0 -> 2), so NumPy never sees a float count. Frozen: object.__setattr__.
-        for name, minimum in (("max_new_tokens", 0), ("min_new_tokens", 0), ("num_beams", 1)):
+        for name, minimum in (("max_new_tokens", 0), ("min_new_tokens", 0), ("num_beams", 1),
+                              ("max_matching_ngram_size", 1), ("num_assistant_tokens", 1)):
             object.__setattr__(self, name, whole_number(name, getattr(self, name), minimum))
-        if self.seed is not None:
-            object.__setattr__(self, "seed", whole_number("seed", self.seed))
+        for name, minimum in (("seed", 0), ("prompt_lookup_num_tokens", 1)):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, whole_number(name, getattr(self, name), minimum))
         if self.context_overflow not in CONTEXT_OVERFLOW:
             raise ValueError(f"context_overflow must be one of {CONTEXT_OVERFLOW}, got {self.context_overflow!r}")
         if self.padding_side not in ("left", "right"):
@@ -180,6 +190,7 @@ class Option:
     from_file: str = "no"  # "no", "always", or "sampling": the file's value applies only when it says do_sample
     default: object = None  # when neither the caller nor the file sets it; a callable takes whether sampling is on
     minimum: int = 0  # counts (kind int): the least value that means something
+    flag: str = ""  # the command line's flag where it is not the name with dashes: "--prompt-lookup"
 
 
 # Every option, once. resolve_settings, the loader (generation_config.json) and the command line read this table.
@@ -208,6 +219,15 @@ OPTIONS = (
            "always", False),
     Option("kv_cache", bool, "keep keys and values between steps (False: recompute every position, every step)",
            default=True),
+    # Speculative decoding (speculative.py), with transformers' names. Not read from generation_config.json: they
+    # change how fast the tokens come, never which, and a file that turned them on would refuse every batch.
+    Option("prompt_lookup_num_tokens", int, "speculative decoding: propose K tokens that followed the latest n-gram "
+           "earlier in the prompt or output, verified in one pass (same tokens, fewer passes)", minimum=1,
+           flag="--prompt-lookup"),
+    Option("max_matching_ngram_size", int, "--prompt-lookup: the longest n-gram matched (default 2)", default=2,
+           minimum=1, flag="--max-matching-ngram"),
+    Option("num_assistant_tokens", int, "--assistant-model: tokens the assistant proposes per verification "
+           "(default 5)", default=5, minimum=1),
 )
 SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                    "frequency_penalty", "logit_bias")  # SamplingParams' fields; the others are GenerationSettings'
