@@ -2,6 +2,7 @@
 #   make run PROMPT="..."   generate text            make test            the whole test suite
 #   make bench              model speed vs transformers      make bench-tokenizer   tokenizer speed vs tiktoken
 #   make kernels            compile every .cu with nvcc      make bench-kernels     kernel speed (GPU only)
+#   make gpu-check          every GPU test and benchmark, one summary table (GPU only; nothing from the network)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PROMPT ?= The meaning of life is
 MODEL ?=
 RUN_ARGS ?= --max-new-tokens 40
 
-.PHONY: run test bench bench-tokenizer bench-kernels kernels clean
+.PHONY: run test bench bench-tokenizer bench-kernels kernels gpu-check clean
 
 # Runtime environment: numpy and regex only.
 $(VENV)/.runtime: setup.py
@@ -41,6 +42,18 @@ kernels:
 
 bench-kernels: $(VENV)/.test
 	$(PY) -m tests.bench.bench_kernels
+
+# The GPU check runs on the Python that already holds torch (CUDA), CuPy, transformers, pytest and hypothesis: a venv
+# that sees its packages (tests/gpu/venv.py says why not --system-site-packages), with nanollm from the checkout.
+GPU_VENV := .venv-gpu
+
+$(GPU_VENV)/.installed: setup.py tests/gpu/venv.py
+	$(PYTHON) -m tests.gpu.venv $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --no-index --no-deps --no-build-isolation -e .
+	touch $@
+
+gpu-check: $(GPU_VENV)/.installed
+	$(GPU_VENV)/bin/python -m tests.gpu.check
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

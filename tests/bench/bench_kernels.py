@@ -6,7 +6,9 @@ against the FP32 peak, and the time the NumPy reference takes on the CPU for the
 read once and each output written once: the floor any implementation pays, so GB/s reads as "fraction of the
 roofline", not as what the cache hierarchy actually served.
 
-Without CuPy or without a visible GPU it prints why and exits 0 (the emulator is for correctness, not speed).
+The last line sums the table up (the median kernel's share of the peak, and the two ends): `make gpu-check` shows it
+as this stage's key figures. Without CuPy or without a visible GPU it prints why and exits 0 (the emulator is for
+correctness, not speed).
 """
 import sys
 import time
@@ -116,16 +118,30 @@ def main() -> int:
     name, peak_gbps, peak_tflops = peaks(cupy)
     print(f"{name}: peak {peak_gbps:.0f} GB/s, {peak_tflops:.1f} FP32 TFLOP/s")
     print(f"{'kernel':<20} {'GPU us':>9} {'GB/s':>8} {'% peak':>7} {'TFLOP/s':>8} {'NumPy ms':>9} {'speed-up':>9}")
+    achieved = {}  # kernel -> GB/s
     for label, op, args, kwargs, nbytes, flops in cases(np.random.default_rng(0)):
         dev_args = tuple(gpu.xp.asarray(a) if isinstance(a, np.ndarray) else a for a in args)  # uploads as they are
         t_gpu = time_gpu(cupy, lambda: getattr(gpu, op)(*dev_args, **kwargs))
         t_cpu = time_cpu(lambda: getattr(ref, op)(*args, **kwargs))
-        gbps = nbytes / t_gpu / 1e9
+        achieved[label] = gbps = nbytes / t_gpu / 1e9
         tflops = f"{flops / t_gpu / 1e12:8.2f}" if flops else f"{'':8}"
         share = f"{100 * gbps / peak_gbps:6.0f}%" if peak_gbps else f"{'?':>7}"
         print(f"{label:<20} {t_gpu * 1e6:9.1f} {gbps:8.0f} {share} {tflops} {t_cpu * 1e3:9.2f} "
               f"{t_cpu / t_gpu:8.0f}x")
+    print(summary(achieved, peak_gbps))
     return 0
+
+
+def summary(achieved: dict, peak_gbps: float) -> str:
+    """One line for `make gpu-check`'s table: the median kernel's share of the peak, and the two ends.
+    {"a": 100, "b": 2000, "c": 4000} GB/s, peak 5000 -> "3 kernels: median 40% of peak 5000 GB/s (lowest a 2%, highest
+    c 80%)"."""
+    lowest, highest = min(achieved, key=achieved.get), max(achieved, key=achieved.get)
+    if not peak_gbps:  # the driver did not report the memory clock or bus width
+        return f"{len(achieved)} kernels: median {np.median(list(achieved.values())):.0f} GB/s (peak unknown)"
+    share = {k: 100 * v / peak_gbps for k, v in achieved.items()}
+    return (f"{len(achieved)} kernels: median {np.median(list(share.values())):.0f}% of peak {peak_gbps:.0f} GB/s "
+            f"(lowest {lowest} {share[lowest]:.0f}%, highest {highest} {share[highest]:.0f}%)")
 
 
 if __name__ == "__main__":
