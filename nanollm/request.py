@@ -95,7 +95,7 @@ class GenerationStats:
     batch_tokens_per_s: float = 0.0  # a batch: every sequence's new tokens / the whole run, prefill included
     step_times_s: list = field(default_factory=list)  # seconds of each decode step (n-1,): TPOT over the context
     proposer: str = ""  # speculative decoding: "prompt lookup" or "assistant model" ("" when off)
-    proposed_tokens: int = 0  # tokens proposed to the model over every verification
+    proposed_tokens: int = 0  # proposed tokens the model judged (those after a stop in a kept run never were)
     accepted_tokens: int = 0  # of those, the tokens it accepted (each a forward pass saved)
     acceptance_rate: float = 0.0  # accepted / proposed
 

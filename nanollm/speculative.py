@@ -165,11 +165,12 @@ class Speculator:
         proposals, qs = self.proposer.propose(context, min(self.k, room)) if room > 0 else ([], [])
         ids = np.array([[context[-1], *proposals]])  # (1, k+1)
         logits = batch.model.step(ids, batch.cache, last_only=False)  # (1, k+1, V): p_0 .. p_k, one pass
-        events, kept, own = [], 0, None  # proposals kept; the model's own token that ends the round
-        for i, proposal in enumerate(proposals):
+        events, judged, kept, own = [], 0, 0, None  # proposals judged, kept; the model's own token ending the round
+        for i, proposal in enumerate(proposals):  # in order: after a rejection or a stop, the rest are not judged
             p = distribution(batch.process(logits[:, i], batch.chosen + 1)[0], s.sampling)  # (V,)
             token, accepted = verify_token(p, qs[i], proposal, *draw_uniforms(s.sampling, batch.rng, 2))
             events += batch.record(np.array([token]))
+            judged += 1
             if not accepted:
                 own = token
                 break
@@ -180,13 +181,13 @@ class Speculator:
             events += batch.choose(logits[:, len(proposals)])
             own = int(batch.last[0])
         batch.cache.truncate(len(seq.prompt_ids) + len(seq.token_ids) - 1)  # all but the newest: rejections forgotten
-        self.report(proposals, kept, own)
+        self.report(proposals, judged, kept, own)
         return events
 
-    def report(self, proposals: list, kept: int, own: int | None) -> None:
-        """Add the round to the stats; tell on_verify (--trace) what happened."""
+    def report(self, proposals: list, judged: int, kept: int, own: int | None) -> None:
+        """Add the round to the stats (the proposals judged: those after a stop never were); tell on_verify."""
         stats = self.batch.stats
-        stats.proposed_tokens += len(proposals)
+        stats.proposed_tokens += judged
         stats.accepted_tokens += kept
         stats.acceptance_rate = stats.accepted_tokens / stats.proposed_tokens if stats.proposed_tokens else 0.0
         self.rounds += 1

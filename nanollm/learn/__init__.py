@@ -19,8 +19,9 @@ The lessons, one module per stage (lesson.py holds what they share):
     beams.py       11  beam search
     chat.py        12  chat templates
     costs.py       13  TTFT, TPOT, throughput, memory
+    speculation.py 14  speculative decoding: k proposals checked in one pass
 """
-from . import attention, beams, chat, choosing, costs, decoding, penalties, positions, tokens
+from . import attention, beams, chat, choosing, costs, decoding, penalties, positions, speculation, tokens
 from .lesson import Lesson
 
 LESSONS = (
@@ -50,6 +51,9 @@ LESSONS = (
            ("nanollm/chat.py", "ChatTemplate.encode")),
     Lesson("The numbers: TTFT, TPOT, throughput, memory", "a run's stats explained, the KV cache's size by hand, "
            "a batch's throughput", costs.run, ("nanollm/request.py", "record_timing")),
+    Lesson("Speculative decoding", "a pass of k positions timed against one; prompt lookup on greedy's loop, the "
+           "same tokens in fewer passes; tokens per pass by acceptance rate", speculation.run,
+           ("nanollm/speculative.py", "Speculator.step")),
 )
 
 __all__ = ["LESSONS", "Lesson"]
