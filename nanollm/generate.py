@@ -7,6 +7,8 @@
     python -m nanollm.generate --model DIR --chat --system "You are terse."                        (interactive)
     python -m nanollm.generate --trace "Once upon a time"                   (every op of prefill and two decode steps)
     python -m nanollm.generate --show-attention 2 --plot attention.png "Once upon a time"
+    python -m nanollm.generate --prompt-lookup 4 --stats "..."        (speculative: the same tokens, fewer passes)
+    python -m nanollm.generate --model DIR --assistant-model SMALL_DIR "..."     (a draft model proposes them)
 
 Errors (a bad flag, a missing or corrupt model, a prompt longer than the context) print one line and exit non-zero.
 """
@@ -51,7 +53,10 @@ def parse_args(argv):
     gen = p.add_argument_group("generation (unset: the model's generation_config.json, else the engine's default)")
     for o in OPTIONS:  # every number the request takes, from its one table (request.OPTIONS)
         if o.kind in (int, float):
-            gen.add_argument(flag(o.name), type=o.kind, help=o.help)
+            gen.add_argument(flag(o.name), dest=o.name, type=o.kind, help=o.help)
+    gen.add_argument("--assistant-model", metavar="DIR",
+                     help="speculative decoding: a smaller model with the same tokenizer (loaded as --model is, on "
+                          "the same backend) proposes --num-assistant-tokens tokens, verified in one pass")
     gen.add_argument("--no-kv-cache", dest="kv_cache", action="store_false", default=None,
                      help="recompute the whole sequence at every step (same tokens; --stats shows what the cache "
                           "saves)")
@@ -131,14 +136,17 @@ def read_prompts(args) -> list:
 
 
 def flag(option: str) -> str:
-    """generate()'s option name -> the command line's flag: max_new_tokens -> --max-new-tokens."""
-    return "--" + option.replace("_", "-")
+    """generate()'s option name -> the command line's flag: max_new_tokens -> --max-new-tokens, or the one its
+    Option names (prompt_lookup_num_tokens -> --prompt-lookup)."""
+    named = [o.flag for o in OPTIONS if o.name == option and o.flag]
+    return named[0] if named else "--" + option.replace("_", "-")
 
 
 def in_flags(message: str) -> str:
     """An engine message names generate()'s options ("max_new_tokens=300 leaves no room", "top_p must be in ...");
     the command line's user knows the flags: "--max-new-tokens 300 leaves no room", "--top-p must be in ..."."""
     message = message.replace("context_overflow='truncate_left'", "--keep-recent")
+    message = message.replace("kv_cache=False", "--no-kv-cache").replace("assistant_model", "--assistant-model")
     for o in OPTIONS:
         message = re.sub(rf"\b{o.name}=", flag(o.name) + " ", message)
         message = re.sub(rf"\b{o.name} (must|is|names)\b", flag(o.name) + r" \1", message)
@@ -150,15 +158,18 @@ def generation_options(args) -> dict:
     options = {o.name: getattr(args, o.name) for o in OPTIONS if o.kind in (int, float)}
     options.update(logit_bias=args.logit_bias, stop=tuple(args.stop), padding_side=args.padding_side,
                    context_overflow="truncate_left" if args.keep_recent else None, early_stopping=args.early_stopping,
-                   kv_cache=args.kv_cache)
+                   kv_cache=args.kv_cache, assistant_model=args.assistant_model)
     return {k: v for k, v in options.items() if v is not None}
 
 
 def format_stats(s: GenerationStats) -> str:
+    speculative = f" | {s.proposer}: proposed {s.proposed_tokens}, accepted {s.accepted_tokens} (acceptance rate " \
+                  f"{s.acceptance_rate:.2f})" if s.proposer else ""
     return (f"prompt {s.prompt_tokens} tokens, {s.new_tokens} new | TTFT {s.ttft_s * 1e3:.1f} ms | "
             f"TPOT mean {s.tpot_s * 1e3:.1f} p50 {s.tpot_p50_s * 1e3:.1f} p90 {s.tpot_p90_s * 1e3:.1f} ms | "
             f"decode {s.tokens_per_s:.1f} tokens/s | prefill {s.prefill_tokens_per_s:.0f} tokens/s | "
-            f"peak memory {s.peak_memory_bytes / 2**20:.0f} MiB (KV cache {s.kv_cache_bytes / 2**20:.2f} MiB)")
+            f"peak memory {s.peak_memory_bytes / 2**20:.0f} MiB (KV cache {s.kv_cache_bytes / 2**20:.2f} MiB)"
+            + speculative)
 
 
 def token_namer(model):
@@ -307,6 +318,14 @@ def file_settings_note(model, args) -> str:
     return f"note: generation_config.json sets {' '.join(found)} (a flag overrides each)" if found else ""
 
 
+def load_assistant(source: str, backend: str):
+    """--assistant-model DIR, loaded as --model is; a failure names the flag, since two models are in play."""
+    try:
+        return load(source, backend=backend)
+    except (OSError, ValueError, RuntimeError) as e:  # a missing folder, a corrupt file, the hub unreachable
+        raise ValueError(f"--assistant-model {source}: {e}") from None
+
+
 def run(args) -> int:
     if args.model is None:
         args.model = default_model_path()
@@ -316,6 +335,8 @@ def run(args) -> int:
     with warnings.catch_warnings(record=True) as caught:  # e.g. an EOS id outside the vocabulary, ignored
         warnings.simplefilter("always")
         model = load(args.model, backend=args.backend)
+        if args.assistant_model is not None:
+            args.assistant_model = load_assistant(args.assistant_model, args.backend)
     for warning in caught:  # one line each, as the errors are, not Python's two with a source line
         print(f"warning: {warning.message}", file=sys.stderr)
     note = file_settings_note(model, args)

@@ -47,6 +47,11 @@ class Verification:
     token: int | None  # the model's own token that ended the round (a correction, or the one after all k); None
     # when a stop inside the kept run ended the sequence first
 
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens this one pass gained: the kept proposals, then the model's own."""
+        return self.proposed[: self.accepted] + ([] if self.token is None else [self.token])
+
 
 def distribution(processed: np.ndarray, params) -> np.ndarray:
     """The distribution a token is drawn from, normalised: (V,) processed logits -> (V,) float64 probabilities.
@@ -210,7 +215,7 @@ def check_speculative_request(model, settings, prompts: list[list[int]], on_choi
     lookup = settings.prompt_lookup_num_tokens is not None
     if not lookup and assistant is None:
         return
-    what = "prompt_lookup_num_tokens" if lookup else "assistant_model"
+    what = f"prompt_lookup_num_tokens={settings.prompt_lookup_num_tokens}" if lookup else "assistant_model"
     if lookup and assistant is not None:
         raise ValueError("prompt_lookup_num_tokens and assistant_model are two proposers for speculative decoding: "
                          "give one")

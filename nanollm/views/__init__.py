@@ -2,7 +2,8 @@
 
     choice.py     every stage of one token choice (--show-probs): raw logits, penalties, temperature, the cuts of
                   top-k / top-p / min-p, the uniform number drawn and the token it picked
-    trace.py      every op of a forward pass, recorded by a backend that wraps the real one (--trace)
+    trace.py      every op of a forward pass, recorded by a backend that wraps the real one (--trace); with
+                  speculative decoding, what each verification pass proposed, kept and added
     attention.py  attention weights of one layer, as a text heat map labelled with the tokens (--show-attention)
     plot.py       the same as images, and time per token over the context (--plot; matplotlib, the `viz` extra)
 

@@ -11,12 +11,14 @@ embedding is read; the token choice (`backend.sample`) is recorded too, since ge
 What a learner then reads (`format_trace`): the prompt's tokens, then the prefill (all T positions at once) and the
 first decode steps (one position each, against the KV cache), stage by stage; the cache's size after each step; and
 for decode, the bytes each step reads against the time it took: the memory bandwidth achieved, and how few FLOPs each
-byte feeds, which is what "decode is memory-bound" means as a number.
+byte feeds, which is what "decode is memory-bound" means as a number. With speculative decoding (speculative.py) a
+pass after the prefill verifies proposals: what was proposed, how many were kept, the model's own token after them.
 
 Times are the wrapped backend's own: on a GPU a kernel launch returns before the kernel runs, so the tracer waits for
 the device after each op, and each op's time is its own. A pass's time is its ops' plus the model's Python between
 them; the tracer's own bookkeeping is left out.
 """
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +27,7 @@ from functools import partial
 import numpy as np
 
 from ..request import PROMPT_TYPES, GenerationResult, is_prompt, type_outline, whole_number
+from ..speculative import Verification
 
 # The ops of the backend API that the tracer records (backends/numpy_backend.py documents each); every other
 # attribute (asarray, zeros, weight, name, ...) passes through unrecorded.
@@ -68,9 +71,11 @@ class OpRecord:
 class PassRecord:
     """One forward pass and the choice made from its logits."""
 
-    name: str  # "prefill", "decode step 1", ...
+    name: str  # "prefill", "decode step 1", "verification 1", ...
     ids: np.ndarray  # (B, T) the token ids the pass read
     ops: list = field(default_factory=list)  # OpRecord, in the order they ran
+    verification: Verification | None = None  # speculative decoding: what this pass verified
+    pieces: list = field(default_factory=list)  # the verification's proposals, then the model's own token: text
 
     @property
     def seconds(self) -> float:
@@ -253,8 +258,7 @@ def traced(model, **options):
 
 def token_pieces(tokenizer, ids) -> list[str]:
     """The text each token adds (Tokenizer.pieces: "▁Hello" -> " Hello", or "Hello" first); bytes that end mid-character
-    show as U+FFFD. Without a
-    tokenizer, the ids themselves."""
+    show as U+FFFD. Without a tokenizer, the ids themselves."""
     if tokenizer is None:
         return [str(int(t)) for t in ids]
     return [piece.decode("utf-8", errors="replace") for piece in tokenizer.pieces([int(t) for t in ids])]
@@ -282,18 +286,23 @@ def trace_generation(model, prompt, max_new_tokens: int | None = None, decode_st
     if not is_prompt(prompt):
         raise TypeError(f"trace_generation takes one prompt ({PROMPT_TYPES}); got {type_outline(prompt)}")
     decode_steps = whole_number("decode_steps", decode_steps)
-    if max_new_tokens is None:
-        max_new_tokens = decode_steps + 1
+    max_new_tokens = decode_steps + 1 if max_new_tokens is None else max_new_tokens
     tokenize_seconds = None
     if isinstance(prompt, str) and model.tokenizer is not None:
         started = time.perf_counter()
         prompt = model.tokenizer.encode_prompt(prompt)  # the same call generate makes: the ids it would read
         tokenize_seconds = time.perf_counter() - started
+    if generate_options.get("assistant_model") is model:  # its own draft: a twin on the untraced backend, so the
+        generate_options["assistant_model"] = copy.copy(model)  # passes recorded are the model's, as with any draft
     with traced(model, max_passes=1 + decode_steps) as tracer:
-        result = model.generate(prompt, max_new_tokens=max_new_tokens, **generate_options)
+        def on_verify(v: Verification):  # the pass just recorded (if it was) is the one that verified
+            if tracer.current is not None:
+                tracer.current.name, tracer.current.verification = f"verification {v.step}", v
+                tracer.current.pieces = token_pieces(model.tokenizer, v.proposed + v.tokens[v.accepted :])
+
+        result = model.generate(prompt, max_new_tokens=max_new_tokens, on_verify=on_verify, **generate_options)
     ids = tracer.passes[0].ids[0].tolist() if tracer.passes else []
-    return Trace(model.backend.name, ids, token_pieces(model.tokenizer, ids), tokenize_seconds, tracer.passes,
-                 result)
+    return Trace(model.backend.name, ids, token_pieces(model.tokenizer, ids), tokenize_seconds, tracer.passes, result)
 
 
 # -- printing ------------------------------------------------------------------------------------------------------
@@ -333,16 +342,17 @@ def format_pass(p: PassRecord, backend: str) -> list[str]:
     B, T = p.ids.shape
     what = "every prompt position at once" if p.name == "prefill" else \
         f"{T} position{'s' if T > 1 else ''} per sequence"
-    lines = [f"{p.name}: {what}, ids (B, T) = ({B}, {T}), on the {backend} backend",
-             f"  {'stage':<34} {'op':<10} {'inputs -> output':<60} {'µs':>9}"]
+    lines = [f"{p.name}: {what}, ids (B, T) = ({B}, {T}), on the {backend} backend"]
+    if p.verification is not None:
+        lines.append("  " + format_verification(p))
+    lines.append(f"  {'stage':<34} {'op':<10} {'inputs -> output':<60} {'µs':>9}")
     for r in p.ops:
         shapes = " ".join(str(s) for s in r.inputs) + f" -> {r.output}"
         lines.append(f"  {r.stage:<34} {r.op:<10} {shapes:<60} {r.seconds * 1e6:>9.1f}")
     keys, kv_bytes = p.kv_cache
     if keys:
         layers = sum(r.op == "attention" for r in p.ops)
-        lines.append(f"  KV cache: {keys[2]} positions; 2 (k, v) x {layers} layers x {keys} = "
-                     f"{human_bytes(kv_bytes)}")
+        lines.append(f"  KV cache: {keys[2]} positions; 2 (k, v) x {layers} layers x {keys} = {human_bytes(kv_bytes)}")
     host = sum(r.host_before for r in p.ops)
     lines.append(f"  {p.seconds * 1e3:.2f} ms (Python between ops {host * 1e3:.2f} ms); read "
                  f"{human_bytes(p.total('weight_bytes'))} of weights + {human_bytes(kv_bytes)} of KV cache; "
@@ -350,16 +360,25 @@ def format_pass(p: PassRecord, backend: str) -> list[str]:
     return lines
 
 
+def format_verification(p: PassRecord) -> str:
+    """What a verification pass decided: its proposals, how many the model kept, and its own token after them."""
+    v, proposed = p.verification, " ".join(repr(piece) for piece in p.pieces[: len(p.verification.proposed)])
+    own = "a stop among them ended the sequence" if v.token is None else f"then the model's own {p.pieces[-1]!r}"
+    return (f"verifies the last token + {len(v.proposed)} proposed: {proposed or 'none'}; kept {v.accepted}, {own}: "
+            f"{len(v.tokens)} token(s) from one pass")
+
+
 def format_bandwidth(passes: list) -> list[str]:
     """Decode as a number: the bytes a step reads over its time (bandwidth achieved), and FLOPs per byte read."""
     decode = [p for p in passes if p.name != "prefill"]
     if not decode:
         return []
-    lines = ["decode: each step reads every weight to make one token per sequence"]
+    lines = ["decode: each step reads every weight to make one token per sequence (a verification: those it keeps)"]
     for p in decode:
+        gained = "" if p.verification is None else f"; {len(p.verification.tokens)} token(s) from it"
         lines.append(f"  {p.name}: {human_bytes(p.bytes_read)} read in {p.seconds * 1e3:.2f} ms = "
                      f"{p.bytes_read / max(p.seconds, 1e-9) / 1e9:.2f} GB/s achieved; {p.flops_per_byte:.2f} FLOP "
-                     f"per byte")
+                     f"per byte{gained}")
     prefill = passes[0]
     if prefill.name == "prefill":
         lines.append(f"  prefill read the weights once for all {prefill.ids.shape[1]} positions: "
