@@ -21,7 +21,7 @@ setup(
     },
     install_requires=["numpy>=1.26", "regex>=2023.0"],
     extras_require={
-        "gpu": ["cupy-cuda12x"],
+        "gpu": ["cupy-cuda13x"],  # CuPy built for CUDA 13, the toolkit and driver of the GPU machines this runs on
         "chat": ["jinja2>=3.1"],
         # --plot: attention heat maps and time per token as PNG files (nanollm/views/plot.py, the only user)
         "viz": ["matplotlib"],

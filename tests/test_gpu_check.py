@@ -52,8 +52,11 @@ def test_summary_table_has_one_row_per_stage():
 def test_a_stage_that_hangs_is_killed_with_its_children_and_reported(tmp_path):
     """The stage starts a child of its own, then sleeps: after its 1 s both are gone, and its output so far shows."""
     pid_file = tmp_path / "child.pid"
-    code = (f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
-            f"open({str(pid_file)!r}, 'w').write(str(c.pid)); print('loading', flush=True); time.sleep(60)")
+    code = ("import subprocess, sys, time\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(c.pid))\n"
+            "print('loading', flush=True)\n"
+            "time.sleep(60)\n")
     with time_limit(20):
         outcome = check.run_stage(python_stage(code, timeout_s=1), dict(os.environ))
     assert outcome.result == "TIMEOUT" and outcome.seconds < 10
@@ -142,8 +145,12 @@ def pytest_summaries(tmp_path_factory):
     skip: real output of the pytest installed here."""
     folder = tmp_path_factory.mktemp("pytest_lines")
     (folder / "test_x.py").write_text(
-        "import pytest\n@pytest.mark.parametrize('be', ['emulator', 'cupy'])\ndef test_a(be): pass\n"
-        "@pytest.mark.parametrize('be', ['emulator', 'cupy'])\ndef test_b(be):\n    if be == 'cupy': pytest.skip('x')\n")
+        "import pytest\n"
+        "@pytest.mark.parametrize('be', ['emulator', 'cupy'])\n"
+        "def test_a(be): pass\n"
+        "@pytest.mark.parametrize('be', ['emulator', 'cupy'])\n"
+        "def test_b(be):\n"
+        "    if be == 'cupy': pytest.skip('x')\n")
     lines = {}
     for name, k in (("green", "cupy and test_a"), ("skipped", "cupy")):
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", k, "test_x.py"],
@@ -204,14 +211,11 @@ def test_relative_error_is_the_smallest_rtol_assert_close_accepts(want, noise, s
 
 def test_agreeing_steps_allow_a_difference_only_at_a_near_tie():
     """Steps of logits over 3 tokens, max |logit| 10 and tol 1e-3: a near-tie is a top-two gap <= 4e-2."""
-    want = np.array([[10.0, 0.0, 1.0], [0.0, 10.0, 9.99], [0.0, 10.0, 9.0]])
-    assert parity.agreeing_steps(want, want, 1e-3) == (3, True)
-    tie = want.copy()
-    tie[1] = [0.0, 9.99, 10.0]  # step 1 takes token 2, whose logit the reference has 0.01 below token 1's
-    assert parity.agreeing_steps(tie, want, 1e-3) == (1, True)
-    wrong = want.copy()
-    wrong[2] = [0.0, 9.0, 10.0]  # step 2: a gap of 1, no tie
-    assert parity.agreeing_steps(wrong, want, 1e-3) == (2, False)
+    logits = np.array([[10.0, 0.0, 1.0], [0.0, 10.0, 9.99], [0.0, 10.0, 9.0]])
+    want = np.array([0, 1, 1])
+    assert parity.agreeing_steps(want, want, logits, 1e-3) == (3, True)
+    assert parity.agreeing_steps(np.array([0, 2, 0]), want, logits, 1e-3) == (1, True)  # 2 is 0.01 below 1
+    assert parity.agreeing_steps(np.array([0, 1, 2]), want, logits, 1e-3) == (2, False)  # a gap of 1: no tie
 
 
 class Float16Emulator(EmulatorBackend):
@@ -273,9 +277,8 @@ def test_decode_benchmark_runs_on_the_cpu(monkeypatch, capsys):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     monkeypatch.setattr(decode, "NEW_TOKENS", 4)
-    tiny = lambda: GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=256,  # noqa: E731
-                                              bos_token_id=1, eos_token_id=2))
-    ours, theirs = decode.bench("tiny", tiny, NumpyBackend(), peak_gbps=0.0, device="cpu")
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=97, n_positions=256, bos_token_id=1, eos_token_id=2)
+    ours, theirs = decode.bench("tiny", lambda: GPT2LMHeadModel(config), NumpyBackend(), peak_gbps=0.0, device="cpu")
     assert ours > 0 and theirs > 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("tiny (") and "nanollm (numpy)" in out[2] and "transformers" in out[3]

@@ -20,7 +20,7 @@ try:
     import cupy
 except ImportError as e:  # pragma: no cover - depends on the machine
     raise ImportError(
-        "the 'cupy' backend needs CuPy and a CUDA GPU: pip install cupy-cuda12x (or nanollm[gpu])"
+        "the 'cupy' backend needs CuPy and a CUDA GPU: pip install cupy-cuda13x (or nanollm[gpu])"
     ) from e
 
 

@@ -9,8 +9,9 @@
 What is compared, for a 300-token prompt (past attention.cu's 256-key decode chunk, so decode runs split):
   forward  the logits of a stateless full pass, every position
   decode   the logits of each of 16 greedy steps through the KV cache, while both sides still hold the same tokens
-  greedy   the 16 greedy ids: identical, or different only from a step where the reference's top two logits are
-           closer than the tolerance can tell apart (a near-tie: either token is a right answer there)
+  greedy   the 16 greedy ids (nanollm's by model.generate, chosen by the backend's sampler: sampling.cu on the GPU):
+           identical, or different only from a step where the reference's top two logits are closer than the
+           tolerance can tell apart (a near-tie: either token is a right answer there)
 An error is the smallest rtol for which tests/kernel_harness.assert_close would pass (the same rule as every kernel
 test), so the tolerances below read like the kernel tests' ones.
 
@@ -36,7 +37,8 @@ from tests.hf_models import Options, build_checkpoint
 from tests.kernel_harness import ATTENTION_RTOL
 
 TOLERANCES = {np.dtype(np.float32): ATTENTION_RTOL, np.dtype(np.float16): 1e-2}
-# init_std: logits spread by a few units (no near-ties), activations O(1-10) (float16 has room to spare).
+# init_std: logits of std ~1.6 (largest ~8) whose top two lie ~0.3 apart at the median position, so greedy seldom
+# meets a near-tie; activations stay far inside float16's range.
 CASES = {
     "gpt2 4L 4x64": Options(arch="gpt2", n_layer=4, n_head=4, head_dim=64, vocab_size=2048, n_positions=512,
                             init_std=0.1),
@@ -66,45 +68,43 @@ def relative_error(got, want) -> float:
     return float(np.max(diff[bound > 0] / bound[bound > 0], initial=0.0))
 
 
-def greedy_nanollm(model, prompt: np.ndarray, steps: int) -> np.ndarray:
-    """Greedy decoding through the KV cache. int (1, T) -> float32 (steps, V): the logits each token was chosen from."""
-    cache = model.new_cache(batch_size=1, max_len=prompt.shape[1] + steps)
-    logits = model.step(prompt, cache)  # (1, 1, V)
-    rows = []
-    for _ in range(steps):
-        rows.append(logits[0, -1])
-        token = int(np.argmax(logits[0, -1]))
-        logits = model.step(np.array([[token]]), cache)  # (1, 1, V)
-    return np.stack(rows)  # (steps, V)
+def greedy_nanollm(model, prompt: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy decoding by model.generate, the product path: a prefill, then decode steps through the KV cache, each
+    token chosen by the backend's sampler (sampling.cu on the GPU). int (1, T) -> (tokens int (steps,), float32
+    (steps, V): the logits each token was chosen from)."""
+    choices = []
+    model.generate(prompt[0].tolist(), max_new_tokens=steps, temperature=0, eos_token_ids=[],
+                   on_choice=lambda seq, choice: choices.append(choice))
+    return np.array([c.token for c in choices]), np.stack([c.raw for c in choices])
 
 
 @torch.inference_mode()
-def greedy_transformers(model, prompt: np.ndarray, steps: int) -> np.ndarray:
-    """The same loop with transformers' own cache, on the model's device. -> float32 (steps, V)"""
-    device = next(model.parameters()).device
-    out = model(torch.from_numpy(prompt).to(device), use_cache=True)
-    rows = []
+def greedy_transformers(model, prompt: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The same with transformers' own cache, on the model's device. -> (tokens (steps,), float32 (steps, V))"""
+    out = model(torch.from_numpy(prompt).to(model.device), use_cache=True)
+    tokens, rows = [], []
     for _ in range(steps):
         rows.append(out.logits[0, -1].float().cpu().numpy())
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+        tokens.append(int(token))
         out = model(token, past_key_values=out.past_key_values, use_cache=True)
-    return np.stack(rows)  # (steps, V)
+    return np.array(tokens), np.stack(rows)
 
 
 @torch.inference_mode()
 def forward_transformers(model, ids: np.ndarray) -> np.ndarray:
-    device = next(model.parameters()).device
-    return model(torch.from_numpy(ids).to(device)).logits.float().cpu().numpy()  # (1, T, V)
+    return model(torch.from_numpy(ids).to(model.device)).logits.float().cpu().numpy()  # (1, T, V)
 
 
-def agreeing_steps(got: np.ndarray, want: np.ndarray, tol: float) -> tuple[int, bool]:
-    """(how many greedy steps chose the same token, whether any difference is allowed), from each side's (steps, V)
-    logits. A difference is allowed at a near-tie: the reference's top two logits closer than 4 * tol * max|logit|,
-    which two values each off by the tolerance's 2 * tol * max|logit| can swap."""
+def agreeing_steps(got: np.ndarray, want: np.ndarray, want_logits: np.ndarray, tol: float) -> tuple[int, bool]:
+    """(how many greedy steps chose the reference's token, whether a difference is allowed), from each side's tokens
+    (steps,) and the reference's logits (steps, V). A difference is allowed at a near-tie only: the reference's top
+    two logits closer than 4 * tol * max|logit|, which two values each off by the tolerance's 2 * tol * max|logit|
+    can swap."""
     for i, (g, w) in enumerate(zip(got, want)):
-        if np.argmax(g) != np.argmax(w):
-            top2 = np.sort(w)[-2:]
-            return i, bool(top2[1] - top2[0] <= 4 * tol * np.abs(w).max())
+        if g != w:
+            top2 = np.sort(want_logits[i])[-2:]
+            return i, bool(top2[1] - top2[0] <= 4 * tol * np.abs(want_logits[i]).max())
     return len(want), True
 
 
@@ -131,11 +131,13 @@ class Comparison:
 
 
 def compare(case: str, weights: str, reference: str, got, want, tol: float) -> Comparison:
-    """got/want: (forward logits (1, T, V), greedy steps' logits (steps, V)) of the backend and of a reference."""
-    same, allowed = agreeing_steps(got[1], want[1], tol)
-    decode = relative_error(got[1][: same + 1], want[1][: same + 1])  # step `same` still had the same context
-    return Comparison(case, weights, reference, relative_error(got[0], want[0]), decode, same, len(want[1]),
-                      allowed, tol)
+    """got/want: (forward logits (1, T, V), greedy tokens (steps,), greedy logits (steps, V)) of the backend and of
+    a reference."""
+    (got_forward, got_tokens, got_logits), (want_forward, want_tokens, want_logits) = got, want
+    same, allowed = agreeing_steps(got_tokens, want_tokens, want_logits, tol)
+    decode = relative_error(got_logits[: same + 1], want_logits[: same + 1])  # step `same` had the same context
+    return Comparison(case, weights, reference, relative_error(got_forward, want_forward), decode, same,
+                      len(want_tokens), allowed, tol)
 
 
 def check_case(case: str, options: Options, backend, prompt_tokens: int = PROMPT_TOKENS,
@@ -148,9 +150,9 @@ def check_case(case: str, options: Options, backend, prompt_tokens: int = PROMPT
         ours, ref = nanollm.load(path, backend=backend), nanollm.load(path)
     hf = hf.to(device)
     prompt = np.random.default_rng(0).integers(0, options.vocab_size, size=(1, prompt_tokens))
-    got = ours.forward(prompt), greedy_nanollm(ours, prompt, steps)
-    wants = {"numpy": (ref.forward(prompt), greedy_nanollm(ref, prompt, steps)),
-             "transformers": (forward_transformers(hf, prompt), greedy_transformers(hf, prompt, steps))}
+    got = ours.forward(prompt), *greedy_nanollm(ours, prompt, steps)
+    wants = {"numpy": (ref.forward(prompt), *greedy_nanollm(ref, prompt, steps)),
+             "transformers": (forward_transformers(hf, prompt), *greedy_transformers(hf, prompt, steps))}
     return [compare(case, dtype.name, name, got, want, TOLERANCES[dtype]) for name, want in wants.items()]
 
 
