@@ -377,3 +377,38 @@ def test_plot_without_matplotlib_says_how_to_install_it_before_any_work(text_mod
     assert out.stderr.strip().splitlines() == [
         "error: plots need matplotlib, which is not installed: pip install 'nanollm[viz]' (or pip install matplotlib)"]
     assert not (tmp_path / "picture.png").exists()
+
+
+def test_speculative_flags_give_the_api_tokens_and_report_acceptance(ids_model, tmp_path):
+    """--prompt-lookup and --assistant-model (here the model itself, loaded from its folder) print plain greedy's
+    ids; --json carries the proposed and accepted counts the API reports, --stats prints them."""
+    model = nanollm.load(ids_model)
+    plain = model.generate([3, 4, 5, 3, 4, 5, 3, 4], max_new_tokens=12, temperature=0)
+    for flags, proposer in ((["--prompt-lookup", "3", "--max-matching-ngram", "2"], "prompt lookup"),
+                            (["--assistant-model", str(ids_model), "--num-assistant-tokens", "4"],
+                             "assistant model")):
+        out = cli("--model", str(ids_model), "--prompt-ids", "3,4,5,3,4,5,3,4", "--max-new-tokens", "12",
+                  "--temperature", "0", "--json", *flags, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        got = json.loads(out.stdout)
+        assert got["token_ids"] == plain.token_ids
+        stats = got["stats"]
+        assert stats["proposer"] == proposer and 0 < stats["accepted_tokens"] <= stats["proposed_tokens"]
+        assert stats["acceptance_rate"] == stats["accepted_tokens"] / stats["proposed_tokens"]
+    out = cli("--model", str(ids_model), "--prompt-ids", "3,4,5,3,4,5,3,4", "--max-new-tokens", "12",
+              "--temperature", "0", "--stats", "--assistant-model", str(ids_model), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    # the first token from the prefill; 5 proposals (the default) + 1, then 4 + 1: room for 12 tokens, no more
+    assert "assistant model: proposed 9, accepted 9 (acceptance rate 1.00)" in out.stderr
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--prompt-lookup", "0"], ("--prompt-lookup must be a whole number >= 1",)),
+    (["--prompt-lookup", "2", "--no-kv-cache"], ("--prompt-lookup 2", "--no-kv-cache")),
+    (["--prompt-lookup", "2", "--num-beams", "2"], ("--prompt-lookup 2", "--num-beams 2")),
+    (["--prompt-lookup", "2", "--prompt-ids", "1,2"], ("--prompt-lookup 2", "a batch of 2 prompts")),
+    (["--assistant-model", "no/such/dir"], ("--assistant-model no/such/dir",)),
+])
+def test_what_speculative_decoding_refuses_is_one_line_naming_the_flags(ids_model, tmp_path, flags, words):
+    out = cli("--model", str(ids_model), "--prompt-ids", "3,4,5", "--max-new-tokens", "4", *flags, cwd=tmp_path)
+    one_line_error(out, *words)

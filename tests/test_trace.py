@@ -185,3 +185,26 @@ def test_trace_refuses_what_it_cannot_show(checkpoints, bad, error):
     model = nanollm.load(checkpoints["gpt2"][0])
     with pytest.raises(error, match="one prompt|decode_steps"):
         trace_generation(model, **(dict(prompt=PROMPT) | bad))
+
+
+def test_speculative_trace_shows_each_verification(checkpoints):
+    """Prompt lookup on a prompt that repeats itself, and the model as its own assistant: every pass after the
+    prefill is a verification of the last token + its proposals (T = 1 + proposed), named and explained, and the
+    tokens each gained add up to the generation, which is plain greedy's."""
+    model = nanollm.load(checkpoints["llama"][0])
+    prompt = PROMPT * 3
+    plain = model.generate(prompt, max_new_tokens=12, temperature=0).token_ids
+    for options in (dict(prompt_lookup_num_tokens=3), dict(assistant_model=model, num_assistant_tokens=3)):
+        trace = trace_generation(model, prompt, max_new_tokens=12, decode_steps=20, temperature=0, **options)
+        assert trace.result.token_ids == plain
+        verifications = trace.passes[1:]
+        assert [p.name for p in verifications] == [f"verification {i}" for i in range(1, len(verifications) + 1)]
+        assert [p.ids.shape[1] for p in verifications] == [1 + len(p.verification.proposed) for p in verifications]
+        assert plain == plain[:1] + [t for p in verifications for t in p.verification.tokens]
+        text = format_trace(trace)
+        for p in verifications:
+            v = p.verification
+            assert f"{p.name}: {1 + len(v.proposed)} position" in text
+            assert f"kept {v.accepted}, then the model's own {str(v.token)!r}: {len(v.tokens)} token(s) from one " \
+                   f"pass" in text
+    assert any(p.verification.accepted for p in verifications)  # the model as its own draft keeps its proposals
