@@ -27,6 +27,7 @@ from nanollm.sampling import filtered_probs
 from nanollm.speculative import PromptLookup, verify_token
 from tests.generation_fixtures import write_gpt2_tokenizer_files
 from tests.hf_models import Options, build_checkpoint
+from tests.kernel_harness import KERNEL_BACKENDS, make_backend
 from tests.test_backend_forward import random_weights, small_config
 
 
@@ -241,6 +242,25 @@ def test_a_verification_rolled_back_leaves_what_a_plain_step_leaves():
     assert np.array_equal(a.ids, b.ids) and np.array_equal(a.positions, b.positions) and a.length == b.length
     after = [model.step(np.array([[8]]), cache) for cache in caches]
     np.testing.assert_allclose(after[0], after[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_speculative_decoding_on_the_kernel_backends(backend):
+    """The cache's buffers live on the backend (CuPy arrays on a GPU): truncate zeroes them there, and both proposers
+    give the NumPy backend's plain greedy ids."""
+    cfg = small_config("llama", vocab_size=23)
+    weights = random_weights(cfg, 4)
+    model = Model(cfg, weights, make_backend(backend))
+    prompt = [1, 2, 3, 4, 1, 2, 3, 4, 1]
+    cache = model.new_cache(1, 16)
+    model.step(np.array([prompt]), cache)
+    cache.truncate(5)
+    assert not any(model.backend.to_numpy(a)[:, :, 5:].any() for a in cache.k + cache.v)
+    reference = Model(cfg, weights, NumpyBackend()).generate(prompt, max_new_tokens=10, temperature=0)
+    for options in (dict(prompt_lookup_num_tokens=3), dict(assistant_model=model, num_assistant_tokens=3)):
+        out = model.generate(prompt, max_new_tokens=10, temperature=0, **options)
+        assert out.token_ids == reference.token_ids
+        assert out.stats.accepted_tokens > 0
 
 
 # -- stops inside a kept run -----------------------------------------------------------------------------------
