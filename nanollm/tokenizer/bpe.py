@@ -13,7 +13,8 @@ two pairs share the best rank, the leftmost merges first: that is what tiktoken 
 ``tokenizers`` (a heap ordered by (rank, position)) and sentencepiece (a heap ordered by (score, position)) all do.
 
 Merging is the slow part of encoding, and text repeats its words constantly, so every model merges each word once
-and remembers the result in a ``WordCache``.
+and remembers the result in a ``WordCache``. A word may still be huge ("x" * 1_000_000 is one regex word): merging
+costs O(n log n) (``heap_merge``), and runs of few kinds of pair go round by round in C (``merge_in_rounds``).
 
 Sources: Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units"; tiktoken's
 ``_educational.py`` (the scan) and sentencepiece's ``bpe_model.cc`` (the heap with lazily discarded stale entries).
@@ -25,6 +26,9 @@ from typing import Callable, Hashable, Sequence, TypeVar
 
 Symbol = TypeVar("Symbol", bytes, str)
 WORD_CACHE_LIMIT = 100_000  # words; a word and its ids take ~200 bytes, so a full cache holds ~20 MB
+ROUNDS_MIN_SYMBOLS = 256  # inputs at least this long try merge_in_rounds first (measured: see make bench-tokenizer)
+ROUND_CHARS_PER_MERGE = 1000  # a round may read this many characters per merge it makes (~ one heap merge's cost)
+FREE_ROUNDS = 4  # rounds' worth of reading allowed before the rounds must pay for themselves
 
 
 def bpe_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
@@ -35,11 +39,23 @@ def bpe_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashab
         ["a", "b", "c", "a", "b"] -> ["ab", "c", "ab"]    (a b at positions 0 and 3 both rank 0: leftmost first,
                                   -> ["abc", "ab"]           then the other; then ("ab", "c") ranks 1)
 
+    ``heap_merge`` does the merging one pair at a time. A long input (``ROUNDS_MIN_SYMBOLS`` symbols or more: a run
+    of one character, a line of dashes, a page of whitespace) first goes through ``merge_in_rounds``, which does
+    whole rounds of identical merges at once and hands ``heap_merge`` what is left.
+    """
+    if len(symbols) >= ROUNDS_MIN_SYMBOLS:
+        symbols = merge_in_rounds(symbols, pair_ranks)
+    return heap_merge(symbols, pair_ranks)
+
+
+def heap_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
+    """``bpe_merge`` one merge at a time, in O(n log n) for n symbols.
+
     The symbols are kept in a doubly linked list so a merge is O(1), and every candidate pair sits in a heap keyed by
     (rank, left position). A merge makes the entries that mention the two old symbols stale; rather than search the
     heap for them we leave them there and discard them when they surface (the check below). That makes a word of n
-    symbols cost O(n log n) instead of the O(n^2) of rescanning all pairs after each merge, which matters for inputs
-    such as a 10,000-character run of one letter.
+    symbols cost O(n log n) instead of the O(n^2) of rescanning all pairs after each merge (tiktoken's
+    ``_educational.py``), which matters for inputs such as a 10,000-character run of one letter.
     """
     n = len(symbols)
     if n < 2:
@@ -81,6 +97,85 @@ def bpe_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashab
                 heapq.heappush(heap, (rank, left, len(merged) + len(parts[after])))
 
     return [part for part in parts if part is not None]
+
+
+
+def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
+    """Do the first merges of ``heap_merge`` a whole round at a time; return the symbols as they stand after them.
+
+    Why: ``heap_merge`` pays about a microsecond of Python per merge, and "x" * 1_000_000 needs 875,000 merges (3.6 s;
+    tiktoken takes 0.3 s). But such inputs hold few kinds of pair: there, "merge every (x, x) left to right" is one
+    ``str.replace``, done in C. So each symbol becomes one character of a string, and a round takes the best-ranked
+    pair present and replaces all of it at once:
+
+        x x x x x x x x  -> (x, x):   xx xx xx xx  -> (xx, xx):  xxxx xxxx  -> (xxxx, xxxx):  xxxxxxxx
+
+    When is a round exactly what ``heap_merge`` does? Its next merge is the leftmost pair of the lowest rank r; each
+    merge can only create pairs with its new symbol, and while those all rank above r, the next merge is again the
+    leftmost pair of rank r still standing. That is "replace every (a, b) left to right, skipping overlaps", which
+    is ``str.replace``. So a round is taken only when (1) no other kind of pair present has rank r (ties between
+    kinds are ordered by position, which a round does not see) and (2) every pair it creates ranks above r; it is
+    checked after the replace, and a round that fails the check is dropped, to be done by ``heap_merge`` instead.
+
+    Cost: a round reads the whole string, a few nanoseconds a character, however few pairs it merges. When rounds
+    merge too few pairs for what they read (on random letters: thousands of kinds of pair, a few hundred each), the
+    rest is left to ``heap_merge``: rounds continue while they merge on average one pair for every
+    ``ROUND_CHARS_PER_MERGE`` characters they read, after ``FREE_ROUNDS`` rounds' worth of reading.
+    """
+    symbol_of = list(dict.fromkeys(symbols))  # code -> symbol: the k-th distinct symbol is the character chr(k)
+    code_of = {symbol: chr(code) for code, symbol in enumerate(symbol_of)}
+    text = "".join(map(code_of.__getitem__, symbols))
+
+    def rank_of(pair: str):
+        return pair_ranks.get((symbol_of[ord(pair[0])], symbol_of[ord(pair[1])]))
+
+    # The kinds of pair present, best rank first. Invariant: every kind present is in the heap (kinds that were
+    # merged away stay there, stale, and are dropped when a replace finds none of them).
+    heap = [(rank, pair) for pair in {a + b for a, b in zip(text, text[1:])} if (rank := rank_of(pair)) is not None]
+    heapq.heapify(heap)
+    budget = FREE_ROUNDS * len(text)  # characters the rounds may still read
+    while heap and budget > 0:
+        rank, pair = heapq.heappop(heap)
+        if heap and heap[0][0] == rank:
+            break  # another kind of pair has the same rank: (1)
+        merged = symbol_of[ord(pair[0])] + symbol_of[ord(pair[1])]
+        code = code_of.get(merged)
+        if code is None:
+            code = code_of[merged] = chr(len(symbol_of))
+            symbol_of.append(merged)
+        after = text.replace(pair, code)
+        merges = len(text) - len(after)  # each replacement is one character shorter
+        budget += ROUND_CHARS_PER_MERGE * merges - len(text)
+        if not merges:
+            continue  # stale: merged away by earlier rounds
+        created = [(new_rank, new_pair) for new_pair in _created_pairs(text, pair, after, code)
+                   if (new_rank := rank_of(new_pair)) is not None]
+        if any(new_rank <= rank for new_rank, _ in created):
+            break  # (2): this round is not what heap_merge would do
+        for entry in created:
+            heapq.heappush(heap, entry)
+        text = after
+    return [symbol_of[ord(code)] for code in text]
+
+
+def _created_pairs(before: str, pair: str, after: str, code: str) -> set[str]:
+    """The pairs (as 2-character strings) that ``heap_merge`` would create while merging every ``pair`` of ``before``
+    into ``code``, left to right, giving ``after``.
+
+    Each merge pairs ``code`` with its left neighbour as it stands then (already merged: read it from ``after``) and
+    with its right neighbour as it stands then (not yet merged: read it from ``before``). Example: "xxxx", "xx" ->
+    "XX" creates "XX" and, for a moment, "Xx" (before the second merge), so a rank for (xx, x) below (x, x)'s must
+    stop the round: heap_merge would make "xxx" first.
+    """
+    lefts = after.split(code)
+    rights = before.split(pair)  # an empty piece between two occurrences: the right neighbour is pair[0]
+    created = {piece[-1] + code for piece in lefts[:-1] if piece}
+    created |= {code + (piece[:1] or pair[0]) for piece in rights[1:-1]}
+    if rights[-1]:
+        created.add(code + rights[-1][0])
+    if code + code in after:
+        created.add(code + code)
+    return created
 
 
 def pair_ranks_from_token_ranks(token_ranks: dict) -> dict:
