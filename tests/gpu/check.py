@@ -2,7 +2,7 @@
 
 Run it on a machine with an NVIDIA GPU and a Python that already holds torch (a CUDA build), CuPy (cupy-cuda13x),
 transformers, pytest and hypothesis; nothing is installed from the network (the Makefile installs nanollm from the
-checkout into .venv-gpu, a venv that sees that Python's packages: tests/gpu/venv.py). The stages:
+checkout into that Python: editable, no index, no dependencies). The stages:
 
   kernel tests   every CuPy variant of the kernel tests: pytest -k cupy on KERNEL_TEST_FILES
   parity         whole forward passes, CuPy against NumPy and transformers, float32 and float16 weights (parity.py)
@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]  # the checkout: every stage runs there
 # The test files whose backend fixtures have a "cupy" variant (tests/kernel_harness.KERNEL_BACKENDS, or
 # CupyBackend in the API test); tests/test_gpu_check.py checks this list against the files themselves.
-KERNEL_TEST_FILES = ("tests/test_kernels.py", "tests/test_backend_forward.py", "tests/test_backend_api.py")
+KERNEL_TEST_FILES = ("tests/test_kernels.py", "tests/test_backend_forward.py", "tests/test_backend_api.py",
+                     "tests/test_speculative.py")
 # Every stage's environment: no download can be attempted (transformers only ever reads the files the stages
 # write); no progress bars; output unbuffered, so a killed stage still shows how far it came; hypothesis
 # derandomized (tests/conftest.py's "ci" profile), so a failure found here is found again by the next run.
@@ -72,7 +73,7 @@ def missing() -> list[str]:
     except ModuleNotFoundError:  # not even the package nanollm: run from somewhere other than the checkout
         installed = False
     if not installed:
-        lacks.append("nanollm is not installed from the checkout (`make gpu-check` installs it into .venv-gpu)")
+        lacks.append("nanollm is not installed from the checkout (`make gpu-check` installs it)")
     try:
         import cupy
     except ImportError:
