@@ -14,8 +14,13 @@ Worked example (Wikipedia's "aaabdaaabac", a single word; a=97, b=98, c=99, d=10
     counts (256,a)=2 (a,b)=2 ...    -> tie at 2: (97, 98) < (256, 97), merge into 257 "ab"   aa ab d aa ab a c
     counts (256,257)=2 ...          -> merge (256, 257) into 258 "aaab"  aaab d aaab a c
 
-Only the words that contain the chosen pair are re-counted after a merge, which keeps each step proportional to the
-text it touches rather than to the whole corpus.
+Counting every pair again after each merge costs the whole corpus per merge: 21 s for 512 tokens when the text is one
+long word (minbpe's taylorswift.txt). So the counts are kept up to date instead. All distinct words lie end to end in
+one array of symbols, a linked list, and an index maps each pair to the positions where it starts; a merge visits only
+those positions and changes only the counts of the pairs around each (the pair merged, the pair to its left, the pair
+to its right, and the two new pairs with the new symbol). The best pair comes from a heap of (-count, pair) entries,
+pushed at each change of a count and discarded when they surface with a count that is no longer current. Each merge
+then costs what it touches, not the size of the corpus. (HF tokenizers' BPE trainer keeps the same index, ``where_to_update``.)
 
 If a merge spells bytes that are already a token (possible when "a"+"bc" and "ab"+"c" are both chosen), the merge
 reuses that token's id instead of creating a duplicate, so every token has distinct bytes.
@@ -33,6 +38,7 @@ Source: Sennrich et al. 2016; Karpathy's minbpe (regex-split training).
 """
 from __future__ import annotations
 
+import heapq
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from typing import NamedTuple
@@ -77,22 +83,16 @@ def train_bpe(
     splitter = compile_pattern(pattern, origin="training")  # runs under guards.py's time limit
     words_in_order = splitter.findall(text)
     _check_pattern_covers(splitter, text, words_in_order)
-    word_counts = Counter(words_in_order)
-    words = [list(word.encode("utf-8")) for word in word_counts]
-    counts = list(word_counts.values())
-
-    pair_counts: Counter = Counter()
-    words_with: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for index, symbols in enumerate(words):
-        _add_pairs(symbols, counts[index], index, pair_counts, words_with)
+    pairs = _PairIndex(Counter(words_in_order))
 
     token_bytes = {b: bytes([b]) for b in range(256)}
     id_of_bytes = {v: k for k, v in token_bytes.items()}
     merges: list[tuple[int, int, int]] = []
     target = vocab_size - len(special_tokens)
-    while len(token_bytes) < target and pair_counts:
-        # Highest count; ties go to the smallest pair of ids (see the module docstring).
-        best = min(pair_counts, key=lambda pair: (-pair_counts[pair], pair))
+    while len(token_bytes) < target:
+        best = pairs.best()  # highest count; ties go to the smallest pair of ids (see the module docstring)
+        if best is None:
+            break
         merged = token_bytes[best[0]] + token_bytes[best[1]]
         new_id = id_of_bytes.get(merged)
         if new_id is None:
@@ -101,13 +101,8 @@ def train_bpe(
             id_of_bytes[merged] = new_id
         merges.append((best[0], best[1], new_id))
         if on_merge is not None:
-            on_merge(Merge(best[0], best[1], new_id, merged, pair_counts[best]))
-        for index in list(words_with.pop(best, ())):
-            symbols = words[index]
-            _add_pairs(symbols, -counts[index], index, pair_counts, words_with)
-            words[index] = symbols = _merge_pair(symbols, best, new_id)
-            _add_pairs(symbols, counts[index], index, pair_counts, words_with)
-        pair_counts.pop(best, None)
+            on_merge(Merge(best[0], best[1], new_id, merged, pairs.counts[best]))
+        pairs.merge(best, new_id)
 
     first_special = len(token_bytes)
     specials = {token: first_special + k for k, token in enumerate(special_tokens)}
@@ -153,25 +148,82 @@ def _check_pattern_covers(splitter, text: str, words: list[str]) -> None:
     )
 
 
-def _add_pairs(symbols: list[int], weight: int, index: int, pair_counts: Counter, words_with: dict) -> None:
-    """Add ``weight`` (negative to remove) to the count of each adjacent pair in one word."""
-    for pair in zip(symbols, symbols[1:]):
-        pair_counts[pair] += weight
+class _PairIndex:
+    """Every distinct word's symbols end to end, with the count of each adjacent pair and where each pair starts.
+
+    ``symbols[p]`` is the symbol at position p (None once merged into its left neighbour); ``next_of``/``prev_of`` link
+    the live positions of a word (-1 at its ends, so no pair spans two words); ``weight[p]`` is the count of p's word.
+    ``counts[pair]`` is the weighted number of occurrences, overlapping ones included ("aaa" holds (a, a) twice), of
+    every pair present; ``where[pair]`` is the set of positions where it starts.
+
+    Example, words {"ab": 2, "b": 1}: symbols [97, 98, 98], next_of [1, -1, -1], counts {(97, 98): 2},
+    where {(97, 98): {0}}.
+    """
+
+    def __init__(self, word_counts: Counter):
+        self.symbols: list[int | None] = []
+        self.weight: list[int] = []
+        for word, count in word_counts.items():
+            data = word.encode("utf-8")
+            self.symbols += data
+            self.weight += [count] * len(data)
+        n = len(self.symbols)
+        self.next_of, self.prev_of = list(range(1, n + 1)), list(range(-1, n - 1))
+        end = 0
+        for word in word_counts:
+            start, end = end, end + len(word.encode("utf-8"))
+            self.prev_of[start] = -1
+            self.next_of[end - 1] = -1
+        self.counts: Counter = Counter()
+        self.where: dict[tuple[int, int], set[int]] = defaultdict(set)
+        for p, q in enumerate(self.next_of):
+            if q != -1:
+                pair = (self.symbols[p], self.symbols[q])
+                self.counts[pair] += self.weight[p]
+                self.where[pair].add(p)
+        self.heap = [(-count, pair) for pair, count in self.counts.items()]
+        heapq.heapify(self.heap)
+
+    def best(self) -> tuple[int, int] | None:
+        """The pair with the highest count, the smallest (left, right) among equals; None when no pair is left."""
+        while self.heap:
+            negative_count, pair = self.heap[0]
+            if self.counts.get(pair) == -negative_count:
+                return pair
+            heapq.heappop(self.heap)  # stale: the count changed since this entry was pushed
+        return None
+
+    def merge(self, pair: tuple[int, int], new_id: int) -> None:
+        """Replace each occurrence of ``pair`` with ``new_id``, left to right as the words read ([1, 2, 3, 1, 2],
+        (1, 2), 4 -> [4, 3, 4]; in "aaa", (a, a) merges once), updating the counts around each."""
+        left, right = pair
+        for p in sorted(self.where.pop(pair)):
+            q = self.next_of[p]
+            if self.symbols[p] != left or q == -1 or self.symbols[q] != right:
+                continue  # taken by the merge just before it ("aaa": the second (a, a))
+            weight, before, after = self.weight[p], self.prev_of[p], self.next_of[q]
+            if before != -1:
+                self._add((self.symbols[before], left), before, -weight)
+            self._add(pair, p, -weight)
+            if after != -1:
+                self._add((right, self.symbols[after]), q, -weight)
+            self.symbols[p], self.symbols[q] = new_id, None
+            self.next_of[p] = after
+            if after != -1:
+                self.prev_of[after] = p
+                self._add((new_id, self.symbols[after]), p, weight)
+            if before != -1:
+                self._add((self.symbols[before], new_id), before, weight)
+
+    def _add(self, pair: tuple[int, int], position: int, weight: int) -> None:
+        """Count ``pair`` at ``position`` ``weight`` more times (fewer when negative) and push its new count."""
+        count = self.counts[pair] + weight
         if weight > 0:
-            words_with[pair].add(index)
-        elif pair_counts[pair] <= 0:
-            del pair_counts[pair]
-
-
-def _merge_pair(symbols: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each occurrence of ``pair``, left to right: [1, 2, 3, 1, 2], (1, 2), 4 -> [4, 3, 4]."""
-    out = []
-    i = 0
-    while i < len(symbols):
-        if i + 1 < len(symbols) and symbols[i] == pair[0] and symbols[i + 1] == pair[1]:
-            out.append(new_id)
-            i += 2
+            self.where[pair].add(position)
         else:
-            out.append(symbols[i])
-            i += 1
-    return out
+            self.where[pair].discard(position)
+        if count > 0:
+            self.counts[pair] = count
+            heapq.heappush(self.heap, (-count, pair))
+        else:
+            del self.counts[pair]
