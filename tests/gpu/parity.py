@@ -5,7 +5,8 @@
 (head size 128: the second bucket, untied output). Each is run twice, with float32 and with float16 weights
 (CupyBackend(weight_dtype=...)), and compared against two references on exactly the same weights:
   numpy         nanollm's reference backend, float32 on the CPU
-  transformers  the same files read by transformers, float32 on the GPU (full-precision matmuls: no TF32)
+  transformers  the same files read by transformers, float32 on the GPU: full-precision matmuls (no TF32) and
+                attention by torch's plain math kernel (SDPBackend.MATH: what the float32 reference means)
 What is compared, for a 300-token prompt (past attention.cu's 256-key decode chunk, so decode runs split):
   forward  the logits of a stateless full pass, every position
   decode   the logits of each of 16 greedy steps through the KV cache, while both sides still hold the same tokens
@@ -31,6 +32,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import nanollm
 from tests.hf_models import Options, build_checkpoint
@@ -96,6 +98,14 @@ def forward_transformers(model, ids: np.ndarray) -> np.ndarray:
     return model(torch.from_numpy(ids).to(model.device)).logits.float().cpu().numpy()  # (1, T, V)
 
 
+def transformers_reference(model, prompt: np.ndarray, steps: int) -> tuple:
+    """(forward logits, greedy tokens, greedy logits) of transformers in float32 throughout: matmuls without TF32
+    and attention by the math kernel, where a fused one may compute scores at lower precision on the GPU."""
+    torch.set_float32_matmul_precision("highest")  # torch's default, stated: TF32 would cost ~1e-3 relative
+    with sdpa_kernel(SDPBackend.MATH):
+        return forward_transformers(model, prompt), *greedy_transformers(model, prompt, steps)
+
+
 def agreeing_steps(got: np.ndarray, want: np.ndarray, want_logits: np.ndarray, tol: float) -> tuple[int, bool]:
     """(how many greedy steps chose the reference's token, whether a difference is allowed), from each side's tokens
     (steps,) and the reference's logits (steps, V). A difference is allowed at a near-tie only: the reference's top
@@ -152,7 +162,7 @@ def check_case(case: str, options: Options, backend, prompt_tokens: int = PROMPT
     prompt = np.random.default_rng(0).integers(0, options.vocab_size, size=(1, prompt_tokens))
     got = ours.forward(prompt), *greedy_nanollm(ours, prompt, steps)
     wants = {"numpy": (ref.forward(prompt), *greedy_nanollm(ref, prompt, steps)),
-             "transformers": (forward_transformers(hf, prompt), *greedy_transformers(hf, prompt, steps))}
+             "transformers": transformers_reference(hf, prompt, steps)}
     return [compare(case, dtype.name, name, got, want, TOLERANCES[dtype]) for name, want in wants.items()]
 
 
@@ -175,7 +185,6 @@ def report(comparisons: list[Comparison]) -> bool:
 def main() -> int:
     from nanollm.backends.cupy_backend import CupyBackend  # CuPy is optional: tests run this module on the emulator
 
-    torch.set_float32_matmul_precision("highest")  # transformers' float32 reference without TF32 (torch's default)
     torch.manual_seed(0)
     comparisons = [c for case, options in CASES.items() for dtype in TOLERANCES
                    for c in check_case(case, options, CupyBackend(weight_dtype=dtype))]
