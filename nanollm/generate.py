@@ -53,7 +53,8 @@ def parse_args(argv):
     gen = p.add_argument_group("generation (unset: the model's generation_config.json, else the engine's default)")
     for o in OPTIONS:  # every number the request takes, from its one table (request.OPTIONS)
         if o.kind in (int, float):
-            gen.add_argument(flag(o.name), dest=o.name, type=o.kind, help=o.help)
+            gen.add_argument(flag(o.name), dest=o.name, type=o.kind, help=o.help,
+                             metavar=flag(o.name)[2:].replace("-", "_").upper())  # TOP_P, PROMPT_LOOKUP
     gen.add_argument("--assistant-model", metavar="DIR",
                      help="speculative decoding: a smaller model with the same tokenizer (loaded as --model is, on "
                           "the same backend) proposes --num-assistant-tokens tokens, verified in one pass")
