@@ -1,10 +1,24 @@
-"""`make bench`: nanollm's NumPy engine against transformers on CPU, in one process, with the same threads.
+"""`make bench`: how close nanollm's NumPy engine runs to the machine's limits, and to transformers, in one process.
 
 Three random-weight checkpoints written by transformers: GPT-2 124M (GPT2Config() defaults), a Llama shape with
-grouped-query heads, and Qwen2.5-0.5B's shape (24 layers, 14 query / 2 key-value heads, q/k/v biases, a
-tied 151,936-token output projection: the vocabulary is a third of its weights). For each engine: prefill of a
-128-token prompt, and the mean time per output token over 128 greedy decode steps with that engine's KV cache. Runs alternate between the engines (A B A B ...) and the median is
-reported, so background load hits both alike. Ratios below 1.0 mean nanollm is faster.
+grouped-query heads, and Qwen2.5-0.5B's shape (24 layers, 14 query / 2 key-value heads, q/k/v biases, a tied
+151,936-token output projection: the vocabulary is a third of its weights). For each, every figure is a ratio to a
+reference timed in the same invocation, because this machine's memory bandwidth drifts between two levels for
+seconds at a time (a wall-clock figure from another run means little):
+
+  decode vs gemv     batch-1 decode's effective bandwidth (bytes of weights a step reads / step time) over that of
+                     one large gemv, x @ W with W (768, 50257) float32: the most a step could stream here.
+                     Target >= 0.85.
+  batch B / batch 1  decode tokens/s of B sequences over that of one (B x t1 / tB). Target: batch 8 >= 6.
+  prefill / matmuls  a 128-token prefill over its matrix products alone (x @ w for every weight matrix at the same
+                     shapes): what attention, norms and activations add. Target <= 1.3.
+  vs transformers    prefill and decode time per token, transformers (torch, same threads) as the reference.
+
+Then speculative decoding on GPT-2 124M against plain greedy decoding, same prompt, same tokens (checked): prompt
+lookup on a repetitive prompt, and an assistant (draft) model: the first layer of the same checkpoint, which
+predicts a random-weight model's next token well because its residual stream is mostly the token embedding.
+Target: prompt lookup >= 1.5x faster. Rounds alternate every measurement (A B A B ...); medians are reported.
+BENCH_REPEATS sets the rounds (default 3).
 """
 import os
 import statistics
@@ -18,68 +32,182 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 import nanollm
 
-PROMPT_TOKENS, NEW_TOKENS, REPEATS = 128, 128, int(os.environ.get("BENCH_REPEATS", "3"))
+PROMPT_TOKENS, DECODE_STEPS, HF_DECODE_STEPS = 128, 32, 32
+BATCHES = (1, 2, 4, 8, 16)
+REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+GEMV_SHAPE = (768, 50257)  # GPT-2's output projection: one large matrix-vector product
 
 
-def time_nanollm(model, prompt):
-    cache = model.new_cache(batch_size=1, max_len=PROMPT_TOKENS + NEW_TOKENS)
+def timed(fn) -> float:
     t0 = time.perf_counter()
-    logits = model.step(prompt, cache)  # (1, 1, V)
-    t1 = time.perf_counter()
-    for _ in range(NEW_TOKENS):
-        token = int(np.argmax(logits[0, -1]))
-        logits = model.step(np.array([[token]]), cache)
-    t2 = time.perf_counter()
-    return t1 - t0, (t2 - t1) / NEW_TOKENS
+    fn()
+    return time.perf_counter() - t0
+
+
+def weight_matrices(model) -> list:
+    """Every matrix a forward pass multiplies by, once each (a tied head is the embedding table, read as a matrix)."""
+    w = model.weights
+    layers = [a for layer in w.layers for a in vars(layer).values() if a is not None and a.ndim == 2]
+    return layers + [w.tok_emb.T if w.lm_head is None else w.lm_head]
+
+
+def decode_step_bytes(model) -> int:
+    """Bytes of weights one decode step reads: every matrix once (the embedding rows it gathers are negligible)."""
+    return sum(a.nbytes for a in weight_matrices(model))
+
+
+def gemv_seconds(matrix, x) -> float:
+    return timed(lambda: x @ matrix)
+
+
+def decode_seconds(model, batch: int, prompt) -> float:
+    """Mean time of a decode step for `batch` sequences after a prefill of the prompt (the same for each row)."""
+    cache = model.new_cache(batch_size=batch, max_len=PROMPT_TOKENS + DECODE_STEPS + 1)
+    logits = model.step(np.repeat(prompt, batch, axis=0), cache)  # (B, 1, V)
+    token = logits[:, -1].argmax(-1)[:, None]  # (B, 1)
+    t0 = time.perf_counter()
+    for _ in range(DECODE_STEPS):
+        token = model.step(token, cache)[:, -1].argmax(-1)[:, None]  # (B, 1)
+    return (time.perf_counter() - t0) / DECODE_STEPS
+
+
+def prefill_seconds(model, prompt) -> float:
+    cache = model.new_cache(batch_size=1, max_len=PROMPT_TOKENS)
+    return timed(lambda: model.step(prompt, cache))
+
+
+def matmul_floor_seconds(model, T: int) -> float:
+    """The matrix products of a T-position prefill alone: (T, in) @ w for every layer matrix, and the one row the
+    output projection needs (generation projects only the last position)."""
+    matrices = weight_matrices(model)
+    inputs = {a.shape[0]: np.ones((T, a.shape[0]), np.float32) for a in matrices}  # one input per width
+    head, last = matrices[-1], np.ones((1, matrices[-1].shape[0]), np.float32)
+
+    def run():
+        for a in matrices[:-1]:
+            inputs[a.shape[0]] @ a
+        last @ head
+    return timed(run)
 
 
 @torch.inference_mode()
-def time_transformers(model, prompt):
+def transformers_seconds(model, prompt) -> tuple[float, float]:
+    """(prefill, mean decode step) with transformers' own KV cache."""
     ids = torch.from_numpy(prompt)
     t0 = time.perf_counter()
     out = model(ids, use_cache=True, logits_to_keep=1)
     t1 = time.perf_counter()
-    past = out.past_key_values
-    for _ in range(NEW_TOKENS):
-        token = out.logits[:, -1].argmax(-1, keepdim=True)
-        out = model(token, past_key_values=past, use_cache=True)
-        past = out.past_key_values
-    t2 = time.perf_counter()
-    return t1 - t0, (t2 - t1) / NEW_TOKENS
+    for _ in range(HF_DECODE_STEPS):
+        out = model(out.logits[:, -1].argmax(-1, keepdim=True), cache=out.cache, use_cache=True)
+    return t1 - t0, (time.perf_counter() - t1) / HF_DECODE_STEPS
+
+
+def load_pair(hf_model):
+    with tempfile.TemporaryDirectory() as d:
+        hf_model.save_pretrained(d, safe_serialization=True)
+        return nanollm.load(d)
 
 
 def bench(name, hf_model):
-    with tempfile.TemporaryDirectory() as d:
-        hf_model.save_pretrained(d, safe_serialization=True)
-        ours = nanollm.load(d)
+    ours = load_pair(hf_model)
     hf_model.eval()
     prompt = np.random.default_rng(0).integers(0, ours.config.vocab_size, (1, PROMPT_TOKENS))
-    time_nanollm(ours, prompt[:, :8]), time_transformers(hf_model, prompt[:, :8])  # warm-up
-    runs = {"nanollm": [], "transformers": []}
+    matrix = np.random.default_rng(1).random(GEMV_SHAPE, dtype=np.float32)  # (768, 50257)
+    x = np.ones((1, GEMV_SHAPE[0]), np.float32)
+    measures = {
+        "gemv": lambda: gemv_seconds(matrix, x),
+        **{f"decode {b}": (lambda b=b: decode_seconds(ours, b, prompt)) for b in BATCHES},
+        "prefill": lambda: prefill_seconds(ours, prompt),
+        "matmuls": lambda: matmul_floor_seconds(ours, PROMPT_TOKENS),
+        "transformers": lambda: transformers_seconds(hf_model, prompt),
+    }
+    for fn in measures.values():  # warm-up: first touches of every page, thread pools started
+        fn()
+    runs = {k: [] for k in measures}
     for _ in range(REPEATS):
-        runs["nanollm"].append(time_nanollm(ours, prompt))
-        runs["transformers"].append(time_transformers(hf_model, prompt))
-    med = {k: (statistics.median(p for p, _ in v), statistics.median(d for _, d in v)) for k, v in runs.items()}
-    (np_pre, np_tok), (hf_pre, hf_tok) = med["nanollm"], med["transformers"]
-    print(f"{name:<24}{'prefill 128 (ms)':>18}{'decode / token (ms)':>22}")
-    print(f"{'  nanollm (numpy)':<24}{np_pre * 1e3:>18.1f}{np_tok * 1e3:>22.2f}")
-    print(f"{'  transformers (torch)':<24}{hf_pre * 1e3:>18.1f}{hf_tok * 1e3:>22.2f}")
-    print(f"{'  ratio nanollm/hf':<24}{np_pre / hf_pre:>18.2f}{np_tok / hf_tok:>22.2f}")
+        for k, fn in measures.items():
+            runs[k].append(fn())
+    med = {k: statistics.median(v) for k, v in runs.items() if k != "transformers"}
+    hf_prefill = statistics.median(p for p, _ in runs["transformers"])
+    hf_decode = statistics.median(d for _, d in runs["transformers"])
+
+    gemv_gbs = matrix.nbytes / med["gemv"] / 1e9
+    decode_gbs = decode_step_bytes(ours) / med["decode 1"] / 1e9
+    print(f"{name}: {decode_step_bytes(ours) / 1e6:.0f} MB of weights read per decode step")
+    rows = [("decode vs gemv (GB/s)", f"{decode_gbs:.1f} / {gemv_gbs:.1f}", decode_gbs / gemv_gbs, ">= 0.85")]
+    for b in BATCHES[1:]:
+        speedup = b * med["decode 1"] / med[f"decode {b}"]
+        rows.append((f"batch {b} / batch 1 (tok/s)", f"{b / med[f'decode {b}']:.0f} / {1 / med['decode 1']:.0f}",
+                     speedup, ">= 6" if b == 8 else ""))
+    rows.append(("prefill / matmuls (ms)", f"{med['prefill'] * 1e3:.0f} / {med['matmuls'] * 1e3:.0f}",
+                 med["prefill"] / med["matmuls"], "<= 1.3"))
+    rows.append(("prefill vs transformers (ms)", f"{med['prefill'] * 1e3:.0f} / {hf_prefill * 1e3:.0f}",
+                 med["prefill"] / hf_prefill, "< 1 is faster"))
+    rows.append(("decode vs transformers (ms/token)", f"{med['decode 1'] * 1e3:.1f} / {hf_decode * 1e3:.1f}",
+                 med["decode 1"] / hf_decode, "< 1 is faster"))
+    print_rows(rows)
+    return ours
+
+
+def print_rows(rows):
+    print(f"  {'':36}{'figures':>22}{'ratio':>8}  target")
+    for what, figures, ratio, target in rows:
+        print(f"  {what:36}{figures:>22}{ratio:>8.2f}  {target}")
+    print()
     sys.stdout.flush()
+
+
+def first_layer_draft(hf_model):
+    """An assistant model: the same GPT-2 checkpoint cut to its first layer (same tokenizer, embeddings, head)."""
+    draft = GPT2LMHeadModel(GPT2Config(**{**hf_model.config.to_dict(), "n_layer": 1}))
+    draft.load_state_dict(hf_model.state_dict(), strict=False)  # the extra layers' weights are simply not used
+    return load_pair(draft)
+
+
+def bench_speculative(target, hf_model):
+    """Greedy decoding of 64 tokens after a repetitive prompt: plain, prompt lookup, and an assistant model."""
+    draft = first_layer_draft(hf_model)
+    piece = np.random.default_rng(2).integers(0, target.config.vocab_size, 16).tolist()
+    prompt = piece * 8  # 128 tokens: one 16-token phrase, eight times
+    runs = {
+        "plain greedy": dict(),
+        "prompt lookup (k=10)": dict(prompt_lookup_num_tokens=10),
+        "assistant model (1 layer)": dict(assistant_model=draft),
+    }
+    for options in runs.values():
+        target.generate(prompt[:32], max_new_tokens=4, temperature=0, **options)  # warm-up
+    times, results = {k: [] for k in runs}, {}
+    for _ in range(REPEATS):
+        for k, options in runs.items():
+            t0 = time.perf_counter()
+            results[k] = target.generate(prompt, max_new_tokens=64, temperature=0, **options)
+            times[k].append(time.perf_counter() - t0)
+    plain = statistics.median(times["plain greedy"])
+    print("GPT-2 124M, speculative decoding: 64 greedy tokens after a 16-token phrase repeated 8 times")
+    print(f"  {'':30}{'ms':>8}{'speedup':>9}{'accepted':>10}  same tokens  target")
+    for k in runs:
+        s, t = results[k].stats, statistics.median(times[k])
+        same = results[k].token_ids == results["plain greedy"].token_ids
+        accepted = f"{s.acceptance_rate:.0%}" if s.proposed_tokens else ""
+        target_text = ">= 1.5" if k.startswith("prompt lookup") else ""
+        print(f"  {k:30}{t * 1e3:>8.0f}{plain / t:>9.2f}{accepted:>10}  {'yes' if same else 'NO':11}  {target_text}")
+    print()
 
 
 def main():
     torch.manual_seed(0)
-    print(f"threads: torch {torch.get_num_threads()}, numpy (BLAS) "
-          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}; {REPEATS} alternating runs, medians\n")
-    bench("GPT-2 124M", GPT2LMHeadModel(GPT2Config()))
-    bench("Llama (GQA 12q/4kv)", LlamaForCausalLM(LlamaConfig(
+    print(f"threads: torch {torch.get_num_threads()}, numpy (BLAS) {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
+          f"; {REPEATS} alternating rounds, medians; prompt {PROMPT_TOKENS} tokens, {DECODE_STEPS} decode steps\n")
+    gpt2 = GPT2LMHeadModel(GPT2Config())
+    ours = bench("GPT-2 124M", gpt2)
+    bench("Llama shape (GQA 12q/4kv)", LlamaForCausalLM(LlamaConfig(
         vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
         num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)))
     bench("Qwen2.5-0.5B shape", Qwen2ForCausalLM(Qwen2Config(  # its config.json, with random weights
         vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
         num_key_value_heads=2, max_position_embeddings=32768, rope_parameters={"rope_type": "default",
         "rope_theta": 1000000.0}, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)))
+    bench_speculative(ours, gpt2)
 
 
 if __name__ == "__main__":
