@@ -28,7 +28,14 @@ import time
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 import nanollm
 
@@ -170,9 +177,9 @@ def bench_speculative(target, hf_model):
     piece = np.random.default_rng(2).integers(0, target.config.vocab_size, 16).tolist()
     prompt = piece * 8  # 128 tokens: one 16-token phrase, eight times
     runs = {
-        "plain greedy": dict(),
-        "prompt lookup (k=10)": dict(prompt_lookup_num_tokens=10),
-        "assistant model (1 layer)": dict(assistant_model=draft),
+        "plain greedy": {},
+        "prompt lookup (k=10)": {"prompt_lookup_num_tokens": 10},
+        "assistant model (1 layer)": {"assistant_model": draft},
     }
     for options in runs.values():
         target.generate(prompt[:32], max_new_tokens=4, temperature=0, **options)  # warm-up
@@ -194,20 +201,25 @@ def bench_speculative(target, hf_model):
     print()
 
 
+SHAPES = {  # random-weight checkpoints of real shapes (tests/gpu/decode.py times two of them on a GPU)
+    "GPT-2 124M": lambda: GPT2LMHeadModel(GPT2Config()),
+    "Llama shape (GQA 12q/4kv)": lambda: LlamaForCausalLM(LlamaConfig(
+        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+        num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)),
+    "Qwen2.5-0.5B shape": lambda: Qwen2ForCausalLM(Qwen2Config(  # its config.json, with random weights
+        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, max_position_embeddings=32768, rope_parameters={"rope_type": "default",
+        "rope_theta": 1000000.0}, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)),
+}
+
+
 def main():
     torch.manual_seed(0)
     print(f"threads: torch {torch.get_num_threads()}, numpy (BLAS) {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
           f"; {REPEATS} alternating rounds, medians; prompt {PROMPT_TOKENS} tokens, {DECODE_STEPS} decode steps\n")
-    gpt2 = GPT2LMHeadModel(GPT2Config())
-    ours = bench("GPT-2 124M", gpt2)
-    bench("Llama shape (GQA 12q/4kv)", LlamaForCausalLM(LlamaConfig(
-        vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
-        num_key_value_heads=4, max_position_embeddings=2048, tie_word_embeddings=False)))
-    bench("Qwen2.5-0.5B shape", Qwen2ForCausalLM(Qwen2Config(  # its config.json, with random weights
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=32768, rope_parameters={"rope_type": "default",
-        "rope_theta": 1000000.0}, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)))
-    bench_speculative(ours, gpt2)
+    models = {name: make() for name, make in SHAPES.items()}
+    loaded = {name: bench(name, hf_model) for name, hf_model in models.items()}
+    bench_speculative(loaded["GPT-2 124M"], models["GPT-2 124M"])
 
 
 if __name__ == "__main__":

@@ -19,19 +19,13 @@ import time
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
 import nanollm
 from tests.bench.bench_kernels import peaks
+from tests.bench.bench_model import SHAPES as BENCH_SHAPES
 
 PROMPT_TOKENS, NEW_TOKENS, REPEATS = 128, 128, 3
-SHAPES = {  # tests/bench/bench_model.py's two checkpoints of these names
-    "GPT-2 124M": lambda: GPT2LMHeadModel(GPT2Config()),
-    "Qwen2.5-0.5B shape": lambda: Qwen2ForCausalLM(Qwen2Config(  # its config.json, with random weights
-        vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-        num_key_value_heads=2, max_position_embeddings=32768, rope_parameters={"rope_type": "default",
-        "rope_theta": 1000000.0}, rms_norm_eps=1e-6, tie_word_embeddings=True, use_sliding_window=False)),
-}
+SHAPES = {name: BENCH_SHAPES[name] for name in ("GPT-2 124M", "Qwen2.5-0.5B shape")}  # as make bench builds them
 
 
 def time_nanollm(model, prompt: np.ndarray) -> tuple[float, float]:
@@ -99,7 +93,8 @@ def bench(name: str, make_model, backend, peak_gbps: float, device: str = "cuda"
 
 
 def main() -> int:
-    from nanollm.backends import cupy_backend  # CuPy is optional: imported where it is needed, as bench_kernels does
+    # CuPy is optional: imported where it is needed, as bench_kernels does
+    from nanollm.backends import cupy_backend
 
     gpu, peak_gbps, _ = peaks(cupy_backend.cupy)
     print(f"{gpu}: peak {peak_gbps:.0f} GB/s; float16 weights; {REPEATS} alternating runs, medians\n")
