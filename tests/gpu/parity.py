@@ -183,7 +183,8 @@ def report(comparisons: list[Comparison]) -> bool:
 
 
 def main() -> int:
-    from nanollm.backends.cupy_backend import CupyBackend  # CuPy is optional: tests run this module on the emulator
+    # CuPy is optional: the tests run this module on the emulator
+    from nanollm.backends.cupy_backend import CupyBackend
 
     torch.manual_seed(0)
     comparisons = [c for case, options in CASES.items() for dtype in TOLERANCES
