@@ -105,7 +105,7 @@ def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, 
 
     Why: ``heap_merge`` pays about a microsecond of Python per merge, and "x" * 1_000_000 needs 875,000 merges (3.6 s;
     tiktoken takes 0.3 s). But such inputs hold few kinds of pair: there, "merge every (x, x) left to right" is one
-    ``str.replace``, done in C. So each symbol becomes one character of a string, and a round takes the best-ranked
+    ``str.split`` and a ``str.join``, done in C. So each symbol becomes one character of a string, and a round takes the best-ranked
     pair present and replaces all of it at once:
 
         x x x x x x x x  -> (x, x):   xx xx xx xx  -> (xx, xx):  xxxx xxxx  -> (xxxx, xxxx):  xxxxxxxx
@@ -113,9 +113,9 @@ def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, 
     When is a round exactly what ``heap_merge`` does? Its next merge is the leftmost pair of the lowest rank r; each
     merge can only create pairs with its new symbol, and while those all rank above r, the next merge is again the
     leftmost pair of rank r still standing. That is "replace every (a, b) left to right, skipping overlaps", which
-    is ``str.replace``. So a round is taken only when (1) no other kind of pair present has rank r (ties between
-    kinds are ordered by position, which a round does not see) and (2) every pair it creates ranks above r; it is
-    checked after the replace, and a round that fails the check is dropped, to be done by ``heap_merge`` instead.
+    is ``str.split`` then ``str.join``. So a round is taken only when (1) no other kind of pair present has rank r
+    (ties between kinds are ordered by position, which a round does not see) and (2) every pair it creates ranks above
+    r; it is checked after the split, and a round that fails the check is dropped, to be done by ``heap_merge``.
 
     Cost: a round reads the whole string, a few nanoseconds a character, however few pairs it merges. When rounds
     merge too few pairs for what they read (on random letters: thousands of kinds of pair, a few hundred each), the
@@ -130,7 +130,7 @@ def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, 
         return pair_ranks.get((symbol_of[ord(pair[0])], symbol_of[ord(pair[1])]))
 
     # The kinds of pair present, best rank first. Invariant: every kind present is in the heap (kinds that were
-    # merged away stay there, stale, and are dropped when a replace finds none of them).
+    # merged away stay there, stale, and are dropped when a split finds none of them).
     heap = [(rank, pair) for pair in {a + b for a, b in zip(text, text[1:])} if (rank := rank_of(pair)) is not None]
     heapq.heapify(heap)
     budget = FREE_ROUNDS * len(text)  # characters the rounds may still read
@@ -143,38 +143,34 @@ def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, 
         if code is None:
             code = code_of[merged] = chr(len(symbol_of))
             symbol_of.append(merged)
-        after = text.replace(pair, code)
-        merges = len(text) - len(after)  # each replacement is one character shorter
+        pieces = text.split(pair)  # the text between the occurrences, left to right, without overlaps
+        merges = len(pieces) - 1
         budget += ROUND_CHARS_PER_MERGE * merges - len(text)
         if not merges:
             continue  # stale: merged away by earlier rounds
-        created = [(new_rank, new_pair) for new_pair in _created_pairs(text, pair, after, code)
+        created = [(new_rank, new_pair) for new_pair in _created_pairs(pieces, pair, code)
                    if (new_rank := rank_of(new_pair)) is not None]
         if any(new_rank <= rank for new_rank, _ in created):
             break  # (2): this round is not what heap_merge would do
         for entry in created:
             heapq.heappush(heap, entry)
-        text = after
+        text = code.join(pieces)
     return [symbol_of[ord(code)] for code in text]
 
 
-def _created_pairs(before: str, pair: str, after: str, code: str) -> set[str]:
-    """The pairs (as 2-character strings) that ``heap_merge`` would create while merging every ``pair`` of ``before``
-    into ``code``, left to right, giving ``after``.
+def _created_pairs(pieces: list[str], pair: str, code: str) -> set[str]:
+    """The pairs (as 2-character strings) that ``heap_merge`` creates while it merges, left to right, each ``pair``
+    between two of ``pieces`` into ``code``.
 
-    Each merge pairs ``code`` with its left neighbour as it stands then (already merged: read it from ``after``) and
-    with its right neighbour as it stands then (not yet merged: read it from ``before``). Example: "xxxx", "xx" ->
-    "XX" creates "XX" and, for a moment, "Xx" (before the second merge), so a rank for (xx, x) below (x, x)'s must
-    stop the round: heap_merge would make "xxx" first.
+    Each merge pairs ``code`` with its left neighbour as it stands then (already merged: the end of the piece before,
+    or ``code`` when that piece is empty) and with its right neighbour as it stands then (not yet merged: the start of
+    the piece after, or ``pair[0]`` when that piece is empty and another occurrence follows). Example: "xxxx" split at
+    "xx" is ["", "", ""]: merging makes "XX", and for a moment "Xx" (before the second merge), so a rank for (xx, x)
+    below (x, x)'s must stop the round: heap_merge would make "xxx" first.
     """
-    lefts = after.split(code)
-    rights = before.split(pair)  # an empty piece between two occurrences: the right neighbour is pair[0]
-    created = {piece[-1] + code for piece in lefts[:-1] if piece}
-    created |= {code + (piece[:1] or pair[0]) for piece in rights[1:-1]}
-    if rights[-1]:
-        created.add(code + rights[-1][0])
-    if code + code in after:
-        created.add(code + code)
+    created = {piece[-1] + code for piece in pieces[:-1] if piece} | {code + piece[0] for piece in pieces[1:] if piece}
+    if "" in pieces[1:-1]:
+        created |= {code + code, code + pair[0]}
     return created
 
 

@@ -209,7 +209,7 @@ class SpanFreeCuts:
     def parts(self, word: str) -> list[str]:
         """``word`` cut where no token spans: "a日本" -> ["a", "日本"] when no token holds "a" with 日's first bytes."""
         cuts = list(compress(range(1, len(word)), map(self._cut.__getitem__, zip(word, word[1:]))))
-        return [word[start:end] for start, end in zip([0, *cuts], [*cuts, len(word)])]
+        return list(map(word.__getitem__, map(slice, [0, *cuts], [*cuts, len(word)])))
 
     def _is_cut(self, pair: tuple[str, str]) -> bool:
         left, right = pair[0].encode("utf-8"), pair[1].encode("utf-8")

@@ -1,0 +1,193 @@
+"""The fast paths of issue 13: merging in rounds, cutting words where no token spans, and training with up-to-date
+pair counts. Each must give exactly what the plain algorithm gives: the ids tiktoken gives, the symbols
+``heap_merge`` gives, the merges a textbook recount-everything trainer learns."""
+from collections import Counter
+from functools import cache
+
+import pytest
+import tiktoken
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from nanollm.tokenizer import Tokenizer
+from nanollm.tokenizer.bpe import bpe_merge, heap_merge, merge_in_rounds
+from nanollm.tokenizer.byte_level import (
+    BYTE_TOKENS, CL100K_PATTERN, R50K_PATTERN, ByteLevelBPE, SpanFreeCuts, compile_pattern, load_tiktoken_ranks,
+    resolve_pattern,
+)
+from nanollm.tokenizer.train import train_bpe
+from tests.bench.bench_tokenizer import pathological_inputs
+from tests.conftest import shared_file
+
+# -- merging in rounds ------------------------------------------------------------------------------------------
+
+
+def test_rounds_double_a_run():
+    """merge_in_rounds' docstring example: (x, x), then (xx, xx), then (xxxx, xxxx), each one round."""
+    ranks = {("x", "x"): 0, ("xx", "xx"): 1, ("xxxx", "xxxx"): 2}
+    assert merge_in_rounds(list("x" * 8), ranks) == ["xxxxxxxx"]
+    assert merge_in_rounds(list("x" * 9), ranks) == ["xxxxxxxx", "x"]
+
+
+def test_a_round_that_would_create_a_better_pair_is_not_taken():
+    """_created_pairs' example: with (xx, x) ranked above (x, x), heap_merge makes "xxx" right after the first "xx",
+    so the round "xxxx" -> "xx xx" would be wrong; it is left to heap_merge, which gives ["xxx", "x"]."""
+    ranks = {("x", "x"): 1, ("xx", "x"): 0}
+    assert merge_in_rounds(list("xxxx"), ranks) == list("xxxx")
+    assert bpe_merge(list("xxxx"), ranks) == heap_merge(list("xxxx"), ranks) == ["xxx", "x"]
+
+
+def test_a_tie_between_two_kinds_of_pair_is_left_to_the_heap():
+    """(a, b) and (b, c) share rank 0: in "abc" the leftmost wins, which only heap_merge can see."""
+    ranks = {("a", "b"): 0, ("b", "c"): 0}
+    assert merge_in_rounds(list("abc"), ranks) == list("abc")
+    assert bpe_merge(list("abc"), ranks) == ["ab", "c"]
+
+
+SYMBOLS = ["a", "b", "aa", "ab", "ba", "bb", "aab", "abb"]
+
+
+@settings(max_examples=300)
+@given(
+    st.text(alphabet="ab", max_size=80),
+    st.dictionaries(st.tuples(st.sampled_from(SYMBOLS), st.sampled_from(SYMBOLS)), st.integers(0, 2), max_size=10),
+)
+@example("baab", {("a", "a"): 0, ("a", "b"): 0})  # a tie: heap_merge takes the leftmost, (a, a)
+@example("aaaa", {("a", "a"): 1, ("aa", "a"): 0})  # a round of (a, a) would hide the better (aa, a)
+def test_rounds_then_heap_equal_the_heap_alone(text, ranks):
+    """The long-piece path (merge_in_rounds, then heap_merge on what is left) equals heap_merge alone: random ranks
+    over a few short symbols, so that ties between kinds of pair and rounds that would create a better pair are
+    common (without either check in merge_in_rounds this test fails)."""
+    assert heap_merge(merge_in_rounds(list(text), ranks), ranks) == heap_merge(list(text), ranks)
+
+
+# -- cutting words where no token spans --------------------------------------------------------------------------
+
+
+def test_cuts_fall_where_no_token_spans():
+    """Tokens "ab" and "cd": nothing holds b then c, so "abcd" merges as "ab" and "cd". A token "bcd" spans b|c, and
+    "ab" and "cd" span the other two points, so then nothing is cut."""
+    assert SpanFreeCuts({b"ab", b"cd"}).parts("abcd") == ["ab", "cd"]
+    assert SpanFreeCuts({b"ab", b"cd", b"bcd"}).parts("abcd") == ["abcd"]
+    assert SpanFreeCuts({b"ab"}).parts("") == [""]
+
+
+def test_a_one_byte_character_counts_any_byte_beside_it():
+    """Token "xbc": b|c is spanned whatever comes before b, so "abc" is not cut there (a|b is: no token holds a b)."""
+    assert SpanFreeCuts({b"xbc"}).parts("abc") == ["a", "bc"]
+
+
+@cache
+def _cl100k() -> tuple[ByteLevelBPE, tiktoken.Encoding]:
+    path = shared_file("tokenizers/cl100k/cl100k_base.tiktoken")
+    ranks = load_tiktoken_ranks(path)
+    ours = Tokenizer.from_pretrained(path.parent).model
+    return ours, tiktoken.Encoding("cl100k-local", pat_str=CL100K_PATTERN, mergeable_ranks=ranks, special_tokens={})
+
+
+@cache
+def _gpt2() -> tuple[ByteLevelBPE, tiktoken.Encoding]:
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+
+    source = shared_file("tokenizers/gpt2")
+    ranks = data_gym_to_mergeable_bpe_ranks(str(source / "vocab.bpe"), str(source / "encoder.json"))
+    ours = Tokenizer.from_pretrained(source).model
+    return ours, tiktoken.Encoding("gpt2-local", pat_str=R50K_PATTERN, mergeable_ranks=ranks, special_tokens={})
+
+
+def _fresh(model: ByteLevelBPE) -> ByteLevelBPE:
+    """The same tables with empty caches, so every word goes through cutting and merging."""
+    return ByteLevelBPE(token_ids=model.token_ids, pair_ranks=model.pair_ranks, pre_tokenizer=model.pre_tokenizer,
+                        whole_word_first=model.whole_word_first)
+
+
+@pytest.mark.parametrize("case", [_cl100k, _gpt2], ids=["cl100k", "gpt2"])
+@pytest.mark.parametrize("label", list(pathological_inputs(10)))
+def test_pathological_inputs_give_tiktokens_ids(case, label):
+    """The bench's inputs at 20 KB: one character, two, a random-letter word, spaces, newlines, mixed whitespace,
+    digits (each one regex word, or thousands)."""
+    ours, reference = case()
+    text = pathological_inputs(20_000)[label]
+    assert _fresh(ours).encode_ordinary(text) == reference.encode_ordinary(text)
+
+
+# Long runs and repeats of a few characters, the inputs where rounds and cuts do their work.
+RUNS = st.lists(st.tuples(st.sampled_from(["x", "ab", " ", "\n", "\t", "0", "9", "-", "=", "é", "日本", "🤗", "Ab"]),
+                          st.integers(1, 300)), max_size=8).map(lambda runs: "".join(text * n for text, n in runs))
+
+
+@settings(max_examples=40)
+@given(st.one_of(RUNS, st.text(max_size=300)))
+def test_encoder_gives_tiktokens_ids_on_any_text(text):
+    for case in (_cl100k, _gpt2):
+        ours, reference = case()
+        assert _fresh(ours).encode_ordinary(text) == reference.encode_ordinary(text)
+
+
+@settings(max_examples=40)
+@given(st.one_of(RUNS, st.text(min_size=1, max_size=300)))
+def test_cut_parts_merged_alone_equal_the_word_merged_whole(word):
+    """SpanFreeCuts on the real cl100k vocabulary: the parts' merges, joined, are the whole word's heap_merge."""
+    ours, _ = _cl100k()
+    parts = ours._cuts.parts(word)
+    assert "".join(parts) == word
+    whole = heap_merge(list(map(BYTE_TOKENS.__getitem__, word.encode("utf-8"))), ours.pair_ranks)
+    alone = [symbol for part in parts
+             for symbol in heap_merge(list(map(BYTE_TOKENS.__getitem__, part.encode("utf-8"))), ours.pair_ranks)]
+    assert alone == whole
+
+
+# -- training with up-to-date counts ------------------------------------------------------------------------------
+
+
+def _textbook_train(text: str, vocab_size: int, pattern: str) -> list[tuple[int, int, int, int]]:
+    """The straightforward trainer: recount every pair of every distinct word (weighted by its count), take the
+    highest count (the smallest pair among equals), merge it everywhere left to right; repeat. Returns (left, right,
+    new id, count) per merge; a merge spelling an existing token's bytes reuses its id, as train_bpe does."""
+    words = Counter(compile_pattern(resolve_pattern(pattern)).findall(text))
+    sequences = {word: list(word.encode("utf-8")) for word in words}
+    token_bytes = {b: bytes([b]) for b in range(256)}
+    id_of_bytes = {v: k for k, v in token_bytes.items()}
+    merges = []
+    while len(token_bytes) < vocab_size:
+        counts = Counter()
+        for word, ids in sequences.items():
+            for pair in zip(ids, ids[1:]):
+                counts[pair] += words[word]
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merged = token_bytes[best[0]] + token_bytes[best[1]]
+        new_id = id_of_bytes.setdefault(merged, len(token_bytes))
+        token_bytes[new_id] = merged
+        merges.append((*best, new_id, counts[best]))
+        for word, ids in sequences.items():
+            out, i = [], 0
+            while i < len(ids):
+                if tuple(ids[i : i + 2]) == best:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(ids[i])
+                    i += 1
+            sequences[word] = out
+    return merges
+
+
+CORPORA = st.one_of(
+    st.text(alphabet="ab", max_size=200),
+    st.text(alphabet="aab b\n", max_size=200),
+    st.text(alphabet="xyz  \n\té日", max_size=150),
+    RUNS,
+)
+
+
+@settings(max_examples=60)
+@given(CORPORA, st.integers(0, 40), st.sampled_from(["cl100k", r"[\s\S]+"]))
+def test_trainer_learns_what_the_textbook_trainer_learns(text, merges, pattern):
+    """Same merges, same ids, same counts, same tie-breaking, on corpora of many short words and of one long word."""
+    seen = []
+    learned = train_bpe(text, 256 + merges, pattern=pattern, on_merge=seen.append)
+    expected = _textbook_train(text, 256 + merges, pattern)
+    assert learned.merges == [m[:3] for m in expected]
+    assert [merge.count for merge in seen] == [m[3] for m in expected]
