@@ -28,6 +28,8 @@ class Model:
         self.config = cfg
         self.backend = backend
         self.weights = weights.map(backend.weight)
+        if self.weights.lm_head is None:  # tied: the output projection is tok_emb.T, laid out as the backend likes
+            self.weights.tok_emb = backend.tied_table(self.weights.tok_emb)
         self.tokenizer = tokenizer
         self.generation_defaults = generation_defaults or {}
 

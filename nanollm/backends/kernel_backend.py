@@ -98,6 +98,11 @@ class KernelBackend:
         """A checkpoint tensor -> the backend's weight storage (float32 unless a subclass says otherwise)."""
         return self.asarray(a)
 
+    def tied_table(self, table):
+        """The embedding table of a tied model, as it is: the embedding kernel reads rows of a row-major table, and
+        cuBLAS reads the transposed view as the output projection at full speed."""
+        return table
+
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
 
