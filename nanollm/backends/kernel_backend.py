@@ -330,3 +330,38 @@ class KernelBackend:
             logits, u, ids, np.int32(V), np.int32(greedy), inv_t, np.int32(top_k), np.float64(top_p),
             np.float32(min_p)))
         return self.to_numpy(ids)
+
+    def paged_attention(self, q, k_pool, v_pool, block_tables, lengths, *, scale: float | None = None,
+                        softcap: float | None = None, window: int | None = None):
+        """(B, nh, T, hs), (n_blocks, n_kv, bs, hs) x2, int (B, max_blocks), int (B,) -> (B, nh, T, hs), the twin's
+        ragged batch over block tables with its scale, softcap and window.  paged_attention.cu, the kernel of the
+        smallest head-size bucket >= hs, one block per (group of query rows, k/v head, sequence).
+
+        The tables and lengths are checked on the host first (paged_cache.check_paged_args: the kernel reads
+        wherever an entry points); they are small, and a scheduler builds them on the host anyway. q is made
+        contiguous: B * nh * T * hs floats, nothing next to the keys a step reads.
+        """
+        from ..paged_cache import check_paged_args  # the one module that knows the pool's layout
+
+        B, nh, T, hs = q.shape
+        n_kv = k_pool.shape[1]
+        if hs > MAX_HEAD_DIM:
+            raise ValueError(f"paged_attention.cu supports head sizes up to {MAX_HEAD_DIM}, got {hs}")
+        tables, lengths = check_paged_args(q.shape, k_pool.shape, v_pool.shape, self.to_numpy(block_tables),
+                                           self.to_numpy(lengths))
+        y = self.xp.empty((B, nh, T, hs), dtype=np.float32)
+        if y.size == 0:
+            return y  # no sequence, query or head dim: nothing to launch (a grid of 0 blocks is not allowed)
+        # Without a window the twin sees every slot; the longest sequence is as far as any window can reach.
+        reach = int(lengths.max()) if window is None else min(window, int(lengths.max()))
+        g = nh // n_kv
+        warps, shared = attention_block(hs, g * T, self.attention_warps)  # attention.cu's shared-memory layout
+        D = next(d for d in HEAD_DIM_BUCKETS if hs <= d)
+        self._kernel("paged_attention.cu", f"paged_attention_hs{D}")(
+            (-(-g * T // warps), n_kv, B), (warps * WARP,),
+            (self._contiguous(q), self._contiguous(k_pool), self._contiguous(v_pool), self.asarray(tables, np.int32),
+             self.asarray(lengths, np.int32), y, np.int32(nh), np.int32(n_kv), np.int32(T), np.int32(hs),
+             np.int32(k_pool.shape[2]), np.int32(tables.shape[1]), np.int32(reach),
+             np.float32(1.0 / math.sqrt(hs) if scale is None else scale), np.float32(0.0 if softcap is None else softcap),
+             np.float32(0.0 if softcap is None else 1.0 / softcap)), shared_mem=shared)
+        return y
