@@ -3,6 +3,7 @@ pair counts. Each must give exactly what the plain algorithm gives: the ids tikt
 ``heap_merge`` gives, the merges a textbook recount-everything trainer learns."""
 from collections import Counter
 from functools import cache
+from itertools import pairwise
 
 import pytest
 import tiktoken
@@ -12,7 +13,13 @@ from hypothesis import strategies as st
 from nanollm.tokenizer import Tokenizer
 from nanollm.tokenizer.bpe import bpe_merge, heap_merge, merge_in_rounds
 from nanollm.tokenizer.byte_level import (
-    BYTE_TOKENS, CL100K_PATTERN, R50K_PATTERN, ByteLevelBPE, SpanFreeCuts, compile_pattern, load_tiktoken_ranks,
+    BYTE_TOKENS,
+    CL100K_PATTERN,
+    R50K_PATTERN,
+    ByteLevelBPE,
+    SpanFreeCuts,
+    compile_pattern,
+    load_tiktoken_ranks,
     resolve_pattern,
 )
 from nanollm.tokenizer.train import train_bpe
@@ -152,7 +159,7 @@ def _textbook_train(text: str, vocab_size: int, pattern: str) -> list[tuple[int,
     while len(token_bytes) < vocab_size:
         counts = Counter()
         for word, ids in sequences.items():
-            for pair in zip(ids, ids[1:]):
+            for pair in pairwise(ids):
                 counts[pair] += words[word]
         if not counts:
             break

@@ -22,6 +22,8 @@ Sources: Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Su
 from __future__ import annotations
 
 import heapq
+import sys
+from itertools import pairwise
 from typing import Callable, Hashable, Sequence, TypeVar
 
 Symbol = TypeVar("Symbol", bytes, str)
@@ -99,14 +101,13 @@ def heap_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hasha
     return [part for part in parts if part is not None]
 
 
-
 def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
     """Do the first merges of ``heap_merge`` a whole round at a time; return the symbols as they stand after them.
 
     Why: ``heap_merge`` pays about a microsecond of Python per merge, and "x" * 1_000_000 needs 875,000 merges (3.6 s;
     tiktoken takes 0.3 s). But such inputs hold few kinds of pair: there, "merge every (x, x) left to right" is one
-    ``str.split`` and a ``str.join``, done in C. So each symbol becomes one character of a string, and a round takes the best-ranked
-    pair present and replaces all of it at once:
+    ``str.split`` and one ``str.join``, done in C. So each symbol becomes one character of a string, and a round takes
+    the best-ranked pair present and merges all of it at once:
 
         x x x x x x x x  -> (x, x):   xx xx xx xx  -> (xx, xx):  xxxx xxxx  -> (xxxx, xxxx):  xxxxxxxx
 
@@ -131,7 +132,7 @@ def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, 
 
     # The kinds of pair present, best rank first. Invariant: every kind present is in the heap (kinds that were
     # merged away stay there, stale, and are dropped when a split finds none of them).
-    heap = [(rank, pair) for pair in {a + b for a, b in zip(text, text[1:])} if (rank := rank_of(pair)) is not None]
+    heap = [(rank, pair) for pair in {a + b for a, b in pairwise(text)} if (rank := rank_of(pair)) is not None]
     heapq.heapify(heap)
     budget = FREE_ROUNDS * len(text)  # characters the rounds may still read
     while heap and budget > 0:
@@ -141,6 +142,8 @@ def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, 
         merged = symbol_of[ord(pair[0])] + symbol_of[ord(pair[1])]
         code = code_of.get(merged)
         if code is None:
+            if len(symbol_of) > sys.maxunicode:
+                break  # no character left to stand for a new symbol
             code = code_of[merged] = chr(len(symbol_of))
             symbol_of.append(merged)
         pieces = text.split(pair)  # the text between the occurrences, left to right, without overlaps

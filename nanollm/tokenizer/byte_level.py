@@ -27,7 +27,7 @@ openai/tiktoken (the rank format and the r50k/cl100k/o200k patterns).
 from __future__ import annotations
 
 import base64
-from itertools import chain, compress
+from itertools import chain, compress, pairwise
 from pathlib import Path
 
 import regex
@@ -207,7 +207,7 @@ class SpanFreeCuts:
 
     def parts(self, word: str) -> list[str]:
         """``word`` cut where no token spans: "a日本" -> ["a", "日本"] when no token holds "a" with 日's first bytes."""
-        cuts = list(compress(range(1, len(word)), map(self._cut.__getitem__, zip(word, word[1:]))))
+        cuts = list(compress(range(1, len(word)), map(self._cut.__getitem__, pairwise(word))))
         return list(map(word.__getitem__, map(slice, [0, *cuts], [*cuts, len(word)])))
 
     def _is_cut(self, pair: tuple[str, str]) -> bool:

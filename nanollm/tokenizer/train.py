@@ -20,7 +20,8 @@ one array of symbols, a linked list, and an index maps each pair to the position
 those positions and changes only the counts of the pairs around each (the pair merged, the pair to its left, the pair
 to its right, and the two new pairs with the new symbol). The best pair comes from a heap of (-count, pair) entries,
 pushed at each change of a count and discarded when they surface with a count that is no longer current. Each merge
-then costs what it touches, not the size of the corpus. (HF tokenizers' BPE trainer keeps the same index, ``where_to_update``.)
+then costs what it touches, not the size of the corpus. (HF tokenizers' BPE trainer keeps the same index:
+``where_to_update`` in ``models/bpe/trainer.rs``.)
 
 If a merge spells bytes that are already a token (possible when "a"+"bc" and "ab"+"c" are both chosen), the merge
 reuses that token's id instead of creating a duplicate, so every token has distinct bytes.

@@ -20,12 +20,19 @@ import shutil
 import sys
 import tempfile
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import tiktoken
 
 from nanollm.tokenizer import Tokenizer, load_tiktoken
-from nanollm.tokenizer.byte_level import CL100K_PATTERN, R50K_PATTERN, ByteLevelBPE, compile_pattern, load_tiktoken_ranks
+from nanollm.tokenizer.byte_level import (
+    CL100K_PATTERN,
+    R50K_PATTERN,
+    ByteLevelBPE,
+    compile_pattern,
+    load_tiktoken_ranks,
+)
 from nanollm.tokenizer.train import train_bpe
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tokenizers"
@@ -171,7 +178,7 @@ def minbpe_train(chunks: list[str], vocab_size: int) -> list[tuple[int, int, int
     for new_id in range(256, vocab_size):
         counts: dict[tuple[int, int], int] = {}
         for ids in sequences:
-            for pair in zip(ids, ids[1:]):
+            for pair in pairwise(ids):
                 counts[pair] = counts.get(pair, 0) + 1
         if not counts:
             break
