@@ -157,8 +157,11 @@ class PagedKVCache:
 
     def commit(self, seq_id) -> None:
         """Every claimed slot of the sequence now holds its keys and values at every layer (call after the forward
-        pass): its full blocks become shareable, each under the hash of its tokens and its parent's hash. A block
-        whose hash another block already holds stays private (it is freed, not cached, at the end)."""
+        pass): its full blocks become shareable, each under the hash of its tokens and its parent's hash.
+
+        A block whose hash another block already holds (two equal prompts computed in one step, or the last block
+        of a fully cached prompt, recomputed) is a duplicate: the sequence switches to the cached block and its own
+        goes back to the free list, so a prefix is held once and every full block a sequence holds is findable."""
         seq = self._sequence(seq_id)
         seq.computed = len(seq.tokens)
         for i in range(len(seq.hashes), seq.computed // self.block_size):
@@ -167,6 +170,12 @@ class PagedKVCache:
             seq.hashes.append(digest)
             if digest not in self.cached:
                 self.cached[digest], self.hash_of[seq.table[i]] = seq.table[i], digest
+                continue
+            shared = self.cached[digest]
+            self.evictable.pop(shared, None)
+            self.refs[shared] += 1
+            self._release(seq.table[i])
+            seq.table[i] = shared
 
     def free(self, seq_id) -> None:
         """The sequence ends: each of its blocks loses a holder. At 0 a cached block becomes evictable (most recently
@@ -174,12 +183,7 @@ class PagedKVCache:
         seq = self._sequence(seq_id)
         del self.sequences[seq_id]
         for block in reversed(seq.table):
-            self.refs[block] -= 1
-            if self.refs[block] == 0:
-                if block in self.hash_of:
-                    self.evictable[block] = None
-                else:
-                    self.free_blocks.append(block)
+            self._release(block)
 
     # -- what the forward pass and attention read ------------------------------------------------------------------
 
@@ -244,6 +248,15 @@ class PagedKVCache:
             del self.cached[self.hash_of.pop(block)]
         self.refs[block] = 1
         return block
+
+    def _release(self, block: int) -> None:
+        """One holder fewer. At 0 a cached block becomes evictable (most recently used), any other is free."""
+        self.refs[block] -= 1
+        if self.refs[block] == 0:
+            if block in self.hash_of:
+                self.evictable[block] = None
+            else:
+                self.free_blocks.append(block)
 
 
 def token_list(token_ids) -> list:
