@@ -28,7 +28,8 @@
 // Head sizes and shared memory: as attention.cu, a kernel per head-size bucket D = 64, 128, 256 (acc holds D/32
 //   floats per lane in registers), and dynamic shared memory of the block's query rows (warps x hs floats) plus one
 //   tile of 32 x (hs + 1) floats that K and then V take in turn. The launcher sizes it with attention.cu's rule
-//   (kernel_backend.attention_block: within 48 KiB at every head size).
+//   (kernel_backend.attention_block: within 48 KiB at every head size). `make kernels`: 48 registers per thread
+//   in every bucket on sm_80 and sm_90, no spill, no static shared memory.
 //
 // Memory traffic: q read once, y written once; each visible K/V row read from global memory once per block of the
 //   grid that covers its k/v head (once in decode when g <= warps); the table: one int per lane per tile. Keys are

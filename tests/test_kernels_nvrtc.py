@@ -43,7 +43,7 @@ def nvrtc_compile(lib, path: Path, arch: str) -> tuple[int, str]:
 
 def test_there_are_kernels():
     assert {p.name for p in KERNEL_FILES} >= {"softmax.cu", "attention.cu", "sampling.cu", "norms.cu",
-                                              "elementwise.cu"}
+                                              "elementwise.cu", "paged_attention.cu"}
 
 
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
