@@ -24,6 +24,7 @@ import numpy as np
 
 from nanollm.kernels import KERNELS_DIR
 
+from ..paged_cache import check_paged_args
 from ..sampling import refuse_nan
 
 WARP = 32
@@ -341,8 +342,6 @@ class KernelBackend:
         wherever an entry points); they are small, and a scheduler builds them on the host anyway. q is made
         contiguous: B * nh * T * hs floats, nothing next to the keys a step reads.
         """
-        from ..paged_cache import check_paged_args  # the one module that knows the pool's layout
-
         B, nh, T, hs = q.shape
         n_kv = k_pool.shape[1]
         if hs > MAX_HEAD_DIM:

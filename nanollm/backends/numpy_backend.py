@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from ..paged_cache import check_paged_args, gather
 from ..sampling import draw, filtered_probs, refuse_nan
 
 
@@ -219,8 +220,6 @@ class NumpyBackend:
         holds by construction, and the kernel, which reads the keys in place through the table, is tested against
         this. The copy is the cost the kernel avoids. Kernel: kernels/paged_attention.cu.
         """
-        from ..paged_cache import check_paged_args, gather  # the one module that knows the pool's layout
-
         B, nh, T, hs = q.shape
         tables, lengths = check_paged_args(q.shape, k_pool.shape, v_pool.shape, block_tables, lengths)
         y = np.empty((B, nh, T, hs), dtype=np.float32)
