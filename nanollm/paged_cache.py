@@ -18,7 +18,8 @@ What is shared: only full blocks whose keys and values every layer has written. 
 last block, which is never full while it writes, so a shared block is never written again: no copy-on-write is
 needed, and no write can reach another sequence. The price: a shared prefix is shared in whole blocks (the tail of
 it, under block_size tokens, is recomputed), and the last token of a prompt is always computed (its logits are the
-first choice; as vLLM, a prompt whose every block is cached recomputes its last block).
+first choice; as vLLM, a prompt whose every block is cached recomputes its last block). A block computed twice
+(that last block, or two equal prompts in one step) is swapped for the cached copy at commit: a prefix is held once.
 
 A block whose count falls to 0 goes back to the free list, or, if it is a cached full block, stays in the prefix
 cache as evictable, least recently used first: a later prompt can still hit it, and when the free list is empty the

@@ -167,6 +167,19 @@ def test_kernel_hand_example(be):
     np.testing.assert_allclose(be.to_numpy(got).ravel(), [2.0, 10.0], rtol=1e-6)
 
 
+def test_kernel_head_size_256_with_the_most_warps(be):
+    """hs = 256 with 32 warps asked for: the launcher caps the block at 15 warps (attention.cu's 48 KiB rule, which
+    the emulator enforces), and 20 query rows (g = 4, T = 5) wrap over two blocks."""
+    rng = np.random.default_rng(3)
+    _, _, k_pool, v_pool, tables = paged_batch(rng, [9, 70], 1, 256, 16)
+    q = rng.standard_normal((2, 4, 5, 256)).astype(np.float32)
+    wide = make_backend(be.name, attention_warps=32)
+    got = wide.paged_attention(wide.asarray(q), wide.asarray(k_pool), wide.asarray(v_pool), tables, np.array([9, 70]),
+                               window=40)
+    want = REF.paged_attention(q, k_pool, v_pool, tables, np.array([9, 70]), window=40)
+    assert_close(wide.to_numpy(got), want, ATTENTION_RTOL, "paged attention hs=256, 15 warps")
+
+
 def test_kernel_source_constants_match_the_launcher():
     """The launcher picks a head-size bucket and sizes shared memory with attention.cu's constants: the paged
     kernel's defines and entry points must be the same buckets, each instantiating D / WARP_SIZE dims per lane."""
