@@ -132,9 +132,10 @@ def logit_bias(body: dict, vocab_size: int) -> dict | None:
         if not (key.isascii() and key.isdigit() and int(key) < vocab_size):
             raise bad("logit_bias", f"logit_bias names token {key!r}, which is not an id of the vocabulary "
                                     f"(0 .. {vocab_size - 1})")
-        out[int(key)] = number(bias, key, -100, 100)
-        if out[int(key)] is None:
-            raise bad("logit_bias", f"logit_bias[{key!r}] must be a number in [-100, 100], got null")
+        if isinstance(value, bool) or not isinstance(value, Real) or not -100 <= value <= 100:
+            raise bad("logit_bias", f"logit_bias[{key!r}] must be a number in [-100, 100], got "
+                                    f"{json.dumps(value)[:80]}")
+        out[int(key)] = float(value)
     return out
 
 

@@ -209,12 +209,17 @@ class Handler(BaseHTTPRequestHandler):
     def events(self, job: Job):
         """Yield the job's lists of Tokens as the scheduler sends them; raise its APIError, or ClientGone (which
         cancels it) when the client closes the connection meanwhile."""
+        checked = time.monotonic()
         while True:
             try:
                 event = job.events.get(timeout=POLL_S)
             except queue.Empty:
+                event = ()  # nothing yet: a moment to look at the client
+            if time.monotonic() - checked >= POLL_S:  # every POLL_S, however fast the tokens come
                 if self.client_gone():
-                    raise ClientGone from None
+                    raise ClientGone
+                checked = time.monotonic()
+            if event == ():
                 continue
             if event is None:
                 return
@@ -283,6 +288,8 @@ class Handler(BaseHTTPRequestHandler):
         """The standard library's own refusals (a malformed request line, headers too long, an unknown method), in
         OpenAI's error shape like every other answer; the connection closes, as the library's would."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # a request line the library could not read is taken for HTTP/0.9,
+            self.request_version = "HTTP/1.0"  # whose answers have no status line: no client of this API reads that
         text = message or HTTPStatus(code).phrase
         self.send_json(code, APIError(code, f"{text}{': ' + explain if explain else ''}").body())
 
