@@ -294,3 +294,57 @@ def test_a_waiting_request_gets_a_503_when_the_server_shuts_down():
             answer = read_until(running, b"data: [DONE]\n\n\r\n0\r\n\r\n")
             assert b'"finish_reason": "length"' in answer
             closing.join()
+
+
+def failing_once(model, error: Exception, call: int):
+    """The model, its `call`-th forward step (1: the first request's prefill) raising `error` instead."""
+    step, calls = model.step, []
+
+    def maybe_fail(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            raise error
+        return step(*args, **kwargs)
+
+    model.step = maybe_fail
+    return model
+
+
+@pytest.mark.parametrize("error, status, words", [(RuntimeError("boom"), 500, "RuntimeError: boom"),
+                                                  (MemoryError("Unable to allocate 9 TiB"), 503, "9 TiB")])
+def test_an_engine_failure_fails_its_request_alone(error, status, words):
+    """The prefill fails: the request gets a JSON status naming the failure, and the next request is served."""
+    with serving(failing_once(demo_model(), error, call=1)) as server, time_limit(15):
+        got, body = post(server, "/v1/completions", BASE)
+        assert_error(got, body, status)
+        assert words in body["error"]["message"] and body["error"]["type"] == "server_error"
+        assert metrics(server)['nanollm_requests_total{outcome="failed"}'] == 1
+        assert is_healthy(server)
+
+
+def test_an_engine_failure_mid_stream_is_an_error_event_then_done():
+    """After the headers went out, the failure travels down the stream as OpenAI's error object, then [DONE]."""
+    with serving(failing_once(demo_model(), RuntimeError("boom"), call=3)) as server, time_limit(15):
+        s = stream_request(server, {**BASE, "max_tokens": 10, "temperature": 0, "stream": True})
+        answer = read_until(s, b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        s.close()
+        events = [line[len(b"data: "):] for line in answer.split(b"\n") if line.startswith(b"data: {")]
+        assert json.loads(events[-1])["error"]["message"] == "the engine failed: RuntimeError: boom"
+        assert all("choices" in json.loads(e) for e in events[:-1])
+        assert is_healthy(server)
+
+
+MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", 3]),
+                                 "content": JSON | st.text(max_size=20)}, optional={"name": JSON})
+
+
+@settings(max_examples=40)
+@given(messages=st.lists(MESSAGE, max_size=3) | JSON)
+def test_any_messages_are_an_answer_or_a_400_naming_them(server, messages):
+    with time_limit(20):
+        status, answer = post(server, "/v1/chat/completions", {"model": NAME, "messages": messages, "max_tokens": 2})
+    if status == 200:
+        assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["role"] == "assistant"
+    else:
+        assert_error(status, answer, 400)
+        assert answer["error"]["param"].startswith("messages"), answer
