@@ -52,7 +52,8 @@ def test_a_body_that_is_not_a_json_object_of_text_is_a_400(server, body):
                                           ("logit_bias", {"x": 1}), ("logit_bias", {"1024": 1}),
                                           ("logit_bias", {"5": 101}), ("seed", -1), ("top_p", 0), ("logprobs", 6),
                                           ("top_k", -2), ("presence_penalty", 3), ("prompt", [1, "a"]),
-                                          ("prompt", [2000]), ("prompt", ""), ("stream_options", {"x": 1})])
+                                          ("prompt", [2000]), ("prompt", ""), ("stream_options", {"x": 1}),
+                                          ("prompt", ["a"] * 17), ("n", 17)])
 def test_a_wrong_type_or_value_is_a_400_naming_the_field(server, field, value):
     status, answer = post(server, "/v1/completions", {**BASE, field: value})
     assert_error(status, answer, 400, param=field)

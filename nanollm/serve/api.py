@@ -166,6 +166,8 @@ def completion_prompts(body: dict) -> list:
         prompts = prompt
     else:
         raise bad("prompt", "prompt must be a string, a list of token ids, or a list of strings or of token id lists")
+    if len(prompts) > MAX_ROWS:  # before any is encoded
+        raise bad("prompt", f"{len(prompts)} prompts are more than the {MAX_ROWS} a request may send")
     for i, p in enumerate(prompts):
         if isinstance(p, list) and not (p and all(is_id(t) for t in p)):
             raise bad("prompt", f"prompt {i} must be a non-empty list of token ids (whole numbers)")
@@ -265,7 +267,7 @@ def read_request(kind: str, body: dict, model, name: str, template=None) -> Requ
     stream = bool(boolean(body, "stream"))
     options = stream_options(body, stream)
     max_tokens = max_tokens_of(kind, body)
-    n = integer(body, "n", 1, MAX_ROWS)
+    n = integer(body, "n", 1, MAX_ROWS) or 1
     given = dict(temperature=number(body, "temperature", 0, 2), top_p=number(body, "top_p", 0, 1, low_open=True),
                  presence_penalty=number(body, "presence_penalty", -2, 2), seed=integer(body, "seed", 0, 2**64 - 1),
                  frequency_penalty=number(body, "frequency_penalty", -2, 2), min_p=number(body, "min_p", 0, 1),
@@ -277,7 +279,7 @@ def read_request(kind: str, body: dict, model, name: str, template=None) -> Requ
     if kind == "chat":
         given["stop"] += template.stop
         given["eos_token_ids"] = chat_eos_ids(model)
-    if len(prompts) * (n or 1) > MAX_ROWS:
+    if len(prompts) * n > MAX_ROWS:
         raise bad("n", f"{len(prompts)} prompts x n={n} choices is more than the {MAX_ROWS} sequences a request "
                        f"may ask for")
     if max_tokens is None:
@@ -291,7 +293,7 @@ def read_request(kind: str, body: dict, model, name: str, template=None) -> Requ
     except ValueError as e:
         raise bad(where, str(e)) from None
     return Request(kind, ("cmpl-" if kind == "completions" else "chatcmpl-") + secrets.token_hex(12),
-                   int(time.time()), name, prompts, n or 1, settings, stream, options, logprobs)
+                   int(time.time()), name, prompts, n, settings, stream, options, logprobs)
 
 
 def encoded_prompts(kind: str, body: dict, model, template) -> list[list]:

@@ -122,29 +122,33 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self) -> None:
         app: Server = self.server.app
-        self.body_read = False  # an answer sent before the body was read closes the connection (see send_json)
+        self.body_read = False  # an answer sent before the body was read closes the connection (send_body)
         path = urlsplit(self.path).path
         with app.answering_one():
             try:
-                routes = ROUTES.get(path)
-                if routes is None:
-                    raise APIError(404, f"Invalid URL ({self.command} {path[:200]})", code="unknown_url")
-                if self.command not in routes:
-                    raise APIError(405, f"{path} takes {' or '.join(routes)}, not {self.command}",
-                                   code="method_not_allowed")
-                if path.startswith("/v1/"):
-                    app.check_key(self.headers.get("Authorization"))
-                routes[self.command](self, app)
-            except APIError as e:
-                self.send_json(e.status, e.body())
-            except (ClientGone, ConnectionError):
+                self.answer(app, path)
+            except (ClientGone, ConnectionError, TimeoutError):  # the client left, or stopped reading our answer
                 self.close_connection = True
-            except TimeoutError:  # the client stopped sending mid-body, or stopped reading our answer
-                self.close_connection = True
-            except Exception as e:  # noqa: BLE001 -- a bug must cost one request, never the server
-                traceback.print_exc(file=sys.stderr)
-                self.send_json(500, APIError(500, f"internal error: {type(e).__name__}: {e}",
-                                             kind="server_error").body())
+
+    def answer(self, app: Server, path: str) -> None:
+        """Route one request; a refusal is answered in OpenAI's shape, and so is a bug (500, traceback to stderr)."""
+        try:
+            routes = ROUTES.get(path)
+            if routes is None:
+                raise APIError(404, f"Invalid URL ({self.command} {path[:200]})", code="unknown_url")
+            if self.command not in routes:
+                raise APIError(405, f"{path} takes {' or '.join(routes)}, not {self.command}",
+                               code="method_not_allowed")
+            if path.startswith("/v1/"):
+                app.check_key(self.headers.get("Authorization"))
+            routes[self.command](self, app)
+        except APIError as e:
+            self.send_json(e.status, e.body())
+        except (ClientGone, ConnectionError, TimeoutError):
+            raise
+        except Exception as e:  # noqa: BLE001 -- a bug must cost one request, never the server
+            traceback.print_exc(file=sys.stderr)
+            self.send_json(500, APIError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error").body())
 
     # -- endpoints -----------------------------------------------------------------------------------------------
 
@@ -254,7 +258,10 @@ class Handler(BaseHTTPRequestHandler):
         if int(length) > MAX_BODY_BYTES:
             raise APIError(413, f"the body of {int(length)} bytes is more than the {MAX_BODY_BYTES} bytes a request "
                                 f"may send", code="request_too_large")
-        body = self.rfile.read(int(length))
+        try:
+            body = self.rfile.read(int(length))
+        except TimeoutError:
+            raise APIError(408, f"the body did not arrive within {REQUEST_TIMEOUT_S:g} s", code="timeout") from None
         if len(body) < int(length):
             raise ClientGone  # the connection closed before the whole body came
         self.body_read = True
