@@ -22,6 +22,7 @@ from .chat import chat_template_for, turn_end_ids
 from .files import read_text
 from .generation import generate
 from .loader import default_model_path, load
+from .memory import keep_freed_memory
 from .request import OPTIONS, GenerationStats, eos_ids
 from .views import plot
 from .views.attention import attention_maps, format_attention, parse_attention_spec
@@ -348,6 +349,7 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # the program owns the process's allocator: freed arrays stay warm for the next pass
     try:
         return run(args)
     except KeyboardInterrupt:

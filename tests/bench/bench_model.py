@@ -38,6 +38,7 @@ from transformers import (
 )
 
 import nanollm
+from nanollm.memory import keep_freed_memory
 
 PROMPT_TOKENS, DECODE_STEPS, HF_DECODE_STEPS = 128, 32, 32
 BATCHES = (1, 2, 4, 8, 16)
@@ -214,6 +215,7 @@ SHAPES = {  # random-weight checkpoints of real shapes (tests/gpu/decode.py time
 
 
 def main():
+    keep_freed_memory()  # as the command line does: freed arrays stay warm for the next pass
     torch.manual_seed(0)
     print(f"threads: torch {torch.get_num_threads()}, numpy (BLAS) {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
           f"; {REPEATS} alternating rounds, medians; prompt {PROMPT_TOKENS} tokens, {DECODE_STEPS} decode steps\n")
