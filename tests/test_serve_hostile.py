@@ -349,3 +349,14 @@ def test_any_messages_are_an_answer_or_a_400_naming_them(server, messages):
     else:
         assert_error(status, answer, 400)
         assert answer["error"]["param"].startswith("messages"), answer
+
+
+def test_a_request_still_running_after_the_grace_period_is_cancelled_with_a_503_event():
+    with time_limit(30):
+        with serving(slowed(demo_model(), 0.02)) as server:
+            s = stream_request(server, {**BASE, "max_tokens": 200, "stream": True})
+            answer = read_until(s, b"data: {")
+            server.close(grace_s=0.2)  # 200 steps of >= 20 ms cannot finish in 0.2 s
+            answer = read_until(s, b"data: [DONE]\n\n\r\n0\r\n\r\n", answer)
+            error = json.loads(answer.split(b"data: ")[-2].split(b"\n\n")[0])["error"]
+            assert error["code"] == "shutting_down" and "before this request finished" in error["message"]

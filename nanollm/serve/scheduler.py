@@ -96,7 +96,7 @@ class Scheduler:
         """Queue a job, or refuse it: 429 when max_queue jobs already wait, 503 while shutting down."""
         with self.lock:
             if not self.accepting:
-                raise APIError(503, "the server is shutting down", code="shutting_down", kind="server_error")
+                raise shutting_down("is shutting down")
             if len(self.waiting) >= self.max_queue:
                 raise APIError(429, f"the server is busy: {self.max_queue} requests already wait for the "
                                     f"{self.max_batch} running ones; retry shortly", code="queue_full",
@@ -116,9 +116,7 @@ class Scheduler:
             self.accepting = False
             self.deadline = time.perf_counter() + grace_s
             while self.waiting:
-                self.waiting.popleft().events.put(
-                    APIError(503, "the server shut down before this request started", code="shutting_down",
-                             kind="server_error"))
+                self.waiting.popleft().events.put(shutting_down("shut down before this request started"))
             self.lock.notify()
         self.thread.join()
 
@@ -133,8 +131,7 @@ class Scheduler:
                 late = self.deadline is not None and time.perf_counter() > self.deadline
             if late:
                 for job in list(self.running):
-                    self.leave(job, APIError(503, "the server shut down before this request finished",
-                                             code="shutting_down", kind="server_error"), "cancelled")
+                    self.leave(job, shutting_down("shut down before this request finished"), "cancelled")
             self.step_all()
 
     def admit(self) -> None:
@@ -188,6 +185,10 @@ class Scheduler:
         job.steps.close()
         job.events.put(outcome)
         self.metrics.finished(name)
+
+
+def shutting_down(what: str) -> APIError:
+    return APIError(503, f"the server {what}", code="shutting_down", kind="server_error")
 
 
 def engine_error(e: Exception) -> APIError:
