@@ -8,7 +8,7 @@ depend on which tokenizer files a directory holds; `write_gpt2_tokenizer_files` 
 """
 import json
 
-
+import nanollm
 from nanollm.backends import get_backend
 from nanollm.loader import read_generation_config
 from nanollm.model import Model
@@ -63,6 +63,14 @@ FAMILIES = {  # template, vocabulary files, special tokens: (bos, eos, tokens ad
                                 ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"])),
     "llama2": (LLAMA2, "llama2", ("<s>", "</s>", [])),
 }
+
+
+def gpt2_text_model(directory):
+    """A random-weight GPT-2 with the real GPT-2 vocabulary and tokenizer files, loaded by nanollm.load: for the
+    tests that match stop strings on text."""
+    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50257, seed=2, init_std=0.3))
+    write_gpt2_tokenizer_files(directory)
+    return nanollm.load(directory)
 
 
 def write_family(directory, family, with_template=True):

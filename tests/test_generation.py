@@ -18,7 +18,7 @@ from nanollm.generation import iter_generate
 from nanollm.sampling import apply_temperature, draw, filtered_probs, softmax, top_k_filter, top_p_filter
 from nanollm.kv_cache import kv_cache_bytes
 from nanollm.stopping import TextStream, held_back_length
-from tests.generation_fixtures import build, write_gpt2_tokenizer_files
+from tests.generation_fixtures import build, gpt2_text_model
 from tests.hf_models import Options, build_checkpoint
 
 
@@ -31,11 +31,7 @@ def models(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
-    """A random-weight GPT-2 with the real GPT-2 vocabulary and tokenizer files, loaded by nanollm.load."""
-    directory = tmp_path_factory.mktemp("gpt2text")
-    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50257, seed=2, init_std=0.3))
-    write_gpt2_tokenizer_files(directory)
-    return nanollm.load(directory)
+    return gpt2_text_model(tmp_path_factory.mktemp("gpt2text"))
 
 
 PROMPT_LENGTHS = (3, 11, 7, 1)

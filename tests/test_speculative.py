@@ -13,7 +13,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import nanollm
 import nanollm.speculative as speculative
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.generation import iter_generate
@@ -25,8 +24,7 @@ from nanollm.model import Model
 from nanollm.request import SamplingParams
 from nanollm.sampling import filtered_probs
 from nanollm.speculative import PromptLookup, verify_token
-from tests.generation_fixtures import write_gpt2_tokenizer_files
-from tests.hf_models import Options, build_checkpoint
+from tests.generation_fixtures import gpt2_text_model
 from tests.kernel_harness import KERNEL_BACKENDS, make_backend
 from tests.test_backend_forward import random_weights, small_config
 
@@ -283,11 +281,7 @@ def test_eos_and_max_new_tokens_inside_a_kept_run_cut_where_plain_decoding_does(
 
 @pytest.fixture(scope="module")
 def text_model(tmp_path_factory):
-    """A random-weight GPT-2 with the real GPT-2 tokenizer: stop strings are matched on text."""
-    directory = tmp_path_factory.mktemp("gpt2text")
-    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50257, seed=2, init_std=0.3))
-    write_gpt2_tokenizer_files(directory)
-    return nanollm.load(directory)
+    return gpt2_text_model(tmp_path_factory.mktemp("gpt2text"))
 
 
 def test_a_stop_string_inside_a_kept_run_cuts_and_is_never_streamed(text_model):
