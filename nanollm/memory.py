@@ -53,8 +53,8 @@ def gib(nbytes: int) -> str:
     return f"{whole:,}.{tenth} GiB"
 
 
-# glibc's mallopt parameters (malloc.h). Its default lets the heap give back freed memory above 128 KiB (M_TRIM_THRESHOLD,
-# raised as it goes) and serves big blocks with fresh mmaps (M_MMAP_THRESHOLD, at most 32 MiB).
+# glibc's mallopt parameters (malloc.h). By default the heap gives back freed memory above 128 KiB
+# (M_TRIM_THRESHOLD, raised as it goes) and serves big blocks with fresh mmaps (M_MMAP_THRESHOLD, at most 32 MiB).
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD_MAX = 32 * 2**20
 

@@ -361,6 +361,7 @@ class KernelBackend:
             (self._contiguous(q), self._contiguous(k_pool), self._contiguous(v_pool), self.asarray(tables, np.int32),
              self.asarray(lengths, np.int32), y, np.int32(nh), np.int32(n_kv), np.int32(T), np.int32(hs),
              np.int32(k_pool.shape[2]), np.int32(tables.shape[1]), np.int32(reach),
-             np.float32(1.0 / math.sqrt(hs) if scale is None else scale), np.float32(0.0 if softcap is None else softcap),
-             np.float32(0.0 if softcap is None else 1.0 / softcap)), shared_mem=shared)
+             np.float32(1.0 / math.sqrt(hs) if scale is None else scale),
+             np.float32(0.0 if softcap is None else softcap), np.float32(0.0 if softcap is None else 1.0 / softcap)),
+            shared_mem=shared)
         return y
