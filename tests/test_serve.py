@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from nanollm.serve.scheduler import FINISH_REASONS, logprobs_of
 from tests.conftest import time_limit
-from tests.serve_fixtures import (NAME, chat_reference, client, demo_model, metrics, serving, slowed, wait_until)
+from tests.serve_fixtures import NAME, chat_reference, client, demo_model, metrics, serving, slowed, wait_until
 
 PROMPTS = ("Once upon a time", "The for statement", "def main():", "Python is", "A list comprehension")
 

@@ -20,8 +20,20 @@ from hypothesis import strategies as st
 from nanollm.loader import DEMO_MODEL
 from nanollm.serve.api import MAX_BODY_BYTES
 from tests.conftest import PROJECT_ROOT, time_limit
-from tests.serve_fixtures import (KEY, NAME, assert_error, client, demo_model, get, is_healthy, metrics, post,
-                                  serving, slowed, wait_until)
+from tests.serve_fixtures import (
+    KEY,
+    NAME,
+    assert_error,
+    client,
+    demo_model,
+    get,
+    is_healthy,
+    metrics,
+    post,
+    serving,
+    slowed,
+    wait_until,
+)
 
 BASE = {"model": NAME, "prompt": "Hello", "max_tokens": 3}
 
@@ -260,7 +272,7 @@ def test_a_signal_lets_the_request_in_flight_finish_and_exits_0(sig):
 
 def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nanollm.serve", *args], cwd=PROJECT_ROOT, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, check=False)
 
 
 def test_start_up_errors_are_one_line_and_exit_1(tmp_path):
@@ -282,19 +294,18 @@ def test_start_up_errors_are_one_line_and_exit_1(tmp_path):
 
 def test_a_waiting_request_gets_a_503_when_the_server_shuts_down():
     """close(): the running request finishes, the one still waiting is told the server shut down."""
-    with time_limit(30):
-        with serving(slowed(demo_model(), 0.02), max_batch=1) as server:
-            running = stream_request(server, {**BASE, "max_tokens": 30, "stream": True})
-            wait_until(lambda: metrics(server)["nanollm_requests_running"] == 1, what="the first request running")
-            waiting = stream_request(server, {**BASE, "max_tokens": 2})
-            wait_until(lambda: metrics(server)["nanollm_requests_waiting"] == 1, what="the second request waiting")
-            closing = threading.Thread(target=server.close, kwargs={"grace_s": 10})
-            closing.start()
-            status, body = read_answer(waiting)
-            assert_error(status, body, 503, code="shutting_down")
-            answer = read_until(running, b"data: [DONE]\n\n\r\n0\r\n\r\n")
-            assert b'"finish_reason": "length"' in answer
-            closing.join()
+    with time_limit(30), serving(slowed(demo_model(), 0.02), max_batch=1) as server:
+        running = stream_request(server, {**BASE, "max_tokens": 30, "stream": True})
+        wait_until(lambda: metrics(server)["nanollm_requests_running"] == 1, what="the first request running")
+        waiting = stream_request(server, {**BASE, "max_tokens": 2})
+        wait_until(lambda: metrics(server)["nanollm_requests_waiting"] == 1, what="the second request waiting")
+        closing = threading.Thread(target=server.close, kwargs={"grace_s": 10})
+        closing.start()
+        status, body = read_answer(waiting)
+        assert_error(status, body, 503, code="shutting_down")
+        answer = read_until(running, b"data: [DONE]\n\n\r\n0\r\n\r\n")
+        assert b'"finish_reason": "length"' in answer
+        closing.join()
 
 
 def failing_once(model, error: Exception, call: int):
@@ -352,11 +363,10 @@ def test_any_messages_are_an_answer_or_a_400_naming_them(server, messages):
 
 
 def test_a_request_still_running_after_the_grace_period_is_cancelled_with_a_503_event():
-    with time_limit(30):
-        with serving(slowed(demo_model(), 0.02)) as server:
-            s = stream_request(server, {**BASE, "max_tokens": 200, "stream": True})
-            answer = read_until(s, b"data: {")
-            server.close(grace_s=0.2)  # 200 steps of >= 20 ms cannot finish in 0.2 s
-            answer = read_until(s, b"data: [DONE]\n\n\r\n0\r\n\r\n", answer)
-            error = json.loads(answer.split(b"data: ")[-2].split(b"\n\n")[0])["error"]
-            assert error["code"] == "shutting_down" and "before this request finished" in error["message"]
+    with time_limit(30), serving(slowed(demo_model(), 0.02)) as server:
+        s = stream_request(server, {**BASE, "max_tokens": 200, "stream": True})
+        answer = read_until(s, b"data: {")
+        server.close(grace_s=0.2)  # 200 steps of >= 20 ms cannot finish in 0.2 s
+        answer = read_until(s, b"data: [DONE]\n\n\r\n0\r\n\r\n", answer)
+        error = json.loads(answer.split(b"data: ")[-2].split(b"\n\n")[0])["error"]
+        assert error["code"] == "shutting_down" and "before this request finished" in error["message"]
