@@ -56,13 +56,15 @@ class NumpyBackend:
         """x @ w + b. (..., in), (in, out), (out,) -> (..., out).  On every backend a BLAS matmul, not a kernel.
 
         Flattening the leading axes gives BLAS one matrix product instead of one per batch row. The form is chosen
-        by the number of rows, as measured (`make bench`, and tests/bench/bench_model.py's docstring): OpenBLAS's
-        matrix product of 2 or 3 rows runs at about a third of its matrix-vector product's speed, below the memory
-        limit both should reach, so 2 or 3 rows (a small batch's decode step) are one matrix-vector product each.
-        From 4 rows on the single product is as fast or faster.
+        by shape, as measured (`make bench`): OpenBLAS's matrix product of 2 or 3 rows streams a large matrix at
+        about a third of its matrix-vector product's speed, below the memory limit both should reach, so 2 or 3
+        rows (a small batch's decode step) times a matrix of 1 MiB or more are one matrix-vector product each
+        (GPT-2's matrices, one thread: 58 ms as products of 2 rows, 37 ms as 2 x 2 matrix-vector products). From 4
+        rows on, or for a small matrix (where the cost is the call, not the bytes), the one product is as fast.
         """
         rows = x.reshape(-1, x.shape[-1])  # (R, in)
-        y = np.stack([row @ w for row in rows]) if 1 < len(rows) <= 3 else rows @ w  # (R, out)
+        by_row = 1 < len(rows) <= 3 and w.nbytes >= 2**20
+        y = np.stack([row @ w for row in rows]) if by_row else rows @ w  # (R, out)
         y = y.reshape(*x.shape[:-1], w.shape[1])
         if b is not None:
             y += b

@@ -38,6 +38,7 @@ from transformers import (
 )
 
 import nanollm
+from nanollm.loader import DEMO_MODEL
 from nanollm.memory import keep_freed_memory
 
 PROMPT_TOKENS, DECODE_STEPS, HF_DECODE_STEPS = 128, 32, 32
@@ -165,6 +166,23 @@ def print_rows(rows):
     sys.stdout.flush()
 
 
+def bench_small_batches():
+    """The shipped demo model (4 layers, width 128): a step is mostly per-call overhead, not weights, so batching must
+    still pay (more sequences per call), never cost: BLAS threads on tiny matrices can make a batch slower."""
+    demo = nanollm.load(DEMO_MODEL)
+    prompt = np.random.default_rng(3).integers(0, demo.config.vocab_size, (1, PROMPT_TOKENS))
+    times = {b: [] for b in BATCHES}
+    for b in BATCHES:
+        decode_seconds(demo, b, prompt)  # warm-up
+    for _ in range(REPEATS):
+        for b in BATCHES:
+            times[b].append(decode_seconds(demo, b, prompt))
+    t1 = statistics.median(times[1])
+    print(f"demo model (shipped, {demo.config.n_layer} layers, width {demo.config.n_embd}): decode step {t1 * 1e3:.2f} ms")
+    print_rows([(f"batch {b} / batch 1 (tok/s)", f"{b / statistics.median(times[b]):.0f} / {1 / t1:.0f}",
+                 b * t1 / statistics.median(times[b]), "> 1: batching never costs") for b in BATCHES[1:]])
+
+
 def first_layer_draft(hf_model):
     """An assistant model: the same GPT-2 checkpoint cut to its first layer (same tokenizer, embeddings, head)."""
     draft = GPT2LMHeadModel(GPT2Config(**{**hf_model.config.to_dict(), "n_layer": 1}))
@@ -221,6 +239,7 @@ def main():
           f"; {REPEATS} alternating rounds, medians; prompt {PROMPT_TOKENS} tokens, {DECODE_STEPS} decode steps\n")
     models = {name: make() for name, make in SHAPES.items()}
     loaded = {name: bench(name, hf_model) for name, hf_model in models.items()}
+    bench_small_batches()
     bench_speculative(loaded["GPT-2 124M"], models["GPT-2 124M"])
 
 
