@@ -14,11 +14,12 @@ seconds at a time (a wall-clock figure from another run means little):
                      shapes): what attention, norms and activations add. Target <= 1.3.
   vs transformers    prefill and decode time per token, transformers (torch, same threads) as the reference.
 
-Then speculative decoding on GPT-2 124M against plain greedy decoding, same prompt, same tokens (checked): prompt
-lookup on a repetitive prompt, and an assistant (draft) model: the first layer of the same checkpoint, which
-predicts a random-weight model's next token well because its residual stream is mostly the token embedding.
-Target: prompt lookup >= 1.5x faster. Rounds alternate every measurement (A B A B ...); medians are reported.
-BENCH_REPEATS sets the rounds (default 3).
+Then the shipped demo model's batches (a tiny model: batching must never make it slower), and speculative decoding
+on GPT-2 124M against plain greedy decoding, same prompt, same tokens (checked): prompt lookup on a repetitive
+prompt, and an assistant (draft) model: the first layer of the same checkpoint, which predicts a random-weight
+model's next token well because its residual stream is mostly the token embedding. Target: prompt lookup >= 1.5x
+faster. Rounds alternate every measurement (A B A B ...); medians are reported. BENCH_REPEATS sets the rounds
+(default 3).
 """
 import os
 import statistics
