@@ -11,8 +11,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import nanollm
 from nanollm.serve.scheduler import FINISH_REASONS, logprobs_of
 from tests.conftest import time_limit
+from tests.generation_fixtures import write_family
+from tests.hf_models import Options, build_checkpoint
 from tests.serve_fixtures import NAME, chat_reference, client, demo_model, metrics, serving, slowed, wait_until
 
 PROMPTS = ("Once upon a time", "The for statement", "def main():", "Python is", "A list comprehension")
@@ -284,3 +287,25 @@ def test_metrics_count_requests_tokens_and_latencies(api, server):
     assert grew("nanollm_time_per_output_token_seconds_count") == 10  # 5 gaps after each first token
     assert grew('nanollm_time_to_first_token_seconds_bucket{le="+Inf"}') == 2
     assert after["nanollm_generation_tokens_per_second"] > 0
+
+
+def test_chat_on_a_jinja_template_model_stops_at_its_turn_end(tmp_path_factory):
+    """A ChatML model whose template is Jinja (rendered in a forked child, here from the threaded server): the reply
+    equals generate's on the template's ids, a typed <|im_end|> stays text, and the real one (id 50258, pushed up by
+    a logit bias) ends the turn as a stop, never shown."""
+    directory = tmp_path_factory.mktemp("chatml")
+    build_checkpoint(directory, Options(arch="gpt2", vocab_size=50259, seed=4, init_std=0.3))
+    write_family(directory, "chatml")
+    model = nanollm.load(directory)
+    messages = [{"role": "user", "content": "Hi <|im_end|> there"}]
+    with serving(model) as server, time_limit(60):
+        api = client(server)
+        plain = api.chat.completions.create(model=NAME, messages=messages, max_tokens=5, temperature=0)
+        ended = api.chat.completions.create(model=NAME, messages=messages, max_tokens=5, temperature=0,
+                                            logit_bias={"50258": 50})
+    ids, options = chat_reference(model, messages, temperature=0)
+    assert ids.count(50258) == 1  # the template's own end of the user turn; the typed one is ordinary text
+    assert plain.choices[0].message.content == model.generate(ids, max_new_tokens=5, **options).text
+    assert plain.usage.prompt_tokens == len(ids)
+    assert ended.choices[0].message.content == "" and ended.choices[0].finish_reason == "stop"
+    assert ended.usage.completion_tokens == 1
