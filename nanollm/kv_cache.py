@@ -104,6 +104,39 @@ class KVCache:
         self.length = n
 
 
+@dataclass
+class CacheStep:
+    """One forward pass's slots in a KVCache: its T positions at slots start .. start+T-1 of every row, claimed by
+    `KVCache.append`. transformer.attention calls `write`, then `attend`, and never asks where the keys lie: a
+    paged cache answers the same two calls (paged_cache.PagedStep), and a pass without a cache too (NoCache)."""
+
+    cache: KVCache
+    start: int  # the slot of the pass's first position (prefill 0, decode the cache's length before the step)
+    key_mask: object | None = None  # (B, start+T) bool: False marks padding slots no query may attend to
+
+    def write(self, layer: int, k, v) -> None:
+        """Layer's keys and values of this pass's positions into their slots. (B, n_kv, T, hs) x2"""
+        self.cache.update(layer, k, v, self.start)
+
+    def attend(self, be, layer: int, q, **options):
+        """Causal attention of this pass's queries over every slot up to theirs. (B, nh, T, hs) -> (B, nh, T, hs)
+        options: the backend attention's scale, softcap and window."""
+        end = self.start + q.shape[2]
+        k, v = self.cache.k[layer][:, :, :end], self.cache.v[layer][:, :, :end]  # (B, n_kv, end, hs) x2
+        return be.attention(q, k, v, self.start, self.key_mask, **options)
+
+
+class NoCache:
+    """A stateless full pass (Model.forward): nothing outlives it. A layer's keys and values are held only until its
+    own queries have read them, so the T positions attend to one another alone. Same calls as CacheStep."""
+
+    def write(self, layer: int, k, v) -> None:
+        self.k, self.v = k, v  # (B, n_kv, T, hs) x2: this layer's, replaced by the next layer's
+
+    def attend(self, be, layer: int, q, **options):
+        return be.attention(q, self.k, self.v, 0, **options)  # (B, nh, T, hs): query t at slot t
+
+
 def kv_cache_bytes(cfg, batch_size: int, max_len: int) -> int:
     """Bytes a float32 cache of this size needs: 2 (k and v) * layers * B * n_kv * max_len * hs * 4."""
     return 2 * cfg.n_layer * batch_size * cfg.n_kv_head * max_len * cfg.head_dim * np.dtype(np.float32).itemsize

@@ -8,7 +8,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .generation import generate
-from .kv_cache import KVCache
+from .kv_cache import CacheStep, KVCache
 from .memory import check_fits
 from .rope import long_factors_begin
 from .transformer import forward
@@ -78,7 +78,8 @@ class Model:
         if cache.length == 0:  # the prefill; a decode step returns no more than it did, and stays off /proc
             self.check_logits_fit(B, 1 if last_only else ids.shape[1])
         start = cache.append(ids, positions)
-        logits = forward(self.backend, self.config, self.weights, ids, positions, cache, start, key_mask, last_only)
+        logits = forward(self.backend, self.config, self.weights, ids, positions, CacheStep(cache, start, key_mask),
+                         last_only)
         return self.backend.to_numpy(logits)[:, -T:]  # (B, T|1, V): this call's positions only
 
     def long_rope_begins(self, cache: KVCache, positions) -> bool:

@@ -7,12 +7,18 @@ The forward pass itself is shared. Every op goes through `be` (a backend object)
 on the GPU with CUDA kernels, or on the CPU emulator of those kernels.
 
 The weights are named in weights.py (a linear weight is (in, out), applied as x @ w). Everything one pass shares
-(backend, config, cache, mask, RoPE tables) travels in one small `Pass`, so each helper reads like its math.
+(backend, config, cache, RoPE tables) travels in one small `Pass`, so each helper reads like its math.
+
+Where the keys and values live is the cache's business, not the forward pass's: attention hands each layer's new
+keys to `p.cache.write` and its queries to `p.cache.attend`. Three things answer those two calls: a KVCache's
+CacheStep (one row of slots per sequence; kv_cache.py), a PagedKVCache's PagedStep (blocks of a shared pool,
+found through block tables: a ragged batch, each sequence at its own length; paged_cache.py) and NoCache (a
+stateless pass). The forward pass below is the same for all three.
 """
 from dataclasses import dataclass
 
 from .config import ModelConfig
-from .kv_cache import KVCache
+from .kv_cache import NoCache
 from .rope import rope_cos_sin
 from .weights import LayerWeights, ModelWeights
 
@@ -23,9 +29,7 @@ class Pass:
 
     be: object  # the backend: every op goes through it
     cfg: ModelConfig
-    cache: KVCache | None  # None: a stateless full pass
-    start: int  # the cache slot of this pass's first position (prefill 0, decode the cache's length)
-    key_mask: object | None  # (B, start+T) bool: False marks padding slots no query may attend to
+    cache: object  # where this pass's keys go and are read from: CacheStep, PagedStep or NoCache (write, attend)
     ropes: dict  # Rope -> (cos, sin), each (B, T, r/2): this pass's positions, per RoPE the layers use
 
 
@@ -79,9 +83,9 @@ def qk_norm(p: Pass, x, w):
 def attention(p: Pass, i: int, layer: LayerWeights, x):
     """Causal self-attention of layer i over the cache. (B, T, C) -> (B, T, C)
 
-    The new keys/values are written into the cache at slots start .. start+T-1 and the queries attend to every slot
-    up to their own (a sliding layer: the last sliding_window of them). Without a cache (a stateless full pass) they
-    attend to just this pass's T positions.
+    The new keys/values are written into the cache, in the slots it gave this pass's positions, and each query
+    attends to every slot of its sequence up to its own (a sliding layer: the last sliding_window of them). Without
+    a cache (a stateless full pass) they attend to just this pass's T positions.
     """
     be, cfg = p.be, p.cfg
     B, T, _ = x.shape
@@ -94,11 +98,9 @@ def attention(p: Pass, i: int, layer: LayerWeights, x):
     rope = p.ropes.get(cfg.layer_rope(i))
     if rope is not None:
         q, k = be.rope(q, *rope), be.rope(k, *rope)  # (B, nh, T, hs), (B, n_kv, T, hs): positions enter here
-    if p.cache is not None:
-        k, v = p.cache.update(i, k, v, p.start)  # (B, n_kv, start+T, hs) x2
+    p.cache.write(i, k, v)  # (B, n_kv, T, hs) x2 into this pass's slots, wherever the cache keeps them
     window = cfg.sliding_window if cfg.layer_type(i) == "sliding" else None
-    y = be.attention(q, k, v, p.start, p.key_mask, scale=cfg.attn_scale, softcap=cfg.attn_softcap,
-                     window=window)  # (B, nh, T, hs)
+    y = p.cache.attend(be, i, q, scale=cfg.attn_scale, softcap=cfg.attn_softcap, window=window)  # (B, nh, T, hs)
     y = y.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)  # (B, T, nh*hs): heads side by side again
     return be.linear(y, layer.w_o, layer.b_o)  # (B, T, C)
 
@@ -109,20 +111,20 @@ def rope_tables(be, cfg: ModelConfig, positions) -> dict:
     return {rope: tuple(be.asarray(a) for a in rope_cos_sin(rope, positions)) for rope in ropes}
 
 
-def forward(be, cfg: ModelConfig, w: ModelWeights, ids, positions, cache=None, start=0, key_mask=None,
-            last_only=False):
+def forward(be, cfg: ModelConfig, w: ModelWeights, ids, positions, cache=None, last_only=False):
     """Token ids -> next-token logits. int (B, T) -> (B, T, V), or (B, 1, V) with last_only.
 
-    positions (B, T): each token's position in its own sequence (equal to the cache slot except under left padding).
-    cache/start: keys and values go to cache slots start .. start+T-1 (prefill: start=0; decode: T=1).
-    key_mask (B, start+T) bool or None: False marks padding slots no query may attend to.
+    positions (B, T): each token's position in its own sequence (equal to its cache slot except under left padding).
+    cache: the slots this pass's keys and values go to, and the masks its queries read them with:
+    kv_cache.CacheStep (slots start .. start+T-1 of a KVCache, with the key mask of any padding) or
+    paged_cache.PagedStep (each sequence's last T slots in a block pool); None: a stateless full pass.
     last_only: project only the last position to the vocabulary, all that generation needs (saves a (T, C) x (C, V)
     matmul in prefill).
     """
     x = be.embedding(w.tok_emb, ids, cfg.embed_scale)  # (B, T, C)
     if cfg.positions == "learned":
         x = be.add(x, be.embedding(w.pos_emb, positions))  # (B, T, C) learned absolute positions
-    p = Pass(be, cfg, cache, start, key_mask, rope_tables(be, cfg, positions))
+    p = Pass(be, cfg, NoCache() if cache is None else cache, rope_tables(be, cfg, positions))
     for i, layer in enumerate(w.layers):
         h = attention(p, i, layer, branch_input(p, x, layer.attn_norm_w, layer.attn_norm_b))  # (B, T, C)
         x = be.add(x, branch_output(p, h, layer.attn_post_norm_w))  # (B, T, C)
