@@ -28,7 +28,9 @@ its tail, the part least likely to be shared, is evicted before its first blocks
 
 Shapes: each pool is (n_blocks, n_kv, block_size, hs) float32, so a (block, head) pair is a contiguous
 (block_size, hs) tile, as KVCache's (S, hs) rows are. The attention over block tables is the backends'
-paged_attention (NumPy twin: gather, then attention; CUDA: kernels/paged_attention.cu).
+paged_attention (NumPy twin: gather, then attention; CUDA: kernels/paged_attention.cu). A forward pass reaches the
+pool through a PagedStep (below), which answers transformer.attention's two calls, write and attend, as a KVCache's
+CacheStep does; paged_runner.py drives whole requests through it.
 """
 import hashlib
 from collections import OrderedDict, deque
@@ -64,6 +66,7 @@ class PoolStats:
     cached: int  # full blocks nobody holds, kept for prefix hits and evicted when the free list runs out
     prompt_tokens: int  # prompt tokens looked up in the prefix cache so far
     prefix_hits: int  # of those, tokens found (their keys and values were not recomputed)
+    sequences: int  # sequences in the pool now
 
 
 def block_hash(parent: bytes, tokens) -> bytes:
@@ -89,6 +92,7 @@ class PagedKVCache:
         cache.append(rid, token); ...; cache.commit(rid)   # one decode step: a slot for the new token, then written
         tables, lengths = cache.block_tables([rid, ...])   # what paged_attention reads
         cache.free(rid)
+    append_step claims a whole decode step's slots at once, all or none; rollback undoes claims a failed pass left.
     """
 
     def __init__(self, k: list, v: list):
@@ -156,6 +160,31 @@ class PagedKVCache:
             seq.table.append(self._take())
         seq.tokens.append(token)
 
+    def append_step(self, seq_ids, token_ids) -> None:
+        """One decode step's slots, all or none: sequence seq_ids[b] claims its next slot for token_ids[b].
+        PoolExhausted, with the pool unchanged, when the step opens more blocks than are free or evictable (a
+        scheduler then preempts a sequence and retries): claimed one by one, the sequences before the one that found
+        no block would have grown and the step would be half taken."""
+        seq_ids, tokens = list(seq_ids), token_list(token_ids)
+        if len(tokens) != len(seq_ids) or len(set(seq_ids)) != len(seq_ids):
+            raise ValueError(f"a decode step takes one token for each of distinct sequences, got {len(seq_ids)} "
+                             f"sequence ids ({len(set(seq_ids))} distinct) and {len(tokens)} tokens")
+        opening = sum(len(self._sequence(s).tokens) % self.block_size == 0 for s in seq_ids)  # last block full
+        available = len(self.free_blocks) + len(self.evictable)
+        if opening > available:
+            raise PoolExhausted(f"the KV pool has {available} blocks to give; a decode step of {len(seq_ids)} "
+                                f"sequences needs {opening} new ones ({self.block_size} slots each)")
+        for seq_id, token in zip(seq_ids, tokens):
+            self.append(seq_id, token)
+
+    def rollback(self, seq_id) -> None:
+        """Forget the slots the sequence claimed since its last commit (a forward pass that failed before writing
+        them): their tokens go, and so do the blocks opened for them, so the sequence is as it was before."""
+        seq = self._sequence(seq_id)
+        del seq.tokens[seq.computed :]
+        while len(seq.table) > -(-len(seq.tokens) // self.block_size):
+            self._release(seq.table.pop())
+
     def commit(self, seq_id) -> None:
         """Every claimed slot of the sequence now holds its keys and values at every layer (call after the forward
         pass): its full blocks become shareable, each under the hash of its tokens and its parent's hash.
@@ -220,7 +249,8 @@ class PagedKVCache:
 
     def stats(self) -> PoolStats:
         return PoolStats(total=self.n_blocks, used=sum(r > 0 for r in self.refs), free=len(self.free_blocks),
-                         cached=len(self.evictable), prompt_tokens=self.prompt_tokens, prefix_hits=self.prefix_hits)
+                         cached=len(self.evictable), prompt_tokens=self.prompt_tokens, prefix_hits=self.prefix_hits,
+                         sequences=len(self.sequences))
 
     # -- bookkeeping -----------------------------------------------------------------------------------------------
 
@@ -258,6 +288,39 @@ class PagedKVCache:
                 self.evictable[block] = None
             else:
                 self.free_blocks.append(block)
+
+
+@dataclass
+class PagedStep:
+    """One forward pass over a PagedKVCache: B sequences with T new positions each, their last T claimed slots (a
+    decode step: T = 1 for every running sequence; a prefill: one sequence's uncached tail). It answers
+    transformer.attention's two calls as kv_cache.CacheStep does, so the forward pass is the same over both caches.
+
+    Example, block_size 4: a sequence of 6 slots in blocks [7, 2] decoding its 6th token writes slot 2*4 + 1 = 9
+    (row 1 of block 2) and its query reads slots 0 .. 5 through table [7, 2], length 6."""
+
+    cache: PagedKVCache
+    slots: np.ndarray  # int64 (B*T,): the pool slot of each new position, sequence after sequence
+    tables: np.ndarray  # int32 (B, max_blocks): each sequence's block table, padded with -1
+    lengths: np.ndarray  # int32 (B,): the slots each sequence holds, its T new ones included
+
+    @classmethod
+    def last_slots(cls, cache: PagedKVCache, seq_ids, T: int) -> "PagedStep":
+        """The step over each sequence's last T claimed slots (claimed by add_sequence, append or append_step)."""
+        tables, lengths = cache.block_tables(seq_ids)
+        slots = [cache.slots(seq_id, n - T, n) for seq_id, n in zip(seq_ids, lengths.tolist())]  # (T,) each
+        return cls(cache, np.concatenate(slots), tables, lengths)
+
+    def write(self, layer: int, k, v) -> None:
+        """Layer's keys and values of the new positions into their slots. (B, n_kv, T, hs) x2"""
+        B, n_kv, T, hs = k.shape
+        k, v = (a.transpose(0, 2, 1, 3).reshape(B * T, n_kv, hs) for a in (k, v))  # (B*T, n_kv, hs): slot order
+        self.cache.write(layer, self.slots, k, v)
+
+    def attend(self, be, layer: int, q, **options):
+        """Each sequence's queries over its slots, read through its block table. (B, nh, T, hs) -> (B, nh, T, hs)
+        options: the backend attention's scale, softcap and window."""
+        return be.paged_attention(q, self.cache.k[layer], self.cache.v[layer], self.tables, self.lengths, **options)
 
 
 def token_list(token_ids) -> list:
