@@ -5,7 +5,8 @@ Reading order, bottom floor first (each module imports only from the ones before
   math        backends/numpy_backend.py -> rope.py -> transformer.py -> sampling.py
   requests    request.py (settings, prompts, results)
   generation  logits_processors.py -> stopping.py -> beam_search.py -> generation.py; chat.py
-  top         model.py (Model) -> loader.py (nanollm.load) -> generate.py (the command line)
+  top         model.py (Model) -> loader.py (nanollm.load) -> generate.py (the command line);
+              serve/ (python -m nanollm.serve: the OpenAI API over HTTP, one scheduler thread owning the model)
   watching    views/ (every stage of a choice, a trace of the ops, attention maps, plots: generate.py's --show-probs,
               --trace, --show-attention, --plot); learn/ (python -m nanollm.learn: lessons on the demo model)
   text        tokenizer/ (its own docstring gives its reading order)

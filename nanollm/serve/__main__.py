@@ -20,6 +20,7 @@ import threading
 import warnings
 
 from ..loader import DEFAULT_REPO, DEMO_MODEL, default_model_path, load
+from ..memory import keep_freed_memory
 from .server import SHUTDOWN_GRACE_S, Server
 
 
@@ -71,6 +72,7 @@ def open_to_network(host: str) -> bool:
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # the program owns the process's allocator: freed arrays stay warm for the next pass
     try:
         path = args.model if args.model is not None else default_model_path()
         with warnings.catch_warnings(record=True) as caught:  # e.g. an EOS id outside the vocabulary, ignored
