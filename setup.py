@@ -38,8 +38,8 @@ setup(
             "jinja2>=3.1",
             "matplotlib",  # the --plot tests draw real PNGs (tests/test_plot.py)
             "openai",  # the official client drives nanollm.serve in tests/test_serve*.py, as users' clients will
-            # NVRTC, the compiler CuPy uses on a GPU: lets CI compile every kernel exactly as the CuPy path will.
-            "nvidia-cuda-nvrtc-cu12",
+            # NVRTC 13, the compiler cupy-cuda13x uses on a GPU: CI compiles every kernel as the CuPy path will.
+            "nvidia-cuda-nvrtc>=13,<14",
         ],
     },
 )
