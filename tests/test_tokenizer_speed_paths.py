@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from nanollm.tokenizer import Tokenizer
-from nanollm.tokenizer.bpe import bpe_merge, heap_merge, merge_in_rounds
+from nanollm.tokenizer.bpe import _pairs_present, bpe_merge, heap_merge, merge_in_rounds
 from nanollm.tokenizer.byte_level import (
     BYTE_TOKENS,
     CL100K_PATTERN,
@@ -32,23 +32,41 @@ from tests.conftest import shared_file
 def test_rounds_double_a_run():
     """merge_in_rounds' docstring example: (x, x), then (xx, xx), then (xxxx, xxxx), each one round."""
     ranks = {("x", "x"): 0, ("xx", "xx"): 1, ("xxxx", "xxxx"): 2}
-    assert merge_in_rounds(list("x" * 8), ranks) == ["xxxxxxxx"]
-    assert merge_in_rounds(list("x" * 9), ranks) == ["xxxxxxxx", "x"]
+    assert merge_in_rounds(list("x" * 8), ranks) == (["xxxxxxxx"], True)
+    assert merge_in_rounds(list("x" * 9), ranks) == (["xxxxxxxx", "x"], True)
 
 
 def test_a_round_that_would_create_a_better_pair_is_not_taken():
     """_created_pairs' example: with (xx, x) ranked above (x, x), heap_merge makes "xxx" right after the first "xx",
     so the round "xxxx" -> "xx xx" would be wrong; it is left to heap_merge, which gives ["xxx", "x"]."""
     ranks = {("x", "x"): 1, ("xx", "x"): 0}
-    assert merge_in_rounds(list("xxxx"), ranks) == list("xxxx")
+    assert merge_in_rounds(list("xxxx"), ranks) == (list("xxxx"), False)
     assert bpe_merge(list("xxxx"), ranks) == heap_merge(list("xxxx"), ranks) == ["xxx", "x"]
 
 
 def test_a_tie_between_two_kinds_of_pair_is_left_to_the_heap():
     """(a, b) and (b, c) share rank 0: in "abc" the leftmost wins, which only heap_merge can see."""
     ranks = {("a", "b"): 0, ("b", "c"): 0}
-    assert merge_in_rounds(list("abc"), ranks) == list("abc")
+    assert merge_in_rounds(list("abc"), ranks) == (list("abc"), False)
     assert bpe_merge(list("abc"), ranks) == ["ab", "c"]
+
+
+def test_rounds_say_when_nothing_is_left_for_the_heap():
+    """No ranked pair at all (GPT-2 has no token of two spaces): finished before any round. One ranked pair that the
+    rounds merge away: finished. A ranked pair the rounds may not take (a tie): not finished."""
+    assert merge_in_rounds(list(" " * 300), {("x", "x"): 0}) == (list(" " * 300), True)
+    assert merge_in_rounds(list("\n \n\n "), {("\n", "\n"): 0}) == (["\n", " ", "\n\n", " "], True)
+    assert merge_in_rounds(list("abcab"), {("a", "b"): 0, ("b", "c"): 0})[1] is False
+
+
+def test_pairs_are_found_by_search_or_by_a_pass_alike():
+    """_pairs_present searches for each ranked pair of a string of few distinct characters, and makes one pass over
+    the pairs of any other string: both find every ranked pair present, and only pairs present."""
+    rank_all = {a + b: 0 for a in "abcdefghij" for b in "abcdefghij"}.get
+    assert _pairs_present("abba", rank_all) == {"ab", "bb", "ba"}
+    assert _pairs_present("abba", {"ab": 0}.get) == {"ab"}  # unranked pairs are not searched for
+    many = "abcdefghij" * 3
+    assert _pairs_present(many, rank_all) == {a + b for a, b in pairwise(many)}
 
 
 SYMBOLS = ["a", "b", "aa", "ab", "ba", "bb", "aab", "abb"]
@@ -65,7 +83,11 @@ def test_rounds_then_heap_equal_the_heap_alone(text, ranks):
     """The long-piece path (merge_in_rounds, then heap_merge on what is left) equals heap_merge alone: random ranks
     over a few short symbols, so that ties between kinds of pair and rounds that would create a better pair are
     common (without either check in merge_in_rounds this test fails)."""
-    assert heap_merge(merge_in_rounds(list(text), ranks), ranks) == heap_merge(list(text), ranks)
+    symbols, finished = merge_in_rounds(list(text), ranks)
+    expected = heap_merge(list(text), ranks)
+    assert heap_merge(symbols, ranks) == expected
+    if finished:
+        assert symbols == expected
 
 
 # -- cutting words where no token spans --------------------------------------------------------------------------

@@ -31,6 +31,7 @@ WORD_CACHE_LIMIT = 100_000  # words; a word and its ids take ~200 bytes, so a fu
 ROUNDS_MIN_SYMBOLS = 256  # inputs at least this long try merge_in_rounds first (measured: see make bench-tokenizer)
 ROUND_CHARS_PER_MERGE = 1000  # a round may read this many characters per merge it makes (~ one heap merge's cost)
 FREE_ROUNDS = 4  # rounds' worth of reading allowed before the rounds must pay for themselves
+SEARCHED_PAIRS_MAX = 64  # a string with at most 8 distinct characters finds its pairs by search (_pairs_present)
 
 
 def bpe_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
@@ -43,10 +44,12 @@ def bpe_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashab
 
     ``heap_merge`` does the merging one pair at a time. A long input (``ROUNDS_MIN_SYMBOLS`` symbols or more: a run
     of one character, a line of dashes, a page of whitespace) first goes through ``merge_in_rounds``, which does
-    whole rounds of identical merges at once and hands ``heap_merge`` what is left.
+    whole rounds of identical merges at once and hands ``heap_merge`` what is left, if anything is.
     """
     if len(symbols) >= ROUNDS_MIN_SYMBOLS:
-        symbols = merge_in_rounds(symbols, pair_ranks)
+        symbols, finished = merge_in_rounds(symbols, pair_ranks)
+        if finished:
+            return symbols
     return heap_merge(symbols, pair_ranks)
 
 
@@ -101,13 +104,24 @@ def heap_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hasha
     return [part for part in parts if part is not None]
 
 
-def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
-    """Do the first merges of ``heap_merge`` a whole round at a time; return the symbols as they stand after them.
+def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict) -> tuple[list[Symbol], bool]:
+    """``merge_codes_in_rounds`` on a list of symbols: each distinct symbol becomes one character of a string, in
+    order of first appearance. Returns the symbols after the rounds, and whether merging is finished."""
+    symbol_of = list(dict.fromkeys(symbols))  # code -> symbol: the k-th distinct symbol is the character chr(k)
+    code_of = {symbol: chr(code) for code, symbol in enumerate(symbol_of)}
+    codes, finished = merge_codes_in_rounds("".join(map(code_of.__getitem__, symbols)), symbol_of, pair_ranks)
+    return [symbol_of[ord(code)] for code in codes], finished
+
+
+def merge_codes_in_rounds(codes: str, symbol_of: list, pair_ranks: dict) -> tuple[str, bool]:
+    """Do the first merges of ``heap_merge`` a whole round at a time, on symbols written as a string: the character
+    chr(k) stands for ``symbol_of[k]``, and each new symbol a round makes is appended to ``symbol_of``. Returns the
+    string as it stands after the rounds, and whether merging is finished (no ranked pair is left for ``heap_merge``).
 
     Why: ``heap_merge`` pays about a microsecond of Python per merge, and "x" * 1_000_000 needs 875,000 merges (3.6 s;
     tiktoken takes 0.3 s). But such inputs hold few kinds of pair: there, "merge every (x, x) left to right" is one
-    ``str.split`` and one ``str.join``, done in C. So each symbol becomes one character of a string, and a round takes
-    the best-ranked pair present and merges all of it at once:
+    ``str.split`` and one ``str.join``, done in C. So a round takes the best-ranked pair present and merges all of it
+    at once:
 
         x x x x x x x x  -> (x, x):   xx xx xx xx  -> (xx, xx):  xxxx xxxx  -> (xxxx, xxxx):  xxxxxxxx
 
@@ -121,44 +135,58 @@ def merge_in_rounds(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, 
     Cost: a round reads the whole string, a few nanoseconds a character, however few pairs it merges. When rounds
     merge too few pairs for what they read (on random letters: thousands of kinds of pair, a few hundred each), the
     rest is left to ``heap_merge``: rounds continue while they merge on average one pair for every
-    ``ROUND_CHARS_PER_MERGE`` characters they read, after ``FREE_ROUNDS`` rounds' worth of reading.
+    ``ROUND_CHARS_PER_MERGE`` characters they read, after ``FREE_ROUNDS`` rounds' worth of reading. When no ranked
+    pair is left at all (a megabyte of spaces, which GPT-2 never merges), the string is the answer as it stands, and
+    the caller skips ``heap_merge``'s pass over a million symbols.
     """
-    symbol_of = list(dict.fromkeys(symbols))  # code -> symbol: the k-th distinct symbol is the character chr(k)
     code_of = {symbol: chr(code) for code, symbol in enumerate(symbol_of)}
-    text = "".join(map(code_of.__getitem__, symbols))
 
     def rank_of(pair: str):
         return pair_ranks.get((symbol_of[ord(pair[0])], symbol_of[ord(pair[1])]))
 
     # The kinds of pair present, best rank first. Invariant: every kind present is in the heap (kinds that were
     # merged away stay there, stale, and are dropped when a split finds none of them).
-    heap = [(rank, pair) for pair in {a + b for a, b in pairwise(text)} if (rank := rank_of(pair)) is not None]
+    heap = [(rank, pair) for pair in _pairs_present(codes, rank_of) if (rank := rank_of(pair)) is not None]
     heapq.heapify(heap)
-    budget = FREE_ROUNDS * len(text)  # characters the rounds may still read
-    while heap and budget > 0:
+    budget = FREE_ROUNDS * len(codes)  # characters the rounds may still read
+    while heap:
         rank, pair = heapq.heappop(heap)
-        if heap and heap[0][0] == rank:
-            break  # another kind of pair has the same rank: (1)
+        if budget <= 0 or (heap and heap[0][0] == rank):
+            return codes, False  # the rounds no longer pay, or another kind of pair has the same rank: (1)
         merged = symbol_of[ord(pair[0])] + symbol_of[ord(pair[1])]
         code = code_of.get(merged)
         if code is None:
             if len(symbol_of) > sys.maxunicode:
-                break  # no character left to stand for a new symbol
+                return codes, False  # no character left to stand for a new symbol
             code = code_of[merged] = chr(len(symbol_of))
             symbol_of.append(merged)
-        pieces = text.split(pair)  # the text between the occurrences, left to right, without overlaps
+        pieces = codes.split(pair)  # the text between the occurrences, left to right, without overlaps
         merges = len(pieces) - 1
-        budget += ROUND_CHARS_PER_MERGE * merges - len(text)
+        budget += ROUND_CHARS_PER_MERGE * merges - len(codes)
         if not merges:
             continue  # stale: merged away by earlier rounds
         created = [(new_rank, new_pair) for new_pair in _created_pairs(pieces, pair, code)
                    if (new_rank := rank_of(new_pair)) is not None]
         if any(new_rank <= rank for new_rank, _ in created):
-            break  # (2): this round is not what heap_merge would do
+            return codes, False  # (2): this round is not what heap_merge would do
         for entry in created:
             heapq.heappush(heap, entry)
-        text = code.join(pieces)
-    return [symbol_of[ord(code)] for code in text]
+        codes = code.join(pieces)
+    return codes, True
+
+
+def _pairs_present(codes: str, rank_of: Callable[[str], float | None]) -> set[str]:
+    """The distinct adjacent pairs of ``codes`` (as 2-character strings), or at least those that ``rank_of`` ranks.
+
+    A pass over the pairs costs ~70 ns a character in Python; a substring search (``in``, in C) reads at ~1 ns a
+    character and stops at the first occurrence. So when the string has few distinct characters (a megabyte of mixed
+    whitespace: 3, so 9 candidate pairs) each ranked candidate is searched for instead: at most
+    ``SEARCHED_PAIRS_MAX`` reads, no more than the one pass, and usually far less, as pairs present are found at once.
+    """
+    chars = set(codes)
+    if len(chars) ** 2 > SEARCHED_PAIRS_MAX:
+        return {a + b for a, b in pairwise(codes)}
+    return {pair for a in chars for b in chars if rank_of(pair := a + b) is not None and pair in codes}
 
 
 def _created_pairs(pieces: list[str], pair: str, code: str) -> set[str]:
