@@ -293,7 +293,10 @@ def test_decode_benchmark_runs_on_the_cpu(monkeypatch, capsys):
 def test_make_n_gpu_check_installs_nothing_from_the_network():
     """Every command `make gpu-check` would run: pip only with --no-index (and no dependencies, no build isolation,
     which would fetch setuptools), no downloader; then the check itself, on the same Python."""
-    run = subprocess.run(["make", "-n", "gpu-check"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=30)
+    # Under `make test` this runs inside make: without its variables the inner make prints no "Entering directory".
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    run = subprocess.run(["make", "-n", "--no-print-directory", "gpu-check"], cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=30, env=env)
     assert run.returncode == 0, run.stderr
     commands = run.stdout.splitlines()
     pips = [c for c in commands if "pip" in c.split()]

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the checkout: every stage runs the
 # The test files whose backend fixtures have a "cupy" variant (tests/kernel_harness.KERNEL_BACKENDS, or
 # CupyBackend in the API test); tests/test_gpu_check.py checks this list against the files themselves.
 KERNEL_TEST_FILES = ("tests/test_kernels.py", "tests/test_backend_forward.py", "tests/test_backend_api.py",
-                     "tests/test_speculative.py")
+                     "tests/test_speculative.py", "tests/test_paged_attention.py")
 # Every stage's environment: no download can be attempted (transformers only ever reads the files the stages
 # write); no progress bars; output unbuffered, so a killed stage still shows how far it came; hypothesis
 # derandomized (tests/conftest.py's "ci" profile), so a failure found here is found again by the next run.
