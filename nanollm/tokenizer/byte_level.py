@@ -12,9 +12,9 @@ GPT-2's files do not store bytes. They store each byte as a printable character 
 that the files are readable text with no spaces or control characters in them (the space byte is "Ġ", newline is
 "Ċ"). We undo that map at load time and work on real bytes everywhere else.
 
-Speed: encoding is dominated by a dictionary lookup per regex word. Natural text repeats words constantly, so each
-instance keeps its words' ids in a ``bpe.WordCache``; only words never seen before pay for ``bpe_merge``, and long ones
-are first cut where no token can span (``SpanFreeCuts``), so that a megabyte of random letters merges as short parts.
+Speed: encoding is dominated by the regex and a dictionary lookup per word. Text repeats words, so each instance keeps
+its words' ids in a ``bpe.WordCache``; a word never seen before is merged (``ByteLevelBPE``: non-ASCII words as parts
+checked by ``bpe.TokenBoundaries``, long ones in rounds or cut by ``SpanFreeCuts``, so that no input is quadratic).
 
 Unicode versions: what counts as a letter (\\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import regex
 
-from .bpe import ROUNDS_MIN_SYMBOLS, WordCache, heap_merge, merge_codes_in_rounds, pair_ranks_from_token_ranks
+from .bpe import (ROUNDS_MIN_SYMBOLS, TokenBoundaries, WordCache, heap_merge, merge_codes_in_rounds,
+                  pair_ranks_from_token_ranks)
 from .errors import Place, TokenizerError, check_vocab, read_bytes, read_json_object, read_text
 from .guards import TimedPattern, repair_surrogates
 
@@ -69,12 +70,22 @@ LLAMA3_PATTERN = (
 # Qwen 2, 2.5 and 3 (transformers' Qwen2Tokenizer, and their tokenizer.json): Llama 3's with each digit on its own.
 # Not among the NAMED_PATTERNS below, so it runs under the time limit of patterns nanollm does not ship (guards.py).
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+# Same matches, spelled for speed in ``regex``, compiled by compile_regex instead (bench corpus: GPT-2's 64 -> 53 ms,
+# r50k's 63 -> 54, cl100k's 65 -> 55; tiktoken's whole encode ~60): one branch for the contractions; no possessive
+# quantifiers, which regex runs slower and which change nothing here (each ends its branch, or what follows cannot
+# match what it would give back: a letter after "[^\r\n\p{L}\p{N}]?", the end after "\s+"). Tests compare them.
+FASTER_SPELLINGS = {
+    GPT2_PATTERN: r"""'(?:s|t|re|ve|m|ll|d)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+    R50K_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+$|\s+(?!\S)|\s""",
+    CL100K_PATTERN: r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s+$|"""
+                    r"""\s*[\r\n]|\s+(?!\S)|\s""",
+}
 BYTE_TOKENS = [bytes([b]) for b in range(256)]  # byte value -> the one-byte symbol a word starts as
-# A long word of at most this many distinct characters is merged whole, by rounds, not cut (SpanFreeCuts): cutting
-# costs ~100 ns a character, and so few characters make so few kinds of pair that the rounds do nearly all the merges.
-# Measured on 1 MB words of random characters (cl100k; GPT-2 alike): 3 whitespace characters 0.10 s whole vs 0.12 s
-# cut, 8 letters 0.46 vs 0.58, 12 letters 1.17 vs 1.24, 16 letters 1.95 vs 2.21, 26 letters 3.9 vs 1.3.
+# A long word of at most this many distinct characters is merged whole, in rounds, not cut by SpanFreeCuts. 1 MB of
+# random characters, cl100k, whole vs cut: 3 whitespace 0.10 vs 0.12 s, 8 letters 0.46 vs 0.58, 16: 1.95 vs 2.21.
 UNCUT_MAX_CHARACTERS = 8
+# The parts a short non-ASCII word starts as (bpe.TokenBoundaries); ASCII joins the next character, as " 请" merges.
+NON_ASCII_PARTS = regex.compile(r"[\x00-\x7f]*[^\x00-\x7f]|[\x00-\x7f]+")  # " 请设!" -> [" 请", "设", "!"]
 NAMED_PATTERNS = {
     "gpt2": GPT2_PATTERN,
     "r50k": R50K_PATTERN,
@@ -133,7 +144,8 @@ def compile_regex(pattern: str, origin: str) -> TimedPattern:
     if not isinstance(pattern, str):
         raise TokenizerError(f"{origin}: a pattern must be a string, not {type(pattern).__name__}")
     try:
-        return TimedPattern(regex.compile(pattern), origin, limited=pattern not in NAMED_PATTERNS.values())
+        return TimedPattern(regex.compile(FASTER_SPELLINGS.get(pattern, pattern)), origin,
+                            limited=pattern not in NAMED_PATTERNS.values())
     except (regex.error, RecursionError, OverflowError) as err:  # RecursionError: thousands of nested groups
         raise TokenizerError(f"{origin}: pattern {pattern[:80]!r} is not a valid regex: {err}") from None
 
@@ -190,7 +202,6 @@ class SpanFreeCuts:
     merging each part alone gives the same symbols as merging the word (each part's merges are the word's merges
     there, in the same order). Cutting there lets a part seen before come from a cache, and keeps each merge run short.
 
-
     A cut is decided for each pair of adjacent characters (c1, c2), once, and remembered (``bpe.WordCache``), so a
     word is cut by a loop that runs in C. With u the last byte of c1 and v the first of c2, a token spanning the cut
     is u v itself, or holds the two bytes before the cut and v, or u and the two bytes after it. When c1 is one byte,
@@ -211,7 +222,7 @@ class SpanFreeCuts:
         self._cut = WordCache(self._is_cut)  # (c1, c2) -> whether to cut between them
 
     def parts(self, word: str) -> list[str]:
-        """``word`` cut where no token spans: "a日本" -> ["a", "日本"] when no token holds "a" with 日's first bytes."""
+        """``word`` cut where no token spans: "a日本" -> ["a", "日本"] if no token holds a and 日's first bytes."""
         cuts = list(compress(range(1, len(word)), map(self._cut.__getitem__, pairwise(word))))
         return list(map(word.__getitem__, map(slice, [0, *cuts], [*cuts, len(word)])))
 
@@ -232,10 +243,9 @@ class ByteLevelBPE:
     ``whole_word_first``: look the whole word up before merging. tiktoken does this (it is part of its definition of
     an encoding); Hugging Face BPE only does it when the tokenizer.json says ``ignore_merges``.
 
-    A long word not seen before (``bpe.ROUNDS_MIN_SYMBOLS`` characters or more) of more than
-    ``UNCUT_MAX_CHARACTERS`` distinct characters is cut where no token spans (``SpanFreeCuts``) and each part merged
-    alone, with a cache of its own: a part is merged, never looked up whole, since only a whole word may be taken as
-    one token.
+    A word not seen before is merged whole when ASCII, as parts that ``bpe.TokenBoundaries`` checks when not, and,
+    when long with many distinct characters (``UNCUT_MAX_CHARACTERS``), cut where no token spans (``SpanFreeCuts``).
+    Parts have a cache of their own, and are merged, never looked up whole: only a whole word may be one token.
     """
 
     def __init__(
@@ -255,6 +265,7 @@ class ByteLevelBPE:
         self.whole_word_first = whole_word_first
         self._word_ids = WordCache(self._encode_word)
         self._cuts = SpanFreeCuts(token_ids)
+        self._boundaries = TokenBoundaries(token_ids, pair_ranks)
         self._part_ids = WordCache(self._merge)
 
     def encode_ordinary(self, text: str, at_start: bool = True) -> list[int]:
@@ -268,27 +279,28 @@ class ByteLevelBPE:
             whole = self.token_ids.get(word.encode("utf-8"))
             if whole is not None:
                 return (whole,)
-        if len(word) < ROUNDS_MIN_SYMBOLS or len(set(word)) <= UNCUT_MAX_CHARACTERS:
-            return self._merge(word)  # cutting costs more than it saves: SpanFreeCuts, UNCUT_MAX_CHARACTERS
-        return tuple(chain.from_iterable(map(self._part_ids.__getitem__, self._cuts.parts(word))))
+        if len(word) >= ROUNDS_MIN_SYMBOLS and len(set(word)) > UNCUT_MAX_CHARACTERS:
+            return tuple(chain.from_iterable(map(self._part_ids.__getitem__, self._cuts.parts(word))))
+        if word.isascii():  # English letters merge with their neighbours: parts would only be joined again
+            return self._merge(word)
+        ids = self._boundaries.merge(NON_ASCII_PARTS.findall(word), self._part_ids.__getitem__)
+        return self._merge(word) if ids is None else ids
 
     def _merge(self, text: str) -> tuple[int, ...]:
-        """``bpe.bpe_merge`` of the text's bytes, as ids. A long text goes through ``bpe.merge_codes_in_rounds``
-        first, written the way that function reads symbols: byte b is the character chr(b), which is what decoding
-        the bytes as Latin-1 makes, in C. When the rounds finish the merging (a megabyte of spaces, which GPT-2 never
-        merges: no round at all), each character maps straight to its id, and no Python object is made per byte
-        (0.03 s a megabyte, where making the byte symbols and passing them to ``heap_merge`` took 0.25 s)."""
+        """``bpe.bpe_merge`` of the text's bytes, as ids. A long text goes through ``bpe.merge_codes_in_rounds`` first,
+        on its bytes decoded as Latin-1 (in C: byte b becomes chr(b)); when the rounds finish, the codes map straight
+        to ids (1 MB of spaces: 0.03 s, where making byte symbols and passing them to ``heap_merge`` took 0.25 s)."""
         data = text.encode("utf-8")
         if len(data) < ROUNDS_MIN_SYMBOLS:
-            symbols = heap_merge(list(map(BYTE_TOKENS.__getitem__, data)), self.pair_ranks)
-            return tuple(map(self.token_ids.__getitem__, symbols))
-        symbol_of = BYTE_TOKENS.copy()  # code -> symbol, grown by the rounds
-        codes, finished = merge_codes_in_rounds(data.decode("latin-1"), symbol_of, self.pair_ranks)
-        if finished:
-            id_of = {chr(code): self.token_ids[symbol] for code, symbol in enumerate(symbol_of)}
-            return tuple(map(id_of.__getitem__, codes))
-        symbols = heap_merge([symbol_of[ord(code)] for code in codes], self.pair_ranks)
-        return tuple(map(self.token_ids.__getitem__, symbols))
+            symbols = list(map(BYTE_TOKENS.__getitem__, data))
+        else:
+            symbol_of = BYTE_TOKENS.copy()  # code -> symbol, grown by the rounds
+            codes, finished = merge_codes_in_rounds(data.decode("latin-1"), symbol_of, self.pair_ranks)
+            if finished:
+                id_of = {chr(code): self.token_ids[symbol] for code, symbol in enumerate(symbol_of)}
+                return tuple(map(id_of.__getitem__, codes))
+            symbols = [symbol_of[ord(code)] for code in codes]
+        return tuple(map(self.token_ids.__getitem__, heap_merge(symbols, self.pair_ranks)))
 
     def id_to_bytes(self) -> dict[int, bytes]:
         return {i: b for b, i in self.token_ids.items()}

@@ -178,7 +178,7 @@ class PreTokenizer:
                 cut_pieces, from_zero = step.cut(piece, at_start and k == 0)
                 if k == 0:
                     at_start = at_start and from_zero and any(cut_pieces)
-                out += [word for word in cut_pieces if word]  # tokenizers drops empty pieces after every step
+                out += filter(None, cut_pieces)  # tokenizers drops empty pieces after every step
             pieces = out
         return pieces
 
