@@ -98,11 +98,7 @@ class Batch:
         self.cache = model.new_cache(batch_size=B, max_len=T + s.max_new_tokens)  # first: it checks memory suffices
         self.stats.kv_cache_bytes += self.cache.nbytes
         self.ids, self.positions, self.key_mask, last, self.next_pos = self.prefill_inputs()  # (B, T) ids
-        self.rng = np.random.default_rng(s.seed)
-        self.history = TokenHistory([q.prompt_ids for q in self.seqs], model.config.vocab_size) \
-            if s.sampling.uses_history else None
-        self.running = list(range(B))
-        self.t_start = time.perf_counter()
+        self.begin()
         if self.key_mask is None:  # no padding: every row's last position is T-1
             return model.step(self.ids, self.cache)[:, -1]  # (B, V)
         mask = self.key_mask[:, :T]
@@ -111,6 +107,17 @@ class Batch:
         left = s.padding_side == "left"
         all_logits = model.step(self.ids, self.cache, self.positions, mask, last_only=left)  # (B, T|1, V)
         return all_logits[:, -1] if left else all_logits[np.arange(B), last]  # (B, V)
+
+    def begin(self) -> None:
+        """What choosing needs before the first choice, whoever runs the model: the seeded random generator, the
+        token history, every row running, the clock. prefill calls it; the server's scheduler calls it instead of
+        prefill and feeds choose the logits of its own batched passes (paged_runner.py)."""
+        s = self.settings
+        self.rng = np.random.default_rng(s.seed)
+        self.history = TokenHistory([q.prompt_ids for q in self.seqs], self.model.config.vocab_size) \
+            if s.sampling.uses_history else None
+        self.running = list(range(len(self.seqs)))
+        self.t_start = time.perf_counter()
 
     def decode(self) -> list:
         """One decode step: every row (finished ones too, ignored) runs the token it chose last at the next slot,
