@@ -18,6 +18,7 @@ setup(
         # The offline demo model (weights_tools/train_demo.py trains it): `python -m nanollm.generate` with no
         # network still produces text.
         "nanollm": ["demo_model/*"],
+        "nanollm.serve": ["page.html"],  # GET / (nanollm/serve/server.py)
     },
     install_requires=["numpy>=1.26", "regex>=2023.0"],
     extras_require={

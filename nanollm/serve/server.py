@@ -4,6 +4,7 @@
     POST /v1/completions         body --api.read_request--> Request --scheduler.Job--> Tokens --responses.Choices-->
     POST /v1/chat/completions    one JSON response, or server-sent events as the tokens come
     GET  /metrics                metrics.Metrics in Prometheus' text format
+    GET  /                       page.html: a learner chats with the model and watches /metrics, through this API
 
 A handler thread does everything but run the model: it reads and checks the request, encodes the prompt, submits a
 Job to the scheduler thread and relays what comes back. Streams are server-sent events as OpenAI sends them
@@ -29,9 +30,11 @@ from contextlib import contextmanager
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import chain
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..chat import chat_template_for
+from ..files import read_bytes
 from .api import MAX_BODY_BYTES, APIError, parse_json, read_request
 from .metrics import Metrics
 from .responses import Choices
@@ -41,6 +44,7 @@ REQUEST_TIMEOUT_S = 60.0  # a connection silent this long (mid-request, or idle 
 POLL_S = 0.05  # how often a handler waiting for tokens checks that its client is still there
 SHUTDOWN_GRACE_S = 20.0  # SIGTERM: requests in flight get this long to finish (Kubernetes waits 30 s by default)
 LISTEN_BACKLOG = 128  # connections the kernel queues before accept (the standard library's 5 drops bursts)
+PAGE = Path(__file__).with_name("page.html")  # shipped as package data (setup.py)
 
 
 class ClientGone(Exception):
@@ -154,6 +158,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def get_models(self, app: Server) -> None:
         self.send_json(200, app.models())
+
+    def get_page(self, app: Server) -> None:
+        """The page needs no key (it asks for one); it is read at each request, so an edit shows on reload."""
+        self.send_body(200, read_bytes(PAGE), "text/html; charset=utf-8")
 
     def get_metrics(self, app: Server) -> None:
         running, waiting = app.scheduler.counts()
@@ -301,5 +309,6 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(code, APIError(code, f"{text}{': ' + explain if explain else ''}").body())
 
 
-ROUTES = {"/v1/models": {"GET": Handler.get_models}, "/metrics": {"GET": Handler.get_metrics},
-          "/v1/completions": {"POST": Handler.post_completions}, "/v1/chat/completions": {"POST": Handler.post_chat}}
+ROUTES = {"/": {"GET": Handler.get_page}, "/v1/models": {"GET": Handler.get_models},
+          "/metrics": {"GET": Handler.get_metrics}, "/v1/completions": {"POST": Handler.post_completions},
+          "/v1/chat/completions": {"POST": Handler.post_chat}}
