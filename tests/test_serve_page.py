@@ -24,10 +24,11 @@ KV_SAMPLES = {'nanollm_kv_blocks{state="used"}', 'nanollm_kv_blocks{state="free"
 STEP_S = 0.05  # each model step slowed this much: a reply lasts several of the page's 500 ms polls of /metrics
 
 
-def fetch_page(server, headers: dict | None = None):
+def fetch_page(server):
+    """GET / with no key -> (status, Content-Type, the page)."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        connection.request("GET", "/", headers=headers or {})
+        connection.request("GET", "/")
         response = connection.getresponse()
         return response.status, response.getheader("Content-Type"), response.read().decode()
     finally:
@@ -96,7 +97,10 @@ class Chromium:
 
     def text(self, element_id: str) -> str:
         """The element's text; "" while the page is still loading."""
-        return self.evaluate(f"document.getElementById({element_id!r})?.textContent ?? ''")
+        return self.text_of(f"#{element_id}")
+
+    def text_of(self, selector: str) -> str:
+        return self.evaluate(f"document.querySelector({selector!r})?.textContent ?? ''")
 
     def close(self):
         self.process.kill()
@@ -150,6 +154,14 @@ def test_in_chromium_a_message_gets_a_streamed_reply_and_the_scheduler_view_foll
     wait_until(lambda: browser.text("tokens") == str(generated), what=f"{generated} tokens generated on the page")
     wait_until(lambda: browser.text("running") == "0", what="the batch empty again on the page")
     reported = metrics(server)
-    for cell, sample in (("kv_used", 'nanollm_kv_blocks{state="used"}'), ("kv_free", 'nanollm_kv_blocks{state="free"}')):
-        wait_until(lambda: browser.text(cell) == (f"{reported[sample]:g}" if sample in reported else "n/a"),
-                   what=f"{cell} on the page as /metrics says")
+    kv = {cell: f"{reported[sample]:g}" if sample in reported else "n/a"
+          for cell, sample in (("kv_used", 'nanollm_kv_blocks{state="used"}'),
+                               ("kv_free", 'nanollm_kv_blocks{state="free"}'))}
+    wait_until(lambda: {cell: browser.text(cell) for cell in kv} == kv, what=f"the KV blocks as /metrics says: {kv}")
+
+    # A refused request is one line on the page, in the server's words; the conversation goes on.
+    browser.evaluate("document.getElementById('max_tokens').value = '0';"
+                     "document.getElementById('message').value = 'Again';"
+                     "document.getElementById('send').click()")
+    wait_until(lambda: "max_tokens" in browser.text_of(".error"), what="the server's 400 message on the page")
+    assert browser.evaluate("document.getElementById('send').disabled") is False
