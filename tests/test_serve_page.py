@@ -16,7 +16,16 @@ import time
 
 import pytest
 
-from tests.serve_fixtures import KEY, NAME, demo_model, metrics, post, serving, slowed, wait_until
+from tests.serve_fixtures import (
+    KEY,
+    NAME,
+    demo_model,
+    metrics,
+    post,
+    serving,
+    slowed,
+    wait_until,
+)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KV_SAMPLES = {'nanollm_kv_blocks{state="used"}', 'nanollm_kv_blocks{state="free"}',
