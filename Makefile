@@ -3,6 +3,7 @@
 #   make bench              model speed vs transformers      make bench-tokenizer   tokenizer speed vs tiktoken
 #   make kernels            compile every .cu with nvcc      make bench-kernels     kernel speed (GPU only)
 #   make gpu-check          every GPU test and benchmark, one summary table (GPU only; nothing from the network)
+#   make bench-serve        the server: N concurrent clients vs the same requests one at a time (continuous batching)
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ PROMPT ?= The meaning of life is
 MODEL ?=
 RUN_ARGS ?= --max-new-tokens 40
 
-.PHONY: run test bench bench-tokenizer bench-kernels kernels gpu-check clean
+.PHONY: run test bench bench-tokenizer bench-serve bench-kernels kernels gpu-check clean
 
 # Runtime environment: numpy and regex only.
 $(VENV)/.runtime: setup.py
@@ -36,6 +37,9 @@ bench: $(VENV)/.test
 
 bench-tokenizer: $(VENV)/.test
 	$(PY) -m tests.bench.bench_tokenizer
+
+bench-serve: $(VENV)/.test
+	$(PY) -m tests.bench.bench_serve
 
 kernels:
 	$(PYTHON) kernels/build.py --nvcc

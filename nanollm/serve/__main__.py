@@ -21,6 +21,9 @@ import warnings
 
 from ..loader import DEFAULT_REPO, DEMO_MODEL, default_model_path, load
 from ..memory import keep_freed_memory
+from ..paged_cache import block_bytes
+from ..paged_runner import PagedRunner
+from .scheduler import BLOCK_SIZE, default_runner
 from .server import SHUTDOWN_GRACE_S, Server
 
 
@@ -51,6 +54,9 @@ def parse_args(argv):
     p.add_argument("--max-batch", type=positive, default=8, help="requests running at once (default 8)")
     p.add_argument("--max-queue", type=positive, default=64,
                    help="requests waiting for a place in the batch; beyond it a request gets 429 (default 64)")
+    p.add_argument("--kv-blocks", type=positive, metavar="N",
+                   help=f"blocks of {BLOCK_SIZE} tokens in the paged KV cache, shared by every running request "
+                        f"(default: max-batch full contexts, at most 2 GiB, at least one full context)")
     return p.parse_args(argv)
 
 
@@ -82,6 +88,9 @@ def main(argv=None) -> int:
             print(f"warning: {warning.message}", file=sys.stderr)
         server = Server(model, model_name(args, path), args.host, args.port, args.api_key, args.max_batch,
                         args.max_queue)
+        # The KV pool now, so that a model the paged runner refuses (LongRoPE) or a pool too large fails here.
+        server.scheduler.runner = default_runner(model, args.max_batch) if args.kv_blocks is None else \
+            PagedRunner(model, args.kv_blocks, BLOCK_SIZE)
     except (OSError, ValueError, ImportError, RuntimeError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)  # a traceback would bury the one line that says what is wrong
         return 1
@@ -92,8 +101,11 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server.start()
+    pool = server.scheduler.runner.stats().total
     print(f"nanollm.serve: serving {server.name!r} at http://{args.host}:{server.port}/v1 (batch of "
-          f"{args.max_batch}, queue of {args.max_queue}); SIGTERM or Ctrl-C stops", file=sys.stderr, flush=True)
+          f"{args.max_batch}, queue of {args.max_queue}, KV pool of {pool} blocks: "
+          f"{pool * block_bytes(model.config, BLOCK_SIZE) / 2**20:.0f} MiB); SIGTERM or Ctrl-C stops", file=sys.stderr,
+          flush=True)
     while not stop.wait(1.0):
         pass
     print(f"nanollm.serve: shutting down (requests in flight get up to {SHUTDOWN_GRACE_S:g} s to finish)",

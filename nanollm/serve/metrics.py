@@ -7,6 +7,10 @@
     nanollm_time_to_first_token_seconds          histogram: request arrival -> its first token (queueing included,
                                                  as vLLM's vllm:time_to_first_token_seconds)
     nanollm_time_per_output_token_seconds        histogram: the gap between a request's consecutive steps
+    nanollm_kv_blocks{state=used|free|cached}    gauge: the paged KV pool's blocks (paged_cache.PoolStats)
+    nanollm_prefix_cache_queries_total, _hits_total   counters: prompt tokens looked up in the prefix cache, and
+                                                 those found there (not recomputed), as vLLM's prefix_cache_*
+    nanollm_preemptions_total                    counter: requests sent back to the queue when the pool ran out
 
 The scheduler thread writes, handler threads read: one lock around both.
 """
@@ -53,6 +57,8 @@ class Metrics:
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
         self.recent = deque()  # (perf_counter, tokens) of each step in the last TOKENS_PER_S_WINDOW seconds
         self.started = time.perf_counter()
+        self.kv = None  # paged_cache.PoolStats after the scheduler's latest iteration; None before the first
+        self.preemptions = 0
 
     def step(self, tokens: int, now: float, ttft: float | None = None, gap: float | None = None,
              prompt_tokens: int = 0) -> None:
@@ -66,6 +72,15 @@ class Metrics:
                 self.ttft.observe(ttft)
             if gap is not None:
                 self.tpot.observe(gap)
+
+    def pool(self, stats) -> None:
+        """The KV pool's paged_cache.PoolStats, after an iteration."""
+        with self.lock:
+            self.kv = stats
+
+    def preempted(self) -> None:
+        with self.lock:
+            self.preemptions += 1
 
     def finished(self, outcome: str) -> None:
         with self.lock:
@@ -89,8 +104,22 @@ class Metrics:
                      *counter("nanollm_generation_tokens_total", "Tokens generated.", self.generation_tokens),
                      *gauge("nanollm_generation_tokens_per_second", f"Tokens generated per second over the last "
                             f"{TOKENS_PER_S_WINDOW:g} s.", self.tokens_per_s(time.perf_counter())),
-                     *self.ttft.lines(), *self.tpot.lines()]
+                     *self.ttft.lines(), *self.tpot.lines(), *self.kv_lines()]
         return "\n".join(lines) + "\n"
+
+
+    def kv_lines(self) -> list[str]:
+        kv = self.kv
+        if kv is None:  # no request yet: the pool is made for the first one's model
+            return counter("nanollm_preemptions_total", "Requests preempted for lack of KV blocks.", self.preemptions)
+        return [("# HELP nanollm_kv_blocks KV cache blocks of the paged pool, by state (cached: full blocks nobody "
+                 "holds, kept for prefix hits)."), "# TYPE nanollm_kv_blocks gauge",
+                *(f'nanollm_kv_blocks{{state="{k}"}} {getattr(kv, k)}' for k in ("used", "free", "cached")),
+                *counter("nanollm_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.",
+                         kv.prompt_tokens),
+                *counter("nanollm_prefix_cache_hits_total", "Prompt tokens found in the prefix cache (not "
+                         "recomputed).", kv.prefix_hits),
+                *counter("nanollm_preemptions_total", "Requests preempted for lack of KV blocks.", self.preemptions)]
 
 
 def gauge(name: str, help: str, value) -> list[str]:

@@ -1,18 +1,27 @@
-"""The scheduler: one thread owns the model and advances every running request by one step per iteration.
+"""The scheduler: one thread owns the model and advances every running request by one step per iteration, all of
+them in ONE batched forward pass.
 
     handler threads --submit(Job)--> waiting (bounded: max_queue) --admit (up to max_batch)--> running
-    running --step_all: one step each--> Tokens --> each Job's event queue --> its handler thread --> the client
+    running --step_all: one pass, a row per running sequence--> Tokens --> each Job's event queue --> its handler
 
-Iteration-level scheduling (Orca, Yu et al., OSDI 2022; vLLM's scheduler): at every iteration the waiting requests
-join the running set up to max_batch, every running request advances one step, and a request leaves the moment it
-finishes or its client goes away. A new request does not wait for the requests before it to finish: its prefill is
-its first step, at the next iteration.
+Iteration-level scheduling (Orca, Yu et al., OSDI 2022; vLLM's scheduler): at every iteration every running request
+advances one token, then waiting requests join the running set up to max_batch, and a request leaves the moment it
+finishes or its client goes away. A new request does not wait for the requests before it to finish: it is prefilled
+as it joins, and its next token comes with everyone else's in the next iteration's pass.
 
-Each request is its own engine Batch (generation.Batch: its rows, its own KV cache, its own seeded random generator
-and settings), driven through Batch.steps(), the same loop nanollm.generate runs. So what a request gets is exactly
-what generate gives for it alone, however many others run beside it. What that costs, and what the paged KV cache
-will change, is `Scheduler.step_all`'s docstring.
+The model runs in a PagedRunner (paged_runner.py): every row of every request is a sequence of one paged KV cache, so
+rows of any length share one decode pass (B, 1) -> (B, V), which reads the weights once for all of them, and prompts
+that share a prefix (a system prompt) share its cached blocks. Choosing stays per request: each request is its own
+engine Batch (generation.Batch: its own seeded random generator, settings, penalties' history and stops), fed its
+rows of the pass's logits through Batch.choose, as nanollm.generate's loop feeds it. So a request gets the tokens
+generate gives it alone, however many others run beside it (up to the last bits of float32 arithmetic, which a
+batched matmul sums in another order than a single row's).
+
+When the pool runs out of blocks (runner.add or runner.step raise PoolExhausted, the runner unchanged), a joining
+request waits at the head of the queue, and on a step the newest running request is preempted as vLLM does: its
+blocks go back (full ones stay cached) and it rejoins later with its prompt plus the tokens it has so far.
 """
+import itertools
 import queue
 import threading
 import time
@@ -22,10 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..generation import Batch
+from ..paged_cache import PoolExhausted, block_bytes
+from ..paged_runner import PagedRunner
 from .api import APIError, Request
 from .metrics import Metrics
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the engine's reasons -> OpenAI's
+BLOCK_SIZE = 16  # tokens per KV block, vLLM's default
+KV_MEMORY = 2 << 30  # bytes the default pool may take (2 GiB), unless that is less than one full context
 
 
 @dataclass
@@ -58,7 +71,8 @@ class Job:
         self.events = queue.SimpleQueue()  # lists of Token; then None (done) or an APIError
         self.cancelled = threading.Event()  # set by the handler when its client went away or it gave up
         self.arrival = time.perf_counter()
-        self.steps = None  # the Batch's step generator, from the iteration the job joins the running set
+        self.key: int | None = None  # row b is the runner's sequence (key, b); set when the job first joins
+        self.held: list[int] = []  # rows whose sequences the runner holds now
         self.last_step: float | None = None  # perf_counter() of its latest step
         self.raw: dict[int, np.ndarray] = {}  # row -> the raw logits (V,) of its latest choice (logprobs only)
 
@@ -68,6 +82,20 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def sequence(self, row: int) -> tuple[int, int]:
+        return self.key, row
+
+    def inputs(self) -> list:
+        """Every running row's next decode input: (its sequence, the token it chose last)."""
+        return [(self.sequence(b), int(self.batch.last[b])) for b in self.batch.running]
+
+    def logits(self, rows: np.ndarray) -> np.ndarray:
+        """The running rows' logits (R, V) -> every row's (B, V) for Batch.choose, zeros for rows that stopped:
+        generate's Batch runs those too and ignores their choice, so they change nothing but the pass's cost."""
+        full = np.zeros((len(self.batch.seqs), rows.shape[1]), rows.dtype)  # (B, V)
+        full[self.batch.running] = rows
+        return full
 
     def tokens(self, events: list) -> list[Token]:
         """Batch.steps' events [(row, token, piece)] -> Tokens, with each row's finish reason and logprobs."""
@@ -80,11 +108,13 @@ class Job:
 class Scheduler:
     """The model's one thread: a bounded waiting queue, the running set, and the loop that steps it."""
 
-    def __init__(self, max_batch: int, max_queue: int, metrics: Metrics):
+    def __init__(self, max_batch: int, max_queue: int, metrics: Metrics, runner: PagedRunner | None = None):
         self.max_batch, self.max_queue, self.metrics = max_batch, max_queue, metrics
+        self.runner = runner  # made by default_runner for the first job's model unless given (or set before start)
+        self.keys = itertools.count()  # each job's runner key
         self.lock = threading.Condition()  # guards waiting, accepting, deadline
         self.waiting: deque[Job] = deque()
-        self.running: list[Job] = []  # the scheduler thread's alone
+        self.running: list[Job] = []  # the scheduler thread's alone, oldest first
         self.accepting = True
         self.deadline: float | None = None  # shutting down: running requests still unfinished then are cancelled
         self.thread = threading.Thread(target=self.loop, name="nanollm-scheduler", daemon=True)
@@ -127,64 +157,144 @@ class Scheduler:
                     self.lock.wait()
                 if not self.accepting and not self.running:
                     return
-                self.admit()
                 late = self.deadline is not None and time.perf_counter() > self.deadline
             if late:
                 for job in list(self.running):
                     self.leave(job, shutting_down("shut down before this request finished"), "cancelled")
             self.step_all()
+            self.admit()
+            if self.runner is not None:
+                self.metrics.pool(self.runner.stats())
 
     def admit(self) -> None:
-        """Waiting jobs join the running set, oldest first, up to max_batch (called with the lock held)."""
-        while self.waiting and len(self.running) < self.max_batch:
-            job = self.waiting.popleft()
+        """Waiting jobs join the running set, oldest first, up to max_batch: each is prefilled and its first tokens
+        go out. One the pool cannot hold yet goes back to the head of the queue until running ones free blocks;
+        one the pool cannot hold even alone fails (503)."""
+        while len(self.running) < self.max_batch:
+            with self.lock:
+                if not self.waiting:
+                    return
+                job = self.waiting.popleft()
             if job.cancelled.is_set():  # its client left while it waited
                 self.metrics.finished("cancelled")
                 continue
-            job.steps = job.batch.steps()
+            try:
+                events = job.batch.choose(job.logits(self.join(job)))
+            except PoolExhausted as e:
+                if self.running:
+                    with self.lock:
+                        self.waiting.appendleft(job)
+                    return
+                self.leave(job, engine_error(e), "failed")
+                continue
+            except Exception as e:  # noqa: BLE001 -- the engine's failure is this request's alone; the loop goes on
+                self.leave(job, engine_error(e), "failed")
+                continue
             self.running.append(job)
+            self.emit(job, events)
+
+    def join(self, job: Job) -> np.ndarray:
+        """Prefill the job's running rows through the runner (each its prompt, plus the tokens it has so far when
+        it was preempted: recomputation), sharing cached prefix blocks. -> their logits (R, V). All rows or none."""
+        if self.runner is None:
+            self.runner = default_runner(job.batch.model, self.max_batch)
+        if job.key is None:
+            job.key = next(self.keys)
+            job.batch.begin()
+        rows = []
+        try:
+            for b in job.batch.running:
+                seq = job.batch.seqs[b]
+                rows.append(self.runner.add(job.sequence(b), [*seq.prompt_ids, *seq.token_ids]))  # (V,)
+                job.held.append(b)
+        except BaseException:
+            self.release(job)
+            raise
+        return np.stack(rows)  # (R, V)
 
     def step_all(self) -> None:
-        """One step of every running request, one engine Batch after another: the seam of continuous batching.
-
-        Today a step of N running requests is N forward passes (a prefill for those that just joined, one decode
-        position per row for the rest), each reading every weight once. Decode is bound by reading the weights, so
-        this costs N times what one batched pass would. One batched pass needs every request's keys and values in
-        one cache whatever their lengths: the paged KV cache (paged_cache.py, a pool of blocks and a block table per
-        sequence). With it, this method becomes: gather the last token and position of every running row, run ONE
-        forward pass whose attention reads each row's keys through its block table, then hand each request its row
-        of logits for its own processing, seeded draw and stops (Batch.choose), which stay per request as here.
-        """
+        """One decode step of every running request in ONE forward pass: the last token of every running row of
+        every job goes to runner.step together, and each job chooses from its own rows of the logits (Batch.choose:
+        its settings, its seeded draw, its stops). Decode reads every weight once per pass, so this costs about
+        what one request's step costs, however many run. When the pool lacks a block for some row's next token,
+        the newest job is preempted and the pass retried without it."""
         for job in list(self.running):
             if job.cancelled.is_set():
                 self.leave(job, None, "cancelled")
-            else:
-                self.advance(job)
+        while self.running:
+            jobs = list(self.running)
+            inputs = [pair for job in jobs for pair in job.inputs()]
+            try:
+                logits = self.runner.step([seq for seq, _ in inputs], [token for _, token in inputs])  # (R, V)
+                break
+            except PoolExhausted as e:
+                self.preempt(e)
+            except Exception as e:  # noqa: BLE001 -- the pass was everyone's: each request hears why; the loop goes on
+                for job in jobs:
+                    self.leave(job, engine_error(e), "failed")
+        else:
+            return
+        start = 0
+        for job in jobs:
+            rows = logits[start: start + len(job.batch.running)]  # (R_job, V)
+            start += len(rows)
+            try:
+                events = job.batch.choose(job.logits(rows))
+            except Exception as e:  # noqa: BLE001 -- the engine's failure is this request's alone
+                self.leave(job, engine_error(e), "failed")
+                continue
+            self.emit(job, events)
 
-    def advance(self, job: Job) -> None:
-        """One step of one job: its tokens go out; it leaves when its rows have all stopped, or when it failed."""
-        try:
-            events = next(job.steps, None)
-        except Exception as e:  # noqa: BLE001 -- the engine's failure is this request's alone; the loop goes on
+    def preempt(self, e: PoolExhausted) -> None:
+        """The newest running job gives its blocks back and waits at the head of the queue to rejoin (vLLM's
+        preemption by recomputation); when it runs alone, the pool cannot hold it at all and it fails (503)."""
+        job = self.running[-1]
+        if len(self.running) == 1:
             self.leave(job, engine_error(e), "failed")
             return
+        self.release(job)
+        self.running.remove(job)
+        self.metrics.preempted()
+        with self.lock:
+            self.waiting.appendleft(job)
+
+    def emit(self, job: Job, events: list) -> None:
+        """A job's chosen tokens go out; rows that stopped free their blocks; it leaves when all have stopped."""
         now = time.perf_counter()
-        if events is not None:
-            first = job.last_step is None
-            self.metrics.step(len(events), now, ttft=now - job.arrival if first else None,
-                              gap=None if first else now - job.last_step,
-                              prompt_tokens=sum(len(p) for p in job.request.prompts) if first else 0)
-            job.last_step = now
-            job.events.put(job.tokens(events))
-        if events is None or not job.batch.running:
+        first = job.last_step is None
+        self.metrics.step(len(events), now, ttft=now - job.arrival if first else None,
+                          gap=None if first else now - job.last_step,
+                          prompt_tokens=sum(len(p) for p in job.request.prompts) if first else 0)
+        job.last_step = now
+        job.events.put(job.tokens(events))
+        for b in [b for b in job.held if b not in job.batch.running]:
+            self.runner.remove(job.sequence(b))
+            job.held.remove(b)
+        if not job.batch.running:
             self.leave(job, None, "finished")
 
+    def release(self, job: Job) -> None:
+        """Every sequence the runner holds for the job goes back to the pool."""
+        for b in job.held:
+            self.runner.remove(job.sequence(b))
+        job.held = []
+
     def leave(self, job: Job, outcome: APIError | None, name: str) -> None:
-        """The job leaves the running set; its handler hears `outcome` (None: done). Its cache goes with its Batch."""
-        self.running.remove(job)
-        job.steps.close()
+        """The job leaves (the running set, if it was in it) and frees its blocks; its handler hears `outcome`
+        (None: done)."""
+        self.release(job)
+        if job in self.running:
+            self.running.remove(job)
         job.events.put(outcome)
         self.metrics.finished(name)
+
+
+def default_runner(model, max_batch: int) -> PagedRunner:
+    """A pool of blocks for max_batch sequences of the model's whole context, at most KV_MEMORY bytes of them but
+    never less than one whole context: memory follows the tokens in flight, so most requests take far less."""
+    per_context = -(-model.config.max_seq_len // BLOCK_SIZE)  # blocks for one full-context sequence
+    budget = KV_MEMORY // block_bytes(model.config, BLOCK_SIZE)
+    return PagedRunner(model, max(per_context, min(max_batch * per_context, budget)), BLOCK_SIZE)
 
 
 def shutting_down(what: str) -> APIError:
