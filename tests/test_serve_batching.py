@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from nanollm.paged_runner import PagedRunner
 from nanollm.serve.api import read_request
@@ -111,6 +113,28 @@ def test_a_pool_too_small_for_everyone_queues_and_preempts_without_losing_a_requ
     assert scheduler.metrics.preemptions > 0  # the pool was tight enough to exercise preemption
     stats = runner.stats()
     assert stats.used == 0 and stats.sequences == 0 and stats.free + stats.cached == stats.total  # nothing leaked
+
+
+BODY = st.fixed_dictionaries({"prompt": st.sampled_from(["Once upon a time", "Python is", "def main():", "The"]),
+                               "max_tokens": st.integers(1, 12), "temperature": st.sampled_from([0, 0.7, 1.2]),
+                               "seed": st.integers(0, 3)}, optional={"n": st.integers(1, 3)})
+
+
+@settings(max_examples=20, deadline=None)
+@given(bodies=st.lists(BODY, min_size=1, max_size=6), n_blocks=st.integers(0, 12), max_batch=st.integers(1, 6))
+def test_any_mix_of_requests_in_any_pool_gets_generates_tokens_and_leaks_nothing(model, bodies, n_blocks,
+                                                                                  max_batch):
+    """Requests of 1-3 rows in a pool of blocks of 4 from just enough for the largest alone (3 rows x 16 tokens:
+    12 blocks) to 12 more: however they join, step together, are preempted and rejoin, each ends with generate's
+    tokens, and every block is back when all are done."""
+    runner = PagedRunner(model, n_blocks=12 + n_blocks, block_size=4)
+    with time_limit(30):
+        tokens, outcomes, _ = run_jobs(model, runner, bodies, max_batch=max_batch)
+    assert outcomes == [None] * len(bodies)
+    for i, body in enumerate(bodies):
+        assert [tokens[i][b] for b in sorted(tokens[i])] == reference(model, body), body
+    stats = runner.stats()
+    assert stats.used == 0 and stats.sequences == 0 and stats.free + stats.cached == stats.total
 
 
 def test_a_request_no_pool_can_hold_fails_alone_and_the_next_is_served(model):

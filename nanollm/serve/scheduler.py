@@ -182,8 +182,7 @@ class Scheduler:
                 events = job.batch.choose(job.logits(self.join(job)))
             except PoolExhausted as e:
                 if self.running:
-                    with self.lock:
-                        self.waiting.appendleft(job)
+                    self.requeue(job)
                     return
                 self.leave(job, engine_error(e), "failed")
                 continue
@@ -255,8 +254,17 @@ class Scheduler:
         self.release(job)
         self.running.remove(job)
         self.metrics.preempted()
+        self.requeue(job)
+
+    def requeue(self, job: Job) -> None:
+        """A job the pool cannot hold now waits at the head of the queue, whatever max_queue says (it was admitted
+        once); while shutting down it is told so (503) instead, since the queue is no longer served."""
         with self.lock:
-            self.waiting.appendleft(job)
+            if self.accepting:
+                self.waiting.appendleft(job)
+                return
+        job.events.put(shutting_down("shut down before this request finished"))
+        self.metrics.finished("cancelled")
 
     def emit(self, job: Job, events: list) -> None:
         """A job's chosen tokens go out; rows that stopped free their blocks; it leaves when all have stopped."""
