@@ -10,6 +10,11 @@ of tokens. For N = 1, 4, 8, 16 clients (the issue's goal: 8 clients >= 4x the to
   TTFT          per request: sent -> its first streamed token (queueing included)
   TPOT          per request: (done - first token) / (its tokens - 1)
 
+  ceiling       the most batching can give here: tokens/s of one PagedRunner decode pass of N rows over that of one
+                row (N x t1 / tN), timed on the runner alone. On a CPU a pass of N rows costs more than one row's as
+                soon as the matrix products stop being bound by reading the weights, and prefills run one request
+                at a time (runner.add), so the concurrent ratio stays below this.
+
 One-at-a-time and concurrent rounds alternate (A B A B ...) on one server, since this machine's speed drifts; medians
 of the rounds are reported, with the ratio concurrent / one at a time. BENCH_REPEATS sets the rounds (default 2).
 """
@@ -26,6 +31,7 @@ import torch
 
 import nanollm
 from nanollm.memory import keep_freed_memory
+from nanollm.paged_runner import PagedRunner
 from nanollm.serve import Server
 from tests.bench.bench_model import SHAPES
 from tests.generation_fixtures import write_gpt2_tokenizer_files
@@ -86,6 +92,18 @@ def concurrent(api, batch) -> tuple[float, list]:
     return sum(r[2] for r in results) / (time.perf_counter() - start), results
 
 
+def pass_seconds(model, n: int, steps: int = 8) -> float:
+    """Seconds of one decode pass of n rows of PROMPT_TOKENS + a few tokens, on a PagedRunner of its own."""
+    runner = PagedRunner(model, n_blocks=n * (PROMPT_TOKENS + steps + 16) // 16 + n, block_size=16)
+    for i, prompt in enumerate(prompts(n)):
+        runner.add(i, prompt)
+    runner.step(range(n), [13] * n)  # warm up
+    start = time.perf_counter()
+    for _ in range(steps):
+        runner.step(range(n), [13] * n)
+    return (time.perf_counter() - start) / steps
+
+
 def percentiles(values) -> str:
     p50, p90 = np.percentile(values, [50, 90]) * 1000
     return f"{p50:7.1f} {p90:7.1f}"
@@ -101,7 +119,8 @@ def main():
     print(f"GPT-2 124M shape (random weights), GPT-2 tokenizer; {PROMPT_TOKENS}-token prompts, {MAX_TOKENS} greedy "
           f"tokens each, streamed; {REPEATS} alternating rounds, medians; threads: numpy (BLAS) "
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}\n")
-    print(f"{'clients':>7} {'mode':>13} {'tokens/s':>9} {'TTFT p50 p90 ms':>16} {'TPOT p50 p90 ms':>16} {'ratio':>6}")
+    print(f"{'clients':>7} {'mode':>13} {'tokens/s':>9} {'TTFT p50 p90 ms':>16} {'TPOT p50 p90 ms':>16} {'ratio':>6} "
+          f"{'ceiling':>7}")
     try:
         for n in CLIENTS:
             batch, rates, samples = prompts(n), {"one at a time": [], "concurrent": []}, {}
@@ -112,10 +131,12 @@ def main():
                     rates[mode].append(rate)
                     samples.setdefault(mode, []).extend(results)
             base = statistics.median(rates["one at a time"])
+            ceiling = n * pass_seconds(model, 1) / pass_seconds(model, n)
             for mode, values in rates.items():
                 rate = statistics.median(values)
                 print(f"{n:7d} {mode:>13} {rate:9.1f} {percentiles([r[0] for r in samples[mode]]):>16} "
-                      f"{percentiles([r[1] for r in samples[mode]]):>16} {rate / base:5.2f}x", flush=True)
+                      f"{percentiles([r[1] for r in samples[mode]]):>16} {rate / base:5.2f}x "
+                      f"{ceiling if mode == 'concurrent' else 1:6.2f}x", flush=True)
     finally:
         api.close()  # its kept-alive connections first, so the server's handlers see no reset
         server.close(grace_s=5)
