@@ -98,7 +98,7 @@ class Job:
         return full
 
     def tokens(self, events: list) -> list[Token]:
-        """Batch.steps' events [(row, token, piece)] -> Tokens, with each row's finish reason and logprobs."""
+        """Batch.choose's events [(row, token, piece)] -> Tokens, with each row's finish reason and logprobs."""
         top = self.request.top_logprobs
         return [Token(row, token, piece, FINISH_REASONS.get(self.batch.seqs[row].finish_reason),
                       None if top is None else logprobs_of(self.raw[row], token, top))
