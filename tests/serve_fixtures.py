@@ -17,6 +17,7 @@ from nanollm.chat import chat_template_for
 from nanollm.loader import DEMO_MODEL
 from nanollm.serve import Server
 from nanollm.serve.api import chat_eos_ids
+from nanollm.serve.scheduler import default_runner
 
 NAME = "demo"
 KEY = "sk-test-key"
@@ -27,21 +28,36 @@ def demo_model():
 
 
 def slowed(model, seconds: float):
-    """The model, each forward step taking `seconds` longer (Batch calls model.step for prefill and decode)."""
-    step = model.step
+    """The model, each forward pass the server makes with it taking `seconds` longer."""
+    return before_each_pass(model, lambda: time.sleep(seconds))
 
-    def slow_step(*args, **kwargs):
-        time.sleep(seconds)
-        return step(*args, **kwargs)
 
-    model.step = slow_step
+def before_each_pass(model, hook):
+    """The model, hook() running before each forward pass the server's scheduler makes with it (a prefill in its
+    PagedRunner's add, a batched decode pass in its step); serving() gives the scheduler that runner."""
+    model.before_pass = hook
     return model
+
+
+def hooked_runner(model, max_batch: int):
+    """The scheduler's default runner for the model, calling model.before_pass() before each forward pass."""
+    runner = default_runner(model, max_batch)
+    run = runner._run
+
+    def hooked_run(*args, **kwargs):
+        model.before_pass()
+        return run(*args, **kwargs)
+
+    runner._run = hooked_run
+    return runner
 
 
 @contextmanager
 def serving(model, **options):
     """A started Server on a free port (api_key KEY unless given), closed at the end."""
     server = Server(model, NAME, port=0, **{"api_key": KEY, **options})
+    if hasattr(model, "before_pass"):
+        server.scheduler.runner = hooked_runner(model, server.scheduler.max_batch)
     server.start()
     try:
         yield server

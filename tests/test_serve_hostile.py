@@ -24,6 +24,7 @@ from tests.serve_fixtures import (
     KEY,
     NAME,
     assert_error,
+    before_each_pass,
     client,
     demo_model,
     get,
@@ -309,17 +310,15 @@ def test_a_waiting_request_gets_a_503_when_the_server_shuts_down():
 
 
 def failing_once(model, error: Exception, call: int):
-    """The model, its `call`-th forward step (1: the first request's prefill) raising `error` instead."""
-    step, calls = model.step, []
+    """The model, its `call`-th forward pass in the server (1: the first request's prefill) raising `error`."""
+    calls = []
 
-    def maybe_fail(*args, **kwargs):
+    def maybe_fail():
         calls.append(1)
         if len(calls) == call:
             raise error
-        return step(*args, **kwargs)
 
-    model.step = maybe_fail
-    return model
+    return before_each_pass(model, maybe_fail)
 
 
 @pytest.mark.parametrize("error, status, words", [(RuntimeError("boom"), 500, "RuntimeError: boom"),
