@@ -55,9 +55,9 @@ def hooked_runner(model, max_batch: int):
 @contextmanager
 def serving(model, **options):
     """A started Server on a free port (api_key KEY unless given), closed at the end."""
-    server = Server(model, NAME, port=0, **{"api_key": KEY, **options})
     if hasattr(model, "before_pass"):
-        server.scheduler.runner = hooked_runner(model, server.scheduler.max_batch)
+        options = {**options, "runner": hooked_runner(model, options.get("max_batch", 8))}
+    server = Server(model, NAME, port=0, **{"api_key": KEY, **options})
     server.start()
     try:
         yield server

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -196,6 +197,19 @@ def test_a_body_shorter_than_its_length_is_dropped_and_the_server_goes_on(server
     with time_limit(15):
         assert raw_exchange(server, head.encode() + b'{"model"', read=False) == b""
         assert is_healthy(server)
+
+
+def test_a_client_that_resets_a_kept_alive_connection_prints_no_traceback(server, capfd):
+    """The reset reaches the server while it waits for the next request line of a kept-alive connection: the
+    standard library would print a traceback for it (socketserver.handle_error); it is not an error of the server."""
+    for _ in range(3):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + KEY.encode() + b"\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset (RST)
+        s.close()
+    assert is_healthy(server)
+    assert "Traceback" not in capfd.readouterr().err
 
 
 def stream_request(server, body: dict) -> socket.socket:

@@ -23,7 +23,7 @@ from ..loader import DEFAULT_REPO, DEMO_MODEL, default_model_path, load
 from ..memory import keep_freed_memory
 from ..paged_cache import block_bytes
 from ..paged_runner import PagedRunner
-from .scheduler import BLOCK_SIZE, default_runner
+from .scheduler import BLOCK_SIZE
 from .server import SHUTDOWN_GRACE_S, Server
 
 
@@ -86,11 +86,9 @@ def main(argv=None) -> int:
             model = load(path, backend=args.backend)
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
+        runner = None if args.kv_blocks is None else PagedRunner(model, args.kv_blocks, BLOCK_SIZE)
         server = Server(model, model_name(args, path), args.host, args.port, args.api_key, args.max_batch,
-                        args.max_queue)
-        # The KV pool now, so that a model the paged runner refuses (LongRoPE) or a pool too large fails here.
-        server.scheduler.runner = default_runner(model, args.max_batch) if args.kv_blocks is None else \
-            PagedRunner(model, args.kv_blocks, BLOCK_SIZE)
+                        args.max_queue, runner)
     except (OSError, ValueError, ImportError, RuntimeError, MemoryError) as e:
         print(f"error: {e}", file=sys.stderr)  # a traceback would bury the one line that says what is wrong
         return 1

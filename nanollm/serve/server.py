@@ -35,10 +35,11 @@ from urllib.parse import urlsplit
 
 from ..chat import chat_template_for
 from ..files import read_bytes
+from ..paged_runner import PagedRunner
 from .api import MAX_BODY_BYTES, APIError, parse_json, read_request
 from .metrics import Metrics
 from .responses import Choices
-from .scheduler import Job, Scheduler
+from .scheduler import Job, Scheduler, default_runner
 
 REQUEST_TIMEOUT_S = 60.0  # a connection silent this long (mid-request, or idle between requests) is closed
 POLL_S = 0.05  # how often a handler waiting for tokens checks that its client is still there
@@ -54,18 +55,27 @@ class ClientGone(Exception):
 class HTTPServer(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
 
+    def handle_error(self, request, client_address):
+        """A client that drops a kept-alive connection (the reset arrives while the next request line is read) is
+        not an error of the server's: socketserver would print a traceback for it. Anything else still is one."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class Server:
     """One model served over HTTP: `start()` returns at once, `close()` shuts down as SIGTERM asks (see __main__)."""
 
     def __init__(self, model, name: str, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-                 max_batch: int = 8, max_queue: int = 64):
+                 max_batch: int = 8, max_queue: int = 64, runner: PagedRunner | None = None):
         if model.tokenizer is None:
             raise ValueError("nanollm.serve needs a model with tokenizer files: the OpenAI API speaks text")
         self.model, self.name, self.api_key = model, name, api_key
         self.template = chat_template_for(model.tokenizer)
         self.metrics = Metrics()
-        self.scheduler = Scheduler(max_batch, max_queue, self.metrics)
+        # The KV pool now (default: scheduler.default_runner), so that a model the paged runner refuses (LongRoPE)
+        # or a pool too large fails here, before the server listens.
+        self.scheduler = Scheduler(max_batch, max_queue, self.metrics, runner or default_runner(model, max_batch))
         self.created = int(time.time())
         self.httpd = HTTPServer((host, port), Handler)  # binds now: a port in use fails here, before any thread
         self.httpd.app = self
