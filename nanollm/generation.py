@@ -108,17 +108,6 @@ class Batch:
         all_logits = model.step(self.ids, self.cache, self.positions, mask, last_only=left)  # (B, T|1, V)
         return all_logits[:, -1] if left else all_logits[np.arange(B), last]  # (B, V)
 
-    def begin(self) -> None:
-        """What choosing needs before the first choice, whoever runs the model: the seeded random generator, the
-        token history, every row running, the clock. prefill calls it; the server's scheduler calls it instead of
-        prefill and feeds choose the logits of its own batched passes (paged_runner.py)."""
-        s = self.settings
-        self.rng = np.random.default_rng(s.seed)
-        self.history = TokenHistory([q.prompt_ids for q in self.seqs], self.model.config.vocab_size) \
-            if s.sampling.uses_history else None
-        self.running = list(range(len(self.seqs)))
-        self.t_start = time.perf_counter()
-
     def decode(self) -> list:
         """One decode step: every row (finished ones too, ignored) runs the token it chose last at the next slot,
         at its own next position. -> the events of the tokens chosen from the logits that come out."""
@@ -134,6 +123,17 @@ class Batch:
             self.cache.restart()
             logits = self.model.step(self.ids, self.cache, self.positions, step_mask)[:, -1]  # (B, V)
         return self.choose(logits)
+
+    def begin(self) -> None:
+        """What choosing needs before the first choice, whoever runs the model: the seeded random generator, the
+        token history, every row running, the clock. prefill calls it; the server's scheduler calls it instead of
+        prefill and feeds choose the logits of its own batched passes (paged_runner.py)."""
+        s = self.settings
+        self.rng = np.random.default_rng(s.seed)
+        self.history = TokenHistory([q.prompt_ids for q in self.seqs], self.model.config.vocab_size) \
+            if s.sampling.uses_history else None
+        self.running = list(range(len(self.seqs)))
+        self.t_start = time.perf_counter()
 
     def process(self, logits: np.ndarray, n: int, history=None) -> np.ndarray:
         """The processors (logits_processors.py) for each sequence's n-th new token: EOS is suppressed while fewer
