@@ -209,7 +209,8 @@ def bench_small_batches():
         for b in BATCHES:
             times[b].append(decode_seconds(demo, b, prompt))
     t1 = statistics.median(times[1])
-    print(f"demo model (shipped, {demo.config.n_layer} layers, width {demo.config.n_embd}): decode step {t1 * 1e3:.2f} ms")
+    print(f"demo model (shipped, {demo.config.n_layer} layers, width {demo.config.n_embd}): "
+          f"decode step {t1 * 1e3:.2f} ms")
     print_rows([(f"batch {b} / batch 1 (tok/s)", f"{b / statistics.median(times[b]):.0f} / {1 / t1:.0f}",
                  b * t1 / statistics.median(times[b]), "> 1: batching never costs") for b in BATCHES[1:]])
 
