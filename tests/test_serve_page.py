@@ -53,7 +53,7 @@ def test_the_page_is_served_whole_without_a_key_and_without_anything_from_elsewh
     assert "http://" not in page and "https://" not in page
     assert not re.search(r"\b(src|href|action)\s*=", page), "no asset or link to load: everything is inline"
     fetched = re.findall(r"fetch\(\s*([^,)]+)", page)
-    assert sorted(set(fetched)) == ['"/metrics"', '"/v1/chat/completions"', '"/v1/models"'], fetched
+    assert sorted(set(fetched)) == ['"/metrics"', '"/scheduler"', '"/v1/chat/completions"', '"/v1/models"'], fetched
     shown = set(re.findall(r"'(nanollm_[^']+)'", page))
     assert len(shown) == 8 and shown - reported <= KV_SAMPLES, shown - reported
 
@@ -144,11 +144,14 @@ def test_in_chromium_a_message_gets_a_streamed_reply_and_the_scheduler_view_foll
                      "document.getElementById('max_tokens').value = '24';"
                      "document.getElementById('message').value = 'Hello';"
                      "document.getElementById('send').click()")
-    running_seen, partial_replies = set(), set()
+    running_seen, partial_replies, batch_rows = set(), set(), set()
     deadline = time.monotonic() + 20
     while browser.evaluate("document.getElementById('send').disabled") is not False or not partial_replies:
         assert time.monotonic() < deadline, "the reply did not finish within 20 s"
         running_seen.add(browser.text("running"))
+        batch_rows.add(browser.evaluate("[...document.querySelectorAll('#batch_rows tr')]"
+                                        ".map((row) => row.cells[0].textContent + ' ' + row.cells[1].textContent)"
+                                        ".join('|')"))
         partial_replies.add(browser.evaluate("document.querySelector('.assistant')?.textContent ?? ''"))
         time.sleep(0.02)
     reply = browser.evaluate("document.querySelector('.assistant').textContent")
@@ -159,6 +162,11 @@ def test_in_chromium_a_message_gets_a_streamed_reply_and_the_scheduler_view_foll
     assert status == 200 and reply == body["choices"][0]["message"]["content"] and reply
     assert len(partial_replies - {"", reply}) >= 1, "the reply should appear piece by piece, as it streams"
     assert "1" in running_seen, f"the scheduler view never showed the request running: {running_seen}"
+    # The batch table (GET /scheduler) showed the page's own request as it streamed: one row, its id's tail, 1 row.
+    shown = batch_rows - {""}
+    assert len(shown) == 1 and re.fullmatch("[0-9a-f]{6} 1", *shown), batch_rows
+    wait_until(lambda: browser.text("batch_rows") == "" and browser.text("waiting_ids") == "none",
+               what="the batch table empty again on the page")
     generated = body["usage"]["completion_tokens"] * 2  # the page's request and the reference's
     wait_until(lambda: browser.text("tokens") == str(generated), what=f"{generated} tokens generated on the page")
     wait_until(lambda: browser.text("running") == "0", what="the batch empty again on the page")

@@ -39,6 +39,7 @@ from .metrics import Metrics
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}  # the engine's reasons -> OpenAI's
 BLOCK_SIZE = 16  # tokens per KV block, vLLM's default
 KV_MEMORY = 2 << 30  # bytes the default pool may take (2 GiB), unless that is less than one full context
+SHORT_ID = 6  # hex digits of a request id's tail that name it in snapshot(): enough to tell a batch's apart
 
 
 @dataclass
@@ -117,6 +118,8 @@ class Scheduler:
         self.running: list[Job] = []  # the scheduler thread's alone, oldest first
         self.accepting = True
         self.deadline: float | None = None  # shutting down: running requests still unfinished then are cancelled
+        self.iteration = 0  # iterations done; with `view`, guarded by lock and written by publish
+        self.view: list[dict] = []  # the running requests as the last iteration left them (describe), for snapshot
         self.thread = threading.Thread(target=self.loop, name="nanollm-scheduler", daemon=True)
 
     def start(self) -> None:
@@ -138,6 +141,13 @@ class Scheduler:
         """(running, waiting) now, for /metrics."""
         with self.lock:
             return len(self.running), len(self.waiting)
+
+    def snapshot(self) -> dict:
+        """What the page's "in the batch now" table shows: the iteration number, each running request as the last
+        iteration left it (describe), and the waiting requests' short ids, oldest first."""
+        with self.lock:
+            return {"iteration": self.iteration, "running": self.view,
+                    "waiting": [job.request.id[-SHORT_ID:] for job in self.waiting]}
 
     def stop(self, grace_s: float) -> None:
         """Shut down: refuse new jobs and drop the waiting ones (503), let running ones finish for up to grace_s
@@ -165,6 +175,26 @@ class Scheduler:
             self.admit()
             if self.runner is not None:
                 self.metrics.pool(self.runner.stats())
+            self.publish()
+
+    def publish(self) -> None:
+        """Write down who is in the batch after this iteration, for snapshot(). Only this thread may read the running
+        jobs (they change as it steps them), so it copies their few numbers here; beside a forward pass that costs
+        nothing, and a reader never waits for a pass."""
+        view = [self.describe(job) for job in self.running]  # a new list each time: readers may hold the old one
+        with self.lock:
+            self.iteration += 1
+            self.view = view
+
+    def describe(self, job: Job) -> dict:
+        """One running request's numbers: its short id, rows (sequences; n choices per prompt), tokens generated
+        and prompt tokens over all its rows, and the KV blocks its running rows hold (a shared prefix block counts
+        for each holder, as its reference count does)."""
+        sequences = self.runner.cache.sequences
+        return {"id": job.request.id[-SHORT_ID:], "rows": len(job.batch.seqs),
+                "generated": sum(len(seq.token_ids) for seq in job.batch.seqs),
+                "prompt_tokens": sum(len(seq.prompt_ids) for seq in job.batch.seqs),
+                "kv_blocks": sum(len(sequences[job.sequence(b)].table) for b in job.held)}
 
     def admit(self) -> None:
         """Waiting jobs join the running set, oldest first, up to max_batch: each is prefilled and its first tokens

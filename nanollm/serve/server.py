@@ -4,6 +4,7 @@
     POST /v1/completions         body --api.read_request--> Request --scheduler.Job--> Tokens --responses.Choices-->
     POST /v1/chat/completions    one JSON response, or server-sent events as the tokens come
     GET  /metrics                metrics.Metrics in Prometheus' text format
+    GET  /scheduler              Scheduler.snapshot as JSON: which requests are in the batch now, and who waits
     GET  /                       page.html: a learner chats with the model and watches /metrics, through this API
 
 A handler thread does everything but run the model: it reads and checks the request, encodes the prompt, submits a
@@ -177,6 +178,11 @@ class Handler(BaseHTTPRequestHandler):
         running, waiting = app.scheduler.counts()
         self.send_body(200, app.metrics.render(running, waiting).encode(), "text/plain; version=0.0.4")
 
+    def get_scheduler(self, app: Server) -> None:
+        """No key, like /metrics and the page that polls it: it shows counts and short id tails, never a prompt's
+        or a reply's text."""
+        self.send_json(200, app.scheduler.snapshot())
+
     def post_completions(self, app: Server) -> None:
         self.generate(app, "completions")
 
@@ -320,5 +326,6 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ROUTES = {"/": {"GET": Handler.get_page}, "/v1/models": {"GET": Handler.get_models},
-          "/metrics": {"GET": Handler.get_metrics}, "/v1/completions": {"POST": Handler.post_completions},
+          "/metrics": {"GET": Handler.get_metrics}, "/scheduler": {"GET": Handler.get_scheduler},
+          "/v1/completions": {"POST": Handler.post_completions},
           "/v1/chat/completions": {"POST": Handler.post_chat}}
