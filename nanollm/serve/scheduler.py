@@ -109,9 +109,9 @@ class Job:
 class Scheduler:
     """The model's one thread: a bounded waiting queue, the running set, and the loop that steps it."""
 
-    def __init__(self, max_batch: int, max_queue: int, metrics: Metrics, runner: PagedRunner | None = None):
+    def __init__(self, max_batch: int, max_queue: int, metrics: Metrics, runner: PagedRunner):
         self.max_batch, self.max_queue, self.metrics = max_batch, max_queue, metrics
-        self.runner = runner  # made by default_runner for the first job's model unless given (or set before start)
+        self.runner = runner  # the KV pool every request's sequences share (Server builds it: default_runner)
         self.keys = itertools.count()  # each job's runner key
         self.lock = threading.Condition()  # guards waiting, accepting, deadline
         self.waiting: deque[Job] = deque()
@@ -225,8 +225,6 @@ class Scheduler:
     def join(self, job: Job) -> np.ndarray:
         """Prefill the job's running rows through the runner (each its prompt, plus the tokens it has so far when
         it was preempted: recomputation), sharing cached prefix blocks. -> their logits (R, V). All rows or none."""
-        if self.runner is None:
-            self.runner = default_runner(job.batch.model, self.max_batch)
         if job.key is None:
             job.key = next(self.keys)
             job.batch.begin()
