@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .kv_cache import kv_cache_bytes
 from .memory import check_fits
 
 ROOT_HASH = b""  # the parent of a sequence's first block
@@ -79,7 +80,7 @@ def block_hash(parent: bytes, tokens) -> bytes:
 def block_bytes(cfg, block_size: int) -> int:
     """Bytes one block takes over every layer: 2 (k and v) * layers * n_kv * block_size * hs * 4 (float32). A
     server sizes its pool as n_blocks = the memory it grants the cache // block_bytes(cfg, block_size)."""
-    return 2 * cfg.n_layer * cfg.n_kv_head * block_size * cfg.head_dim * np.dtype(np.float32).itemsize
+    return kv_cache_bytes(cfg, batch_size=1, max_len=block_size)  # a block is one sequence's worth of slots
 
 
 class PagedKVCache:
