@@ -1,17 +1,19 @@
-"""weights_tools.torch_checkpoint: torch.save files read without torch, equal to torch's own values; hostile files
-(code-running pickles, broken zips, storages too short, zip bombs) each give one TorchCheckpointError naming the file,
-and run nothing."""
+"""weights_tools.torch_checkpoint: torch.save files read without torch, equal to torch's own values and described
+(dtype name, shape, bytes) as the safetensors library describes the same tensor; hostile files (code-running pickles,
+broken zips, storages too short, zip bombs) each give one TorchCheckpointError naming the file, and run nothing."""
 from __future__ import annotations
 
 import builtins
 import collections
 import io
+import json
 import os
 import pickle
 import zipfile
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from nanollm.files import FileError
 from tests.conftest import make_non_regular, time_limit
 from weights_tools.safetensors import open_checkpoint
-from weights_tools.torch_checkpoint import TorchCheckpointError, load_torch_checkpoint
+from weights_tools.torch_checkpoint import TorchCheckpointError, open_torch_checkpoint
 
 
 def reference(tensor: torch.Tensor) -> np.ndarray:
@@ -27,14 +29,25 @@ def reference(tensor: torch.Tensor) -> np.ndarray:
     return tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
 
 
-def assert_loads_equal(path, state_dict: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    loaded = load_torch_checkpoint(path)
+def reference_info(name: str, tensor: torch.Tensor) -> tuple:
+    """(name, dtype, shape, nbytes) as the safetensors library writes the tensor into a header."""
+    data = safetensors.torch.save({name: tensor.contiguous().clone()})
+    entry = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])[name]
+    begin, end = entry["data_offsets"]
+    return name, entry["dtype"], tuple(entry["shape"]), end - begin
+
+
+def assert_loads_equal(path, state_dict: dict[str, torch.Tensor]):
+    """The checkpoint at `path` holds exactly `state_dict`: values, NumPy dtypes and shapes as torch's own, info()
+    as the safetensors library's header. -> the TorchCheckpoint."""
+    loaded = open_torch_checkpoint(path)
     assert sorted(loaded) == sorted(state_dict)
     for name, tensor in state_dict.items():
         expected = reference(tensor)
         assert loaded[name].dtype == expected.dtype, name
         assert loaded[name].shape == expected.shape, name
         np.testing.assert_array_equal(loaded[name], expected, err_msg=name)  # exact; NaN equals NaN
+        assert tuple(loaded.info(name)) == reference_info(name, tensor)
     return loaded
 
 
@@ -141,7 +154,7 @@ def assert_refused(tmp_path, content: bytes, *fragments: str) -> str:
     path = tmp_path / "hostile.bin"
     path.write_bytes(content)
     with time_limit(10), pytest.raises(TorchCheckpointError) as caught:
-        load_torch_checkpoint(path)
+        open_torch_checkpoint(path)
     message = str(caught.value)
     assert str(path) in message
     for fragment in fragments:
@@ -215,7 +228,7 @@ def test_hand_pickled_tensor_matches_the_premise(tmp_path):
     archive = replaced(good_archive(tmp_path), "/data.pkl", hand_pickle(1, (2, 2), (1, 3), 12))
     (tmp_path / "ok.bin").write_bytes(archive)
     expected = np.arange(12, dtype=np.float32)[np.array([[1, 4], [2, 5]])]
-    np.testing.assert_array_equal(load_torch_checkpoint(tmp_path / "ok.bin")["w"], expected)
+    np.testing.assert_array_equal(open_torch_checkpoint(tmp_path / "ok.bin")["w"], expected)
     np.testing.assert_array_equal(torch.load(tmp_path / "ok.bin", weights_only=True)["w"].numpy(), expected)
 
 
@@ -304,4 +317,4 @@ def test_non_regular_files_are_refused_without_hanging(tmp_path, kind):
     path = tmp_path / "pytorch_model.bin"
     make_non_regular(path, kind)
     with time_limit(10), pytest.raises(FileError, match="not a regular file"):
-        load_torch_checkpoint(path)
+        open_torch_checkpoint(path)
