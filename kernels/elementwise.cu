@@ -9,6 +9,10 @@
 // Math (NumPy twins in NumpyBackend, same names):
 //   residual_add:  out = x + y
 //   gelu:          0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 * x^3)))      (GPT-2's "gelu_new")
+//   gelu_exact:    0.5 * x * erfc(-x / sqrt(2)), that is 0.5 * x * (1 + erf(x / sqrt(2)))  (Pythia's, Falcon's "gelu")
+//                  erfcf rather than 1 + erff: for negative x, 1 + erf keeps only what is left above one float ulp
+//                  of erf (6e-8), all of gelu's value from x = -5 down (POSIX's erfc rationale: "the extreme loss of
+//                  relative accuracy if erf(x) is ... subtracted from 1.0"); erfc keeps the tail to a few ulp
 //   silu_mul:      gate / (1 + exp(-gate)) * up                                  (SwiGLU)
 //   gelu_mul:      gelu(gate) * up                                               (Gemma's GeGLU, the same tanh form)
 //   softcap:       tanh(x * (1/cap)) * cap                                       (Gemma 2's final-logit soft-capping)
@@ -18,20 +22,21 @@
 //                  and dims r .. hs-1 are copied unchanged (partial rotary, Phi-4-mini: r < hs)
 //   embedding_gather: out[r, :] = table[ids[r], :] * scale                       (Gemma: scale = sqrt(C))
 //   The float expressions are written in NumPy's evaluation order so both round alike; the launcher rounds 1/cap
-//   in double precision and then to float, as the NumPy twin does.
+//   in double precision and then to float, as the NumPy twin does. gelu_exact is the exception: NumPy has no erf,
+//   so its twin computes erfc from a published approximation (NumpyBackend.gelu_exact) and the two agree to ~1e-6.
 //
 // Thread mapping: a 1-D grid-stride loop: thread g handles elements g, g + gridDim.x * blockDim.x, ...; consecutive
 //   threads touch consecutive addresses (coalesced) and any grid size covers any n. Indices are 64-bit: a prefill
 //   activation can exceed 2^31 elements. rope's work items are the hs - half outputs of a head that one thread
 //   writes: item i < half rotates the pair (i, i + half), item i >= half copies dim i + half.
 //
-// Memory traffic: residual_add, silu_mul and gelu_mul 12 B/element, gelu and softcap 8 B, rope 8 B of x/y plus the
-//   cos/sin rows (shared by all heads, cached), embedding_gather 8 B (6 with a float16 table: 2 read, 4 written) per
-//   output element.
+// Memory traffic: residual_add, silu_mul and gelu_mul 12 B/element, gelu, gelu_exact and softcap 8 B, rope 8 B of
+//   x/y plus the cos/sin rows (shared by all heads, cached), embedding_gather 8 B (6 with a float16 table: 2 read,
+//   4 written) per output element.
 //
 // Versions (measured results come from `make bench-kernels` on a GPU; none was available when this was written):
-//   1. residual_add, gelu, gelu_mul, silu_mul, softcap, rope, embedding_gather, embedding_gather_f16: scalar
-//      grid-stride loops. Idea not yet tried: float4 loads when C is a multiple of 4.
+//   1. residual_add, gelu, gelu_exact, gelu_mul, silu_mul, softcap, rope, embedding_gather, embedding_gather_f16:
+//      scalar grid-stride loops. Idea not yet tried: float4 loads when C is a multiple of 4.
 #include "common.cuh"
 
 #define GRID_STRIDE_LOOP(i, n)                                                         \
@@ -49,6 +54,16 @@ __device__ inline float gelu_tanh(float v) {
 
 extern "C" __global__ void gelu(const float* x, float* y, long long n) {
     GRID_STRIDE_LOOP(i, n) y[i] = gelu_tanh(x[i]);
+}
+
+// x * Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2. erfcf is within 4 ulp on the GPU (CUDA C++ Programming Guide,
+// single-precision function table); the emulator's is the host's libm.
+extern "C" __global__ void gelu_exact(const float* x, float* y, long long n) {
+    const float minus_sqrt_half = -0.7071067811865476f;
+    GRID_STRIDE_LOOP(i, n) {
+        const float v = x[i];
+        y[i] = 0.5f * v * erfcf(minus_sqrt_half * v);
+    }
 }
 
 extern "C" __global__ void silu_mul(const float* gate, const float* up, float* y, long long n) {

@@ -153,6 +153,8 @@ def test_elementwise_match_numpy(be, shape, cap, seed):
     assert_close(be.to_numpy(be.gelu(be.asarray(x))), REF.gelu(x), FLOAT32_RTOL, "gelu", atol=gelu_floor)
     assert_close(be.to_numpy(be.gelu_mul(be.asarray(x), be.asarray(y))), REF.gelu_mul(x, y), FLOAT32_RTOL,
                  "gelu_mul", atol=1e-7 * float(np.abs(x * y).max()))
+    # gelu_exact needs no such floor: the kernel's erfcf and the twin's erfc both avoid 1 + erf, so neither cancels.
+    assert_close(be.to_numpy(be.gelu_exact(be.asarray(x))), REF.gelu_exact(x), FLOAT32_RTOL, "gelu_exact")
     with np.errstate(over="ignore"):  # exp(1e4) = inf in the reference: silu(-1e4) = -1e4 / inf = -0
         want = REF.silu_mul(x, y)
     assert_close(be.to_numpy(be.silu_mul(be.asarray(x), be.asarray(y))), want, FLOAT32_RTOL, "silu_mul")
@@ -168,6 +170,54 @@ def test_gated_and_capped_hand_example(be):
     np.testing.assert_allclose(be.to_numpy(be.gelu_mul(be.asarray(gate), be.asarray(up))), [20.0, 0.0], rtol=1e-6)
     x = np.array([0.0, math.log(3.0), 1e4, -np.inf], np.float32)
     np.testing.assert_allclose(be.to_numpy(be.softcap(be.asarray(x), 2.0)), [0.0, 1.0, 2.0, -2.0], rtol=1e-6)
+
+
+def gelu_exact_float64(x):
+    """x Phi(x) in float64 from math.erfc: 0.5 x erfc(-x / sqrt 2). Not 1 + erf(x / sqrt 2): in float64 too that
+    cancels, to 0 from x = -8.5 down, where the float32 twin still has digits to check."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return 0.5 * x64 * np.vectorize(math.erfc)(-x64 / math.sqrt(2.0))
+
+
+@NEW_OPS_EXAMPLES
+@given(values=st.lists(st.one_of(st.floats(-16, 16, width=32), st.floats(-2.0**100, 2.0**100, width=32)), min_size=1,
+                      max_size=200))  # mostly where Phi is neither 0 nor 1 in float32, and some far out
+def test_gelu_exact_numpy_matches_float64_erf(values):
+    """The NumPy twin against float64 math: absolute error at most 2e-7 * max(1, |x|), relative error at most
+    1e-6 + 6e-8 * x^2 wherever Phi(x) is a normal float32.
+
+    Why these numbers: the output's own rounding is 6e-8 relative and Numerical Recipes' erfc adds at most 1.2e-7
+    relative (measured worst: 1.1e-7 * max(1, |x|) absolute, 6.2e-7 relative, at x = -3.2). In the negative tail
+    the float32 rounding of x^2 (6e-8 * x^2 relative) becomes a relative error of 6e-8 * x^2 / 2 of exp(-x^2 / 2);
+    the bound allows twice that. Below Phi(x) ~ 1e-37 (x < -13) float32 itself has no relative precision left."""
+    x = np.array(values, dtype=np.float32)
+    got, want = REF.gelu_exact(x), gelu_exact_float64(x)
+    assert got.dtype == np.float32
+    x64, err = x.astype(np.float64), np.abs(got - want)
+    assert np.all(err <= 2e-7 * np.maximum(1.0, np.abs(x64))), (x[err.argmax()], got[err.argmax()])
+    normal = np.abs(want) >= 1e-37 * np.maximum(1.0, np.abs(x64))
+    rel = err[normal] / np.abs(want[normal])
+    assert np.all(rel <= 1e-6 + 6e-8 * x64[normal] ** 2), (x[normal][rel.argmax()], rel.max())
+
+
+def test_gelu_exact_hand_values(be):
+    """gelu_exact(x) = x Phi(x), Phi the standard normal CDF: Phi(0) = 1/2 so 0 -> 0 keeping its sign; Phi(1) =
+    0.8413447 and Phi(-1) = 1 - Phi(1) (printed tables); Phi(10) = 1 - 8e-24, 1 in float32, so 10 -> 10 exactly;
+    -10 -> -10 * 7.6e-24 = -7.6e-23, still a float32 (no cancellation hides it); -1e4 -> -0.0 (Phi underflows).
+    +inf -> +inf; -inf -> NaN (-inf * 0) as GPT-2's tanh gelu and torch give it: an overflowed activation stays
+    visible. Same on the NumPy twin and the kernel; the input is left as it was and the output is float32."""
+    x = np.array([0.0, -0.0, 1.0, -1.0, 10.0, -10.0, 1e4, -1e4, np.inf, -np.inf, np.nan], dtype=np.float32)
+    before = x.copy()
+    for backend in (REF, be):
+        with np.errstate(invalid="ignore"):  # -inf * 0
+            got = backend.to_numpy(backend.gelu_exact(backend.asarray(x)))
+        assert got.dtype == np.float32
+        assert x.tobytes() == before.tobytes()
+        np.testing.assert_allclose(got[:8], [0.0, 0.0, 0.8413447460685429, -0.15865525393145707, 10.0,
+                                             -7.619853024160593e-23, 1e4, 0.0], rtol=2e-6, atol=0)
+        assert list(np.signbit(got[:2])) == [False, True]  # +0 -> +0, -0 -> -0
+        assert got[4] == 10.0 and got[6] == 1e4 and got[7] == 0.0 and np.signbit(got[7])
+        assert got[8] == np.inf and np.isnan(got[9]) and np.isnan(got[10])
 
 
 def test_elementwise_refuses_inputs_of_different_shapes(be):

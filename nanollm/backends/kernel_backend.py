@@ -197,6 +197,10 @@ class KernelBackend:
         """(...) -> (...).  elementwise.cu: gelu."""
         return self._map("gelu", x)
 
+    def gelu_exact(self, x):
+        """(...) -> (...).  elementwise.cu: gelu_exact (erfcf)."""
+        return self._map("gelu_exact", x)
+
     def silu_mul(self, gate, up):
         """(..., H) x2 -> (..., H).  elementwise.cu: silu_mul."""
         return self._map("silu_mul", gate, up)

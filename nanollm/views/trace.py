@@ -31,8 +31,8 @@ from ..speculative import Verification
 
 # The ops of the backend API that the tracer records (backends/numpy_backend.py documents each); every other
 # attribute (asarray, zeros, weight, name, ...) passes through unrecorded.
-OPS = frozenset({"embedding", "linear", "add", "layer_norm", "rms_norm", "gelu", "silu_mul", "gelu_mul", "softcap",
-                 "rope", "softmax", "attention", "sample", "to_numpy"})
+OPS = frozenset({"embedding", "linear", "add", "layer_norm", "rms_norm", "gelu", "gelu_exact", "silu_mul", "gelu_mul",
+                 "softcap", "rope", "softmax", "attention", "paged_attention", "sample", "to_numpy"})
 # A weight of block i (weights.LayerWeights field) -> the stage of the op that reads it.
 BLOCK_WEIGHT_STAGES = {"attn_norm_w": "attention norm", "w_qkv": "q/k/v projection", "q_norm_w": "q norm",
                        "k_norm_w": "k norm", "w_o": "attention output", "attn_post_norm_w": "attention output norm",
