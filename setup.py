@@ -11,9 +11,10 @@ setup(
     packages=[*find_packages(include=["nanollm", "nanollm.*", "weights_tools", "weights_tools.*"]),
               "nanollm.kernels", "nanollm.kernels.emulator"],
     package_dir={"nanollm.kernels": "kernels"},
-    # The CUDA sources ship with the package: the CuPy backend and the CPU emulator both compile them at run time.
+    # The kernel sources ship with the package: the CuPy backend and the CPU emulator compile the CUDA ones at run
+    # time, the cpu backend its matrix product (linear_cpu.cpp).
     package_data={
-        "nanollm.kernels": ["*.cu", "*.cuh"],
+        "nanollm.kernels": ["*.cu", "*.cuh", "*.cpp"],
         "nanollm.kernels.emulator": ["*.h", "*.cpp"],
         # The offline demo model (weights_tools/train_demo.py trains it): `python -m nanollm.generate` with no
         # network still produces text.

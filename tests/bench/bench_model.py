@@ -1,4 +1,7 @@
-"""`make bench`: how close nanollm's NumPy engine runs to the machine's limits, and to transformers, in one process.
+"""`make bench`: how close nanollm runs to the machine's limits on the CPU, and to transformers, in one process.
+
+The backend is the cpu one (the NumPy reference with its matrix products in kernels/linear_cpu.cpp), the fast CPU
+path; BENCH_BACKEND=numpy measures the reference itself (all of it NumPy and OpenBLAS) for comparison.
 
 Three random-weight checkpoints written by transformers: GPT-2 124M (GPT2Config() defaults), a Llama shape with
 grouped-query heads, and Qwen2.5-0.5B's shape (24 layers, 14 query / 2 key-value heads, q/k/v biases, a tied
@@ -7,7 +10,10 @@ reference timed in the same invocation, because this machine's memory bandwidth 
 seconds at a time (a wall-clock figure from another run means little):
 
   decode vs gemv     batch-1 decode's effective bandwidth (bytes of weights a step reads / step time) over that of
-                     one large gemv, x @ W with W (768, 50257) float32: the most a step could stream here.
+                     one large gemv, x @ W with W (768, 50257) float32: the most a step could stream here. On the
+                     cpu backend the gemv is its own kernel's (which sets OpenBLAS to one thread); the first lines
+                     printed compare it with OpenBLAS's gemv on every thread, before that, so the reference is never
+                     the weaker of the two.
                      Target >= 0.85. Split in two: the model's own matrix-vector products alone, back to back,
                      over the large gemv (what OpenBLAS reaches on matrices of these sizes: measured here, a 2.4 MB
                      matrix streams at a third of a 154 MB one's rate), and decode over those products alone (what
@@ -49,6 +55,7 @@ from nanollm.memory import keep_freed_memory
 PROMPT_TOKENS, DECODE_STEPS, HF_DECODE_STEPS = 128, 32, 32
 BATCHES = (1, 2, 4, 8, 16)
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
+BACKEND = os.environ.get("BENCH_BACKEND", "cpu")
 GEMV_SHAPE = (768, 50257)  # GPT-2's output projection: one large matrix-vector product
 
 
@@ -70,8 +77,15 @@ def decode_step_bytes(model) -> int:
     return sum(a.nbytes for a in weight_matrices(model))
 
 
+def large_gemv(model, matrix, x):
+    """The reference: x @ matrix by the model's backend (OpenBLAS on numpy; the kernel, on its panels, on cpu)."""
+    be = model.backend
+    packed = be.weight(matrix)
+    return lambda: be.linear(x, packed)
+
+
 def decode_and_gemv_seconds(model, prompt, matrix, x) -> tuple[float, float, float]:
-    """(median decode step, median gemv x @ matrix, median run of the model's own matrix-vector products), one of
+    """(median decode step, median large gemv (`large_gemv`), median run of the model's own matrix-vector products), one of
     each in turn after every batch-1 decode step: the machine's bandwidth drifts between levels for seconds at a time,
     so the three are timed in the same fraction of a second. The third splits the gap between the first two: what
     BLAS reaches on the model's matrix sizes, and what the rest of a step (attention, norms, Python) adds."""
@@ -80,14 +94,16 @@ def decode_and_gemv_seconds(model, prompt, matrix, x) -> tuple[float, float, flo
     cache = model.new_cache(batch_size=1, max_len=PROMPT_TOKENS + DECODE_STEPS + 1)
     token = model.step(prompt, cache)[:, -1].argmax(-1)[:, None]  # (1, 1)
     steps, gemvs, products = [], [], []
+    linear = model.backend.linear  # the model's own matrix product (OpenBLAS on numpy, the kernel on cpu)
+    gemv = large_gemv(model, matrix, x)
     for _ in range(DECODE_STEPS):
         t0 = time.perf_counter()
         token = model.step(token, cache)[:, -1].argmax(-1)[:, None]  # (1, 1)
         t1 = time.perf_counter()
-        x @ matrix
+        gemv()
         t2 = time.perf_counter()
         for a in matrices:
-            rows[a.shape[0]] @ a
+            linear(rows[a.shape[0]], a)
         steps.append(t1 - t0)
         gemvs.append(t2 - t1)
         products.append(time.perf_counter() - t2)
@@ -116,11 +132,12 @@ def matmul_floor_seconds(model, T: int) -> float:
     matrices = weight_matrices(model)
     inputs = {a.shape[0]: np.ones((T, a.shape[0]), np.float32) for a in matrices}  # one input per width
     head, last = matrices[-1], np.ones((1, matrices[-1].shape[0]), np.float32)
+    linear = model.backend.linear
 
     def run():
         for a in matrices[:-1]:
-            inputs[a.shape[0]] @ a
-        last @ head
+            linear(inputs[a.shape[0]], a)
+        linear(last, head)
     return timed(run)
 
 
@@ -139,7 +156,7 @@ def transformers_seconds(model, prompt) -> tuple[float, float]:
 def load_pair(hf_model):
     with tempfile.TemporaryDirectory() as d:
         hf_model.save_pretrained(d, safe_serialization=True)
-        return nanollm.load(d)
+        return nanollm.load(d, backend=BACKEND)
 
 
 def bench(name, hf_model):
@@ -200,7 +217,7 @@ def print_rows(rows):
 def bench_small_batches():
     """The shipped demo model (4 layers, width 128): a step is mostly per-call overhead, not weights, so batching must
     still pay (more sequences per call), never cost: BLAS threads on tiny matrices can make a batch slower."""
-    demo = nanollm.load(DEMO_MODEL)
+    demo = nanollm.load(DEMO_MODEL, backend=BACKEND)
     prompt = np.random.default_rng(3).integers(0, demo.config.vocab_size, (1, PROMPT_TOKENS))
     times = {b: [] for b in BATCHES}
     for b in BATCHES:
@@ -264,10 +281,30 @@ SHAPES = {  # random-weight checkpoints of real shapes (tests/gpu/decode.py time
 }
 
 
+def compare_gemv_references():
+    """OpenBLAS's gemv on every thread against the cpu kernel's, alternated, before a CpuBackend exists (it sets
+    OpenBLAS to one thread): shows that the kernel's gemv, the reference on the cpu backend, is not the weaker."""
+    from nanollm.backends.cpu_backend import Panels, load_kernel
+
+    kernel = load_kernel()
+    matrix = np.random.default_rng(1).random(GEMV_SHAPE, dtype=np.float32)  # (768, 50257)
+    packed, x, y = Panels(matrix), np.ones((1, GEMV_SHAPE[0]), np.float32), np.empty((1, GEMV_SHAPE[1]), np.float32)
+    runs = {"OpenBLAS": lambda: x @ matrix,
+            "cpu kernel": lambda: kernel(x.ctypes.data, packed.data.ctypes.data, None, y.ctypes.data, 1, *matrix.shape)}
+    times = {k: [] for k in runs}
+    for _ in range(20):
+        for k, fn in runs.items():
+            times[k].append(timed(fn))
+    print("one large gemv (768 x 50257 float32), alternated: "
+          + ", ".join(f"{k} {matrix.nbytes / statistics.median(t) / 1e9:.1f} GB/s" for k, t in times.items()) + "\n")
+
+
 def main():
+    if BACKEND == "cpu":
+        compare_gemv_references()
     keep_freed_memory()  # as the command line does: freed arrays stay warm for the next pass
     torch.manual_seed(0)
-    print(f"threads: torch {torch.get_num_threads()}, numpy (BLAS) {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
+    print(f"backend: {BACKEND}; threads: torch {torch.get_num_threads()}, numpy (BLAS) {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
           f"; {REPEATS} alternating rounds, medians; prompt {PROMPT_TOKENS} tokens, {DECODE_STEPS} decode steps\n")
     models = {name: make() for name, make in SHAPES.items()}
     loaded = {name: bench(name, hf_model) for name, hf_model in models.items()}

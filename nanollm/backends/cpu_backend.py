@@ -1,0 +1,205 @@
+"""The cpu backend: the NumPy backend with one op of its own, the matrix product, as a compiled CPU kernel.
+
+What this adds over numpy_backend.py: every weight matrix is stored once, at load, as column panels (`Panels`), and
+`linear` multiplies by it in kernels/linear_cpu.cpp (read that file's header: why OpenBLAS is slow for the few rows of
+a decode step, and how the kernel reads each weight once for up to 8 rows). Everything else (norms, attention,
+sampling) is the NumPy reference unchanged, so this backend is the numpy one with faster decoding, and its results
+agree with it to float32 rounding (sums in another order), tested in tests/test_cpu_backend.py.
+
+Building: the kernel is compiled at the first use with the host C++ compiler (the one the emulator uses: $CXX, else
+g++, c++ or clang++), with -O3 -march=native -fopenmp, and cached under `$NANOLLM_CACHE/cpu` (default
+`~/.cache/nanollm/cpu`) by the sha256 of the source, the flags, the compiler's version and this CPU's model and
+features (-march=native code may not run on another CPU sharing the cache). No compiler: one error that says so
+(the numpy backend needs none).
+
+Threads: the kernel runs on OpenMP threads, one per core; OpenBLAS, which NumPy still calls for attention's small
+products, has a pool of its own, whose threads keep spinning for a while after each call. Two pools spinning on
+the same cores stall each other (a GPT-2 prefill measured 9x slower with both), so this backend sets OpenBLAS to
+one thread for the process when it starts (`single_threaded_blas`): the heavy products are the kernel's now.
+
+Where the matrices live. `weight` packs every 2-D tensor (a linear weight, and the embedding tables too, which the
+embedding gathers rows of: `Panels[ids]`). A tied model's output projection is its embedding table transposed; the
+numpy backend serves it as a view, here `tied_table` stores the table as the panels of the projection
+(`TiedTable`: `.T` is the projection, `[ids]` gathers the embedding's rows from its columns). One copy either way.
+"""
+import ctypes
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from nanollm.kernels import KERNELS_DIR
+from nanollm.kernels.emulator import compiler_version, find_compiler
+
+from .numpy_backend import NumpyBackend
+
+SOURCE = KERNELS_DIR / "linear_cpu.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
+PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
+
+
+class CpuKernelError(RuntimeError):
+    """The cpu backend's kernel could not be built (no compiler, or the compiler failed)."""
+
+
+# -- building ----------------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("NANOLLM_CACHE", Path.home() / ".cache" / "nanollm")) / "cpu"
+
+
+def cpu_identity() -> str:
+    """This CPU's model and feature flags (Linux), else the platform's name: code built with -march=native for one
+    CPU may use instructions another lacks."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(sorted(set(lines)))
+
+
+@lru_cache(maxsize=None)
+def load_kernel():
+    """The compiled `linear_panels` function, built at the first call and cached on disk (see the module docstring)."""
+    try:
+        compiler = find_compiler()
+    except RuntimeError as e:
+        raise CpuKernelError(f"the cpu backend compiles its matrix product at first use: {e}") from None
+    source = SOURCE.read_text()
+    key = json.dumps([source, FLAGS, compiler_version(compiler), cpu_identity()])
+    library = cache_dir() / f"linear_cpu-{hashlib.sha256(key.encode()).hexdigest()[:32]}.so"
+    if not library.is_file():
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=library.parent, prefix="build-") as tmp:
+            built = Path(tmp) / library.name
+            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+            if result.returncode != 0:
+                raise CpuKernelError(f"compiling {SOURCE.name} for the cpu backend failed:\n{result.stderr}")
+            os.replace(built, library)  # whole or absent: a process sharing the cache never loads half a file
+    fn = ctypes.CDLL(str(library)).linear_panels
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
+    fn.restype = None
+    return fn
+
+
+def single_threaded_blas() -> None:
+    """Set every OpenBLAS loaded in this process to one thread, by its own C function (Linux: the libraries are found
+    in /proc/self/maps; NumPy's wheels ship OpenBLAS under prefixed names). Elsewhere this does nothing."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return
+    for path in sorted({line.split()[-1] for line in maps.splitlines() if "openblas" in line.lower()}):
+        lib = ctypes.CDLL(path)
+        for name in ("openblas_set_num_threads", "openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "scipy_openblas_set_num_threads64_"):
+            if hasattr(lib, name):
+                getattr(lib, name)(1)
+
+
+# -- the panel layout --------------------------------------------------------------------------------------------
+
+
+class Panels:
+    """A float32 matrix (K, N) stored as column panels: `data` (ceil(N/32), K, 32), the last one zero-padded.
+
+    Panel p holds columns 32p .. 32p+31, row after row, so the kernel streams it front to back.
+    """
+
+    def __init__(self, a: np.ndarray):
+        K, N = a.shape
+        n_panels, full = -(-N // PANEL), N // PANEL
+        data = np.zeros((n_panels, K, PANEL), dtype=np.float32)  # (P, K, 32)
+        data[:full] = a[:, : full * PANEL].reshape(K, full, PANEL).transpose(1, 0, 2)
+        if full < n_panels:
+            data[full, :, : N - full * PANEL] = a[:, full * PANEL :]  # the narrower last panel
+        self.data, self.shape = data, (K, N)
+
+    dtype = np.dtype(np.float32)
+    ndim = 2
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    @property
+    def size(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def __getitem__(self, ids) -> np.ndarray:
+        """Rows of the matrix (an embedding's gather). int (...) -> (..., N)."""
+        ids = np.asarray(ids)
+        rows = self.data[:, ids]  # (P, ..., 32)
+        rows = np.moveaxis(rows, 0, -2).reshape(*ids.shape, -1)  # (..., P*32)
+        return np.ascontiguousarray(rows[..., : self.shape[1]])  # (..., N)
+
+    def columns(self, ids) -> np.ndarray:
+        """Columns of the matrix, each as a row. int (...) -> (..., K)."""
+        ids = np.asarray(ids)
+        return self.data[ids // PANEL, :, ids % PANEL]  # (..., K)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        """The matrix as a plain (K, N) array (a copy), for code that reads weights as arrays (views, tests)."""
+        K, N = self.shape
+        a = self.data.transpose(1, 0, 2).reshape(K, -1)[:, :N]  # (K, N)
+        return np.array(a, dtype=dtype or np.float32)
+
+
+class TiedTable:
+    """The embedding table (V, C) of a tied model, stored as the panels of its transpose, the output projection."""
+
+    def __init__(self, table: np.ndarray):
+        self.T = Panels(np.asarray(table).T)  # (C, V): what linear multiplies by
+        self.shape = table.shape
+
+    dtype, ndim = Panels.dtype, 2
+    nbytes = property(lambda self: self.T.nbytes)
+    size = property(lambda self: self.T.size)
+
+    def __getitem__(self, ids) -> np.ndarray:
+        """Rows of the table: columns of the projection. int (...) -> (..., C)."""
+        return self.T.columns(ids)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.array(np.asarray(self.T).T, dtype=dtype or np.float32)
+
+
+# -- the backend -------------------------------------------------------------------------------------------------
+
+
+class CpuBackend(NumpyBackend):
+    name = "cpu"
+
+    def __init__(self):
+        self._linear = load_kernel()  # built (or found in the cache) now, so a missing compiler is said at load
+        single_threaded_blas()
+
+    def weight(self, a):
+        """Matrices as Panels (the layout of the kernel), vectors (norms, biases) as float32 arrays."""
+        a = np.asarray(a, dtype=np.float32)
+        return Panels(a) if a.ndim == 2 else np.ascontiguousarray(a)
+
+    def tied_table(self, table):
+        """See TiedTable: the one copy of the table is laid out for the output projection."""
+        return TiedTable(np.asarray(table))
+
+    def linear(self, x, w, b=None):
+        """x @ w + b by kernels/linear_cpu.cpp. (..., in), (in, out) Panels, (out,) -> (..., out).
+        A plain array w (a matrix made on the fly) goes to the NumPy reference."""
+        if not isinstance(w, Panels):
+            return super().linear(x, w, b)
+        K, N = w.shape
+        rows = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)  # (R, K)
+        bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
+        y = np.empty((len(rows), N), dtype=np.float32)  # (R, N)
+        self._linear(rows.ctypes.data, w.data.ctypes.data, None if bias is None else bias.ctypes.data,
+                     y.ctypes.data, len(rows), K, N)
+        return y.reshape(*x.shape[:-1], N)

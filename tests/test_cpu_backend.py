@@ -1,0 +1,138 @@
+"""The cpu backend: kernels/linear_cpu.cpp against its NumPy twin, the panel layout, and whole models against numpy.
+
+Tolerance of the matrix product. The kernel sums each column in k order in float32; BLAS sums in blocks: neither is
+the exact sum, and they differ from each other. Both must be within the classic bound of a float32 dot product of
+length K (Higham, Accuracy and Stability of Numerical Algorithms, 3.1): |computed - exact| <= K u (|x| @ |w|), with
+u = 2^-24, the exact value taken in float64. A kernel that dropped a term, or summed the wrong rows, fails it by
+orders of magnitude. Whole models: logits within 1e-4 of the numpy backend's (max over B x T x V), as the emulator's
+forward test; greedy tokens equal.
+"""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nanollm.backends import get_backend
+from nanollm.backends.cpu_backend import CpuBackend, Panels, TiedTable, load_kernel
+from nanollm.backends.numpy_backend import NumpyBackend
+from nanollm.model import Model
+from tests.kernel_harness import assert_close
+from tests.test_backend_api import assert_same_api
+from tests.test_backend_forward import random_weights, small_config
+
+U = 2.0**-24  # float32's unit roundoff
+
+
+@pytest.fixture(scope="module")
+def cpu():
+    return CpuBackend()
+
+
+def within_dot_product_bound(got, x, w, b=None):
+    """|got - exact| <= K u (|x| @ |w|) + (a bias adds one rounding of the result) u |exact|."""
+    exact = x.astype(np.float64) @ w.astype(np.float64) + (0 if b is None else b.astype(np.float64))
+    bound = x.shape[-1] * U * (np.abs(x).astype(np.float64) @ np.abs(w).astype(np.float64)) + 2 * U * np.abs(exact)
+    excess = np.abs(got - exact) - bound
+    assert excess.max(initial=-1) <= 1e-30, f"beyond the float32 dot-product bound by {excess.max():.3g}"
+
+
+@settings(max_examples=60)
+@given(rows=st.integers(1, 20), K=st.integers(1, 70), N=st.integers(1, 100), bias=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_linear_matches_the_numpy_twin(cpu, rows, K, N, bias, seed):
+    """Every row count around the kernel's groups of 8, every width around its panels of 32 (a narrower last one)."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, K), dtype=np.float32)
+    w = rng.standard_normal((K, N), dtype=np.float32)
+    b = rng.standard_normal(N, dtype=np.float32) if bias else None
+    got = cpu.linear(x, cpu.weight(w), b)
+    assert got.dtype == np.float32 and got.shape == (rows, N)
+    within_dot_product_bound(got, x, w, b)
+    within_dot_product_bound(NumpyBackend().linear(x, w, b), x, w, b)  # the reference meets the same bound
+
+
+def test_linear_keeps_leading_axes_and_leaves_inputs_alone(cpu):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 40), dtype=np.float32)  # (B, T, in)
+    w = rng.standard_normal((40, 33), dtype=np.float32)
+    x_before, panels = x.copy(), cpu.weight(w)
+    got = cpu.linear(x, panels)  # (B, T, out)
+    assert got.shape == (2, 3, 33)
+    np.testing.assert_array_equal(x, x_before)
+    assert_close(got, x @ w, 1e-5, "linear (B, T, in)")
+
+
+def test_the_bound_has_teeth():
+    """A product missing one term of its sum fails the check."""
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((3, 50), dtype=np.float32), rng.standard_normal((50, 7), dtype=np.float32)
+    with pytest.raises(AssertionError, match="dot-product bound"):
+        within_dot_product_bound(x[:, 1:] @ w[1:], x, w)
+
+
+@given(K=st.integers(1, 40), N=st.integers(1, 80), seed=st.integers(0, 2**16))
+def test_panels_hold_the_matrix_exactly(K, N, seed):
+    """The packed matrix unpacks to itself, its rows (an embedding's gather) and columns are the matrix's own, and a
+    tied table gives the embedding its rows and the output projection its transpose, from one copy."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((K, N), dtype=np.float32)
+    p = Panels(a)
+    assert p.data.shape == (-(-N // 32), K, 32) and p.shape == (K, N)
+    np.testing.assert_array_equal(np.asarray(p), a)
+    ids = rng.integers(0, K, (2, 5))
+    np.testing.assert_array_equal(p[ids], a[ids])
+    cols = rng.integers(0, N, (3,))
+    np.testing.assert_array_equal(p.columns(cols), a[:, cols].T)
+    tied = TiedTable(a)  # a as a (V, C) embedding table
+    np.testing.assert_array_equal(tied[ids], a[ids])
+    np.testing.assert_array_equal(np.asarray(tied.T), a.T)
+    assert tied.nbytes == tied.T.nbytes  # no second copy
+
+
+def test_same_api_as_numpy():
+    assert_same_api(CpuBackend)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_forward_and_greedy_decode_match_numpy(cpu, arch):
+    """Tied (GPT-2 here) and untied (Llama) output projections; a batch of 2 through the KV cache."""
+    cfg = small_config(arch, vocab_size=75)  # 75: the output projection ends in a narrower panel
+    weights = random_weights(cfg, seed=3)
+    ids = np.random.default_rng(4).integers(0, cfg.vocab_size, size=(2, 21))
+    reference, ours = Model(cfg, weights, NumpyBackend()), Model(cfg, weights, cpu)
+    assert_close(ours.forward(ids), reference.forward(ids), 1e-4, f"{arch} logits")
+    prompts = [ids[0, :5].tolist(), ids[1, :9].tolist()]
+    want = reference.generate(prompts, max_new_tokens=12, temperature=0)
+    got = ours.generate(prompts, max_new_tokens=12, temperature=0)
+    assert [r.token_ids for r in got] == [r.token_ids for r in want]
+
+
+def test_backend_by_name():
+    assert isinstance(get_backend("cpu"), CpuBackend)
+
+
+def test_no_compiler_is_one_clear_error(tmp_path):
+    """Without a compiler the backend says what it needs (the numpy backend needs none); run in a fresh process so
+    the cache of built kernels and of the compiler's lookup start empty."""
+    code = ("from nanollm.backends.cpu_backend import CpuBackend, CpuKernelError\n"
+            "try:\n    CpuBackend()\nexcept CpuKernelError as e:\n    print('ERROR', e)\n")
+    env = {"CXX": str(tmp_path / "no-such-compiler"), "NANOLLM_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.startswith("ERROR the cpu backend compiles its matrix product at first use: no C++ compiler"), (
+        out.stdout + out.stderr)
+
+
+def test_a_second_build_comes_from_the_cache(tmp_path, monkeypatch):
+    """The library is built once per source, flags, compiler and CPU, into the cache, whole or not at all."""
+    monkeypatch.setenv("NANOLLM_CACHE", str(tmp_path))
+    build = load_kernel.__wrapped__  # the function without its in-process memo
+    build()
+    built = sorted((tmp_path / "cpu").iterdir())
+    assert [p.suffix for p in built] == [".so"]
+    mtime = built[0].stat().st_mtime_ns
+    build()
+    assert sorted((tmp_path / "cpu").iterdir()) == built and built[0].stat().st_mtime_ns == mtime
+
