@@ -1,9 +1,10 @@
 """`python -m weights_tools.inspect PATH`: what a checkpoint holds, and what running it will cost.
 
-PATH is a model directory (config.json + one or several .safetensors), a single .safetensors file (a config.json
-beside it is used when present), or a llama2.c .bin. Printed: every tensor (name, dtype, shape, bytes), the parameter
-count, the ModelConfig nanollm derives, the memory the weights need as float32 (nanollm computes in float32 whatever
-the file stores) and the key/value cache for one sequence at the model's full context.
+PATH is a model directory (config.json + its weights: safetensors or pytorch_model.bin, single or sharded, found
+by weights_tools.checkpoint), a single .safetensors file (a config.json beside it is used when present), or a
+llama2.c .bin. Printed: every tensor (name, dtype, shape, bytes), the parameter count, the ModelConfig nanollm
+derives, the memory the weights need as float32 (nanollm computes in float32 whatever the file stores) and the
+key/value cache for one sequence at the model's full context.
 
 What this module adds is the counting rule, the same as transformers' `num_parameters()`:
   - a parameter shared by two modules counts once: with tied embeddings the output projection *is* the token
@@ -25,9 +26,11 @@ import numpy as np
 from nanollm.config import ModelConfig
 from nanollm.kv_cache import kv_cache_bytes
 
+from .checkpoint import open_weights
 from .convert import CheckpointError, config_from_hf, read_json
 from .llama2c import Llama2cError, hf_config, out_of_memory_message, read_llama2c
 from .safetensors import SafetensorsError, TensorInfo, open_checkpoint
+from .torch_checkpoint import TorchCheckpointError
 
 BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq", "freq_cis_real", "freq_cis_imag")
 TIED_COPIES = ("lm_head.weight", "wcls")  # the output projection's names in Hugging Face and llama2.c files
@@ -89,8 +92,9 @@ def inspect_path(path: str | os.PathLike) -> Report:
     """Read the headers of PATH (no tensor data is loaded) and count."""
     path = Path(path)
     if path.is_dir():
-        kind = "Hugging Face directory"
-        checkpoint = open_checkpoint(path)
+        checkpoint = open_weights(path)
+        files = [f.path.name for f in checkpoint.files]
+        kind = f"Hugging Face directory, weights in {files[0]}" + (f" and {len(files) - 1} more" if files[1:] else "")
         tensors = [checkpoint.info(name) for name in checkpoint]
         config_json = path / "config.json"
         cfg = config_from_hf(read_json(config_json), where=str(config_json))
@@ -117,9 +121,9 @@ def format_report(r: Report) -> str:
     width = max([len("name")] + [len(t.name) for t in r.tensors])
     lines = [f"{r.path}: {r.kind}", "", f"{'name':<{width}}  dtype  {'shape':<20}  {'bytes':>14}"]
     for t in r.tensors:
-        lines.append(f"{t.name:<{width}}  {t.dtype:<5}  {str(tuple(t.shape)):<20}  {t.nbytes:>14,}")
+        lines.append(f"{t.name:<{width}}  {t.dtype:<5}  {tuple(t.shape)!s:<20}  {t.nbytes:>14,}")
     total = sum(t.nbytes for t in r.tensors)
-    lines += ["", f"tensors: {len(r.tensors)}, {total:,} bytes on disk"]
+    lines += ["", f"tensors: {len(r.tensors)}, {total:,} bytes of tensor data"]  # a .bin's tied copy: stored once
     lines.append(f"parameters: {r.parameters:,}")
     if r.not_counted:
         lines.append(f"  not counted (buffers or a tied copy of the embedding): {', '.join(r.not_counted)}")
@@ -142,11 +146,12 @@ def format_report(r: Report) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m weights_tools.inspect", description=__doc__.split("\n")[0])
-    p.add_argument("path", help="a model directory, a .safetensors file, or a llama2.c .bin")
+    p.add_argument("path", help="a model directory (safetensors or pytorch_model.bin weights), a .safetensors "
+                                "file, or a llama2.c .bin")
     args = p.parse_args(argv)
     try:
         report = inspect_path(args.path)
-    except (CheckpointError, SafetensorsError, Llama2cError, OSError) as e:
+    except (CheckpointError, SafetensorsError, TorchCheckpointError, Llama2cError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except MemoryError as e:
