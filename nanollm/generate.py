@@ -21,7 +21,7 @@ import warnings
 from .chat import chat_template_for, turn_end_ids
 from .files import read_text
 from .generation import generate
-from .loader import default_model_path, load
+from .loader import default_backend, default_model_path, load
 from .memory import keep_freed_memory
 from .request import OPTIONS, GenerationStats, eos_ids
 from .views import plot
@@ -42,7 +42,8 @@ def parse_args(argv):
     p.add_argument("--model", help="a model directory (config.json + *.safetensors), a llama2.c .bin, or a hub "
                                    "name (default: GPT-2 from the cache or the hub, else the small demo model shipped "
                                    "inside nanollm)")
-    p.add_argument("--backend", default="numpy", help="numpy (default), cupy or emulator")
+    p.add_argument("--backend", help="cpu (the default where a C++ compiler builds its kernel, else numpy), "
+                                     "numpy (the reference), cupy (a GPU) or emulator")
     src = p.add_argument_group("prompts (several make a batch)")
     src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")
     src.add_argument("--prompts-file", help="a file with one prompt per line")
@@ -336,6 +337,7 @@ def run(args) -> int:
         plot.check_can_write(args.plot)
     with warnings.catch_warnings(record=True) as caught:  # e.g. an EOS id outside the vocabulary, ignored
         warnings.simplefilter("always")
+        args.backend = args.backend or default_backend()
         model = load(args.model, backend=args.backend)
         if args.assistant_model is not None:
             args.assistant_model = load_assistant(args.assistant_model, args.backend)

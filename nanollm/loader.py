@@ -61,6 +61,21 @@ def default_model_path(*, stderr=None) -> Path:
         return DEMO_MODEL
 
 
+def default_backend(*, stderr=None) -> str:
+    """The command line's backend when none is named: "cpu" (the fast path) where its kernel builds, which needs a C++
+    compiler at the first use; else a one-line notice and "numpy", which needs nothing but NumPy."""
+    from .backends.cpu_backend import CpuKernelError, load_kernel  # compiles (once, then cached) on first use
+
+    try:
+        load_kernel()
+        return "cpu"
+    except CpuKernelError as e:
+        reason = str(e).splitlines()[0]
+        print(f"nanollm: the cpu backend is not available ({reason}); using the numpy backend (slower)",
+              file=stderr or sys.stderr)
+        return "numpy"
+
+
 def read_generation_config(path: Path, vocab_size: int) -> dict:
     """The keys of generation_config.json that nanollm reads, checked ({} when the file is absent).
 

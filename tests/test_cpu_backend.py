@@ -121,7 +121,7 @@ def test_no_compiler_is_one_clear_error(tmp_path):
             "try:\n    CpuBackend()\nexcept CpuKernelError as e:\n    print('ERROR', e)\n")
     env = {"CXX": str(tmp_path / "no-such-compiler"), "NANOLLM_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
-    assert out.stdout.startswith("ERROR the cpu backend compiles its matrix product at first use: no C++ compiler"), (
+    assert out.stdout.startswith("ERROR no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's"), (
         out.stdout + out.stderr)
 
 
@@ -136,3 +136,18 @@ def test_a_second_build_comes_from_the_cache(tmp_path, monkeypatch):
     build()
     assert sorted((tmp_path / "cpu").iterdir()) == built and built[0].stat().st_mtime_ns == mtime
 
+
+
+def test_the_command_line_falls_back_to_numpy_without_a_compiler(tmp_path):
+    """The command line's default backend is cpu; where its kernel cannot be built it says so in one line and runs
+    on numpy, so `python -m nanollm.generate` works on a machine with Python alone."""
+    from nanollm.loader import DEMO_MODEL
+
+    env = {"CXX": str(tmp_path / "no-such-compiler"), "NANOLLM_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "nanollm.generate", "--model", str(DEMO_MODEL), "--max-new-tokens",
+                          "3", "--temperature", "0", "Once"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    notices = [line for line in out.stderr.splitlines() if "cpu backend" in line]
+    assert notices == ["nanollm: the cpu backend is not available (no C++ compiler found ($CXX, g++, c++ or clang++) "
+                       "to build the cpu backend's matrix product (kernels/linear_cpu.cpp) at its first use: install "
+                       "one (e.g. `apt install g++`) or set CXX); using the numpy backend (slower)"]

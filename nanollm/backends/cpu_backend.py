@@ -71,8 +71,10 @@ def load_kernel():
     """The compiled `linear_panels` function, built at the first call and cached on disk (see the module docstring)."""
     try:
         compiler = find_compiler()
-    except RuntimeError as e:
-        raise CpuKernelError(f"the cpu backend compiles its matrix product at first use: {e}") from None
+    except RuntimeError:  # the emulator's CompilerNotFound
+        raise CpuKernelError("no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's matrix "
+                             "product (kernels/linear_cpu.cpp) at its first use: install one (e.g. `apt install "
+                             "g++`) or set CXX") from None
     source = SOURCE.read_text()
     key = json.dumps([source, FLAGS, compiler_version(compiler), cpu_identity()])
     library = cache_dir() / f"linear_cpu-{hashlib.sha256(key.encode()).hexdigest()[:32]}.so"
@@ -124,7 +126,10 @@ class Panels:
         self.data, self.shape = data, (K, N)
 
     dtype = np.dtype(np.float32)
-    ndim = 2
+    ndim, itemsize = 2, 4
+
+    ctypes = property(lambda self: self.data.ctypes)  # where the elements are (nanollm.views.trace names weights so)
+    strides = property(lambda self: self.data.strides)
 
     @property
     def nbytes(self) -> int:
@@ -160,9 +165,11 @@ class TiedTable:
         self.T = Panels(np.asarray(table).T)  # (C, V): what linear multiplies by
         self.shape = table.shape
 
-    dtype, ndim = Panels.dtype, 2
+    dtype, ndim, itemsize = Panels.dtype, 2, 4
     nbytes = property(lambda self: self.T.nbytes)
     size = property(lambda self: self.T.size)
+    ctypes = property(lambda self: self.T.ctypes)
+    strides = property(lambda self: self.T.strides)
 
     def __getitem__(self, ids) -> np.ndarray:
         """Rows of the table: columns of the projection. int (...) -> (..., C)."""

@@ -19,7 +19,7 @@ import sys
 import threading
 import warnings
 
-from ..loader import DEFAULT_REPO, DEMO_MODEL, default_model_path, load
+from ..loader import DEFAULT_REPO, DEMO_MODEL, default_backend, default_model_path, load
 from ..memory import keep_freed_memory
 from ..paged_cache import block_bytes
 from ..paged_runner import PagedRunner
@@ -46,7 +46,8 @@ def parse_args(argv):
                                    "(default: GPT-2 from the cache or the hub, else the demo model)")
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the name clients send as `model` (default: --model as given), as vLLM's flag")
-    p.add_argument("--backend", default="numpy", help="numpy (default), cupy or emulator")
+    p.add_argument("--backend", help="cpu (the default where a C++ compiler builds its kernel, else numpy), "
+                                     "numpy (the reference), cupy (a GPU) or emulator")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine "
                                                        "only; 0.0.0.0 opens it to the network)")
     p.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free port (printed)")
@@ -83,7 +84,7 @@ def main(argv=None) -> int:
         path = args.model if args.model is not None else default_model_path()
         with warnings.catch_warnings(record=True) as caught:  # e.g. an EOS id outside the vocabulary, ignored
             warnings.simplefilter("always")
-            model = load(path, backend=args.backend)
+            model = load(path, backend=args.backend or default_backend())
         for warning in caught:
             print(f"warning: {warning.message}", file=sys.stderr)
         runner = None if args.kv_blocks is None else PagedRunner(model, args.kv_blocks, BLOCK_SIZE)

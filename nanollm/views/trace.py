@@ -45,7 +45,8 @@ MODEL_WEIGHT_STAGES = {"tok_emb": "embed", "pos_emb": "positions (learned)", "no
 # Ops that read no weight: their stage inside a block, and outside one (before the first block: GPT-2's add of the
 # learned positions; after the last: Gemma 2's soft-capped logits, the copy to the host, the choice).
 BLOCK_OP_STAGES = {"rope": "positions (RoPE)", "attention": "attention", "add": "residual add",
-                   "gelu": "MLP activation", "silu_mul": "MLP activation", "gelu_mul": "MLP activation"}
+                   "gelu": "MLP activation", "gelu_exact": "MLP activation", "silu_mul": "MLP activation",
+                   "gelu_mul": "MLP activation", "paged_attention": "attention"}
 MODEL_OP_STAGES = {"add": "positions (learned)", "softcap": "logits soft-cap", "to_numpy": "logits to host",
                    "sample": "choice"}
 PROCESSORS = "processors"  # the host's work between the logits' arrival and the choice: logits_processors.py
