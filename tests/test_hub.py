@@ -21,8 +21,11 @@ import pytest
 from nanollm.chat import chat_template_for
 from nanollm.tokenizer import load_tokenizer
 from tests.conftest import PROJECT_ROOT
+from tests.hf_models import Options, build_checkpoint
 from tests.hub_server import FakeHub, call_with_deadline, git_blob_sha1
+from tests.test_bin_checkpoints import assert_same_weights, write_bin_twin
 from weights_tools import hub as hub_module
+from weights_tools.checkpoint import open_weights
 from weights_tools.hub import SNAPSHOT_MARKER, HubError, resolve_model
 
 REPO = "org/tiny"
@@ -45,21 +48,24 @@ def hub(monkeypatch, tmp_path):
         yield server
 
 
-def add_model(server: FakeHub, repo: str = REPO, *, sharded: bool = False) -> dict[str, bytes]:
-    """Put a small model on the fake hub. -> its files. No generation_config.json, vocab.json, etc.: those 404."""
+def add_model(server: FakeHub, repo: str = REPO, *, sharded: bool = False, weights: str = "model.safetensors"
+              ) -> dict[str, bytes]:
+    """Put a small model on the fake hub, its weights in `weights` (model.safetensors or pytorch_model.bin, or the
+    index and two shards of either). -> its files. No generation_config.json, vocab.json, etc.: those 404."""
     files = {
         "config.json": json.dumps({"model_type": "gpt2", "n_layer": 2}).encode(),
         "tokenizer.json": random_bytes(700, seed=1),  # under the LFS threshold: served directly
         "merges.txt": b"#version: 0.2\nh e\n",
     }
     if sharded:
-        files["model-00001-of-00002.safetensors"] = random_bytes(WEIGHTS_BYTES, seed=2)
-        files["model-00002-of-00002.safetensors"] = random_bytes(5000, seed=3)
-        weight_map = {"wte": "model-00001-of-00002.safetensors", "h.0.w": "model-00002-of-00002.safetensors",
-                      "h.1.w": "model-00002-of-00002.safetensors"}
-        files["model.safetensors.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+        stem, suffix = weights.split(".", 1)  # "model-00001-of-00002.safetensors", "pytorch_model-00001-of-00002.bin"
+        first, second = (f"{stem}-0000{k}-of-00002.{suffix}" for k in (1, 2))
+        files[first] = random_bytes(WEIGHTS_BYTES, seed=2)
+        files[second] = random_bytes(5000, seed=3)
+        weight_map = {"wte": first, "h.0.w": second, "h.1.w": second}
+        files[f"{weights}.index.json"] = json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
     else:
-        files["model.safetensors"] = random_bytes(WEIGHTS_BYTES, seed=4)
+        files[weights] = random_bytes(WEIGHTS_BYTES, seed=4)
     for name, data in files.items():
         server.add(repo, name, data)
     return files
@@ -274,12 +280,75 @@ def test_unknown_model_and_revision(hub, tmp_path):
         resolve_model(REPO, revision="v9", progress=False)
 
 
-def test_model_without_safetensors(hub, tmp_path):
-    """A repo with config.json but only pickled weights is refused in one line."""
+WEIGHTS_IN_ORDER = ["model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json",
+                    "pytorch_model.bin"]
+
+
+def weight_requests(hub) -> list[str]:
+    """The weights files asked for, in order (shards and CDN requests left out)."""
+    names = [path.rpartition("/")[2] for path, _ in hub.requests if "/resolve/" in path]
+    return [name for name in names if name in WEIGHTS_IN_ORDER]
+
+
+def test_model_without_weights(hub, tmp_path):
+    """A repo with config.json but no weights file nanollm reads (a TensorFlow .h5, say) is refused in one line
+    naming every file looked for, after asking for each once."""
     hub.add(REPO, "config.json", b"{}")
-    hub.add(REPO, "pytorch_model.bin", b"pickle")
-    with pytest.raises(HubError, match="no model.safetensors or model.safetensors.index.json"):
+    hub.add(REPO, "tf_model.h5", b"weights")
+    with pytest.raises(HubError, match="has no weights nanollm reads: none of model.safetensors, "
+                                       "model.safetensors.index.json, pytorch_model.bin, pytorch_model.bin.index.json"):
         resolve_model(REPO, progress=False)
+    assert weight_requests(hub) == WEIGHTS_IN_ORDER
+    assert not (snapshot_dir(tmp_path) / SNAPSHOT_MARKER).exists()
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_model_with_only_pytorch_weights(hub, tmp_path, sharded):
+    """A repo with neither safetensors file fetches pytorch_model.bin, or its index and every shard it names, with
+    the same verification as any file."""
+    files = add_model(hub, sharded=sharded, weights="pytorch_model.bin")
+    assert_snapshot_holds(resolve_model(REPO, progress=False), files)
+    assert weight_requests(hub) == WEIGHTS_IN_ORDER[:3] + ([] if sharded else ["pytorch_model.bin"])
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["single", "sharded"])
+def test_safetensors_is_fetched_when_both_formats_are_there(hub, tmp_path, sharded):
+    """A repo holding both (most older GPT-2s): only the safetensors weights are downloaded, the .bin never asked
+    for, as nanollm would read the safetensors anyway."""
+    files = add_model(hub, sharded=sharded)
+    hub.add(REPO, "pytorch_model.bin", random_bytes(WEIGHTS_BYTES, seed=5))
+    hub.add(REPO, "pytorch_model.bin.index.json", json.dumps({"weight_map": {"w": "pytorch_model-1.bin"}}).encode())
+    hub.add(REPO, "pytorch_model-1.bin", random_bytes(3000, seed=6))
+    assert_snapshot_holds(resolve_model(REPO, progress=False), files)
+    assert not [path for path, _ in hub.requests if ".bin" in path]
+
+
+def test_a_fetched_pytorch_model_reads_as_the_folder_it_came_from(hub, tmp_path):
+    """A tiny GPT-2 whose weights are a sharded pytorch_model.bin, written as transformers 4 wrote one: once fetched,
+    its weights read exactly as those of the folder the hub served."""
+    st_dir, _ = build_checkpoint(tmp_path / "st", Options(arch="gpt2", tied=True, storage="F16"))
+    write_bin_twin(st_dir, tmp_path / "bin", "F16", sharded=True)
+    for path in (tmp_path / "bin").iterdir():
+        hub.add(REPO, path.name, path.read_bytes())
+    fetched = resolve_model(REPO, progress=False)
+    assert_snapshot_holds(fetched, {path.name: path.read_bytes() for path in (tmp_path / "bin").iterdir()})
+    served = open_weights(tmp_path / "bin")
+    assert len(served.files) > 1 and "lm_head.weight" in served
+    assert_same_weights(open_weights(fetched), served, served)
+
+
+@pytest.mark.parametrize("shard", ["../../evil.bin", ".nanollm-complete.json", "pytorch_model.bin.part", "x.bin.lock",
+                                   ".hidden.bin", "sub/x.bin", "a b.bin", "model.safetensors", "", 7])
+def test_a_pytorch_index_names_plain_bin_files_only(hub, tmp_path, shard):
+    """The same rule for a .bin index as for a safetensors one: a plain *.bin name, else refused by name before
+    anything is fetched under it."""
+    hub.add(REPO, "config.json", b"{}")
+    hub.add(REPO, "pytorch_model.bin.index.json", json.dumps({"weight_map": {"w": shard}}).encode())
+    with pytest.raises(HubError, match=f"pytorch_model.bin.index.json names a shard {re.escape(repr(shard))}, which "
+                                       r"is not a plain \*\.bin file name"):
+        resolve_model(REPO, progress=False)
+    assert sorted(p.name for p in snapshot_dir(tmp_path).iterdir()) == ["config.json", "pytorch_model.bin.index.json"]
+    assert not (tmp_path / "evil.bin").exists()
 
 
 def test_index_naming_a_path_is_refused(hub, tmp_path):

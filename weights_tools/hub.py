@@ -28,9 +28,11 @@ Every file of a repo at a revision (a branch, a tag or a commit hash) has one UR
 
 Which files: config.json (required); generation_config.json (if present); the weights, either
 model.safetensors.index.json plus every shard named in its `weight_map` (large models are split), or
-model.safetensors; then whichever tokenizer files the repo has, which are the files nanollm/tokenizer/loading.py
-reads (chat_template.jinja among them: transformers 5 saves a chat template only there). nanollm reads safetensors
-only, never pickles.
+model.safetensors; failing both, the same for PyTorch's pytorch_model.bin.index.json or pytorch_model.bin (many
+older checkpoints ship only these; weights_tools/torch_checkpoint.py reads them without running their pickle), so
+a repo holding both formats costs the safetensors download only; then whichever tokenizer files the repo has, which
+are the files nanollm/tokenizer/loading.py reads (chat_template.jinja among them: transformers 5 saves a chat
+template only there).
 
 Verification: every file is checked before it gets its final name
 -------------------------------------------------------------------
@@ -42,9 +44,10 @@ reproducibility"). No more than the announced size is ever read, and a file larg
 cache is refused up front. A wrong size or hash deletes the download and raises a HubError naming the file and the
 mismatch; nothing stays behind.
 
-Names from the network: the shard names in an index become paths, so each must be a plain `*.safetensors` file name
-(letters, digits, ".", "_", "-", not starting with "."). That refuses "../../.bashrc" and also every name of the
-cache's own bookkeeping (the marker, `.part` and `.lock` files, temporary files), which no remote file may overwrite.
+Names from the network: the shard names in an index become paths, so each must be a plain file name of the index's
+format, `*.safetensors` or `*.bin` (letters, digits, ".", "_", "-", not starting with "."). That refuses
+"../../.bashrc" and also every name of the cache's own bookkeeping (the marker, `.part` and `.lock` files, temporary
+files), which no remote file may overwrite.
 
 Time limits: nothing waits forever
 ----------------------------------
@@ -124,7 +127,8 @@ from pathlib import Path
 
 from nanollm import files
 
-from . import safetensors  # the module, not its names: see weights_tools/__init__.py
+# the modules, not their names: see weights_tools/__init__.py
+from . import safetensors, torch_checkpoint
 
 DEFAULT_HUB_URL = "https://huggingface.co"
 TIMEOUT_SECONDS = 30.0  # per socket operation (the connect, then each read), and the window of the rate rule
@@ -155,7 +159,10 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 # The hub's own rule for names: letters, digits, "-", "_", "."; at most one "/"; no "--" or "..".
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-_SHARD_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.safetensors")  # model-00001-of-00002.safetensors
+# The weights of each format: (its index, its single file, its shards' suffix), in the order they are tried.
+WEIGHT_FORMATS = ((safetensors.INDEX_FILE_NAME, safetensors.SINGLE_FILE_NAME, ".safetensors"),
+                  (torch_checkpoint.INDEX_FILE_NAME, torch_checkpoint.SINGLE_FILE_NAME, ".bin"))
+_SHARD_NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"  # then the suffix: model-00001-of-00002.safetensors
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
 _COUNT = re.compile(r"[0-9]{1,18}")  # a byte count in a header: ASCII digits only ("²".isdigit() is True)
@@ -336,15 +343,18 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, locks: Path, *, limits: _Li
     fetch(CONFIG_FILE, required=True)  # every model has one: its absence means there is no such model
     for filename in OPTIONAL_FILES:
         fetch(filename)
-    if fetch(safetensors.INDEX_FILE_NAME):
-        for shard in _shard_names(snapshot / safetensors.INDEX_FILE_NAME, remote):
-            if not fetch(shard):
-                raise HubError(f"model {remote.repo_id}: its {safetensors.INDEX_FILE_NAME} names {shard}, which the hub lacks")
-    elif not fetch(safetensors.SINGLE_FILE_NAME):
-        raise HubError(
-            f"model {remote.repo_id} (revision {remote.revision}) has no {safetensors.SINGLE_FILE_NAME} or {safetensors.INDEX_FILE_NAME}; "
-            f"nanollm reads safetensors weights only"
-        )
+    for index, single, suffix in WEIGHT_FORMATS:
+        if fetch(index):
+            for shard in _shard_names(snapshot / index, suffix, remote):
+                if not fetch(shard):
+                    raise HubError(f"model {remote.repo_id}: its {index} names {shard}, which the hub lacks")
+            break
+        if fetch(single):
+            break
+    else:
+        names = ", ".join(name for index, single, _ in WEIGHT_FORMATS for name in (single, index))
+        raise HubError(f"model {remote.repo_id} (revision {remote.revision}) has no weights nanollm reads: none of "
+                       f"{names}")
     for filename in TOKENIZER_FILES:
         fetch(filename)
 
@@ -360,19 +370,19 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, locks: Path, *, limits: _Li
     return snapshot
 
 
-def _shard_names(index_path: Path, remote: _Remote) -> list[str]:
-    """The shard files an index names, e.g. ["model-00001-of-00002.safetensors", ...], each a plain *.safetensors
-    file name: they come from the network and become paths, so neither "../../.bashrc" nor the name of one of the
-    cache's own files (".nanollm-complete.json", "x.part", "x.lock") may get through."""
+def _shard_names(index_path: Path, suffix: str, remote: _Remote) -> list[str]:
+    """The shard files an index names, e.g. ["model-00001-of-00002.safetensors", ...], each a plain file name ending
+    in the format's `suffix`: they come from the network and become paths, so neither "../../.bashrc" nor the name
+    of one of the cache's own files (".nanollm-complete.json", "x.part", "x.lock") may get through."""
     try:
         weight_map = json.loads(files.read_text(index_path))["weight_map"]
         names = sorted(set(weight_map.values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise HubError(f"model {remote.repo_id}: {safetensors.INDEX_FILE_NAME} has no readable weight_map ({error})") from None
+        raise HubError(f"model {remote.repo_id}: {index_path.name} has no readable weight_map ({error})") from None
     for name in names:
-        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+        if not isinstance(name, str) or not re.fullmatch(_SHARD_NAME + re.escape(suffix), name):
             raise HubError(
-                f"model {remote.repo_id}: {safetensors.INDEX_FILE_NAME} names a shard {name!r}, which is not a plain *.safetensors "
+                f"model {remote.repo_id}: {index_path.name} names a shard {name!r}, which is not a plain *{suffix} "
                 f"file name (letters, digits, '.', '_', '-', not starting with '.'); refusing it"
             )
     return names
