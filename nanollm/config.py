@@ -15,6 +15,15 @@ family that introduced the difference. The defaults are Llama's, so each family 
     Gemma 2   norm_placement="sandwich", attn_scale, attn_softcap, final_softcap, sliding layers every other layer
     Gemma 3   Gemma 2 without soft-capping, qk_norm="head", sliding layers with their own RoPE (rope_local)
     OLMo-2    norm_placement="post", qk_norm="full"
+
+The classic open families, most of them older than Llama, are GPT-2's LayerNorm and biases with RoPE; most put the
+attention and the MLP of a layer side by side (parallel_residual) and rotate only part of each head (rope.rotary_dim):
+
+    GPT-NeoX  (Pythia) norm="layer", mlp="gelu", gelu="erf", biases, parallel_residual, rotary_dim hs/4
+    GPT-J     norm="layer", mlp="gelu", mlp_bias, parallel_residual, shared_norm, rotary_dim 64 of 256, lm_head_bias
+    Falcon    norm="layer", mlp="gelu", gelu="erf", parallel_residual (7B: shared_norm; RW: neither), multi-query
+    phi-2     (phi) norm="layer", mlp="gelu", biases, parallel_residual, shared_norm, rotary_dim 0.4 hs, lm_head_bias
+    StableLM-2 (stablelm) norm="layer", qkv_bias (1.6B), rotary_dim hs/4; parallel_residual and shared_norm (12B)
 """
 from dataclasses import dataclass
 
@@ -81,10 +90,18 @@ class ModelConfig:
     norm_placement: str = "pre"  # "pre": norm before each branch; "sandwich" (Gemma 2/3): before and after;
     #                              "post" (OLMo-2): after only, on the branch's output before the residual add
     mlp: str = "swiglu"  # "gelu" (GPT-2: down(gelu(up x))), "swiglu" (silu(gate x) * up x), "geglu" (Gemma)
+    gelu: str = "tanh"  # the GELU of mlp="gelu": "tanh", the approximation (GPT-2's gelu_new, GPT-J, phi-2), or "erf",
+    #                     exact x * Phi(x) (Pythia, Falcon: "gelu" in config.json). GeGLU is tanh only (Gemma)
+    parallel_residual: bool = False  # x + attn(n1(x)) + mlp(n2(x)): both branches read the layer's input (GPT-J,
+    #                                  Pythia, Falcon, phi-2, StableLM-2-12B). False: x + attn(n1(x)), then the MLP
+    shared_norm: bool = False  # parallel_residual with one norm, n2 = n1: the MLP reads the attention's normalised
+    #                            input (GPT-J, Falcon-7B, phi-2); False: a norm of its own (Pythia, Falcon-40B)
     qkv_bias: bool = False  # biases on the q, k and v projections (GPT-2, Qwen2)
     out_bias: bool = False  # bias on the attention output projection (GPT-2)
     mlp_bias: bool = False  # biases on the MLP projections (GPT-2)
-    qk_norm: str | None = None  # RMSNorm of q and k before RoPE: "head" (Qwen3, Gemma 3), "full" (OLMo-2)
+    qk_norm: str | None = None  # the model's norm of q and k before RoPE: "head" (Qwen3, Gemma 3, phi with
+    #                             qk_layernorm), "full" (OLMo-2)
+    lm_head_bias: bool = False  # a bias on the output projection (GPT-J, phi-2)
     embed_scale: float = 1.0  # token embeddings are multiplied by this (Gemma: sqrt(n_embd)). transformers rounds it
     #                           to the dtype it runs in: float32 here, as in its float32 runs; a bfloat16 run of
     #                           Gemma 3-1B multiplies by 34.0 instead of 33.94 (sqrt(1152)), as the model was trained
@@ -107,9 +124,16 @@ class ModelConfig:
             raise ValueError(f"norm_eps must be > 0, got {self.norm_eps!r}")
         for name, choices in (("positions", ("learned", "rope")), ("norm", ("layer", "rms")),
                               ("norm_placement", ("pre", "sandwich", "post")), ("mlp", ("gelu", "swiglu", "geglu")),
-                              ("qk_norm", (None, "head", "full"))):
+                              ("gelu", ("tanh", "erf")), ("qk_norm", (None, "head", "full"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if self.mlp == "geglu" and self.gelu != "tanh":
+            raise ValueError("GeGLU runs GELU's tanh form only (Gemma's gelu_pytorch_tanh), got gelu='erf'")
+        if self.shared_norm and not self.parallel_residual:
+            raise ValueError("shared_norm (one norm read by attention and MLP) needs parallel_residual")
+        if self.parallel_residual and self.norm_placement != "pre":
+            raise ValueError(f"parallel_residual normalises each branch's input (norm_placement='pre'), got "
+                             f"norm_placement={self.norm_placement!r}")
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={self.n_kv_head}")
         if (self.positions == "rope") != (self.rope is not None):

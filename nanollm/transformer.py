@@ -1,8 +1,9 @@
 """The transformer: one forward pass, written once for every family and every backend.
 
-GPT-2 (learned positions, LayerNorm, GELU MLP), Llama (RoPE, RMSNorm, SwiGLU MLP, grouped-query heads) and the
-families after them (Qwen, Mistral, Phi-3, Gemma, OLMo-2) differ in a few named places: each is a field of
-ModelConfig (nanollm/config.py lists them by family) and, where it computes something, one small helper below.
+GPT-2 (learned positions, LayerNorm, GELU MLP), Llama (RoPE, RMSNorm, SwiGLU MLP, grouped-query heads), the families
+after them (Qwen, Mistral, Phi-3, Gemma, OLMo-2) and the classic ones beside them (Pythia, GPT-J, Falcon, phi-2,
+StableLM-2: attention and MLP side by side) differ in a few named places: each is a field of ModelConfig
+(nanollm/config.py lists them by family) and, where it computes something, one small helper below.
 The forward pass itself is shared. Every op goes through `be` (a backend object), so the same code runs on NumPy,
 on the GPU with CUDA kernels, or on the CPU emulator of those kernels.
 
@@ -56,28 +57,34 @@ def branch_output(p: Pass, h, w):
 
 def mlp(p: Pass, layer: LayerWeights, x):
     """GPT-2: down(gelu(up(x))). Gated (Llama's SwiGLU, Gemma's GeGLU): down(act(gate(x)) * up(x)).
-    (B, T, C) -> (B, T, C)"""
+    (B, T, C) -> (B, T, C)
+
+    GELU comes in two forms: GPT-2's tanh approximation and the exact x * Phi(x) with the error function (Pythia and
+    Falcon, whose config.json says "gelu"). They differ by up to 4.7e-4 (at |x| = 2.7), enough to change a greedy
+    token.
+    """
     be = p.be
     up = be.linear(x, layer.w_up, layer.b_up)  # (B, T, H)
     if p.cfg.mlp == "gelu":
-        h = be.gelu(up)  # (B, T, H)
+        h = be.gelu(up) if p.cfg.gelu == "tanh" else be.gelu_exact(up)  # (B, T, H)
     else:
         gate = be.linear(x, layer.w_gate)  # (B, T, H)
         h = be.silu_mul(gate, up) if p.cfg.mlp == "swiglu" else be.gelu_mul(gate, up)  # (B, T, H)
     return be.linear(h, layer.w_down, layer.b_down)  # (B, T, C)
 
 
-def qk_norm(p: Pass, x, w):
-    """RMSNorm of the queries or keys, before RoPE. (B, n, T, hs) -> (B, n, T, hs)
+def qk_norm(p: Pass, x, w, b):
+    """The model's norm of the queries or keys, before RoPE. (B, n, T, hs) -> (B, n, T, hs)
 
-    Qwen3 and Gemma 3 normalise each head on its own ((hs,) weight); OLMo-2 normalises the whole projection, all
-    heads together ((n * hs,) weight), so the heads are put side by side for it and split again.
+    Qwen3 and Gemma 3 normalise each head on its own with RMSNorm ((hs,) weight), phi with LayerNorm (and a bias);
+    OLMo-2 normalises the whole projection, all heads together ((n * hs,) weight), so the heads are put side by side
+    for it and split again.
     """
     if p.cfg.qk_norm == "head":
-        return p.be.rms_norm(x, w, p.cfg.norm_eps)  # (B, n, T, hs)
+        return norm(p, x, w, b)  # (B, n, T, hs)
     B, n, T, hs = x.shape
     flat = x.transpose(0, 2, 1, 3).reshape(B, T, n * hs)  # (B, T, n*hs) as projected
-    return p.be.rms_norm(flat, w, p.cfg.norm_eps).reshape(B, T, n, hs).transpose(0, 2, 1, 3)  # (B, n, T, hs)
+    return norm(p, flat, w, b).reshape(B, T, n, hs).transpose(0, 2, 1, 3)  # (B, n, T, hs)
 
 
 def attention(p: Pass, i: int, layer: LayerWeights, x):
@@ -94,7 +101,7 @@ def attention(p: Pass, i: int, layer: LayerWeights, x):
     qkv = qkv.reshape(B, T, nh + 2 * n_kv, hs).transpose(0, 2, 1, 3)  # (B, nh + 2*n_kv, T, hs)
     q, k, v = qkv[:, :nh], qkv[:, nh : nh + n_kv], qkv[:, nh + n_kv :]  # (B, nh, T, hs), (B, n_kv, T, hs) x2
     if cfg.qk_norm is not None:
-        q, k = qk_norm(p, q, layer.q_norm_w), qk_norm(p, k, layer.k_norm_w)
+        q, k = qk_norm(p, q, layer.q_norm_w, layer.q_norm_b), qk_norm(p, k, layer.k_norm_w, layer.k_norm_b)
     rope = p.ropes.get(cfg.layer_rope(i))
     if rope is not None:
         q, k = be.rope(q, *rope), be.rope(k, *rope)  # (B, nh, T, hs), (B, n_kv, T, hs): positions enter here
@@ -103,6 +110,24 @@ def attention(p: Pass, i: int, layer: LayerWeights, x):
     y = p.cache.attend(be, i, q, scale=cfg.attn_scale, softcap=cfg.attn_softcap, window=window)  # (B, nh, T, hs)
     y = y.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)  # (B, T, nh*hs): heads side by side again
     return be.linear(y, layer.w_o, layer.b_o)  # (B, T, C)
+
+
+def block(p: Pass, i: int, layer: LayerWeights, x):
+    """Layer i: attention and MLP, each added to the residual stream x. (B, T, C) -> (B, T, C)
+
+    In sequence (GPT-2, Llama and most since): the MLP reads the stream after attention has added to it. Side by side
+    (parallel_residual: GPT-J, Pythia, Falcon, phi-2; Wang & Komatsuzaki 2021, GPT-J's code): both read the layer's
+    input, x + attn(n1(x)) + mlp(n2(x)), so the two can run at once; with one norm per layer (shared_norm: GPT-J,
+    Falcon-7B, phi-2) the MLP reads the attention's normalised input itself.
+    """
+    a = branch_input(p, x, layer.attn_norm_w, layer.attn_norm_b)  # (B, T, C)
+    h = branch_output(p, attention(p, i, layer, a), layer.attn_post_norm_w)  # (B, T, C)
+    if p.cfg.parallel_residual:  # norm_placement is "pre" (ModelConfig checks): no output norms
+        m = a if p.cfg.shared_norm else norm(p, x, layer.mlp_norm_w, layer.mlp_norm_b)  # (B, T, C)
+        return p.be.add(p.be.add(x, h), mlp(p, layer, m))  # (B, T, C)
+    x = p.be.add(x, h)  # (B, T, C)
+    h = mlp(p, layer, branch_input(p, x, layer.mlp_norm_w, layer.mlp_norm_b))  # (B, T, C)
+    return p.be.add(x, branch_output(p, h, layer.mlp_post_norm_w))  # (B, T, C)
 
 
 def rope_tables(be, cfg: ModelConfig, positions) -> dict:
@@ -126,13 +151,10 @@ def forward(be, cfg: ModelConfig, w: ModelWeights, ids, positions, cache=None, l
         x = be.add(x, be.embedding(w.pos_emb, positions))  # (B, T, C) learned absolute positions
     p = Pass(be, cfg, NoCache() if cache is None else cache, rope_tables(be, cfg, positions))
     for i, layer in enumerate(w.layers):
-        h = attention(p, i, layer, branch_input(p, x, layer.attn_norm_w, layer.attn_norm_b))  # (B, T, C)
-        x = be.add(x, branch_output(p, h, layer.attn_post_norm_w))  # (B, T, C)
-        h = mlp(p, layer, branch_input(p, x, layer.mlp_norm_w, layer.mlp_norm_b))  # (B, T, C)
-        x = be.add(x, branch_output(p, h, layer.mlp_post_norm_w))  # (B, T, C)
+        x = block(p, i, layer, x)  # (B, T, C)
     if last_only:
         x = x[:, -1:]  # (B, 1, C)
     x = norm(p, x, w.norm_f_w, w.norm_f_b)  # (B, T, C)
     lm_head = w.tok_emb.T if w.lm_head is None else w.lm_head  # (C, V)
-    logits = be.linear(x, lm_head)  # (B, T, V)
+    logits = be.linear(x, lm_head, w.b_lm_head)  # (B, T, V); a bias only in GPT-J and phi-2
     return logits if cfg.final_softcap is None else be.softcap(logits, cfg.final_softcap)  # Gemma 2
