@@ -14,6 +14,13 @@ applied as x @ w):
   OLMo-2)                  layout. Gemma's RMSNorm scales by (1 + w): the 1 is added to every norm weight here, so
                            the model's one RMSNorm (x * w) serves it. The names of the norms around each branch
                            differ: see `norm_names`.
+  phi, StableLM            Llama's layout with LayerNorm biases; phi names its projections dense, fc1, fc2.
+  GPT-NeoX (Pythia),       One fused query_key_value, grouped by key/value head (for each: its query heads, its key,
+  Falcon                   its value): reordered to q|k|v (`ungroup_qkv`). Names under gpt_neox. / transformer.;
+                           Pythia's output projection is embed_out.
+  GPT-J                    q_proj, k_proj, v_proj apart, under transformer.h.i.attn; the rotated dims of each q and k
+                           head reordered from interleaved RoPE pairs to rotate-half (`to_rotate_half`).
+  All five                 skip the buffers older files saved (RoPE's inv_freq, causal masks: SKIPPABLE).
 
 config.json is read through typed getters (JsonFields): each value must have the JSON type transformers requires and
 a range that makes sense, else one CheckpointError names the file and the key. Special token ids outside the
@@ -41,8 +48,15 @@ from . import safetensors  # the module, not its names: see weights_tools/__init
 
 # config.json's model_type -> the family. Gemma 3's text-only checkpoints say gemma3_text (the multimodal ones, gemma3,
 # hold a vision tower nanollm does not run).
-SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2")
+SUPPORTED = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2",
+             "gpt_neox", "gptj", "falcon", "phi", "stablelm")
 GEMMA = ("gemma", "gemma2", "gemma3_text")
+# GELU's names in config.json -> its form, by the math of transformers' activations.py (ACT2CLS): "gelu" and
+# "gelu_python" are the exact x * Phi(x) (torch's erf); the others are all 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715
+# x^3))), gelu_fast written as x * 0.7978845608 * (1 + 0.044715 x x): the same up to float32 rounding. Any other
+# activation (quick_gelu, relu, gelu_10, ...) is refused by name.
+GELU_FORMS = {"gelu": "erf", "gelu_python": "erf", "gelu_new": "tanh", "gelu_pytorch_tanh": "tanh",
+              "gelu_python_tanh": "tanh", "gelu_fast": "tanh", "gelu_accurate": "tanh"}
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # a norm's eps is added in float32: a larger one would overflow
 
 
@@ -202,7 +216,13 @@ def config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
         archs = hf.get("architectures")
         raise CheckpointError(f"{where}: unknown architecture model_type={model_type!r} (architectures={archs}); "
                               f"nanollm loads {', '.join(SUPPORTED)}")
-    return gpt2_config(f) if model_type == "gpt2" else llama_family_config(f, model_type)
+    if model_type == "gpt2":
+        return gpt2_config(f)
+    if model_type == "gptj":
+        return gptj_config(f)
+    if model_type in ("gpt_neox", "falcon", "phi", "stablelm"):
+        return classic_config(f, model_type)
+    return llama_family_config(f, model_type)
 
 
 def special_ids(f: JsonFields, vocab_size: int) -> dict:
@@ -214,10 +234,16 @@ def special_ids(f: JsonFields, vocab_size: int) -> dict:
     return dict(bos_token_id=bos[0] if bos else None, eos_token_ids=eos)
 
 
+def gelu_form(f: JsonFields, key: str, default: str) -> str:
+    """The GELU a config.json names -> "tanh" or "erf" (GELU_FORMS); any other activation is refused by name."""
+    act = f.string(key, default)
+    if act not in GELU_FORMS:
+        raise CheckpointError(f"{f.where}: {key}={act!r} is not supported (the MLP's activation is a GELU: "
+                              f"{', '.join(GELU_FORMS)})")
+    return GELU_FORMS[act]
+
+
 def gpt2_config(f: JsonFields) -> ModelConfig:
-    act = f.string("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise CheckpointError(f"{f.where}: activation_function={act!r} is not supported (GPT-2 uses gelu_new)")
     for key, standard in (("scale_attn_by_inverse_layer_idx", False), ("scale_attn_weights", True)):
         if f.boolean(key, standard) != standard:
             raise CheckpointError(f"{f.where}: {key}={json.dumps(not standard)} is not supported (GPT-2 scales "
@@ -229,7 +255,8 @@ def gpt2_config(f: JsonFields) -> ModelConfig:
         head_dim=C // nh, n_hidden=f.integer("n_inner", 4 * C, nullable=True), max_seq_len=f.integer("n_positions"),
         norm_eps=f.number("layer_norm_epsilon", 1e-5, above=0, below=FLOAT32_MAX),
         tie_embeddings=f.boolean("tie_word_embeddings", True), positions="learned", norm="layer", mlp="gelu",
-        qkv_bias=True, out_bias=True, mlp_bias=True, **special_ids(f, V),
+        gelu=gelu_form(f, "activation_function", "gelu_new"), qkv_bias=True, out_bias=True, mlp_bias=True,
+        **special_ids(f, V),
     )
 
 
@@ -286,6 +313,120 @@ def mlp_kind(f: JsonFields, family: str) -> str:
     return "swiglu"
 
 
+def gptj_config(f: JsonFields) -> ModelConfig:
+    """GPT-J keeps GPT-2's keys and adds RoPE on the first rotary_dim dims of each head (64 of 256), with the
+    original interleaved pairs (permuted at load: llama_family_weights), base 10000 fixed in its code, and a parallel
+    residual with one LayerNorm. Biases on the MLP and the output projection only."""
+    C, nh, V = f.integer("n_embd"), f.integer("n_head"), f.integer("vocab_size")
+    require_multiple(C, "n_embd", nh, "n_head", f.where)
+    hs, rotary_dim = C // nh, f.integer("rotary_dim", 64)
+    if rotary_dim > hs or rotary_dim % 2:  # transformers' sin/cos table would not fit the head: a shape error
+        raise f.error("rotary_dim", f"is {rotary_dim}: RoPE rotates an even number of dims, 2 .. head size {hs}")
+    return build_config(
+        f, arch="gptj", vocab_size=V, n_layer=f.integer("n_layer"), n_head=nh, n_kv_head=nh, n_embd=C, head_dim=hs,
+        n_hidden=f.integer("n_inner", 4 * C, nullable=True), max_seq_len=f.integer("n_positions", 2048),
+        norm_eps=f.number("layer_norm_epsilon", 1e-5, above=0, below=FLOAT32_MAX),
+        tie_embeddings=f.boolean("tie_word_embeddings", False), norm="layer", mlp="gelu",
+        gelu=gelu_form(f, "activation_function", "gelu_new"), mlp_bias=True, parallel_residual=True, shared_norm=True,
+        lm_head_bias=True, rope=Rope(theta=10000.0, rotary_dim=rotary_dim), **special_ids(f, V),
+    )
+
+
+# transformers' defaults for the classic families' keys that differ among them: (the epsilon's key, context, tied)
+CLASSIC_DEFAULTS = {"gpt_neox": ("layer_norm_eps", 2048, False), "falcon": ("layer_norm_epsilon", 2048, True),
+                    "phi": ("layer_norm_eps", 2048, False), "stablelm": ("layer_norm_eps", 4096, False)}
+
+
+def classic_config(f: JsonFields, family: str) -> ModelConfig:
+    """GPT-NeoX (Pythia), Falcon, phi and StableLM: Llama's size keys with LayerNorm (and its bias), head size
+    hidden_size / num_attention_heads, and what each family adds (its own reader below)."""
+    C, nh, V = f.integer("hidden_size"), f.integer("num_attention_heads"), f.integer("vocab_size")
+    require_multiple(C, "hidden_size", nh, "num_attention_heads", f.where)
+    eps_key, context, tied = CLASSIC_DEFAULTS[family]
+    fields = dict(arch=family, vocab_size=V, n_layer=f.integer("num_hidden_layers"), n_head=nh, n_embd=C,
+                  head_dim=C // nh, max_seq_len=f.integer("max_position_embeddings", context),
+                  norm_eps=f.number(eps_key, 1e-5, above=0, below=FLOAT32_MAX),
+                  tie_embeddings=f.boolean("tie_word_embeddings", tied), norm="layer", **special_ids(f, V))
+    family_fields = {"gpt_neox": gpt_neox_fields, "falcon": falcon_fields, "phi": phi_fields,
+                     "stablelm": stablelm_fields}[family](f, nh)
+    return build_config(f, **fields, **family_fields, **rope_fields(f, family, C // nh))
+
+
+def gpt_neox_fields(f: JsonFields, nh: int) -> dict:
+    """GPT-NeoX (Pythia): exact GELU, biases everywhere (attention_bias for q/k/v and dense), a parallel residual
+    with two norms unless use_parallel_residual is false (rotary_pct and rotary_emb_base: rope_fields)."""
+    bias = f.boolean("attention_bias", True)
+    return dict(n_kv_head=nh, n_hidden=f.integer("intermediate_size"), mlp="gelu",
+                gelu=gelu_form(f, "hidden_act", "gelu"), qkv_bias=bias, out_bias=bias, mlp_bias=True,
+                parallel_residual=f.boolean("use_parallel_residual", True))
+
+
+def falcon_fields(f: JsonFields, nh: int) -> dict:
+    """Falcon: exact GELU, `bias` on every linear layer or none, and three attention layouts (see ungroup_qkv):
+    multi-query (7B: one key/value head), grouped (new_decoder_architecture, 40B: num_kv_heads), or one key/value
+    head per query head. What transformers' FalconDecoderLayer cannot run (it fails with an AttributeError or an
+    UnboundLocalError), and Falcon-RW's ALiBi, are refused by name."""
+    if f.boolean("alibi", False):
+        raise f.error("alibi", "is true: ALiBi attention biases (Falcon-RW) are not supported; nanollm's positions "
+                               "are learned or RoPE")
+    new_arch, parallel = f.boolean("new_decoder_architecture", False), f.boolean("parallel_attn", True)
+    norms = falcon_norm_count(f)
+    if new_arch:
+        n_kv = f.integer("num_kv_heads", nh, nullable=True)
+        require_multiple(nh, "num_attention_heads", n_kv, "num_kv_heads", f.where)
+        if not parallel:
+            raise f.error("parallel_attn", "is false with new_decoder_architecture: transformers' Falcon runs that "
+                                           "only in parallel")
+    else:
+        n_kv = 1 if f.boolean("multi_query", True) else nh
+        if not f.boolean("multi_query", True) and f.integer("num_kv_heads", nh, nullable=True) != nh:
+            raise f.error("num_kv_heads", f"must equal num_attention_heads={nh} without multi_query or "
+                                          f"new_decoder_architecture (one key/value head per query head)")
+        if parallel and norms == 2:
+            raise f.error("num_ln_in_parallel_attn", "is 2 without new_decoder_architecture: transformers' Falcon "
+                                                     "has no such layer")
+    C, bias = f.integer("hidden_size"), f.boolean("bias", False)
+    return dict(n_kv_head=n_kv, n_hidden=f.integer("ffn_hidden_size", 4 * C, nullable=True), mlp="gelu",
+                gelu=gelu_form(f, "activation", "gelu"), qkv_bias=bias, out_bias=bias, mlp_bias=bias,
+                parallel_residual=new_arch or parallel, shared_norm=(new_arch or parallel) and norms == 1)
+
+
+def falcon_norm_count(f: JsonFields) -> int:
+    """Falcon's num_ln_in_parallel_attn: 2 (ln_attn and ln_mlp: Falcon-40B, 180B) or 1 (Falcon2-11B), null meaning 2
+    with new_decoder_architecture (transformers' FalconDecoderLayer)."""
+    norms = f.integer("num_ln_in_parallel_attn", None, nullable=True)
+    if norms not in (None, 1, 2):
+        f.refuse("num_ln_in_parallel_attn", norms, "1, 2 or null")
+    return 2 if norms is None and f.boolean("new_decoder_architecture", False) else norms or 1
+
+
+def phi_fields(f: JsonFields, nh: int) -> dict:
+    """phi-1/1.5/2: the tanh GELU, biases everywhere (the output projection too), a parallel residual with one norm,
+    and with qk_layernorm a LayerNorm of each head's q and k (one (hs,) weight and bias shared by the heads)."""
+    n_kv = f.integer("num_key_value_heads", nh, nullable=True)
+    require_multiple(nh, "num_attention_heads", n_kv, "num_key_value_heads", f.where)
+    return dict(n_kv_head=n_kv, n_hidden=f.integer("intermediate_size"), mlp="gelu",
+                gelu=gelu_form(f, "hidden_act", "gelu_new"), qkv_bias=True, out_bias=True, mlp_bias=True,
+                lm_head_bias=True, parallel_residual=True, shared_norm=True,
+                qk_norm="head" if f.boolean("qk_layernorm", False) else None)
+
+
+def stablelm_fields(f: JsonFields, nh: int) -> dict:
+    """StableLM (2): Llama's SwiGLU MLP with LayerNorm, q/k/v biases with use_qkv_bias (2-1.6B), a parallel residual
+    with one norm with use_parallel_residual (2-12B). qk_layernorm (2-12B) gives every head its own LayerNorm weights,
+    which nanollm's one (hs,) weight per q/k norm cannot hold: refused."""
+    if f.boolean("qk_layernorm", False):
+        raise f.error("qk_layernorm", "is true: a LayerNorm with its own weights for each head (StableLM-2-12B) is "
+                                      "not supported (nanollm's q/k norm shares one weight among the heads)")
+    n_kv = f.integer("num_key_value_heads", 32)  # transformers' default, whatever num_attention_heads is
+    require_multiple(nh, "num_attention_heads", n_kv, "num_key_value_heads", f.where)
+    if f.string("hidden_act", "silu") != "silu":
+        raise f.error("hidden_act", f"is {f.data['hidden_act']!r}, which is not supported (StableLM uses silu)")
+    parallel = f.boolean("use_parallel_residual", False)
+    return dict(n_kv_head=n_kv, n_hidden=f.integer("intermediate_size"), qkv_bias=f.boolean("use_qkv_bias", False),
+                parallel_residual=parallel, shared_norm=parallel)
+
+
 def softcap(f: JsonFields, key: str, default: float | None) -> float | None:
     """Gemma 2's soft-capping values: a number > 0, or null for none."""
     if key in f.data and f.data[key] is None:
@@ -337,7 +478,10 @@ def rope_fields(f: JsonFields, family: str, hs: int) -> dict:
     """
     params = f.mapping("rope_parameters")
     if family != "gemma3_text":
-        return dict(rope=read_rope(params or f.mapping("rope_scaling") or JsonFields({}, f.where), f, hs))
+        theta_key = "rotary_emb_base" if family == "gpt_neox" else "rope_theta"
+        return dict(rope=read_rope(params or f.mapping("rope_scaling") or JsonFields({}, f.where), f, hs,
+                                   theta_key=theta_key, partial=PARTIAL_ROTARY.get(family, ("partial_rotary_factor",
+                                                                                           1.0))))
     if params is not None and ("full_attention" in params or "sliding_attention" in params):
         full, local = params.mapping("full_attention"), params.mapping("sliding_attention")
         return dict(rope=read_rope(full or JsonFields({}, f.where), f, hs, 1e6),
@@ -347,21 +491,33 @@ def rope_fields(f: JsonFields, family: str, hs: int) -> dict:
                 rope_local=Rope(theta=local_theta, rotary_dim=hs))
 
 
+# The share of each head that RoPE rotates: the top-level key of older files (transformers 5 writes
+# rope_parameters.partial_rotary_factor) and transformers' default. Falcon rotates the whole head whatever the file
+# says (its RoPE ignores the key): None.
+PARTIAL_ROTARY = {"gpt_neox": ("rotary_pct", 0.25), "phi": ("partial_rotary_factor", 0.5),
+                  "stablelm": ("partial_rotary_factor", 0.25), "falcon": None}
+
+
 def read_rope(rope: JsonFields, f: JsonFields, hs: int, theta_default: float = 10000.0,
-              theta_key: str | None = "rope_theta") -> Rope:
-    """One Rope from its dict (`rope`), falling back on the top-level keys of older files (`f`)."""
+              theta_key: str | None = "rope_theta", partial: tuple[str, float] | None = ("partial_rotary_factor", 1.0)
+              ) -> Rope:
+    """One Rope from its dict (`rope`), falling back on the top-level keys of older files (`f`): theta_key, and
+    partial (the key of the share of each head that rotates, and its default)."""
     if "rope_theta" in rope:
         theta = rope.number("rope_theta", above=0)
     else:
         theta = f.number(theta_key, theta_default, above=0) if theta_key else theta_default
-    where_partial = rope if "partial_rotary_factor" in rope else f
-    partial = where_partial.number("partial_rotary_factor", 1.0, above=0)
-    rotary_dim = int(hs * partial)  # as transformers: int(head_dim * partial_rotary_factor)
-    if partial == 1 and hs % 2:
+    if partial is None:  # Falcon: the whole head
+        where, key, share = f, None, 1.0
+    else:
+        where, key = (rope, "partial_rotary_factor") if "partial_rotary_factor" in rope else (f, partial[0])
+        share = where.number(key, partial[1], above=0)
+    rotary_dim = int(hs * share)  # as transformers: int(head_dim * partial_rotary_factor)
+    if share == 1 and hs % 2:
         raise CheckpointError(f"{f.where}: head_dim={hs} is odd; RoPE rotates pairs of dimensions (head_dim is "
                               f"hidden_size / num_attention_heads when config.json does not set it)")
-    if partial > 1 or rotary_dim < 2 or rotary_dim % 2:
-        raise where_partial.error("partial_rotary_factor", f"is {partial:g}: {hs} x {partial:g} must be an even number of dims, 2 .. {hs}")
+    if share > 1 or rotary_dim < 2 or rotary_dim % 2:
+        raise where.error(key, f"is {share:g}: {hs} x {share:g} must be an even number of dims, 2 .. {hs}")
     type_key = "rope_type" if "rope_type" in rope else "type"
     rope_type = rope.string(type_key, "default")
     if rope_type in ("su", "yarn") and f.data.get("model_type") == "phi3":
@@ -465,12 +621,12 @@ class TensorSource:
             raise CheckpointError(f"{self.where}: tensors nanollm does not know how to use: {unused[:5]}{more}")
 
 
-def output_projection(cfg: ModelConfig, src: TensorSource):
+def output_projection(cfg: ModelConfig, src: TensorSource, name: str = "lm_head"):
     """lm_head (C, V), or None when tied to the token embedding (some files still save a copy: not needed)."""
     if cfg.tie_embeddings:
-        src.ignore("lm_head.weight")
+        src.ignore(name + ".weight")
         return None
-    return src.take("lm_head.weight", (cfg.n_embd, cfg.vocab_size), transpose=True)
+    return src.take(name + ".weight", (cfg.n_embd, cfg.vocab_size), transpose=True)
 
 
 def gpt2_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
@@ -504,62 +660,154 @@ NORM_NAMES = {
     "post": dict(attn_post_norm="post_attention_layernorm", mlp_post_norm="post_feedforward_layernorm"),
 }
 
+# Every family after GPT-2 fills the same slots from its own tensor names: Llama's, which most keep, or the family's
+# below (a layer's tensors are named after its prefix, `{i}` standing for the layer). q, k and v are stored apart
+# (q, k, v), as one q|k|v tensor (qkv: Phi-3) or as one tensor grouped by key/value head (grouped_qkv: see
+# ungroup_qkv). GPT-J's and Falcon's names start with `transformer.`, which TensorSource adds (as for GPT-2).
+LLAMA_NAMES = dict(embed="model.embed_tokens", layer="model.layers.{i}.", q="self_attn.q_proj", k="self_attn.k_proj",
+                   v="self_attn.v_proj", o="self_attn.o_proj", gate="mlp.gate_proj", up="mlp.up_proj",
+                   down="mlp.down_proj", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm", norm_f="model.norm",
+                   lm_head="lm_head")
+TENSOR_NAMES = {
+    "phi3": dict(LLAMA_NAMES, qkv="self_attn.qkv_proj", gate_up="mlp.gate_up_proj"),
+    "phi": dict(LLAMA_NAMES, o="self_attn.dense", up="mlp.fc1", down="mlp.fc2", q_norm="self_attn.q_layernorm",
+                k_norm="self_attn.k_layernorm", norm_f="model.final_layernorm"),
+    "gpt_neox": dict(embed="gpt_neox.embed_in", layer="gpt_neox.layers.{i}.", grouped_qkv="attention.query_key_value",
+                     o="attention.dense", up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h",
+                     norm_f="gpt_neox.final_layer_norm", lm_head="embed_out"),
+    "gptj": dict(embed="wte", layer="h.{i}.", q="attn.q_proj", k="attn.k_proj", v="attn.v_proj", o="attn.out_proj",
+                 up="mlp.fc_in", down="mlp.fc_out", norm_f="ln_f", lm_head="lm_head"),
+    "falcon": dict(embed="word_embeddings", layer="h.{i}.", grouped_qkv="self_attention.query_key_value",
+                   o="self_attention.dense", up="mlp.dense_h_to_4h", down="mlp.dense_4h_to_h", norm_f="ln_f",
+                   lm_head="lm_head"),
+}
+# Buffers older files saved beside the weights, recomputed by every reader: RoPE's frequencies, GPT-NeoX's and
+# GPT-J's causal masks (attention.bias, attention.masked_bias; attn.bias, attn.masked_bias).
+SKIPPABLE = (".rotary_emb.inv_freq", ".attention.bias", ".attention.masked_bias", ".attn.bias", ".attn.masked_bias")
+
+
+def norm_names(cfg: ModelConfig) -> dict:
+    """The norms of each layer -> their tensor names. With shared_norm (GPT-J, phi, Falcon-7B, StableLM-2-12B) there
+    is no mlp_norm: the MLP reads the attention's normalised input."""
+    if cfg.arch == "gptj":
+        return dict(attn_norm="ln_1")
+    if cfg.shared_norm:
+        return dict(attn_norm="input_layernorm")
+    if cfg.arch == "falcon" and cfg.parallel_residual:  # new_decoder_architecture with two norms (Falcon-40B)
+        return dict(attn_norm="ln_attn", mlp_norm="ln_mlp")
+    return NORM_NAMES[cfg.norm_placement]
+
+
+def ungroup_qkv(a: np.ndarray, n_kv: int, hs: int) -> np.ndarray:
+    """A fused projection's outputs grouped by key/value head -> nanollm's q|k|v. (..., (nh + 2*n_kv) * hs) -> same.
+
+    GPT-NeoX's and Falcon's query_key_value hold, for each key/value head in turn, the g = nh / n_kv query heads
+    that read it, then its key, then its value (transformers' `_split_heads`):
+      GPT-NeoX, Falcon without multi_query  n_kv = nh, g = 1: (q0 k0 v0)(q1 k1 v1)...
+      Falcon-7B (multi_query)               n_kv = 1: (q0 q1 ... k v), already q|k|v
+      Falcon-40B (new_decoder_architecture) (q0 .. q_{g-1} k0 v0)(q_g .. q_{2g-1} k1 v1)...
+    Example, nh = n_kv = 2, hs = 1: [q0 k0 v0 q1 k1 v1] -> [q0 q1 k0 k1 v0 v1]. Works on weights (C, out) and biases.
+    """
+    lead = a.shape[:-1]
+    groups = a.reshape(*lead, n_kv, -1, hs)  # (..., n_kv, g + 2, hs)
+    q, k, v = groups[..., :-2, :], groups[..., -2, :], groups[..., -1, :]  # (..., n_kv, g, hs), (..., n_kv, hs) x2
+    return np.concatenate([t.reshape(*lead, -1) for t in (q, k, v)], axis=-1)
+
+
+def to_rotate_half(a: np.ndarray, n_heads: int, rotary_dim: int) -> np.ndarray:
+    """Outputs (..., n_heads * hs) with RoPE's interleaved pairs -> rotate-half pairs, in the first rotary_dim dims
+    of each head (the rest stay). Within them, (re0, im0, re1, im1, ...) -> (re0, re1, ..., im0, im1, ...).
+
+    GPT-J (like Meta's original Llama and llama2.c) rotates pairs (2j, 2j+1); nanollm's rope op, as Hugging Face's
+    `rotate_half`, rotates (j, j + r/2). Reordering the q and k outputs alike leaves every q.k unchanged, so the
+    one op computes GPT-J's attention (weights_tools/llama2c.py explains it at length; its to_rotate_half_order is
+    this with rotary_dim = hs, on (out, in) rows). Example, one head, rotary_dim 4 of hs 6: [a0 a1 b0 b1 c d] ->
+    [a0 b0 a1 b1 c d].
+    """
+    lead = a.shape[:-1]
+    heads = a.reshape(*lead, n_heads, -1)  # (..., n, hs)
+    pairs = heads[..., :rotary_dim].reshape(*lead, n_heads, rotary_dim // 2, 2)  # (..., n, r/2, 2): (re, im)
+    rotated = pairs.swapaxes(-1, -2).reshape(*lead, n_heads, rotary_dim)  # (..., n, r): re0 re1 ... im0 im1 ...
+    return np.concatenate([rotated, heads[..., rotary_dim:]], axis=-1).reshape(a.shape)
+
 
 def llama_family_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
-    """Llama's tensor names, which the later families keep, with theirs where they differ (Phi-3's fused
-    projections, the norms of NORM_NAMES, q_norm / k_norm)."""
+    """Every family after GPT-2: the slots of LayerWeights under the family's tensor names (TENSOR_NAMES, Llama's by
+    default) and norms (norm_names), with the layout changes each needs:
+    Phi-3's fused projections split, GPT-NeoX's and Falcon's grouped q/k/v ungrouped, GPT-J's RoPE pairs reordered,
+    Gemma's (1 + w) norms folded."""
+    names, norms = TENSOR_NAMES.get(cfg.arch, LLAMA_NAMES), norm_names(cfg)
     C, H, V, hs = cfg.n_embd, cfg.n_hidden, cfg.vocab_size, cfg.head_dim
     q_dim, kv_dim = cfg.n_head * hs, cfg.n_kv_head * hs
     offset = 1.0 if cfg.arch in GEMMA else 0.0  # Gemma's RMSNorm scales by (1 + w): folded into w here
 
-    def norm_w(name: str, width: int = C):
-        return src.take(name, (width,)) + np.float32(offset)
+    def norm(name: str, width: int = C):
+        """(weight, bias) of a norm: the bias is LayerNorm's only."""
+        return (src.take(name + ".weight", (width,)) + np.float32(offset),
+                src.take(name + ".bias", (width,)) if cfg.norm == "layer" else None)
 
-    def qkv(p: str, bias: bool):
-        if cfg.arch == "phi3":  # stored fused, q|k|v
-            return src.take(f"{p}self_attn.qkv_proj.{'bias' if bias else 'weight'}", (cfg.qkv_dim,) if bias else
-                            (C, cfg.qkv_dim), transpose=not bias)
-        dims = {"q": q_dim, "k": kv_dim, "v": kv_dim}
-        if bias:
-            return np.concatenate([src.take(f"{p}self_attn.{x}_proj.bias", (dims[x],)) for x in "qkv"])
-        return np.concatenate([src.take(f"{p}self_attn.{x}_proj.weight", (C, dims[x]), transpose=True)
-                               for x in "qkv"], axis=1)  # (C, q_dim + 2*kv_dim)
+    def linear(name: str, n_in: int, n_out: int, bias: bool):
+        """(weight (in, out), bias (out,) or None) of an nn.Linear, stored (out, in)."""
+        return (src.take(name + ".weight", (n_in, n_out), transpose=True),
+                src.take(name + ".bias", (n_out,)) if bias else None)
+
+    def qkv(p: str):
+        if "grouped_qkv" in names:
+            w, b = linear(p + names["grouped_qkv"], C, cfg.qkv_dim, cfg.qkv_bias)
+            return ungroup_qkv(w, cfg.n_kv_head, hs), None if b is None else ungroup_qkv(b, cfg.n_kv_head, hs)
+        if "qkv" in names:  # stored fused, q|k|v
+            return linear(p + names["qkv"], C, cfg.qkv_dim, cfg.qkv_bias)
+        parts = [linear(p + names[x], C, width, cfg.qkv_bias) for x, width in zip("qkv", (q_dim, kv_dim, kv_dim))]
+        return (np.concatenate([w for w, _ in parts], axis=1),  # (C, q_dim + 2*kv_dim)
+                np.concatenate([b for _, b in parts]) if cfg.qkv_bias else None)
+
+    def rope_pairs(a):
+        """GPT-J's q and k outputs, from interleaved RoPE pairs to rotate-half (to_rotate_half); v kept."""
+        if cfg.arch != "gptj" or a is None:
+            return a
+        r = cfg.rope.rotary_dim
+        q, k, v = a[..., :q_dim], a[..., q_dim : q_dim + kv_dim], a[..., q_dim + kv_dim :]
+        return np.concatenate([to_rotate_half(q, cfg.n_head, r), to_rotate_half(k, cfg.n_kv_head, r), v], axis=-1)
 
     def gate_up(p: str):
-        if cfg.arch == "phi3":  # stored fused: gate then up
-            both = src.take(p + "mlp.gate_up_proj.weight", (C, 2 * H), transpose=True)  # (C, 2H)
+        if "gate_up" in names:  # stored fused: gate then up
+            both = src.take(p + names["gate_up"] + ".weight", (C, 2 * H), transpose=True)  # (C, 2H)
             return both[:, :H].copy(), both[:, H:].copy()
-        return (src.take(p + "mlp.gate_proj.weight", (C, H), transpose=True),
-                src.take(p + "mlp.up_proj.weight", (C, H), transpose=True))
+        gate = src.take(p + names["gate"] + ".weight", (C, H), transpose=True) if cfg.mlp != "gelu" else None
+        return gate, src.take(p + names["up"] + ".weight", (C, H), transpose=True)
 
     q_norm_width, k_norm_width = (hs, hs) if cfg.qk_norm == "head" else (q_dim, kv_dim)
+    none = (None, None)
     layers = []
     for i in range(cfg.n_layer):
-        p = f"model.layers.{i}."
+        p = names["layer"].format(i=i)
         gate, up = gate_up(p)
-        norms = {slot: norm_w(p + name + ".weight") for slot, name in NORM_NAMES[cfg.norm_placement].items()}
+        w_qkv, b_qkv = qkv(p)
+        n = {slot: norm(p + name) for slot, name in norms.items()}
+        (attn_norm_w, attn_norm_b), (mlp_norm_w, mlp_norm_b) = n.get("attn_norm", none), n.get("mlp_norm", none)
+        q_norm, k_norm = (norm(p + names["q_norm"], q_norm_width), norm(p + names["k_norm"], k_norm_width)) \
+            if cfg.qk_norm else (none, none)
+        w_o, b_o = linear(p + names["o"], q_dim, C, cfg.out_bias)
+        w_down, b_down = linear(p + names["down"], H, C, cfg.mlp_bias)
         layers.append(LayerWeights(
-            attn_norm_w=norms.get("attn_norm"), attn_norm_b=None,
-            w_qkv=qkv(p, bias=False), b_qkv=qkv(p, bias=True) if cfg.qkv_bias else None,
-            w_o=src.take(p + "self_attn.o_proj.weight", (q_dim, C), transpose=True),
-            b_o=src.take(p + "self_attn.o_proj.bias", (C,)) if cfg.out_bias else None,
-            mlp_norm_w=norms.get("mlp_norm"), mlp_norm_b=None, w_up=up,
-            b_up=src.take(p + "mlp.up_proj.bias", (H,)) if cfg.mlp_bias else None, w_gate=gate,
-            w_down=src.take(p + "mlp.down_proj.weight", (H, C), transpose=True),
-            b_down=src.take(p + "mlp.down_proj.bias", (C,)) if cfg.mlp_bias else None,
-            attn_post_norm_w=norms.get("attn_post_norm"), mlp_post_norm_w=norms.get("mlp_post_norm"),
-            q_norm_w=norm_w(p + "self_attn.q_norm.weight", q_norm_width) if cfg.qk_norm else None,
-            k_norm_w=norm_w(p + "self_attn.k_norm.weight", k_norm_width) if cfg.qk_norm else None,
+            attn_norm_w=attn_norm_w, attn_norm_b=attn_norm_b, w_qkv=rope_pairs(w_qkv), b_qkv=rope_pairs(b_qkv),
+            w_o=w_o, b_o=b_o, mlp_norm_w=mlp_norm_w, mlp_norm_b=mlp_norm_b, w_up=up,
+            b_up=src.take(p + names["up"] + ".bias", (H,)) if cfg.mlp_bias else None, w_gate=gate,
+            w_down=w_down, b_down=b_down,
+            attn_post_norm_w=n.get("attn_post_norm", none)[0], mlp_post_norm_w=n.get("mlp_post_norm", none)[0],
+            q_norm_w=q_norm[0], q_norm_b=q_norm[1], k_norm_w=k_norm[0], k_norm_b=k_norm[1],
         ))
-    if cfg.mlp_bias:
+    if cfg.mlp_bias and cfg.mlp != "gelu":
         for i in range(cfg.n_layer):  # SwiGLU's gate bias has no slot in LayerWeights: refuse rather than drop it
-            if f"model.layers.{i}.mlp.gate_proj.bias" in src:
+            if names["layer"].format(i=i) + names["gate"] + ".bias" in src:
                 raise CheckpointError(f"{src.where}: gate_proj biases are not supported")
+    norm_f_w, norm_f_b = norm(names["norm_f"])
     w = ModelWeights(
-        tok_emb=src.take("model.embed_tokens.weight", (V, C)), pos_emb=None, layers=layers,
-        norm_f_w=norm_w("model.norm.weight"), norm_f_b=None, lm_head=output_projection(cfg, src),
+        tok_emb=src.take(names["embed"] + ".weight", (V, C)), pos_emb=None, layers=layers, norm_f_w=norm_f_w,
+        norm_f_b=norm_f_b, lm_head=output_projection(cfg, src, names["lm_head"]),
+        b_lm_head=src.take(names["lm_head"] + ".bias", (V,)) if cfg.lm_head_bias else None,
     )
-    src.check_all_used(skippable=(".rotary_emb.inv_freq",))
+    src.check_all_used(skippable=SKIPPABLE)
     return w
 
 
