@@ -2,11 +2,16 @@
 
 Each strategy draws a shrunk configuration with the keys and values of the family's real config.json (Qwen2.5's
 q/k/v biases and rope_theta 1e6, Phi-3.5's LongRoPE factors and Phi-4-mini's partial rotary factor, Gemma's head
-size 256 and multi-query heads, Gemma 2's soft-capping, Gemma 3's sliding/full layer pattern and two RoPE bases, ...).
+size 256 and multi-query heads, Gemma 2's soft-capping, Gemma 3's sliding/full layer pattern and two RoPE bases, ...),
+and of the classic families (Pythia's rotary_pct and two-norm parallel residual, GPT-J's interleaved partial RoPE,
+Falcon's three attention layouts, phi-2's partial_rotary_factor 0.4 and output bias, StableLM-2's options).
 Windows are a few tokens long so the tests' prompts pass them. `build_family` writes the checkpoint in the family's
 real storage dtype with save_pretrained and returns the float32, eager-attention transformers model reading the same
-bytes: the reference for logits and greedy generation.
+bytes: the reference for logits and greedy generation. transformers 5 writes RoPE's settings as rope_parameters;
+`released=True` rewrites them as the released config.json files of the classic families have them (Pythia's
+rotary_pct and rotary_emb_base, phi-2's partial_rotary_factor and rope_theta at the top level), before either reads it.
 """
+import json
 from pathlib import Path
 
 import torch
@@ -17,6 +22,7 @@ from tests.hf_models import DTYPES
 
 SPECIAL = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
 FAMILIES = ("qwen2", "qwen3", "mistral", "phi3", "gemma", "gemma2", "gemma3_text", "olmo2")
+CLASSIC_FAMILIES = ("gpt_neox", "gptj", "falcon", "phi", "stablelm")
 
 
 @st.composite
@@ -118,13 +124,98 @@ def olmo2(draw):
     return dict(s, rope_parameters=rope(5e5), rms_norm_eps=1e-6, tie_word_embeddings=False, attention_bias=False)
 
 
+def classic_shape(draw, head_sizes=(8, 16)):
+    """The sizes of the classic families, whose head size is hidden_size / num_attention_heads."""
+    hs, nh = draw(st.sampled_from(head_sizes)), draw(st.sampled_from([2, 4]))
+    return dict(hidden_size=hs * nh, num_attention_heads=nh, num_hidden_layers=draw(st.integers(1, 2)),
+                vocab_size=draw(st.integers(60, 120)), max_position_embeddings=128, **SPECIAL)
+
+
+@st.composite
+def gpt_neox(draw):
+    """Pythia (GPT-NeoX): RoPE on a quarter of each head (rotary_pct 0.25; GPT-NeoX-20B too, 1.0 in some fine-tunes),
+    parallel residual with two norms (use_parallel_residual true; false in some), exact GELU (gelu_fast: 20B)."""
+    return dict(classic_shape(draw), intermediate_size=draw(st.sampled_from([40, 64])),
+                rotary_pct=draw(st.sampled_from([0.25, 0.5, 1.0])), rotary_emb_base=10000,
+                use_parallel_residual=draw(st.booleans()), hidden_act=draw(st.sampled_from(["gelu", "gelu_fast"])),
+                attention_bias=draw(st.booleans()), layer_norm_eps=1e-5, tie_word_embeddings=False)
+
+
+@st.composite
+def gptj(draw):
+    """GPT-J: GPT-2's keys, RoPE with interleaved pairs on the first rotary_dim dims of each head (64 of 256)."""
+    s = classic_shape(draw)
+    hs = s["hidden_size"] // s["num_attention_heads"]
+    return dict(n_embd=s["hidden_size"], n_head=s["num_attention_heads"], n_layer=s["num_hidden_layers"],
+                vocab_size=s["vocab_size"], n_positions=128, rotary_dim=draw(st.sampled_from([2, 4, hs // 2, hs])),
+                n_inner=draw(st.sampled_from([40, None])), activation_function="gelu_new", layer_norm_epsilon=1e-5,
+                tie_word_embeddings=False, **SPECIAL)
+
+
+@st.composite
+def falcon(draw):
+    """Falcon's layouts: 7B (multi_query, one shared norm, parallel), 40B/180B (new_decoder_architecture: grouped
+    key/value heads, ln_attn and ln_mlp), Falcon2-11B (new_decoder_architecture, num_ln_in_parallel_attn 1), and
+    one key/value head per query head in sequence (Falcon-RW's layout, without its ALiBi)."""
+    s = classic_shape(draw)
+    variant = draw(st.sampled_from(["7b", "40b", "11b", "sequential"]))
+    layout = {"7b": dict(multi_query=True, parallel_attn=True),
+              "40b": dict(new_decoder_architecture=True, num_kv_heads=draw(st.sampled_from([1, 2]))),
+              "11b": dict(new_decoder_architecture=True, num_kv_heads=2, num_ln_in_parallel_attn=1),
+              "sequential": dict(multi_query=False, parallel_attn=False)}[variant]
+    return dict(s, **layout, alibi=False, bias=draw(st.booleans()), ffn_hidden_size=draw(st.sampled_from([40, 64])),
+                activation="gelu", rope_theta=draw(st.sampled_from([1e4, 5e5])), layer_norm_epsilon=1e-5,
+                tie_word_embeddings=draw(st.booleans()))
+
+
+@st.composite
+def phi(draw):
+    """phi-2: RoPE on 0.4 of each head (32 of 80; head sizes here where 0.4 of it is even), biases everywhere, the
+    output projection's included, one norm for the parallel branches; qk_layernorm (false in the released phi)."""
+    return dict(classic_shape(draw, head_sizes=(10, 16, 20)), intermediate_size=draw(st.sampled_from([40, 64])),
+                partial_rotary_factor=0.4, rope_theta=10000.0, hidden_act="gelu_new", layer_norm_eps=1e-5,
+                qk_layernorm=draw(st.booleans()), tie_word_embeddings=False)
+
+
+@st.composite
+def stablelm(draw):
+    """StableLM-2: SwiGLU with LayerNorm, RoPE on a quarter of each head, q/k/v biases (1.6B), a parallel residual
+    with one norm and grouped key/value heads (12B, whose per-head q/k norms nanollm refuses)."""
+    s = classic_shape(draw)
+    return dict(s, num_key_value_heads=draw(st.sampled_from([1, s["num_attention_heads"]])),
+                intermediate_size=draw(st.sampled_from([40, 64])), partial_rotary_factor=0.25, rope_theta=10000.0,
+                use_qkv_bias=draw(st.booleans()), use_parallel_residual=draw(st.booleans()), qk_layernorm=False,
+                hidden_act="silu", layer_norm_eps=1e-5, tie_word_embeddings=False)
+
+
 STRATEGIES = {"qwen2": qwen2, "qwen3": qwen3, "mistral": mistral, "phi3": phi3, "gemma": gemma, "gemma2": gemma2,
-              "gemma3_text": gemma3_text, "olmo2": olmo2}
-STORAGE = {"olmo2": "F32"}  # what the released checkpoints hold: bfloat16 for all the others
+              "gemma3_text": gemma3_text, "olmo2": olmo2, "gpt_neox": gpt_neox, "gptj": gptj, "falcon": falcon,
+              "phi": phi, "stablelm": stablelm}
+# What the released checkpoints hold (GPT-J: its float16 branch; phi-2: float16): bfloat16 for all the others.
+STORAGE = {"olmo2": "F32", "gpt_neox": "F16", "gptj": "F16", "phi": "F16"}
 
 
-def build_family(directory, family: str, config: dict, seed: int = 0):
-    """Write the checkpoint (family's storage dtype) -> (directory, float32 eager transformers model on its bytes)."""
+# The top-level keys of the released config.json files for RoPE's base and the share of each head it rotates.
+RELEASED_ROPE_KEYS = {"gpt_neox": ("rotary_emb_base", "rotary_pct"), "falcon": ("rope_theta", None),
+                      "phi": ("rope_theta", "partial_rotary_factor"),
+                      "stablelm": ("rope_theta", "partial_rotary_factor")}
+
+
+def as_released(directory: Path, family: str) -> None:
+    """Rewrite config.json's rope_parameters as the top-level keys of the family's released files."""
+    path = directory / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    rope = config.pop("rope_parameters")
+    theta_key, share_key = RELEASED_ROPE_KEYS[family]
+    config[theta_key] = rope["rope_theta"]
+    if share_key is not None:
+        config[share_key] = rope["partial_rotary_factor"]
+    path.write_text(json.dumps(config), encoding="utf-8")
+
+
+def build_family(directory, family: str, config: dict, seed: int = 0, released: bool = False):
+    """Write the checkpoint (family's storage dtype) -> (directory, float32 eager transformers model on its bytes).
+    released: config.json with the released files' RoPE keys (RELEASED_ROPE_KEYS), for the families listed there."""
     torch.manual_seed(seed)
     cfg = AutoConfig.for_model(family, **config)
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
@@ -136,5 +227,7 @@ def build_family(directory, family: str, config: dict, seed: int = 0):
                 p.normal_(0.0, 0.15)
     model = model.to(DTYPES[STORAGE.get(family, "BF16")]).eval()
     model.save_pretrained(directory, safe_serialization=True)
+    if released:
+        as_released(Path(directory), family)
     reference = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
     return Path(directory), reference.eval()

@@ -3,7 +3,9 @@
 For each family (tests/hf_families.py draws the configurations): logits over prompts longer than the sliding window
 within 1e-4 * max(1, max |logit|) of transformers' float32 eager forward pass, and greedy generate equal to
 transformers' greedy ids for 32 new tokens, on the NumPy backend and on the emulator of the CUDA kernels.
-Float32 compute on both sides; the stored bfloat16 weights are read by both as the same float32 values.
+Float32 compute on both sides; the stored bfloat16 (float16) weights are read by both as the same float32 values.
+The classic families (Pythia, GPT-J, Falcon, phi-2, StableLM-2) are checked with their config.json written either
+way: as transformers 5 writes it, or with the released files' RoPE keys.
 """
 import numpy as np
 import pytest
@@ -12,15 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import nanollm
-from tests.hf_families import FAMILIES, STRATEGIES, build_family
+from tests.hf_families import CLASSIC_FAMILIES, FAMILIES, RELEASED_ROPE_KEYS, STRATEGIES, build_family
 from tests.test_model_parity import assert_logits_close
 
 T = 24  # prompt length for the logits: past every window drawn (at most 9) and Phi-3's original context (16)
 NEW_TOKENS = 32
 
 
-def check_family(tmp_path_factory, family, config, seed, backend):
-    directory, reference = build_family(tmp_path_factory.mktemp(family), family, config, seed)
+def check_family(tmp_path_factory, family, config, seed, backend, released=False):
+    directory, reference = build_family(tmp_path_factory.mktemp(family), family, config, seed, released)
     model = nanollm.load(directory, backend=backend)
     ids = np.random.default_rng(seed).integers(0, config["vocab_size"], (2, T))
 
@@ -37,20 +39,22 @@ def check_family(tmp_path_factory, family, config, seed, backend):
     assert result.token_ids == out[0, len(prompt):].tolist()
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + CLASSIC_FAMILIES)
 @settings(max_examples=4)
-@given(data=st.data(), seed=st.integers(0, 2**16))
-def test_family_matches_transformers(tmp_path_factory, family, data, seed):
-    check_family(tmp_path_factory, family, data.draw(STRATEGIES[family]()), seed, "numpy")
+@given(data=st.data(), seed=st.integers(0, 2**16), released=st.booleans())
+def test_family_matches_transformers(tmp_path_factory, family, data, seed, released):
+    check_family(tmp_path_factory, family, data.draw(STRATEGIES[family]()), seed, "numpy",
+                 released and family in RELEASED_ROPE_KEYS)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + CLASSIC_FAMILIES)
 @settings(max_examples=3)
-@given(data=st.data(), seed=st.integers(0, 2**16))
-def test_family_on_the_emulated_kernels_matches_transformers(tmp_path_factory, family, data, seed):
+@given(data=st.data(), seed=st.integers(0, 2**16), released=st.booleans())
+def test_family_on_the_emulated_kernels_matches_transformers(tmp_path_factory, family, data, seed, released):
     """The same on the CUDA kernels, run by the CPU emulator: three configurations per family (each kernel is tested
     against its NumPy twin on its own, with hypothesis, in tests/test_kernels.py)."""
-    check_family(tmp_path_factory, family, data.draw(STRATEGIES[family]()), seed, "emulator")
+    check_family(tmp_path_factory, family, data.draw(STRATEGIES[family]()), seed, "emulator",
+                 released and family in RELEASED_ROPE_KEYS)
 
 
 def test_a_batch_through_a_sliding_window_equals_each_prompt_alone(tmp_path):
