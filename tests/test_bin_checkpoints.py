@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
 import nanollm
+import nanollm.memory
 from nanollm.files import FileError
 from tests.conftest import PROJECT_ROOT, make_non_regular, time_limit
 from tests.hf_models import DTYPES, Options, build_checkpoint
@@ -451,6 +452,21 @@ def test_cli_writes_and_reports(tmp_path, gpt2, capsys):
     assert caught.value.code == 2 and "OUT" in capsys.readouterr().err
 
 
+def test_bf16_weights_that_would_not_fit_once_widened_are_refused_first(tmp_path, monkeypatch, capsys):
+    """NumPy has no bf16, so BF16 tensors are widened to float32 while written: 4 bytes per element that must fit
+    in memory, checked before anything is written (one line from the CLI, exit 1, no OUT)."""
+    st_dir, _ = build_checkpoint(tmp_path / "st", Options(arch="gpt2", storage="BF16"))
+    write_bin_twin(st_dir, tmp_path / "bin", "BF16", sharded=False)
+    bf16 = sum(t.numel() for t in torch.load(tmp_path / "bin" / "pytorch_model.bin", weights_only=True).values())
+    monkeypatch.setattr(nanollm.memory, "available_bytes", lambda: 4 * bf16 - 1)
+    assert main([str(tmp_path / "bin"), str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"weights_tools.convert: {tmp_path / 'bin'}: its BF16 tensors") and err.count("\n") == 1
+    assert not (tmp_path / "out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bin", "st"]
+    monkeypatch.setattr(nanollm.memory, "available_bytes", lambda: 4 * bf16)
+    assert main([str(tmp_path / "bin"), str(tmp_path / "out")]) == 0
+
+
 @pytest.mark.xfail(strict=True, reason=WIRED)
 def test_python_m_weights_tools_convert(tmp_path, gpt2):
     run = subprocess.run([sys.executable, "-m", "weights_tools.convert", str(gpt2[1]), str(tmp_path / "out")],
@@ -470,4 +486,12 @@ def test_inspect_reads_a_bin_directory(tmp_path, gpt2, capsys):
         assert report.parameters == expected and "lm_head.weight" in report.not_counted
     assert inspect_main([str(bin_dir)]) == 0
     out = capsys.readouterr().out
-    assert "pytorch_model.bin" in out and "lm_head.weight" in out
+    assert "Hugging Face directory, weights in pytorch_model.bin" in out and "lm_head.weight" in out
+    assert inspect_main([str(sharded)]) == 0
+    assert "weights in pytorch_model-00001-of-" in capsys.readouterr().out
+    hostile = shutil.copytree(bin_dir, tmp_path / "hostile")
+    hostile_bin(hostile / "pytorch_model.bin", tmp_path / "MARKER")
+    assert inspect_main([str(hostile)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {hostile / 'pytorch_model.bin'}: data.pkl names the global") and err.count("\n") == 1
+    assert not (tmp_path / "MARKER").exists()
