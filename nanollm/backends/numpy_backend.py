@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..paged_cache import check_paged_args, gather
+from ..paged_cache import check_paged_args
 from ..sampling import draw, filtered_probs, refuse_nan
 
 # erfc(z) ~ t exp(-z^2 + P(t)) with t = 1 / (1 + z/2), z >= 0; P's coefficients from the constant term up to t^9.
@@ -260,20 +260,25 @@ class NumpyBackend:
 
         Sequence b holds lengths[b] slots; slot j is row j % bs of block block_tables[b, j // bs]. Its T queries are
         its last T slots (a decode step: T = 1, the token just written; a prefill: its T new tokens), causal, with
-        attention's scale, softcap and window. Written as gather, then attend: each sequence's blocks are copied into
-        a contiguous (n_kv, L, hs) and `attention` runs on them unchanged. Paging changes where keys lie, not the
-        math, and written this way it cannot change the math here: equality with attention over a contiguous cache
-        holds by construction, and the kernel, which reads the keys in place through the table, is tested against
-        this. The copy is the cost the kernel avoids. Kernel: kernels/paged_attention.cu.
+        attention's scale, softcap and window. Written as gather, then attend: every sequence's slots are copied
+        into one contiguous (B, n_kv, S, hs), S the longest length, each right-aligned (its last slot at S - 1, the
+        slots before its first hidden by the key mask, as left padding is), and `attention` runs on them unchanged,
+        once for the whole batch. Paging changes where keys lie, not the math, and written this way it cannot change
+        the math here: equality with attention over a contiguous cache holds by construction, and the kernel, which
+        reads the keys in place through the table, is tested against this. The copy is the cost the kernel avoids.
+        Kernel: kernels/paged_attention.cu.
         """
-        B, nh, T, hs = q.shape
+        T = q.shape[2]
         tables, lengths = check_paged_args(q.shape, k_pool.shape, v_pool.shape, block_tables, lengths)
-        y = np.empty((B, nh, T, hs), dtype=np.float32)
-        for b, L in enumerate(lengths.tolist()):
-            k, v = gather(k_pool, tables[b], L), gather(v_pool, tables[b], L)  # (n_kv, L, hs) x2
-            y[b] = self.attention(q[b : b + 1], k[None], v[None], L - T, scale=scale, softcap=softcap,
-                                  window=window)[0]  # (nh, T, hs): queries at slots L-T .. L-1
-        return y
+        bs, S = k_pool.shape[2], int(lengths.max())
+        slot = np.arange(S) - (S - lengths[:, None])  # (B, S) each column's slot in its sequence; < 0: padding
+        real = slot >= 0  # (B, S)
+        slot = np.where(real, slot, 0)  # padding reads slot 0 (every sequence has one), then is hidden
+        blocks = np.take_along_axis(tables, slot // bs, axis=1)  # (B, S) the pool block of each slot
+        k = k_pool[blocks, :, slot % bs].transpose(0, 2, 1, 3)  # (B, S, n_kv, hs) -> (B, n_kv, S, hs)
+        v = v_pool[blocks, :, slot % bs].transpose(0, 2, 1, 3)  # (B, n_kv, S, hs)
+        return self.attention(q, k, v, S - T, None if real.all() else real, scale=scale, softcap=softcap,
+                              window=window)  # (B, nh, T, hs): queries at columns S-T .. S-1
 
 
 def softmax_in_place(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -1,7 +1,8 @@
 """`make bench-serve`: what continuous batching buys a server: N concurrent clients against the same N requests sent
 one at a time, through nanollm.serve's HTTP API and the official openai client.
 
-The model is GPT-2 124M's shape with random weights (bench_model.SHAPES, written by transformers) and GPT-2's real
+The model runs on the cpu backend, as `python -m nanollm.serve` does by default (BENCH_BACKEND=numpy for the
+reference). It is GPT-2 124M's shape with random weights (bench_model.SHAPES, written by transformers) and GPT-2's real
 tokenizer (/work/shared/data/tokenizers/gpt2, as the tests use it). Every request streams MAX_TOKENS greedy tokens
 after a PROMPT_TOKENS-token prompt of its own; EOS is banned by a logit_bias, so every request makes the same number
 of tokens. For N = 1, 4, 8, 16 clients (the issue's goal: 8 clients >= 4x the tokens/s of one at a time):
@@ -40,6 +41,7 @@ CLIENTS = (1, 4, 8, 16)
 PROMPT_TOKENS, MAX_TOKENS = 32, 24
 REPEATS = int(os.environ.get("BENCH_REPEATS", "2"))
 NAME = "gpt2-124m-random"
+BACKEND = os.environ.get("BENCH_BACKEND", "cpu")
 
 
 def load_model():
@@ -48,7 +50,7 @@ def load_model():
     with tempfile.TemporaryDirectory() as d:
         SHAPES["GPT-2 124M"]().save_pretrained(d, safe_serialization=True)
         write_gpt2_tokenizer_files(Path(d))
-        return nanollm.load(d)
+        return nanollm.load(d, backend=BACKEND)
 
 
 def prompts(n: int) -> list[list[int]]:
@@ -117,7 +119,7 @@ def main():
     api = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="none", max_retries=0, timeout=600)
     one_request(api, prompts(1)[0])  # warm up: the pool, the allocator
     print(f"GPT-2 124M shape (random weights), GPT-2 tokenizer; {PROMPT_TOKENS}-token prompts, {MAX_TOKENS} greedy "
-          f"tokens each, streamed; {REPEATS} alternating rounds, medians; threads: numpy (BLAS) "
+          f"tokens each, streamed; {REPEATS} alternating rounds, medians; backend {BACKEND}; threads: numpy (BLAS) "
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}\n")
     print(f"{'clients':>7} {'mode':>13} {'tokens/s':>9} {'TTFT p50 p90 ms':>16} {'TPOT p50 p90 ms':>16} {'ratio':>6} "
           f"{'ceiling':>7}")
