@@ -372,11 +372,3 @@ def check_paged_args(q_shape, k_pool_shape, v_pool_shape, block_tables, lengths)
                          f"(0 .. {n_blocks - 1})")
     return np.where(used, tables, -1).astype(np.int32), lengths.astype(np.int32)  # padding: -1, whatever it was
 
-
-def gather(pool, table, length: int):
-    """One sequence's first `length` slots of a pool, contiguous: (n_blocks, n_kv, bs, hs), int (max_blocks,)
-    -> (n_kv, length, hs). A copy: the cost the kernel avoids by reading each key where it lies."""
-    n_kv, bs, hs = pool.shape[1:]
-    blocks = table[: -(-length // bs)]  # the blocks its slots use, in order
-    rows = pool[blocks].transpose(1, 0, 2, 3)  # (n_kv, n, bs, hs)
-    return rows.reshape(n_kv, len(blocks) * bs, hs)[:, :length]

@@ -11,7 +11,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.config import ModelConfig
-from nanollm.paged_cache import PagedKVCache, PoolExhausted, block_bytes, block_hash, gather
+from nanollm.paged_cache import PagedKVCache, PoolExhausted, block_bytes, block_hash
+
+
+def gather(pool, table, length: int):
+    """One sequence's first `length` slots of a pool, contiguous: (n_blocks, n_kv, bs, hs), int (max_blocks,)
+    -> (n_kv, length, hs). Read block by block as the table says: the cache's contents are checked through it."""
+    n_kv, bs, hs = pool.shape[1:]
+    blocks = table[: -(-length // bs)]  # the blocks its slots use, in order
+    rows = pool[blocks].transpose(1, 0, 2, 3)  # (n_kv, n, bs, hs)
+    return rows.reshape(n_kv, len(blocks) * bs, hs)[:, :length]
 
 
 def config(n_layer=2, n_kv_head=1, head_dim=2):
