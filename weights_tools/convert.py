@@ -600,8 +600,9 @@ class TensorSource:
     def take(self, name: str, shape: tuple, transpose: bool = False) -> np.ndarray:
         """The tensor `name` as a float32 array of `shape` (stored shape reversed when transpose)."""
         full = self.prefix + name if self.prefix + name in self.ckpt else name
-        if full not in self.ckpt:  # name it as this checkpoint would have: with its prefix
-            raise CheckpointError(f"{self.where}: missing tensor {self.prefix + name!r}")
+        if full not in self.ckpt:  # name it as this checkpoint would have: with its prefix, or bare (lm_head)
+            bare = f" (or {name!r})" if self.prefix else ""
+            raise CheckpointError(f"{self.where}: missing tensor {self.prefix + name!r}{bare}")
         stored = tuple(self.ckpt.info(full).shape)
         want = tuple(reversed(shape)) if transpose else tuple(shape)
         if stored != want:
