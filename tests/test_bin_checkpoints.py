@@ -476,6 +476,15 @@ def test_python_m_weights_tools_convert(tmp_path, gpt2):
     assert_same_weights(open_weights(tmp_path / "out"), source, source)
 
 
+@pytest.mark.parametrize("module", ["safetensors", "torch_checkpoint", "checkpoint", "hub"])
+def test_each_reader_can_be_imported_first(module):
+    """Importing one of these first imports nanollm halfway through it, whose loader imports the others: none may
+    take a half-imported sibling's names at import time (weights_tools/__init__.py)."""
+    run = subprocess.run([sys.executable, "-c", f"import weights_tools.{module}"], capture_output=True, text=True,
+                         timeout=60, cwd=PROJECT_ROOT, check=False)
+    assert run.returncode == 0, run.stderr
+
+
 def test_inspect_reads_a_bin_directory(tmp_path, gpt2, capsys):
     """The same parameter count as the safetensors twin (the tied copy not counted again), and the weights file
     named in the report."""

@@ -64,15 +64,21 @@ def open_weights(directory: str | os.PathLike) -> safetensors.Checkpoint:
     module docstring). A path that exists but is not a regular file (a FIFO named model.safetensors) is reported
     by its reader, not skipped for another file."""
     directory = Path(directory)
-    for name, open_file in WEIGHT_FILES.items():
+    readers = {  # built here, not at import: a sibling module may be half-imported then (weights_tools/__init__.py)
+        safetensors.SINGLE_FILE_NAME: safetensors.open_checkpoint,
+        safetensors.INDEX_FILE_NAME: safetensors.open_checkpoint,
+        torch_checkpoint.SINGLE_FILE_NAME: _open_bin,
+        torch_checkpoint.INDEX_FILE_NAME: _open_bin_index,
+    }
+    for name, read in readers.items():
         if (directory / name).exists():
-            return open_file(directory / name)
+            return read(directory / name)
     lone = sorted(directory.glob("*.safetensors"))
     if len(lone) == 1:
         return safetensors.open_checkpoint(lone[0])
     # SafetensorsError: what nanollm raised here before it read .bin files, so callers that catch it keep working
     raise safetensors.SafetensorsError(
-        f"{directory}: no weights: none of {', '.join(WEIGHT_FILES)} is in this directory"
+        f"{directory}: no weights: none of {', '.join(readers)} is in this directory"
         + (f" ({len(lone)} .safetensors files and no index to tie them)" if lone else ""))
 
 
@@ -82,15 +88,6 @@ def _open_bin(path: Path) -> safetensors.Checkpoint:
 
 def _open_bin_index(path: Path) -> safetensors.Checkpoint:
     return open_sharded(path, torch_checkpoint.open_torch_checkpoint, torch_checkpoint.TorchCheckpointError)
-
-
-# Each weights file a directory may hold -> its reader, in transformers' order.
-WEIGHT_FILES: dict[str, Callable[[Path], safetensors.Checkpoint]] = {
-    safetensors.SINGLE_FILE_NAME: safetensors.open_checkpoint,
-    safetensors.INDEX_FILE_NAME: safetensors.open_checkpoint,
-    torch_checkpoint.SINGLE_FILE_NAME: _open_bin,
-    torch_checkpoint.INDEX_FILE_NAME: _open_bin_index,
-}
 
 
 def open_sharded(index_path: Path, open_shard: Callable[[Path], Mapping], error: type[ValueError]

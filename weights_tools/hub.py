@@ -159,9 +159,6 @@ _REDIRECTS = (301, 302, 303, 307, 308)
 # The hub's own rule for names: letters, digits, "-", "_", "."; at most one "/"; no "--" or "..".
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _REVISION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
-# The weights of each format: (its index, its single file, its shards' suffix), in the order they are tried.
-WEIGHT_FORMATS = ((safetensors.INDEX_FILE_NAME, safetensors.SINGLE_FILE_NAME, ".safetensors"),
-                  (torch_checkpoint.INDEX_FILE_NAME, torch_checkpoint.SINGLE_FILE_NAME, ".bin"))
 _SHARD_NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"  # then the suffix: model-00001-of-00002.safetensors
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _GIT_SHA1 = re.compile(r"[0-9a-f]{40}")
@@ -343,7 +340,11 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, locks: Path, *, limits: _Li
     fetch(CONFIG_FILE, required=True)  # every model has one: its absence means there is no such model
     for filename in OPTIONAL_FILES:
         fetch(filename)
-    for index, single, suffix in WEIGHT_FORMATS:
+    # Each format's (index, single file, shards' suffix), in the order they are tried. Built here, not at import:
+    # a sibling module may be half-imported then (see weights_tools/__init__.py).
+    formats = ((safetensors.INDEX_FILE_NAME, safetensors.SINGLE_FILE_NAME, ".safetensors"),
+               (torch_checkpoint.INDEX_FILE_NAME, torch_checkpoint.SINGLE_FILE_NAME, ".bin"))
+    for index, single, suffix in formats:
         if fetch(index):
             for shard in _shard_names(snapshot / index, suffix, remote):
                 if not fetch(shard):
@@ -352,7 +353,7 @@ def _fetch_snapshot(remote: _Remote, snapshot: Path, locks: Path, *, limits: _Li
         if fetch(single):
             break
     else:
-        names = ", ".join(name for index, single, _ in WEIGHT_FORMATS for name in (single, index))
+        names = ", ".join(name for index, single, _ in formats for name in (single, index))
         raise HubError(f"model {remote.repo_id} (revision {remote.revision}) has no weights nanollm reads: none of "
                        f"{names}")
     for filename in TOKENIZER_FILES:
