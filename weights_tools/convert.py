@@ -1,9 +1,9 @@
 """Hugging Face checkpoints -> nanollm's config and named weights, for every family nanollm runs.
 
-This file is where families differ (nanollm/model.py has one forward pass for all of them): each family's config.json
-keys become ModelConfig fields (nanollm/config.py lists which family sets which), and its tensor names become
-LayerWeights. It also owns every layout change (nanollm/model.py states the convention: a linear weight is (in, out),
-applied as x @ w):
+This file is where families differ (nanollm/transformer.py has one forward pass for all of them): each family's
+config.json keys become ModelConfig fields (nanollm/config.py lists which family sets which), and its tensor names
+become LayerWeights. It also owns every layout change (nanollm/weights.py states the convention: a linear weight is
+(in, out), applied as x @ w):
 
   GPT-2 (GPT2LMHeadModel)  Conv1D weights are already stored (in, out): no transpose. c_attn already holds q|k|v side
                            by side. `attn.bias` / `attn.masked_bias` are causal-mask buffers, not weights: skipped.
