@@ -51,6 +51,8 @@ from nanollm.files import open_regular
 
 from . import safetensors  # the module, not its names: see weights_tools/__init__.py
 
+SINGLE_FILE_NAME = "pytorch_model.bin"  # transformers' WEIGHTS_NAME and WEIGHTS_INDEX_NAME
+INDEX_FILE_NAME = "pytorch_model.bin.index.json"
 MAX_PICKLE_BYTES = 100_000_000  # as safetensors' MAX_HEADER_BYTES: a state dict's pickle is ~100 bytes a tensor
 _LOCAL_HEADER_BYTES = 30  # the fixed part of a zip local file header (APPNOTE.TXT 4.3.7)
 _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
