@@ -348,11 +348,11 @@ def classic_config(f: JsonFields, family: str) -> ModelConfig:
                   norm_eps=f.number(eps_key, 1e-5, above=0, below=FLOAT32_MAX),
                   tie_embeddings=f.boolean("tie_word_embeddings", tied), norm="layer", **special_ids(f, V))
     family_fields = {"gpt_neox": gpt_neox_fields, "falcon": falcon_fields, "phi": phi_fields,
-                     "stablelm": stablelm_fields}[family](f, nh)
+                     "stablelm": stablelm_fields}[family](f, C, nh)
     return build_config(f, **fields, **family_fields, **rope_fields(f, family, C // nh))
 
 
-def gpt_neox_fields(f: JsonFields, nh: int) -> dict:
+def gpt_neox_fields(f: JsonFields, C: int, nh: int) -> dict:
     """GPT-NeoX (Pythia): exact GELU, biases everywhere (attention_bias for q/k/v and dense), a parallel residual
     with two norms unless use_parallel_residual is false (rotary_pct and rotary_emb_base: rope_fields)."""
     bias = f.boolean("attention_bias", True)
@@ -361,7 +361,7 @@ def gpt_neox_fields(f: JsonFields, nh: int) -> dict:
                 parallel_residual=f.boolean("use_parallel_residual", True))
 
 
-def falcon_fields(f: JsonFields, nh: int) -> dict:
+def falcon_fields(f: JsonFields, C: int, nh: int) -> dict:
     """Falcon: exact GELU, `bias` on every linear layer or none, and three attention layouts (see ungroup_qkv):
     multi-query (7B: one key/value head), grouped (new_decoder_architecture, 40B: num_kv_heads), or one key/value
     head per query head. What transformers' FalconDecoderLayer cannot run (it fails with an AttributeError or an
@@ -378,14 +378,15 @@ def falcon_fields(f: JsonFields, nh: int) -> dict:
             raise f.error("parallel_attn", "is false with new_decoder_architecture: transformers' Falcon runs that "
                                            "only in parallel")
     else:
-        n_kv = 1 if f.boolean("multi_query", True) else nh
-        if not f.boolean("multi_query", True) and f.integer("num_kv_heads", nh, nullable=True) != nh:
+        multi_query = f.boolean("multi_query", True)
+        n_kv = 1 if multi_query else nh
+        if not multi_query and f.integer("num_kv_heads", nh, nullable=True) != nh:
             raise f.error("num_kv_heads", f"must equal num_attention_heads={nh} without multi_query or "
                                           f"new_decoder_architecture (one key/value head per query head)")
         if parallel and norms == 2:
             raise f.error("num_ln_in_parallel_attn", "is 2 without new_decoder_architecture: transformers' Falcon "
                                                      "has no such layer")
-    C, bias = f.integer("hidden_size"), f.boolean("bias", False)
+    bias = f.boolean("bias", False)
     return dict(n_kv_head=n_kv, n_hidden=f.integer("ffn_hidden_size", 4 * C, nullable=True), mlp="gelu",
                 gelu=gelu_form(f, "activation", "gelu"), qkv_bias=bias, out_bias=bias, mlp_bias=bias,
                 parallel_residual=new_arch or parallel, shared_norm=(new_arch or parallel) and norms == 1)
@@ -400,7 +401,7 @@ def falcon_norm_count(f: JsonFields) -> int:
     return 2 if norms is None and f.boolean("new_decoder_architecture", False) else norms or 1
 
 
-def phi_fields(f: JsonFields, nh: int) -> dict:
+def phi_fields(f: JsonFields, C: int, nh: int) -> dict:
     """phi-1/1.5/2: the tanh GELU, biases everywhere (the output projection too), a parallel residual with one norm,
     and with qk_layernorm a LayerNorm of each head's q and k (one (hs,) weight and bias shared by the heads)."""
     n_kv = f.integer("num_key_value_heads", nh, nullable=True)
@@ -411,7 +412,7 @@ def phi_fields(f: JsonFields, nh: int) -> dict:
                 qk_norm="head" if f.boolean("qk_layernorm", False) else None)
 
 
-def stablelm_fields(f: JsonFields, nh: int) -> dict:
+def stablelm_fields(f: JsonFields, C: int, nh: int) -> dict:
     """StableLM (2): Llama's SwiGLU MLP with LayerNorm, q/k/v biases with use_qkv_bias (2-1.6B), a parallel residual
     with one norm with use_parallel_residual (2-12B). qk_layernorm (2-12B) gives every head its own LayerNorm weights,
     which nanollm's one (hs,) weight per q/k norm cannot hold: refused."""
