@@ -14,6 +14,7 @@ from pathlib import Path
 from weights_tools import convert, hub, llama2c  # modules, not names: see weights_tools/__init__.py
 
 from .backends import get_backend
+from .backends.cpu_backend import CpuKernelError, load_kernel
 from .model import Model
 from .request import OPTIONS, SAMPLING_FIELDS, GenerationSettings, Option, SamplingParams
 from .tokenizer import load_tokenizer
@@ -64,8 +65,6 @@ def default_model_path(*, stderr=None) -> Path:
 def default_backend(*, stderr=None) -> str:
     """The command line's backend when none is named: "cpu" (the fast path) where its kernel builds, which needs a C++
     compiler at the first use; else a one-line notice and "numpy", which needs nothing but NumPy."""
-    from .backends.cpu_backend import CpuKernelError, load_kernel  # compiles (once, then cached) on first use
-
     try:
         load_kernel()
         return "cpu"

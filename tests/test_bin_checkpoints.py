@@ -40,7 +40,6 @@ from weights_tools.torch_checkpoint import TorchCheckpointError
 
 EMBEDDING = {"gpt2": "transformer.wte.weight", "llama": "model.embed_tokens.weight"}
 SHARD_BYTES = 12_000  # shards of a few tensors each for these tiny models
-WIRED = "passes once weights_tools/convert.py reads weights through checkpoint.open_weights and runs checkpoint.main"
 
 
 def write_bin_twin(source: Path, directory: Path, storage: str, *, sharded: bool) -> dict[str, torch.Tensor]:
@@ -130,7 +129,6 @@ def assert_same_model(got, expected) -> None:
     assert np.array_equal(got.forward(ids), expected.forward(ids))
 
 
-@pytest.mark.xfail(strict=True, reason=WIRED)
 def test_nanollm_loads_a_bin_directory_as_its_safetensors_twin(twins):
     _, st_dir, bin_dir, _ = twins
     assert_same_model(nanollm.load(bin_dir), nanollm.load(st_dir))
@@ -467,7 +465,6 @@ def test_bf16_weights_that_would_not_fit_once_widened_are_refused_first(tmp_path
     assert main([str(tmp_path / "bin"), str(tmp_path / "out")]) == 0
 
 
-@pytest.mark.xfail(strict=True, reason=WIRED)
 def test_python_m_weights_tools_convert(tmp_path, gpt2):
     run = subprocess.run([sys.executable, "-m", "weights_tools.convert", str(gpt2[1]), str(tmp_path / "out")],
                          capture_output=True, text=True, timeout=120, cwd=PROJECT_ROOT, check=False)

@@ -33,6 +33,7 @@ that the machine has the memory for them (nanollm.memory).
 """
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -44,7 +45,7 @@ from nanollm.memory import check_fits
 from nanollm.weights import LayerWeights, ModelWeights
 from nanollm.rope import frequencies
 
-from . import safetensors  # the module, not its names: see weights_tools/__init__.py
+from . import checkpoint  # the module, not its names: see weights_tools/__init__.py
 
 # config.json's model_type -> the family. Gemma 3's text-only checkpoints say gemma3_text (the multimodal ones, gemma3,
 # hold a vision tower nanollm does not run).
@@ -814,12 +815,13 @@ def llama_family_weights(cfg: ModelConfig, src: TensorSource) -> ModelWeights:
 
 
 def load_hf_checkpoint(path) -> tuple[ModelConfig, ModelWeights]:
-    """A Hugging Face model directory (config.json + *.safetensors, single or sharded) -> (config, float32 weights)."""
+    """A Hugging Face model directory (config.json + safetensors or pytorch_model.bin weights, single or sharded,
+    weights_tools/checkpoint.py) -> (config, float32 weights)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: not a model directory")
     cfg = config_from_hf(read_json(path / "config.json"), where=str(path / "config.json"))
-    src = TensorSource(safetensors.open_checkpoint(path), where=str(path))
+    src = TensorSource(checkpoint.open_weights(path), where=str(path))
     # Every tensor becomes float32 (F16/BF16 are upcast copies, Llama's are transposed copies): refuse a checkpoint
     # larger than memory before the first copy, rather than fail, or be killed, halfway through.
     check_fits(4 * sum(math.prod(src.ckpt.info(name).shape) for name in src.ckpt.keys()),
@@ -829,3 +831,7 @@ def load_hf_checkpoint(path) -> tuple[ModelConfig, ModelWeights]:
     weights = llama_family_weights(cfg, src)
     check_rope(cfg, str(path / "config.json"))
     return cfg, weights
+
+
+if __name__ == "__main__":  # python -m weights_tools.convert DIR OUT: a safetensors copy (weights_tools/checkpoint.py)
+    sys.exit(checkpoint.main())

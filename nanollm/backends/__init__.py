@@ -10,6 +10,7 @@ same methods with the same parameters (tests/test_backend_api.py). Only the CuPy
 for: it needs CuPy, an optional dependency; the emulator and the cpu backend need only NumPy (and a C++ compiler at
 their first use).
 """
+from .cpu_backend import CpuBackend
 from .emulator_backend import EmulatorBackend
 from .numpy_backend import NumpyBackend
 
@@ -23,9 +24,7 @@ def get_backend(backend="numpy"):
     if backend == "numpy":
         return NumpyBackend()
     if backend == "cpu":
-        from .cpu_backend import CpuBackend  # compiles its kernel at the first use
-
-        return CpuBackend()
+        return CpuBackend()  # compiles its kernel at the first use (then from the cache)
     if backend == "cupy":
         from .cupy_backend import CupyBackend  # CuPy is optional: importing it without CuPy is an ImportError
 

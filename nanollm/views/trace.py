@@ -2,7 +2,7 @@
 
 How it sees without touching the model: every op the forward pass does goes through `model.backend`
 (transformer.py never asks which backend it has), so `traced(model)` puts a `TracingBackend` in its place for the
-length of a `with` block. The wrapper passes each call on to the real backend (numpy, emulator or cupy) unchanged and
+length of a `with` block. The wrapper passes each call on to the real backend (whichever it is) unchanged and
 writes down what it saw: the op, the shapes in and out, the seconds it took. Which *stage* an op belongs to is read
 off the weight it reads (`linear(x, layers.3.w_qkv)` is block 3's q/k/v projection) or, for ops that read no weight,
 off the op itself inside the block that is running (`rope` is "positions (RoPE)"). A pass begins where the token
@@ -38,15 +38,15 @@ BLOCK_WEIGHT_STAGES = {"attn_norm_w": "attention norm", "w_qkv": "q/k/v projecti
                        "k_norm_w": "k norm", "w_o": "attention output", "attn_post_norm_w": "attention output norm",
                        "mlp_norm_w": "MLP norm", "w_up": "MLP up", "w_gate": "MLP gate", "w_down": "MLP down",
                        "mlp_post_norm_w": "MLP output norm"}
-# A weight outside the blocks (weights.ModelWeights field) -> its stage. "tok_emb.T": the tied head reads the
-# embedding table transposed (transformer.forward).
+# A weight outside the blocks (weights.ModelWeights field) -> its stage; "tok_emb.T": the tied head (the table, read
+# transposed), and the lm_head's bias (phi-2, GPT-J) with the logits.
 MODEL_WEIGHT_STAGES = {"tok_emb": "embed", "pos_emb": "positions (learned)", "norm_f_w": "final norm",
-                       "lm_head": "logits", "tok_emb.T": "logits (tied: tok_emb.T)"}
+                       "lm_head": "logits", "b_lm_head": "logits", "tok_emb.T": "logits (tied: tok_emb.T)"}
 # Ops that read no weight: their stage inside a block, and outside one (before the first block: GPT-2's add of the
 # learned positions; after the last: Gemma 2's soft-capped logits, the copy to the host, the choice).
-BLOCK_OP_STAGES = {"rope": "positions (RoPE)", "attention": "attention", "add": "residual add",
-                   "gelu": "MLP activation", "gelu_exact": "MLP activation", "silu_mul": "MLP activation",
-                   "gelu_mul": "MLP activation", "paged_attention": "attention"}
+BLOCK_OP_STAGES = {"rope": "positions (RoPE)", "attention": "attention", "paged_attention": "attention",
+                   "add": "residual add", "gelu": "MLP activation", "gelu_exact": "MLP activation",
+                   "silu_mul": "MLP activation", "gelu_mul": "MLP activation"}
 MODEL_OP_STAGES = {"add": "positions (learned)", "softcap": "logits soft-cap", "to_numpy": "logits to host",
                    "sample": "choice"}
 PROCESSORS = "processors"  # the host's work between the logits' arrival and the choice: logits_processors.py
@@ -111,8 +111,7 @@ def memory_key(a) -> tuple | None:
 
     The same for every object viewing the same elements the same way, so a weight is recognised even through a new
     view: the tied head is `tok_emb.T`, a new object at every pass (and NumPy's `.base` names whichever array owns
-    the memory, which need not be tok_emb). CuPy arrays give their device address, NumPy arrays their host one.
-    """
+    the memory, which need not be tok_emb). CuPy arrays give their device address, NumPy arrays their host one."""
     if getattr(a, "ndim", 0) == 0:
         return None
     address = a.ctypes.data if hasattr(a, "ctypes") else a.data.ptr
