@@ -1,10 +1,12 @@
-"""The cpu backend: kernels/linear_cpu.cpp against its NumPy twin, the panel layout, and whole models against numpy.
+"""The cpu backend: kernels/linear_cpu.cpp and attention_cpu.cpp against their NumPy twins, the panel layout, and whole
+models against numpy.
 
 Tolerance of the matrix product. The kernel sums each column in k order in float32; BLAS sums in blocks: neither is
 the exact sum, and they differ from each other. Both must be within the classic bound of a float32 dot product of
 length K (Higham, Accuracy and Stability of Numerical Algorithms, 3.1): |computed - exact| <= K u (|x| @ |w|), with
 u = 2^-24, the exact value taken in float64. A kernel that dropped a term, or summed the wrong rows, fails it by
-orders of magnitude. Whole models: logits within 1e-4 of the numpy backend's (max over B x T x V), as the emulator's
+orders of magnitude. Decode attention: the kernel tests' ATTENTION_RTOL (tests/kernel_harness.py: scores summed in
+another order, an online softmax). Whole models: logits within 1e-4 of the numpy backend's (max over B x T x V), as the emulator's
 forward test; greedy tokens equal.
 """
 import subprocess
@@ -19,7 +21,9 @@ from nanollm.backends import get_backend
 from nanollm.backends.cpu_backend import CpuBackend, Panels, TiedTable, load_kernel
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.model import Model
-from tests.kernel_harness import assert_close
+from nanollm.paged_runner import PagedRunner
+from tests.kernel_harness import ATTENTION_RTOL, assert_close
+from tests.test_paged_attention import OPTIONS, draw_case, paged_batch
 from tests.test_backend_api import assert_same_api
 from tests.test_backend_forward import random_weights, small_config
 
@@ -92,6 +96,57 @@ def test_panels_hold_the_matrix_exactly(K, N, seed):
     assert tied.nbytes == tied.T.nbytes  # no second copy
 
 
+@settings(max_examples=60)
+@given(seed=st.integers(0, 2**32 - 1), peaked=st.booleans(), data=st.data())
+def test_decode_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, peaked, data):
+    """Ragged lengths, blocks scattered through the pool in random order, block sizes from 1 to 40, grouped-query
+    ratios, every option (scale, softcap, window); peaked: queries 10x larger (near one-hot weights). A prefill chunk
+    (T > 1) goes to the NumPy reference, and must still be equal."""
+    T, lengths, s, options = draw_case(data, 100, [1, 5, 64, 128], [1, 3, 16, 40])
+    rng = np.random.default_rng(seed)
+    _, _, k_pool, v_pool, tables = paged_batch(rng, lengths, s["n_kv"], s["hs"], s["block_size"])
+    q = rng.standard_normal((len(lengths), s["n_kv"] * s["g"], T, s["hs"])).astype(np.float32) * (10 if peaked else 1)
+    got = cpu.paged_attention(q, k_pool, v_pool, tables, np.array(lengths), **options)
+    want = NumpyBackend().paged_attention(q, k_pool, v_pool, tables, np.array(lengths), **options)
+    assert_close(got, want, ATTENTION_RTOL, f"paged attention {s} T={T} {lengths} {options}")
+
+
+@settings(max_examples=60)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 3), n_kv=st.integers(1, 3), g=st.sampled_from([1, 2, 4]),
+       hs=st.sampled_from([1, 8, 64]), S=st.integers(1, 70), spare=st.integers(0, 9),
+       options=st.fixed_dictionaries(OPTIONS))
+def test_decode_attention_over_a_kv_cache_matches_the_numpy_twin(cpu, seed, B, n_kv, g, hs, S, spare, options):
+    """The keys as KVCache hands them over: the first S slots of a longer buffer (B, n_kv, max_len, hs), a view whose
+    heads and rows are not adjacent; the query at slot S - 1."""
+    rng = np.random.default_rng(seed)
+    k_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)
+    v_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)
+    q = rng.standard_normal((B, n_kv * g, 1, hs)).astype(np.float32)
+    k, v, options = k_buf[:, :, :S], v_buf[:, :, :S], {k: v for k, v in options.items() if v is not None}
+    got = cpu.attention(q, k, v, S - 1, **options)
+    want = NumpyBackend().attention(q, k, v, S - 1, **options)
+    assert_close(got, want, ATTENTION_RTOL, f"attention B={B} n_kv={n_kv} g={g} hs={hs} S={S} {options}")
+
+
+def test_paged_decode_on_the_cpu_backend_matches_numpy():
+    """Requests joining and stepping together through a PagedRunner: the same greedy tokens on both backends."""
+    cfg = small_config("llama", vocab_size=70)
+    weights = random_weights(cfg, seed=5)
+    prompts = {"a": [3, 1, 4, 1, 5], "b": [9, 2, 6], "c": [5, 3, 5, 8, 9, 7, 9]}
+    runs = []
+    for be in (NumpyBackend(), CpuBackend()):
+        runner, tokens = PagedRunner(Model(cfg, weights, be), n_blocks=16, block_size=4), {}
+        last = {rid: int(runner.add(rid, p).argmax()) for rid, p in prompts.items()}  # (V,) each
+        for _ in range(6):
+            ids = sorted(last)
+            logits = runner.step(ids, [last[i] for i in ids])  # (B, V)
+            for i, row in zip(ids, logits):
+                tokens.setdefault(i, []).append(int(row.argmax()))
+                last[i] = tokens[i][-1]
+        runs.append(tokens)
+    assert runs[0] == runs[1]
+
+
 def test_same_api_as_numpy():
     assert_same_api(CpuBackend)
 
@@ -149,5 +204,5 @@ def test_the_command_line_falls_back_to_numpy_without_a_compiler(tmp_path):
     assert out.returncode == 0, out.stderr
     notices = [line for line in out.stderr.splitlines() if "cpu backend" in line]
     assert notices == ["nanollm: the cpu backend is not available (no C++ compiler found ($CXX, g++, c++ or clang++) "
-                       "to build the cpu backend's matrix product (kernels/linear_cpu.cpp) at its first use: install "
-                       "one (e.g. `apt install g++`) or set CXX); using the numpy backend (slower)"]
+                       "to build the cpu backend's kernels (kernels/linear_cpu.cpp, attention_cpu.cpp) at their "
+                       "first use: install one (e.g. `apt install g++`) or set CXX); using the numpy backend (slower)"]

@@ -1,12 +1,14 @@
-"""The cpu backend: the NumPy backend with one op of its own, the matrix product, as a compiled CPU kernel.
+"""The cpu backend: the NumPy backend with the two ops that read the most memory compiled for the CPU.
 
 What this adds over numpy_backend.py: every weight matrix is stored once, at load, as column panels (`Panels`), and
 `linear` multiplies by it in kernels/linear_cpu.cpp (read that file's header: why OpenBLAS is slow for the few rows of
-a decode step, and how the kernel reads each weight once for up to 8 rows). Everything else (norms, attention,
-sampling) is the NumPy reference unchanged, so this backend is the numpy one with faster decoding, and its results
-agree with it to float32 rounding (sums in another order), tested in tests/test_cpu_backend.py.
+a decode step, and how the kernel reads each weight once for up to 8 rows); a decode step's attention, over a KVCache
+or a paged pool, runs in kernels/attention_cpu.cpp, on every core and reading the keys where they lie. Everything
+else (norms, prefill attention, sampling) is the NumPy reference unchanged, so this backend is the numpy one with
+faster decoding, and its results agree with it to float32 rounding (sums in another order), tested in
+tests/test_cpu_backend.py.
 
-Building: the kernel is compiled at the first use with the host C++ compiler (the one the emulator uses: $CXX, else
+Building: the two kernels are compiled into one library at the first use with the host C++ compiler (the one the emulator uses: $CXX, else
 g++, c++ or clang++), with -O3 -march=native -fopenmp, and cached under `$NANOLLM_CACHE/cpu` (default
 `~/.cache/nanollm/cpu`) by the sha256 of the source, the flags, the compiler's version and this CPU's model and
 features (-march=native code may not run on another CPU sharing the cache). No compiler: one error that says so
@@ -25,6 +27,7 @@ numpy backend serves it as a view, here `tied_table` stores the table as the pan
 import ctypes
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -37,9 +40,10 @@ import numpy as np
 from nanollm.kernels import KERNELS_DIR
 from nanollm.kernels.emulator import compiler_version, find_compiler
 
+from ..paged_cache import check_paged_args
 from .numpy_backend import NumpyBackend
 
-SOURCE = KERNELS_DIR / "linear_cpu.cpp"
+SOURCES = (KERNELS_DIR / "linear_cpu.cpp", KERNELS_DIR / "attention_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
 
@@ -67,29 +71,32 @@ def cpu_identity() -> str:
 
 
 @lru_cache(maxsize=None)
-def load_kernel():
-    """The compiled `linear_panels` function, built at the first call and cached on disk (see the module docstring)."""
+def load_kernel() -> ctypes.CDLL:
+    """The compiled library (`linear_panels`, `attention_decode`), built at the first call and cached on disk (see the
+    module docstring)."""
     try:
         compiler = find_compiler()
     except RuntimeError:  # the emulator's CompilerNotFound
-        raise CpuKernelError("no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's matrix "
-                             "product (kernels/linear_cpu.cpp) at its first use: install one (e.g. `apt install "
-                             "g++`) or set CXX") from None
-    source = SOURCE.read_text()
-    key = json.dumps([source, FLAGS, compiler_version(compiler), cpu_identity()])
-    library = cache_dir() / f"linear_cpu-{hashlib.sha256(key.encode()).hexdigest()[:32]}.so"
+        raise CpuKernelError("no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's kernels "
+                             "(kernels/linear_cpu.cpp, attention_cpu.cpp) at their first use: install one (e.g. "
+                             "`apt install g++`) or set CXX") from None
+    key = json.dumps([[p.read_text() for p in SOURCES], FLAGS, compiler_version(compiler), cpu_identity()])
+    library = cache_dir() / f"cpu_kernels-{hashlib.sha256(key.encode()).hexdigest()[:32]}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=library.parent, prefix="build-") as tmp:
             built = Path(tmp) / library.name
-            result = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True)
+            result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], capture_output=True,
+                                    text=True)
             if result.returncode != 0:
-                raise CpuKernelError(f"compiling {SOURCE.name} for the cpu backend failed:\n{result.stderr}")
+                raise CpuKernelError(f"compiling the cpu backend's kernels failed:\n{result.stderr}")
             os.replace(built, library)  # whole or absent: a process sharing the cache never loads half a file
-    fn = ctypes.CDLL(str(library)).linear_panels
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
-    fn.restype = None
-    return fn
+    lib = ctypes.CDLL(str(library))
+    lib.linear_panels.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
+    lib.attention_decode.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_void_p]
+                                     + [ctypes.c_longlong] * 8 + [ctypes.c_float] * 2 + [ctypes.c_longlong])
+    lib.linear_panels.restype = lib.attention_decode.restype = None
+    return lib
 
 
 def single_threaded_blas() -> None:
@@ -186,7 +193,7 @@ class CpuBackend(NumpyBackend):
     name = "cpu"
 
     def __init__(self):
-        self._linear = load_kernel()  # built (or found in the cache) now, so a missing compiler is said at load
+        self._lib = load_kernel()  # built (or found in the cache) now, so a missing compiler is said at load
         single_threaded_blas()
 
     def weight(self, a):
@@ -207,6 +214,43 @@ class CpuBackend(NumpyBackend):
         rows = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)  # (R, K)
         bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
         y = np.empty((len(rows), N), dtype=np.float32)  # (R, N)
-        self._linear(rows.ctypes.data, w.data.ctypes.data, None if bias is None else bias.ctypes.data,
-                     y.ctypes.data, len(rows), K, N)
+        self._lib.linear_panels(rows.ctypes.data, w.data.ctypes.data, None if bias is None else bias.ctypes.data,
+                                y.ctypes.data, len(rows), K, N)
         return y.reshape(*x.shape[:-1], N)
+
+    def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
+                  softcap: float | None = None, window: int | None = None):
+        """A decode step (T = 1, no padding) by kernels/attention_cpu.cpp, reading the cache's buffers in place (each
+        row of the batch one block of its slots); anything else by the NumPy reference."""
+        B, nh, T, hs = q.shape
+        if T != 1 or key_mask is not None or k.strides != v.strides or k.strides[-1] != 4:
+            return super().attention(q, k, v, q_start, key_mask, scale=scale, softcap=softcap, window=window)
+        tables = np.arange(B, dtype=np.int32)[:, None]  # (B, 1): sequence b is block b
+        lengths = np.full(B, q_start + 1, dtype=np.int32)  # (B,) the query sees slots 0 .. q_start
+        strides = [n // 4 for n in k.strides[:3]]  # floats between sequences (blocks), heads, slots
+        return self._attend(q, k, v, tables, lengths, k.shape[2], strides, scale, softcap, window)
+
+    def paged_attention(self, q, k_pool, v_pool, block_tables, lengths, *, scale: float | None = None,
+                        softcap: float | None = None, window: int | None = None):
+        """A decode step (T = 1) by kernels/attention_cpu.cpp, reading the blocks in place through the table (no
+        gather); a prefill by the NumPy reference."""
+        if q.shape[2] != 1:
+            return super().paged_attention(q, k_pool, v_pool, block_tables, lengths, scale=scale, softcap=softcap,
+                                           window=window)
+        tables, lengths = check_paged_args(q.shape, k_pool.shape, v_pool.shape, block_tables, lengths)
+        k_pool, v_pool = np.ascontiguousarray(k_pool), np.ascontiguousarray(v_pool)  # (n_blocks, n_kv, bs, hs)
+        n_kv, bs, hs = k_pool.shape[1:]
+        return self._attend(q, k_pool, v_pool, tables, lengths, bs, [n_kv * bs * hs, bs * hs, hs], scale,
+                            softcap, window)
+
+    def _attend(self, q, k, v, tables, lengths, bs: int, strides, scale, softcap, window):
+        """attention_decode over keys at the blocks of `tables` (see the kernel's header). -> (B, nh, 1, hs)"""
+        B, nh, _, hs = q.shape
+        q = np.ascontiguousarray(q, dtype=np.float32)  # (B, nh, 1, hs)
+        tables = np.ascontiguousarray(tables, dtype=np.int32)  # (B, table_width)
+        lengths = np.ascontiguousarray(lengths, dtype=np.int32)  # (B,)
+        out = np.empty_like(q)  # (B, nh, 1, hs)
+        self._lib.attention_decode(q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, tables.ctypes.data,
+                                   tables.shape[1], lengths.ctypes.data, B, nh, k.shape[1], hs, bs, *strides,
+                                   1.0 / math.sqrt(hs) if scale is None else scale, softcap or 0.0, window or 0)
+        return out

@@ -286,7 +286,7 @@ def compare_gemv_references():
     OpenBLAS to one thread): shows that the kernel's gemv, the reference on the cpu backend, is not the weaker."""
     from nanollm.backends.cpu_backend import Panels, load_kernel
 
-    kernel = load_kernel()
+    kernel = load_kernel().linear_panels
     matrix = np.random.default_rng(1).random(GEMV_SHAPE, dtype=np.float32)  # (768, 50257)
     packed, x, y = Panels(matrix), np.ones((1, GEMV_SHAPE[0]), np.float32), np.empty((1, GEMV_SHAPE[1]), np.float32)
     runs = {"OpenBLAS": lambda: x @ matrix,
