@@ -14,11 +14,12 @@
 //     W (K, N) row-major        panels (ceil(N/32), K, 32)
 //     [ p0 | p1 | p2 ... ]  ->  p0: row 0 cols 0..31, row 1 cols 0..31, ...   then p1, ...
 //
-// The loop: each thread takes whole panels. For a panel and a group of GROUP = 8 rows of
-// x, the 32 columns of each row are two 16-float vectors of accumulators (16 registers in all); every step k loads
+// The loop: each thread takes whole panels. For a panel and a group of GROUP = 8 rows of x, the 32 columns of each row are two 16-float vectors of accumulators (16 registers in all); every step k loads
 // the panel's 32 weights of row k once (two vector loads from one contiguous stream, which the hardware prefetcher
 // follows) and multiplies them into all 8 rows (16 fused multiply-adds). So up to 8 rows cost one read of the
 // weights; more rows take the next group while the panel (K x 128 bytes: 96 KiB for K = 768) is still in the cache.
+// Past a few rows the product is bound by arithmetic, not memory: 8 rows make 16 FLOP of each 4-byte weight, and 2
+// cores at ~190 GFLOP/s peak keep up with ~47 GB/s only at full FMA rate (`make bench` records what is reached).
 //
 // The vectors are GCC/Clang vector extensions (`vector_size(64)`: 16 floats), which the compiler maps to the
 // machine's own width (one AVX-512 register, two AVX2 registers, four NEON registers), so the source has no
@@ -40,35 +41,48 @@ constexpr long long PANEL = 32;        // columns per panel: two vectors of 16
 constexpr int GROUP = 8;               // rows of x per pass over a panel: 2 x 8 = 16 accumulator vectors
 constexpr long long PARALLEL_MACS = 1 << 18;  // below this many multiply-adds, one thread (waking more costs more)
 
+// One panel times R rows of x (R <= GROUP), written to those rows of y. R is a template parameter so that the
+// compiler unrolls the row loop and keeps all 2R accumulators in registers; with R known only at run time it kept
+// them on the stack, and every multiply-add paid a load and a store (measured: 40% of the machine's FMA rate).
+template <int R>
+static void panel_times_rows(const float* w, const float* xs, const float* bias, float* y, long long K, long long N,
+                             long long col, long long width) {
+    vec16 lo[R] = {}, hi[R] = {};  // columns 0..15 and 16..31 of each row's result
+    for (long long k = 0; k < K; k++) {
+        vec16 w_lo = *(const vec16*)(w + k * PANEL);
+        vec16 w_hi = *(const vec16*)(w + k * PANEL + 16);
+        for (int r = 0; r < R; r++) {
+            float xk = xs[r * K + k];
+            lo[r] += xk * w_lo;
+            hi[r] += xk * w_hi;
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        float tile[PANEL];
+        *(vec16*)tile = lo[r];
+        *(vec16*)(tile + 16) = hi[r];
+        float* out = y + r * N + col;
+        for (long long j = 0; j < width; j++) out[j] = bias ? tile[j] + bias[col + j] : tile[j];
+    }
+}
+
+typedef void (*PanelTimesRows)(const float*, const float*, const float*, float*, long long, long long, long long,
+                               long long);
+static const PanelTimesRows BY_ROWS[GROUP + 1] = {nullptr, panel_times_rows<1>, panel_times_rows<2>,
+                                                  panel_times_rows<3>, panel_times_rows<4>, panel_times_rows<5>,
+                                                  panel_times_rows<6>, panel_times_rows<7>, panel_times_rows<8>};
+
 // x (rows, K), panels (ceil(N/32), K, 32), bias (N,) or null, y (rows, N): all float32, C order.
 extern "C" void linear_panels(const float* x, const float* panels, const float* bias, float* y,
                               long long rows, long long K, long long N) {
     long long n_panels = (N + PANEL - 1) / PANEL;
     #pragma omp parallel for schedule(dynamic, 2) if (rows * K * N > PARALLEL_MACS)
     for (long long p = 0; p < n_panels; p++) {
-        const float* w = panels + p * K * PANEL;            // this panel: (K, 32)
-        long long col = p * PANEL;                          // its first column of W
-        long long width = N - col < PANEL ? N - col : PANEL; // the last panel may be narrower
-        for (long long r0 = 0; r0 < rows; r0 += GROUP) {
+        long long col = p * PANEL;                           // the panel's first column of W
+        long long width = N - col < PANEL ? N - col : PANEL;  // the last panel may be narrower
+        for (long long r0 = 0; r0 < rows; r0 += GROUP) {     // GROUP rows of x at a time
             int n_rows = rows - r0 < GROUP ? (int)(rows - r0) : GROUP;
-            const float* xs = x + r0 * K;                   // this group's rows of x
-            vec16 lo[GROUP] = {}, hi[GROUP] = {};           // columns 0..15 and 16..31 of each row's result
-            for (long long k = 0; k < K; k++) {
-                vec16 w_lo = *(const vec16*)(w + k * PANEL);
-                vec16 w_hi = *(const vec16*)(w + k * PANEL + 16);
-                for (int r = 0; r < n_rows; r++) {
-                    float xk = xs[r * K + k];
-                    lo[r] += xk * w_lo;
-                    hi[r] += xk * w_hi;
-                }
-            }
-            for (int r = 0; r < n_rows; r++) {
-                float tile[PANEL];
-                *(vec16*)tile = lo[r];
-                *(vec16*)(tile + 16) = hi[r];
-                float* out = y + (r0 + r) * N + col;
-                for (long long j = 0; j < width; j++) out[j] = bias ? tile[j] + bias[col + j] : tile[j];
-            }
+            BY_ROWS[n_rows](panels + p * K * PANEL, x + r0 * K, bias, y + r0 * N, K, N, col, width);
         }
     }
 }
