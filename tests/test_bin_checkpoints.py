@@ -134,6 +134,15 @@ def test_nanollm_loads_a_bin_directory_as_its_safetensors_twin(twins):
     assert_same_model(nanollm.load(bin_dir), nanollm.load(st_dir))
 
 
+def test_the_bin_file_itself_is_one_error_naming_its_directory(gpt2):
+    """A .bin path is read as llama2.c's format; a PyTorch archive there says what it is and where to point."""
+    bin_dir = gpt2[1]
+    with pytest.raises(ValueError) as e:
+        nanollm.load(bin_dir / "pytorch_model.bin")
+    assert str(e.value) == (f"{bin_dir / 'pytorch_model.bin'}: a PyTorch checkpoint (a zip archive), not a llama2.c "
+                            f"file: nanollm reads it from its model directory, beside its config.json ({bin_dir})")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Which file a directory is read from
 

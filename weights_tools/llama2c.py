@@ -181,6 +181,9 @@ def read_llama2c(path: str | os.PathLike) -> Llama2cModel:
 
 def _parse_header(where: str, head: bytes, size: int) -> tuple[Llama2cHeader, int]:
     """The first (up to) 256 bytes of a `size`-byte file -> (checked header, offset of the first tensor)."""
+    if head.startswith(b"PK\x03\x04"):  # a zip archive: how torch.save writes pytorch_model.bin
+        raise Llama2cError(f"{where}: a PyTorch checkpoint (a zip archive), not a llama2.c file: nanollm reads it "
+                           f"from its model directory, beside its config.json ({Path(where).parent})")
     if len(head) < LEGACY_HEADER.size:
         raise Llama2cError(f"{where}: {size} bytes, too short for a llama2.c header ({LEGACY_HEADER.size} bytes)")
     if struct.unpack_from("<I", head)[0] == MAGIC:
