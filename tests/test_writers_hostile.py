@@ -302,7 +302,7 @@ def test_llama2c_headers_are_checked_before_allocating(tmp_path_factory, version
     header = (struct.pack("<Ii7iB", MAGIC, version, *sizes, shared).ljust(256, b"\0") if version else
               struct.pack("<7i", *sizes))
     if data_length is None:  # the size the header implies, when the sizes make sense
-        assume(min(sizes) > 0 and dim % heads == 0 and dim <= 64 and max(hidden, layers, vocab, seq) <= 64)
+        assume(min(sizes) > 0 and dim % heads == 0 and dim <= 64 and max(hidden, layers, kv_heads, vocab, seq) <= 64)
         shapes = llama2c.Llama2cHeader(dim, hidden, layers, heads, kv_heads, abs(vocab), seq, shared_classifier=True,
                                        version=version).tensor_shapes()
         data_length = 4 * sum(math.prod(shape) for shape in shapes.values())
