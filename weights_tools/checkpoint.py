@@ -18,10 +18,9 @@ never opened. Failing all four, a lone *.safetensors file of another name is rea
 see safetensors.open_checkpoint).
 
 A sharded checkpoint is an index, {"metadata": {...}, "weight_map": {tensor name: shard file name}}, written by
-save_pretrained in the same format for both kinds of shard; `open_sharded` checks an index of .bin shards as
-safetensors' reader checks its own (`_open_sharded`): plain shard names beside the index, no shard missing, no
-tensor in two shards, every tensor of a shard listed in the index and every tensor of the index in the shard it
-names. A shard file the index does not name is not part of the checkpoint, as for transformers.
+save_pretrained in the same format for both kinds of shard, so safetensors.open_sharded checks an index of .bin
+shards as it checks its own, with the .bin reader: plain shard names beside the index, no shard missing, no tensor
+in two shards, every tensor of a shard listed in the index and every tensor of the index in the shard it names.
 
 Tied weights: a .bin stores a tied output projection (GPT-2's lm_head.weight, the same tensor as
 transformer.wte.weight) once, as one storage with two names, where the safetensors file save_pretrained writes drops
@@ -40,13 +39,11 @@ through this module, so this module cannot call it (an import cycle).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import secrets
 import shutil
 import sys
-from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from nanollm.files import FileError, read_bytes, write_bytes
@@ -87,49 +84,7 @@ def _open_bin(path: Path) -> safetensors.Checkpoint:
 
 
 def _open_bin_index(path: Path) -> safetensors.Checkpoint:
-    return open_sharded(path, torch_checkpoint.open_torch_checkpoint, torch_checkpoint.TorchCheckpointError)
-
-
-def open_sharded(index_path: Path, open_shard: Callable[[Path], Mapping], error: type[ValueError]
-                 ) -> safetensors.Checkpoint:
-    """Open every shard an index names with `open_shard` and check that the index and the shards agree, tensor by
-    tensor, as safetensors' reader checks its own index (its `_open_sharded`). Each problem is one `error` naming
-    the index or the shard."""
-    weight_map = _weight_map(index_path, error)
-    shards = {}
-    for shard_name in sorted(set(weight_map.values())):
-        if Path(shard_name).name != shard_name or shard_name in ("", ".", ".."):
-            raise error(f"{index_path}: shard name {shard_name!r} is not a plain file name beside the index")
-        shard_path = index_path.parent / shard_name
-        if not shard_path.exists():
-            raise error(f"{index_path}: shard {shard_name!r} named by the index is missing")
-        shards[shard_name] = open_shard(shard_path)
-    seen: dict[str, str] = {}
-    for shard_name, shard in shards.items():
-        for name in shard:
-            if name in seen:
-                raise error(f"{shard.path}: tensor {name!r} is also in shard {seen[name]!r}")
-            if name not in weight_map:
-                raise error(f"{shard.path}: tensor {name!r} is not listed in the index {index_path.name}")
-            seen[name] = shard_name
-    for name, shard_name in weight_map.items():
-        if name not in shards[shard_name]:
-            raise error(f"{index_path}: the index places tensor {name!r} in {shard_name!r}, which does not hold it")
-    return safetensors.Checkpoint(list(shards.values()))
-
-
-def _weight_map(index_path: Path, error: type[ValueError]) -> dict[str, str]:
-    """The index's "weight_map", {tensor name: shard file name}. A key written twice is an error at any level, as
-    in safetensors' headers (json would keep the last one silently)."""
-    try:
-        # safetensors' own hook for its headers and indexes: one rule for every JSON file of a checkpoint
-        index = json.loads(read_bytes(index_path).decode("utf-8"), object_pairs_hook=safetensors._reject_duplicates)
-    except (ValueError, RecursionError) as e:  # not UTF-8, JSONDecodeError, a duplicate key, absurd nesting
-        raise error(f"{index_path}: the index is not valid JSON: {e}") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise error(f"{index_path}: the index has no \"weight_map\" object of tensor name -> shard file name")
-    return weight_map
+    return safetensors.open_sharded(path, torch_checkpoint.open_torch_checkpoint, torch_checkpoint.TorchCheckpointError)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -140,20 +140,20 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict:
     return result
 
 
-def _parse_json_object(path: Path, raw: bytes, *, what: str) -> dict:
-    """UTF-8 JSON bytes -> dict, or SafetensorsError. Rejects duplicate keys at every level."""
+def _parse_json_object(path: Path, raw: bytes, *, what: str, error: type[ValueError] = SafetensorsError) -> dict:
+    """UTF-8 JSON bytes -> dict, or `error` naming the file. Rejects duplicate keys at every level."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise _error(path, f"{what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+        raise error(f"{path}: {what} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
     try:
         value = json.loads(text, object_pairs_hook=_reject_duplicates)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, our duplicate check, absurdly deep nesting
-        raise _error(path, f"{what} is not valid JSON: {e}") from None
+        raise error(f"{path}: {what} is not valid JSON: {e}") from None
     except MemoryError:  # a header of millions of tiny entries takes many times its size as Python objects
-        raise _error(path, f"out of memory parsing the {len(raw):,}-byte {what}") from None
+        raise error(f"{path}: out of memory parsing the {len(raw):,}-byte {what}") from None
     if not isinstance(value, dict):
-        raise _error(path, f"{what} is a JSON {type(value).__name__}, not an object")
+        raise error(f"{path}: {what} is a JSON {type(value).__name__}, not an object")
     return value
 
 
@@ -318,13 +318,13 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_dir():
         if path.name.endswith(".index.json"):
-            return _open_sharded(path)
+            return open_sharded(path)
         return Checkpoint([open_safetensors(path)])
     # exists(), not is_file(): a model.safetensors that is a FIFO must be reported, not skipped for another file.
     if (path / SINGLE_FILE_NAME).exists():
         return Checkpoint([open_safetensors(path / SINGLE_FILE_NAME)])
     if (path / INDEX_FILE_NAME).exists():
-        return _open_sharded(path / INDEX_FILE_NAME)
+        return open_sharded(path / INDEX_FILE_NAME)
     candidates = sorted(path.glob("*.safetensors"))
     if len(candidates) == 1:
         return Checkpoint([open_safetensors(candidates[0])])
@@ -332,34 +332,38 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
                        + (f" ({len(candidates)} .safetensors files and no index to tie them)" if candidates else ""))
 
 
-def _open_sharded(index_path: Path) -> Checkpoint:
+def open_sharded(index_path: Path, open_shard=None, error: type[ValueError] = SafetensorsError) -> Checkpoint:
     """Open every shard an index names and check that the index and the shards agree, tensor by tensor.
 
-    The index (written by transformers' save_pretrained) is {"metadata": {"total_size": ...}, "weight_map":
-    {tensor name: shard file name}}; shard names are plain file names beside the index.
+    The index (written by transformers' save_pretrained, the same for safetensors and pytorch_model.bin shards) is
+    {"metadata": {"total_size": ...}, "weight_map": {tensor name: shard file name}}; shard names are plain file names
+    beside the index. open_shard reads one shard (default open_safetensors; weights_tools/checkpoint.py passes the
+    .bin reader, and its error class): every problem is one `error` naming the index or the shard. A shard file the
+    index does not name is not part of the checkpoint, as for transformers.
     """
-    weight_map = _parse_json_object(index_path, read_bytes(index_path), what="index").get("weight_map")
+    open_shard = open_shard or open_safetensors
+    weight_map = _parse_json_object(index_path, read_bytes(index_path), what="index", error=error).get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise _error(index_path, "index has no \"weight_map\" object of tensor name -> shard file name")
+        raise error(f"{index_path}: index has no \"weight_map\" object of tensor name -> shard file name")
     shards = {}
     for shard_name in sorted(set(weight_map.values())):
         if Path(shard_name).name != shard_name or shard_name in ("", ".", ".."):
-            raise _error(index_path, f"shard name {shard_name!r} is not a plain file name beside the index")
+            raise error(f"{index_path}: shard name {shard_name!r} is not a plain file name beside the index")
         shard_path = index_path.parent / shard_name
         if not shard_path.exists():
-            raise _error(index_path, f"shard {shard_name!r} named by the index is missing")
-        shards[shard_name] = open_safetensors(shard_path)
+            raise error(f"{index_path}: shard {shard_name!r} named by the index is missing")
+        shards[shard_name] = open_shard(shard_path)
     seen: dict[str, str] = {}
     for shard_name, shard in shards.items():
         for name in shard:
             if name in seen:
-                raise _error(shard.path, f"tensor {name!r} is also in shard {seen[name]!r}")
+                raise error(f"{shard.path}: tensor {name!r} is also in shard {seen[name]!r}")
             if name not in weight_map:
-                raise _error(shard.path, f"tensor {name!r} is not listed in the index {index_path.name}")
+                raise error(f"{shard.path}: tensor {name!r} is not listed in the index {index_path.name}")
             seen[name] = shard_name
     for name, shard_name in weight_map.items():
         if name not in shards[shard_name]:
-            raise _error(index_path, f"the index places tensor {name!r} in {shard_name!r}, which does not hold it")
+            raise error(f"{index_path}: the index places tensor {name!r} in {shard_name!r}, which does not hold it")
     return Checkpoint(list(shards.values()))
 
 
