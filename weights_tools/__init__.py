@@ -1,8 +1,9 @@
 """weights_tools: reading and writing checkpoint files without any deep-learning framework.
 
 Read `safetensors.py` first: the file format every Hugging Face checkpoint uses, parsed and written from scratch.
-Then convert.py (a Hugging Face directory -> nanollm's config and weights), hub.py (fetching one), llama2c.py,
-inspect.py, and train_demo.py (how the demo model shipped in nanollm was made).
+Then torch_checkpoint.py (`pytorch_model.bin`, read without running its pickle), checkpoint.py (a directory's weights,
+whichever format; `convert DIR OUT`), convert.py (a Hugging Face directory -> nanollm's config and weights), hub.py
+(fetching one), llama2c.py, inspect.py, and train_demo.py (how the demo model shipped in nanollm was made).
 
 How it sits with nanollm: weights_tools fills nanollm's data modules (config, weights) and uses its files and memory
 helpers; nanollm.load (nanollm/loader.py) calls the readers here. Importing any nanollm module runs nanollm's
