@@ -5,7 +5,7 @@ after them (Qwen, Mistral, Phi-3, Gemma, OLMo-2) and the classic ones beside the
 StableLM-2: attention and MLP side by side) differ in a few named places: each is a field of ModelConfig
 (nanollm/config.py lists them by family) and, where it computes something, one small helper below.
 The forward pass itself is shared. Every op goes through `be` (a backend object), so the same code runs on NumPy,
-on the GPU with CUDA kernels, or on the CPU emulator of those kernels.
+on the CPU with compiled kernels for its heaviest ops, on the GPU with CUDA kernels, or on the CPU emulator of those.
 
 The weights are named in weights.py (a linear weight is (in, out), applied as x @ w). Everything one pass shares
 (backend, config, cache, RoPE tables) travels in one small `Pass`, so each helper reads like its math.
