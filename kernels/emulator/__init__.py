@@ -192,8 +192,14 @@ def compiler_version(compiler: str) -> str:
     return output.splitlines()[0] if output else compiler
 
 
+def cache_root() -> Path:
+    """Where built kernels are kept, a folder per builder: $NANOLLM_CACHE, default ~/.cache/nanollm (the cpu backend's
+    library goes beside the emulator's, in cpu/)."""
+    return Path(os.environ.get("NANOLLM_CACHE", Path.home() / ".cache" / "nanollm"))
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("NANOLLM_CACHE", Path.home() / ".cache" / "nanollm")) / "emulator"
+    return cache_root() / "emulator"
 
 
 def local_includes(source: str, search_dirs: list) -> list:
@@ -247,8 +253,8 @@ def static_shared_bytes(library: Path, kernel_names) -> dict:
 COMPILE_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-Wno-unknown-pragmas", "-DNANOLLM_EMULATOR")
 
 
-def _digest(**parts) -> str:
-    """A short sha256 of everything that determines a build's output."""
+def build_digest(**parts) -> str:
+    """A short sha256 of everything that determines a build's output (JSON-able parts), for the cached file's name."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -261,7 +267,7 @@ def _run_compiler(command: list, what: str):
 
 def runtime_object(compiler: str, options, cache_dir: Path) -> Path:
     """cuda_emulator.cpp compiled once to an object file and cached, so each kernel file only compiles itself."""
-    digest = _digest(format=BUILD_FORMAT, header=HEADER.read_text(), runtime=RUNTIME.read_text(),
+    digest = build_digest(format=BUILD_FORMAT, header=HEADER.read_text(), runtime=RUNTIME.read_text(),
                      options=list(options), compiler=[compiler, compiler_version(compiler)])  # fmt: skip
     target = cache_dir / f"cuda_emulator-{digest}.o"
     if not target.is_file():
@@ -281,7 +287,7 @@ def build(source: str, name: str, source_path, options, cache_dir: Path, kernels
     """
     compiler = find_compiler()
     include_dirs = [KERNELS_DIR] + ([Path(source_path).resolve().parent] if source_path else [])
-    digest = _digest(format=BUILD_FORMAT, source=source, includes=local_includes(source, include_dirs),
+    digest = build_digest(format=BUILD_FORMAT, source=source, includes=local_includes(source, include_dirs),
                      header=HEADER.read_text(), runtime=RUNTIME.read_text(), options=list(options),
                      compiler=[compiler, compiler_version(compiler)])  # fmt: skip
     library = cache_dir / f"{name}-{digest}.so"

@@ -8,11 +8,11 @@ else (norms, prefill attention, sampling) is the NumPy reference unchanged, so t
 faster decoding, and its results agree with it to float32 rounding (sums in another order), tested in
 tests/test_cpu_backend.py.
 
-Building: the two kernels are compiled into one library at the first use with the host C++ compiler (the one the emulator uses: $CXX, else
-g++, c++ or clang++), with -O3 -march=native -fopenmp, and cached under `$NANOLLM_CACHE/cpu` (default
-`~/.cache/nanollm/cpu`) by the sha256 of the source, the flags, the compiler's version and this CPU's model and
-features (-march=native code may not run on another CPU sharing the cache). No compiler: one error that says so
-(the numpy backend needs none).
+Building: the two kernels are compiled into one library at the first use with the host C++ compiler, found and
+cached as the emulator does it (kernels/emulator: $CXX, else g++, c++ or clang++), with -O3 -march=native -fopenmp,
+under `$NANOLLM_CACHE/cpu` (default `~/.cache/nanollm/cpu`), named by the sha256 of the sources, the flags, the
+compiler's version and this CPU's model and features (-march=native code may not run on another CPU sharing the
+cache). No compiler: one error that says so (the numpy backend needs none).
 
 Threads: the kernel runs on OpenMP threads, one per core; OpenBLAS, which NumPy still calls for attention's small
 products, has a pool of its own, whose threads keep spinning for a while after each call. Two pools spinning on
@@ -25,8 +25,6 @@ numpy backend serves it as a view, here `tied_table` stores the table as the pan
 (`TiedTable`: `.T` is the projection, `[ids]` gathers the embedding's rows from its columns). One copy either way.
 """
 import ctypes
-import hashlib
-import json
 import math
 import os
 import platform
@@ -38,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from nanollm.kernels import KERNELS_DIR
-from nanollm.kernels.emulator import compiler_version, find_compiler
+from nanollm.kernels.emulator import build_digest, cache_root, compiler_version, find_compiler
 
 from ..paged_cache import check_paged_args
 from .numpy_backend import NumpyBackend
@@ -53,10 +51,6 @@ class CpuKernelError(RuntimeError):
 
 
 # -- building ----------------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("NANOLLM_CACHE", Path.home() / ".cache" / "nanollm")) / "cpu"
 
 
 def cpu_identity() -> str:
@@ -80,8 +74,9 @@ def load_kernel() -> ctypes.CDLL:
         raise CpuKernelError("no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's kernels "
                              "(kernels/linear_cpu.cpp, attention_cpu.cpp) at their first use: install one (e.g. "
                              "`apt install g++`) or set CXX") from None
-    key = json.dumps([[p.read_text() for p in SOURCES], FLAGS, compiler_version(compiler), cpu_identity()])
-    library = cache_dir() / f"cpu_kernels-{hashlib.sha256(key.encode()).hexdigest()[:32]}.so"
+    digest = build_digest(sources=[p.read_text() for p in SOURCES], flags=FLAGS,
+                          compiler=[compiler, compiler_version(compiler)], cpu=cpu_identity())
+    library = cache_root() / "cpu" / f"cpu_kernels-{digest}.so"
     if not library.is_file():
         library.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=library.parent, prefix="build-") as tmp:
