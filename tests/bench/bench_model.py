@@ -77,25 +77,31 @@ def decode_step_bytes(model) -> int:
     return sum(a.nbytes for a in weight_matrices(model))
 
 
-def large_gemv(model, matrix, x):
-    """The reference: x @ matrix by the model's backend (OpenBLAS on numpy; the kernel, on its panels, on cpu)."""
-    be = model.backend
+def gemv_matrix() -> np.ndarray:
+    """The large gemv's matrix, the same in every measurement. -> (768, 50257) float32"""
+    return np.random.default_rng(1).random(GEMV_SHAPE, dtype=np.float32)
+
+
+def large_gemv(model, matrix):
+    """The reference, one row times matrix by the model's backend (OpenBLAS on numpy; the kernel, on its panels, on
+    cpu), laid out once here, as the model's weights were at load."""
+    be, x = model.backend, np.ones((1, GEMV_SHAPE[0]), np.float32)
     packed = be.weight(matrix)
     return lambda: be.linear(x, packed)
 
 
-def decode_and_gemv_seconds(model, prompt, matrix, x) -> tuple[float, float, float]:
-    """(median decode step, median large gemv (`large_gemv`), median run of the model's own matrix-vector products), one of
-    each in turn after every batch-1 decode step: the machine's bandwidth drifts between levels for seconds at a time,
-    so the three are timed in the same fraction of a second. The third splits the gap between the first two: what
-    BLAS reaches on the model's matrix sizes, and what the rest of a step (attention, norms, Python) adds."""
+def decode_and_gemv_seconds(model, prompt, gemv) -> tuple[float, float, float]:
+    """(median decode step, median large gemv (`gemv`, from `large_gemv`), median run of the model's own
+    matrix-vector products), one of each in turn after every batch-1 decode step: the machine's bandwidth drifts
+    between levels for seconds at a time, so the three are timed in the same fraction of a second. The third splits
+    the gap between the first two: what the products reach on the model's matrix sizes, and what the rest of a step
+    (attention, norms, Python) adds."""
     matrices = weight_matrices(model)
     rows = {a.shape[0]: np.ones((1, a.shape[0]), np.float32) for a in matrices}  # one input row per width
     cache = model.new_cache(batch_size=1, max_len=PROMPT_TOKENS + DECODE_STEPS + 1)
     token = model.step(prompt, cache)[:, -1].argmax(-1)[:, None]  # (1, 1)
     steps, gemvs, products = [], [], []
     linear = model.backend.linear  # the model's own matrix product (OpenBLAS on numpy, the kernel on cpu)
-    gemv = large_gemv(model, matrix, x)
     for _ in range(DECODE_STEPS):
         t0 = time.perf_counter()
         token = model.step(token, cache)[:, -1].argmax(-1)[:, None]  # (1, 1)
@@ -163,10 +169,10 @@ def bench(name, hf_model):
     ours = load_pair(hf_model)
     hf_model.eval()
     prompt = np.random.default_rng(0).integers(0, ours.config.vocab_size, (1, PROMPT_TOKENS))
-    matrix = np.random.default_rng(1).random(GEMV_SHAPE, dtype=np.float32)  # (768, 50257)
-    x = np.ones((1, GEMV_SHAPE[0]), np.float32)
+    matrix = gemv_matrix()  # (768, 50257)
+    reference = large_gemv(ours, matrix)
     measures = {
-        "decode vs gemv": lambda: decode_and_gemv_seconds(ours, prompt, matrix, x),
+        "decode vs gemv": lambda: decode_and_gemv_seconds(ours, prompt, reference),
         **{f"decode {b}": (lambda b=b: decode_seconds(ours, b, prompt)) for b in BATCHES},
         "prefill": lambda: prefill_seconds(ours, prompt),
         "matmuls": lambda: matmul_floor_seconds(ours, PROMPT_TOKENS),
@@ -287,7 +293,7 @@ def compare_gemv_references():
     from nanollm.backends.cpu_backend import Panels, load_kernel
 
     kernel = load_kernel().linear_panels
-    matrix = np.random.default_rng(1).random(GEMV_SHAPE, dtype=np.float32)  # (768, 50257)
+    matrix = gemv_matrix()  # (768, 50257)
     packed, x, y = Panels(matrix), np.ones((1, GEMV_SHAPE[0]), np.float32), np.empty((1, GEMV_SHAPE[1]), np.float32)
     runs = {"OpenBLAS": lambda: x @ matrix,
             "cpu kernel": lambda: kernel(x.ctypes.data, packed.data.ctypes.data, None, y.ctypes.data, 1, *matrix.shape)}
@@ -304,8 +310,9 @@ def main():
         compare_gemv_references()
     keep_freed_memory()  # as the command line does: freed arrays stay warm for the next pass
     torch.manual_seed(0)
-    print(f"backend: {BACKEND}; threads: torch {torch.get_num_threads()}, numpy (BLAS) {os.environ.get('OPENBLAS_NUM_THREADS', 'default')}"
-          f"; {REPEATS} alternating rounds, medians; prompt {PROMPT_TOKENS} tokens, {DECODE_STEPS} decode steps\n")
+    print(f"backend: {BACKEND}; threads: torch {torch.get_num_threads()}, numpy (BLAS) "
+          f"{os.environ.get('OPENBLAS_NUM_THREADS', 'default')}; {REPEATS} alternating rounds, medians; "
+          f"prompt {PROMPT_TOKENS} tokens, {DECODE_STEPS} decode steps\n")
     models = {name: make() for name, make in SHAPES.items()}
     loaded = {name: bench(name, hf_model) for name, hf_model in models.items()}
     bench_small_batches()
