@@ -245,10 +245,11 @@ def to_rotate_half_order(w: np.ndarray, n_heads: int) -> np.ndarray:
     """(n_heads * hs, C) -> same shape. Within each head, rows (re0, im0, re1, im1, ...) -> (re0, re1, ..., im0, ...).
 
     Example, one head, hs = 4: rows [a0, a1, b0, b1] -> [a0, b0, a1, b1] (row 2j goes to j, row 2j+1 to j + hs/2).
+    convert.to_rotate_half does it (GPT-J's q and k need it too, on part of each head): here on the rows of an
+    (out, in) matrix, every dim of the head rotating.
     """
-    rows, cols = w.shape
-    hs = rows // n_heads
-    return w.reshape(n_heads, hs // 2, 2, cols).transpose(0, 2, 1, 3).reshape(rows, cols)
+    hs = w.shape[0] // n_heads
+    return np.ascontiguousarray(convert.to_rotate_half(w.T, n_heads, hs).T)  # (n_heads * hs, C)
 
 
 def to_interleaved_order(w: np.ndarray, n_heads: int) -> np.ndarray:
