@@ -2,6 +2,7 @@
 pair counts. Each must give exactly what the plain algorithm gives: the ids tiktoken gives, the symbols
 ``heap_merge`` gives, the merges a textbook recount-everything trainer learns."""
 import copy
+import re
 from collections import Counter
 from functools import cache
 from itertools import pairwise
@@ -25,11 +26,14 @@ from nanollm.tokenizer.bpe import (
 from nanollm.tokenizer.byte_level import (
     BYTE_TOKENS,
     CL100K_PATTERN,
-    FASTER_SPELLINGS,
+    GPT2_PATTERN,
     NON_ASCII_PARTS,
     R50K_PATTERN,
+    RE_SPELLINGS,
     ByteLevelBPE,
+    ShippedPattern,
     SpanFreeCuts,
+    bmp_ranges,
     compile_pattern,
     load_tiktoken_ranks,
     resolve_pattern,
@@ -309,19 +313,38 @@ def test_non_ascii_text_gives_tiktokens_ids(text):
         assert _fresh(ours).encode_ordinary(text) == reference.encode_ordinary(text)
 
 
-# -- faster spellings of the shipped patterns -----------------------------------------------------------------------
+# -- the shipped patterns run by re ------------------------------------------------------------------------------
 
-PATTERN_TEXT = st.lists(st.sampled_from([*"aZé日 \t\r\n\u00a0\u30000٣'!.-", "'s", "'LL", "'ve", "'d", "'t"]),
+PATTERN_TEXT = st.lists(st.sampled_from([*"aZé日 \t\r\n\u00a0\u3000\u001c\u00850٣²Ⅻ'!.-ſ", "'s", "'LL", "'ve", "'d", "'t",
+                                         "🤗", "👍🏽", "𝐀", "𠀀", "𝟙", "\U0001e950"]),
                         max_size=60).map("".join)
 
 
 @settings(max_examples=200)
-@given(PATTERN_TEXT)
+@given(st.one_of(PATTERN_TEXT, st.text(max_size=100)))
 @example("a  \n")
 @example("x \r\n\n  ")
 @example("'S 'll\t\t")
-def test_faster_spellings_match_as_the_published_ones(text):
-    """Each faster spelling cuts text exactly as the pattern it stands for: equal findall on any mix of letters,
-    digits, punctuation, apostrophes and contractions, and every kind of whitespace at the end and in runs."""
-    for published, faster in FASTER_SPELLINGS.items():
-        assert regex.findall(faster, text) == regex.findall(published, text), published
+@example("x  \u001c")  # re's own \S would not see U+001C as the end of the spaces
+@example("🤗a𝐀b")  # an astral letter: regex runs it
+def test_shipped_patterns_match_as_the_published_ones(text):
+    """Each shipped pattern cuts text exactly as published, run by regex: equal findall on any mix of letters,
+    digits, punctuation, apostrophes and contractions (ſ folds to s), every kind of whitespace at the end and in runs
+    (U+001C and U+0085: space to Python, not to Unicode), and characters beyond the BMP, letters or not."""
+    for published in RE_SPELLINGS:
+        assert ShippedPattern(published).findall(text) == regex.findall(published, text), published
+
+
+def test_bmp_classes_hold_what_regex_puts_in_them():
+    """Every BMP character, in turn: re's written-out class matches exactly the characters regex's class does."""
+    bmp = "".join(map(chr, range(0x10000)))
+    for name in (r"\p{L}", r"\p{N}", r"\s"):
+        assert re.findall(f"[{bmp_ranges(name)}]", bmp) == regex.findall(f"[{name}]", bmp), name
+
+
+def test_text_with_an_astral_letter_goes_to_regex():
+    """The BMP spelling alone would cut "a𝐀b" in three (𝐀, beyond the BMP, in no class of it); regex keeps the
+    word whole, and so does the shipped pattern."""
+    shipped = ShippedPattern(GPT2_PATTERN)
+    assert shipped.bmp.findall("a𝐀b") == ["a", "𝐀", "b"]
+    assert shipped.findall("a𝐀b") == ["a𝐀b"]
