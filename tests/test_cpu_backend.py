@@ -1,12 +1,13 @@
-"""The cpu backend: kernels/linear_cpu.cpp and attention_cpu.cpp against their NumPy twins, the panel layout, and whole
-models against numpy.
+"""The cpu backend: kernels/linear_cpu.cpp, attention_cpu.cpp, norms_cpu.cpp and rope_cpu.cpp against their NumPy
+twins, the panel layout, and whole models against numpy.
 
 Tolerance of the matrix product. The kernel sums each column in k order in float32; BLAS sums in blocks: neither is
 the exact sum, and they differ from each other. Both must be within the classic bound of a float32 dot product of
 length K (Higham, Accuracy and Stability of Numerical Algorithms, 3.1): |computed - exact| <= K u (|x| @ |w|), with
 u = 2^-24, the exact value taken in float64. A kernel that dropped a term, or summed the wrong rows, fails it by
 orders of magnitude. Decode attention: the kernel tests' ATTENTION_RTOL (tests/kernel_harness.py: scores summed in
-another order, an online softmax). Whole models: logits within 1e-4 of the numpy backend's (max over B x T x V), as the emulator's
+another order, an online softmax). Norms and RoPE: the kernel tests' FLOAT32_RTOL (sums in another order; a
+multiply-add the compiler may fuse). Whole models: logits within 1e-4 of the numpy backend's (max over B x T x V), as the emulator's
 forward test; greedy tokens equal.
 """
 import subprocess
@@ -22,7 +23,7 @@ from nanollm.backends.cpu_backend import CpuBackend, Panels, TiedTable, load_ker
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.model import Model
 from nanollm.paged_runner import PagedRunner
-from tests.kernel_harness import ATTENTION_RTOL, assert_close
+from tests.kernel_harness import ATTENTION_RTOL, FLOAT32_RTOL, assert_close
 from tests.test_paged_attention import OPTIONS, draw_case, paged_batch
 from tests.test_backend_api import assert_same_api
 from tests.test_backend_forward import random_weights, small_config
@@ -97,6 +98,53 @@ def test_panels_hold_the_matrix_exactly(K, N, seed):
 
 
 @settings(max_examples=60)
+@given(lead=st.sampled_from([(1,), (3,), (2, 5), (1, 1, 1)]), C=st.integers(1, 300), offset=st.floats(-100, 100),
+       eps=st.sampled_from([1e-5, 1e-6]), seed=st.integers(0, 2**32 - 1))
+def test_norms_match_the_numpy_twins(cpu, lead, C, offset, eps, seed):
+    """Any leading axes, widths that are not a multiple of the kernel's 16 running sums (1 included), rows far from
+    zero mean (a one-pass variance would cancel there)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((*lead, C)) * 2 + offset).astype(np.float32)
+    w, b = rng.standard_normal((2, C)).astype(np.float32)
+    for got, want in ((cpu.layer_norm(x, w, b, eps), NumpyBackend().layer_norm(x, w, b, eps)),
+                      (cpu.rms_norm(x, w, eps), NumpyBackend().rms_norm(x, w, eps))):
+        assert got.shape == x.shape and got.dtype == np.float32
+        assert_close(got, want, FLOAT32_RTOL, f"norm of {x.shape} offset {offset}")
+
+
+@settings(max_examples=60)
+@given(B=st.integers(1, 3), n=st.integers(1, 4), T=st.integers(1, 9), half=st.integers(1, 40),
+       passed=st.integers(0, 9), fused=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_rope_matches_the_numpy_twin(cpu, B, n, T, half, passed, fused, seed):
+    """Partial rotary (hs = 2 half + passed), and x either contiguous or (fused) a head slice of a (B, T, 2n, hs)
+    projection, the strided view attention hands over: the kernel reads it through its strides."""
+    rng = np.random.default_rng(seed)
+    hs = 2 * half + passed
+    angles = rng.uniform(-1e3, 1e3, size=(B, T, half))  # (B, T, r/2)
+    cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+    if fused:
+        x = rng.standard_normal((B, T, 2 * n, hs)).astype(np.float32).transpose(0, 2, 1, 3)[:, n:]  # (B, n, T, hs)
+    else:
+        x = rng.standard_normal((B, n, T, hs)).astype(np.float32)
+    got = cpu.rope(x, cos, sin)
+    assert_close(got, NumpyBackend().rope(x, cos, sin), FLOAT32_RTOL, f"rope {x.shape} half={half}")
+    assert np.array_equal(got[..., 2 * half :], x[..., 2 * half :])  # passed through bit for bit
+
+
+def test_odd_shapes_get_numpys_answer(cpu):
+    """What the kernels do not take (tables that broadcast over the batch, weights of another width) is NumPy's:
+    the same broadcast, or the same error, never a read past an array's end."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 8)).astype(np.float32)
+    cos, sin = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)  # (1, T, r/2): broadcast over B
+    np.testing.assert_array_equal(cpu.rope(x, cos, sin), NumpyBackend().rope(x, cos, sin))
+    with pytest.raises(ValueError, match="broadcast"):
+        cpu.layer_norm(x, np.ones(5, np.float32), np.zeros(5, np.float32), 1e-5)
+    with pytest.raises(ValueError, match="broadcast"):
+        cpu.rms_norm(x, np.ones(9, np.float32), 1e-5)
+
+
+@settings(max_examples=60)
 @given(seed=st.integers(0, 2**32 - 1), peaked=st.booleans(), data=st.data())
 def test_decode_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, peaked, data):
     """Ragged lengths, blocks scattered through the pool in random order, block sizes from 1 to 40, grouped-query
@@ -113,11 +161,12 @@ def test_decode_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, pe
 
 @settings(max_examples=60)
 @given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 3), n_kv=st.integers(1, 3), g=st.sampled_from([1, 2, 4]),
-       hs=st.sampled_from([1, 8, 64]), S=st.integers(1, 70), spare=st.integers(0, 9),
+       hs=st.sampled_from([1, 8, 20, 64, 80, 520]), S=st.integers(1, 70), spare=st.integers(0, 9),
        options=st.fixed_dictionaries(OPTIONS))
 def test_decode_attention_over_a_kv_cache_matches_the_numpy_twin(cpu, seed, B, n_kv, g, hs, S, spare, options):
     """The keys as KVCache hands them over: the first S slots of a longer buffer (B, n_kv, max_len, hs), a view whose
-    heads and rows are not adjacent; the query at slot S - 1."""
+    heads and rows are not adjacent; the query at slot S - 1. S up to 70 spans three of the kernel's chunks of 32
+    keys; head sizes that are not a multiple of its 16-float vectors, and one past its largest (512: NumPy's)."""
     rng = np.random.default_rng(seed)
     k_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)
     v_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)

@@ -1,14 +1,16 @@
-"""The cpu backend: the NumPy backend with the two ops that read the most memory compiled for the CPU.
+"""The cpu backend: the NumPy backend with the ops that read the most memory, or are called most often, compiled.
 
 What this adds over numpy_backend.py: every weight matrix is stored once, at load, as column panels (`Panels`), and
 `linear` multiplies by it in kernels/linear_cpu.cpp (read that file's header: why OpenBLAS is slow for the few rows of
 a decode step, and how the kernel reads each weight once for up to 8 rows); a decode step's attention, over a KVCache
-or a paged pool, runs in kernels/attention_cpu.cpp, on every core and reading the keys where they lie. Everything
-else (norms, prefill attention, sampling) is the NumPy reference unchanged, so this backend is the numpy one with
-faster decoding, and its results agree with it to float32 rounding (sums in another order), tested in
-tests/test_cpu_backend.py.
+or a paged pool, runs in kernels/attention_cpu.cpp, on every core and reading the keys where they lie. The norms
+(kernels/norms_cpu.cpp) and RoPE (kernels/rope_cpu.cpp) are compiled for another reason: a decode step makes 25 norms
+and 24 ropes of one row each, and NumPy's several calls per op cost more than the arithmetic (~15 us each, a tenth of
+a step's time besides its products). Everything else (prefill attention, activations, sampling) is the NumPy
+reference unchanged, so this backend is the numpy one, faster, and its results agree with it to float32 rounding
+(sums in another order), tested in tests/test_cpu_backend.py.
 
-Building: the two kernels are compiled into one library at the first use with the host C++ compiler, found and
+Building: the kernels are compiled into one library at the first use with the host C++ compiler, found and
 cached as the emulator does it (kernels/emulator: $CXX, else g++, c++ or clang++), with -O3 -march=native -fopenmp,
 under `$NANOLLM_CACHE/cpu` (default `~/.cache/nanollm/cpu`), named by the sha256 of the sources, the flags, the
 compiler's version and this CPU's model and features (-march=native code may not run on another CPU sharing the
@@ -41,9 +43,10 @@ from nanollm.kernels.emulator import build_digest, cache_root, compiler_version,
 from ..paged_cache import check_paged_args
 from .numpy_backend import NumpyBackend
 
-SOURCES = (KERNELS_DIR / "linear_cpu.cpp", KERNELS_DIR / "attention_cpu.cpp")
+SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
+MAX_HEAD_DIM = 512  # the largest head attention_cpu.cpp takes (its local arrays); larger ones go to NumPy
 
 
 class CpuKernelError(RuntimeError):
@@ -66,7 +69,7 @@ def cpu_identity() -> str:
 
 @lru_cache(maxsize=None)
 def load_kernel() -> ctypes.CDLL:
-    """The compiled library (`linear_panels`, `attention_decode`), built at the first call and cached on disk (see the
+    """The compiled library (`linear_panels`, `attention_decode`, `layer_norm_rows`, `rms_norm_rows`, `rope_rows`), built at the first call and cached on disk (see the
     module docstring)."""
     try:
         compiler = find_compiler()
@@ -90,7 +93,11 @@ def load_kernel() -> ctypes.CDLL:
     lib.linear_panels.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
     lib.attention_decode.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_void_p]
                                      + [ctypes.c_longlong] * 8 + [ctypes.c_float] * 2 + [ctypes.c_longlong])
-    lib.linear_panels.restype = lib.attention_decode.restype = None
+    lib.layer_norm_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
+    lib.rms_norm_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
+    lib.rope_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 8
+    for f in (lib.linear_panels, lib.attention_decode, lib.layer_norm_rows, lib.rms_norm_rows, lib.rope_rows):
+        f.restype = None
     return lib
 
 
@@ -107,6 +114,22 @@ def single_threaded_blas() -> None:
                      "scipy_openblas_set_num_threads64_"):
             if hasattr(lib, name):
                 getattr(lib, name)(1)
+
+
+def address(a: np.ndarray) -> int:
+    """Where a C-contiguous array's elements are, for a kernel. `a.ctypes.data` says it too but costs a microsecond
+    (it builds a dictionary each call), and a decode step passes ~300 arrays: ctypes' view of the array's buffer
+    costs a quarter of that. That view takes only writable, non-empty buffers: the others (a read-only memory-mapped
+    weight) go the slow way."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError):
+        return a.ctypes.data
+
+
+def f32(a) -> np.ndarray:
+    """a as the kernels read it: float32, C order (itself when it is already)."""
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 # -- the panel layout --------------------------------------------------------------------------------------------
@@ -126,7 +149,7 @@ class Panels:
         if full < n_panels:
             data[full, :, : N - full * PANEL] = a[:, full * PANEL :]  # the narrower last panel
         self.data, self.shape = data, (K, N)
-        self.address = data.ctypes.data  # for the kernel, read once: `.ctypes.data` costs a microsecond a call
+        self.address = address(data)  # for the kernel, found once
 
     dtype = np.dtype(np.float32)
     ndim, itemsize = 2, 4
@@ -207,19 +230,54 @@ class CpuBackend(NumpyBackend):
         if not isinstance(w, Panels):
             return super().linear(x, w, b)
         K, N = w.shape
-        rows = np.ascontiguousarray(x.reshape(-1, K), dtype=np.float32)  # (R, K)
-        bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32)
+        rows = f32(x.reshape(-1, K))  # (R, K)
+        bias = None if b is None else f32(b)
         y = np.empty((len(rows), N), dtype=np.float32)  # (R, N)
-        self._lib.linear_panels(rows.ctypes.data, w.address, None if bias is None else bias.ctypes.data,
-                                y.ctypes.data, len(rows), K, N)
+        self._lib.linear_panels(address(rows), w.address, None if bias is None else address(bias),
+                                address(y), len(rows), K, N)
         return y.reshape(*x.shape[:-1], N)
+
+    def layer_norm(self, x, w, b, eps: float):
+        """LayerNorm by kernels/norms_cpu.cpp. (..., C) -> (..., C). Weights not of shape (C,): NumPy's rules."""
+        C = x.shape[-1]
+        if w is None or b is None or w.shape != (C,) or b.shape != (C,):
+            return super().layer_norm(x, w, b, eps)
+        x = f32(x)
+        y = np.empty_like(x)  # (..., C)
+        self._lib.layer_norm_rows(address(x), address(f32(w)), address(f32(b)), address(y), x.size // C, C, eps)
+        return y
+
+    def rms_norm(self, x, w, eps: float):
+        """RMSNorm by kernels/norms_cpu.cpp. (..., C) -> (..., C). A weight not of shape (C,): NumPy's rules."""
+        C = x.shape[-1]
+        if w is None or w.shape != (C,):
+            return super().rms_norm(x, w, eps)
+        x = f32(x)
+        y = np.empty_like(x)  # (..., C)
+        self._lib.rms_norm_rows(address(x), address(f32(w)), address(y), x.size // C, C, eps)
+        return y
+
+    def rope(self, x, cos, sin):
+        """RoPE by kernels/rope_cpu.cpp, reading the heads through x's strides (a view of the q/k/v projection).
+        (B, n, T, hs), (B, T, r/2) x2 -> (B, n, T, hs). Tables of another shape (broadcast ones): NumPy's rules."""
+        B, n, T, hs = x.shape
+        half = cos.shape[-1]
+        if cos.shape != (B, T, half) or sin.shape != (B, T, half) or 2 * half > hs:
+            return super().rope(x, cos, sin)
+        if x.dtype != np.float32 or x.strides[-1] != 4 or any(s % 4 for s in x.strides):
+            x = f32(x)
+        y = np.empty((B, n, T, hs), dtype=np.float32)
+        sb, sn, st = x.strides[:3]
+        self._lib.rope_rows(address(x), address(f32(cos)), address(f32(sin)), address(y), B, n, T, hs, half,
+                            sb // 4, sn // 4, st // 4)
+        return y
 
     def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
                   softcap: float | None = None, window: int | None = None):
         """A decode step (T = 1, no padding) by kernels/attention_cpu.cpp, reading the cache's buffers in place (each
         row of the batch one block of its slots); anything else by the NumPy reference."""
         B, nh, T, hs = q.shape
-        if T != 1 or key_mask is not None or k.strides != v.strides or k.strides[-1] != 4:
+        if T != 1 or hs > MAX_HEAD_DIM or key_mask is not None or k.strides != v.strides or k.strides[-1] != 4:
             return super().attention(q, k, v, q_start, key_mask, scale=scale, softcap=softcap, window=window)
         tables = np.arange(B, dtype=np.int32)[:, None]  # (B, 1): sequence b is block b
         lengths = np.full(B, q_start + 1, dtype=np.int32)  # (B,) the query sees slots 0 .. q_start
@@ -230,7 +288,7 @@ class CpuBackend(NumpyBackend):
                         softcap: float | None = None, window: int | None = None):
         """A decode step (T = 1) by kernels/attention_cpu.cpp, reading the blocks in place through the table (no
         gather); a prefill by the NumPy reference."""
-        if q.shape[2] != 1:
+        if q.shape[2] != 1 or q.shape[3] > MAX_HEAD_DIM:
             return super().paged_attention(q, k_pool, v_pool, block_tables, lengths, scale=scale, softcap=softcap,
                                            window=window)
         tables, lengths = check_paged_args(q.shape, k_pool.shape, v_pool.shape, block_tables, lengths)
@@ -242,11 +300,11 @@ class CpuBackend(NumpyBackend):
     def _attend(self, q, k, v, tables, lengths, bs: int, strides, scale, softcap, window):
         """attention_decode over keys at the blocks of `tables` (see the kernel's header). -> (B, nh, 1, hs)"""
         B, nh, _, hs = q.shape
-        q = np.ascontiguousarray(q, dtype=np.float32)  # (B, nh, 1, hs)
+        q = f32(q)  # (B, nh, 1, hs)
         tables = np.ascontiguousarray(tables, dtype=np.int32)  # (B, table_width)
         lengths = np.ascontiguousarray(lengths, dtype=np.int32)  # (B,)
         out = np.empty_like(q)  # (B, nh, 1, hs)
-        self._lib.attention_decode(q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, tables.ctypes.data,
-                                   tables.shape[1], lengths.ctypes.data, B, nh, k.shape[1], hs, bs, *strides,
+        self._lib.attention_decode(address(q), address(k), address(v), address(out), address(tables),
+                                   tables.shape[1], address(lengths), B, nh, k.shape[1], hs, bs, *strides,
                                    1.0 / math.sqrt(hs) if scale is None else scale, softcap or 0.0, window or 0)
         return out
