@@ -12,7 +12,7 @@ setup(
               "nanollm.kernels", "nanollm.kernels.emulator"],
     package_dir={"nanollm.kernels": "kernels"},
     # The kernel sources ship with the package: the CuPy backend and the CPU emulator compile the CUDA ones at run
-    # time, the cpu backend its two (*_cpu.cpp).
+    # time, the cpu backend its own (*_cpu.cpp).
     package_data={
         "nanollm.kernels": ["*.cu", "*.cuh", "*.cpp"],
         "nanollm.kernels.emulator": ["*.h", "*.cpp"],

@@ -3,8 +3,11 @@
 // Why: at a decode step each sequence's one query reads every key and value it has, so a batch's attention reads the
 // whole KV cache: 8 GPT-2 sequences of 160 tokens read 80 MB a step, a sixth of the weights. NumPy does it as one
 // small matrix product per sequence and key/value head on one core (OpenBLAS does not thread products this small),
-// and the paged cache first copies each sequence's blocks into one array. Here every (sequence, query head) is one
-// task, the tasks are shared among OpenMP threads, and the keys are read where they lie.
+// and the paged cache first copies each sequence's blocks into one array. Here every (sequence, key/value head) is one
+// task, the tasks are shared among OpenMP threads, and the keys are read where they lie. A task attends for all the
+// query heads that share its key/value head (grouped-query attention: 3 in the Llama shape, 7 in Qwen2.5-0.5B), so
+// each key and value is read from memory once, not once per query head; groups larger than MAX_GROUP (multi-query
+// models: Falcon-7B's 71 heads share one) are split among several tasks.
 //
 // NumPy twins: NumpyBackend.attention with T = 1 and NumpyBackend.paged_attention with T = 1
 // (nanollm/backends/numpy_backend.py); tests/test_cpu_backend.py compares them.
@@ -33,12 +36,12 @@
 #include <cmath>
 
 typedef float vec16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, as in linear_cpu.cpp
-
-constexpr long long CHUNK = 32;           // keys scored before the running sums are updated
-constexpr long long MAX_HEAD_DIM = 512;  // the local arrays' size; larger heads go to the NumPy twin (cpu_backend.py)
-
 typedef float vec8 __attribute__((vector_size(32), aligned(4)));
 typedef float vec4 __attribute__((vector_size(16), aligned(4)));
+
+constexpr long long CHUNK = 32;           // keys scored before the running sums are updated
+constexpr long long MAX_GROUP = 8;        // query heads one task attends for
+constexpr long long MAX_HEAD_DIM = 512;  // the local arrays' size; larger heads go to the NumPy twin (cpu_backend.py)
 
 // a . b over n floats: 16 products side by side in one vector (a single running sum would chain every add on the one
 // before, as float additions may not be reordered), then the 16 summed as a tree of halves (4 vector adds, not 15
@@ -60,44 +63,62 @@ extern "C" void attention_decode(const float* q, const float* k, const float* v,
                                  long long n_kv, long long hs, long long bs, long long block_stride,
                                  long long head_stride, long long slot_stride, float scale, float softcap,
                                  long long window) {
-    long long group = nh / n_kv;  // query heads per key/value head
-    long long tasks = B * nh;
+    long long group = nh / n_kv;                            // query heads per key/value head
+    long long parts = (group + MAX_GROUP - 1) / MAX_GROUP;  // tasks per (sequence, key/value head)
+    long long tasks = B * n_kv * parts;
     #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
     for (long long task = 0; task < tasks; task++) {
-        long long b = task / nh, h = task % nh;
-        float qs[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];  // the scaled query, the running weighted sum of values
-        for (long long d = 0; d < hs; d++) qs[d] = q[task * hs + d] * scale, acc[d] = 0.0f;  // q (B, nh, 1, hs)
+        long long b = task / (n_kv * parts), kv_head = task / parts % n_kv, part = task % parts;
+        long long h0 = kv_head * group + part * MAX_GROUP;   // this task's first query head
+        long long G = group - part * MAX_GROUP < MAX_GROUP ? group - part * MAX_GROUP : MAX_GROUP;
+        const float* q0 = q + (b * nh + h0) * hs;            // q (B, nh, 1, hs): the task's G query rows
+        float qs[MAX_GROUP][MAX_HEAD_DIM], acc[MAX_GROUP][MAX_HEAD_DIM];  // scaled queries, running value sums
+        float m[MAX_GROUP], l[MAX_GROUP];                    // running maximum and sum of exp(s - m), per head
+        for (long long g = 0; g < G; g++) {
+            for (long long d = 0; d < hs; d++) qs[g][d] = q0[g * hs + d] * scale, acc[g][d] = 0.0f;
+            m[g] = -INFINITY, l[g] = 0.0f;
+        }
         long long L = lengths[b];
         long long first = window > 0 && L > window ? L - window : 0;
         const int* table = tables + b * table_width;
-        const long long head_offset = (h / group) * head_stride;
+        const long long head_offset = kv_head * head_stride;
         long long block = first / bs, offset = first % bs;  // where slot j lies, advanced with j: no division per key
-        float m = -INFINITY, l = 0.0f;
         for (long long j0 = first; j0 < L; j0 += CHUNK) {
             long long n = L - j0 < CHUNK ? L - j0 : CHUNK;
             const float* vs[CHUNK];  // the chunk's value rows, found while scoring its keys
-            float s[CHUNK], chunk_max = -INFINITY;
+            float s[MAX_GROUP][CHUNK];
             for (long long i = 0; i < n; i++) {
                 long long at = table[block] * block_stride + head_offset + offset * slot_stride;
                 if (++offset == bs) offset = 0, block++;
-                float si = dot(qs, k + at, hs);
-                if (softcap > 0.0f) si = softcap * std::tanh(si / softcap);  // Gemma 2
-                s[i] = si, vs[i] = v + at;
-                chunk_max = si > chunk_max ? si : chunk_max;
+                vs[i] = v + at;
+                for (long long g = 0; g < G; g++) {
+                    float si = dot(qs[g], k + at, hs);
+                    s[g][i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
+                }
             }
-            if (chunk_max > m) {  // a new maximum: what was summed so far is rescaled to it (exp(-inf) = 0 at first)
-                float shrink = std::exp(m - chunk_max);
-                l *= shrink;
-                for (long long d = 0; d < hs; d++) acc[d] *= shrink;
-                m = chunk_max;
+            for (long long g = 0; g < G; g++) {
+                float chunk_max = -INFINITY;
+                for (long long i = 0; i < n; i++) chunk_max = s[g][i] > chunk_max ? s[g][i] : chunk_max;
+                if (chunk_max > m[g]) {  // a new maximum: the sums so far are rescaled to it (exp(-inf) = 0 at first)
+                    float shrink = std::exp(m[g] - chunk_max);
+                    l[g] *= shrink;
+                    for (long long d = 0; d < hs; d++) acc[g][d] *= shrink;
+                    m[g] = chunk_max;
+                }
+                for (long long i = 0; i < n; i++) {
+                    s[g][i] = std::exp(s[g][i] - m[g]);  // the score becomes its weight
+                    l[g] += s[g][i];
+                }
             }
-            for (long long i = 0; i < n; i++) {
-                float p = std::exp(s[i] - m);
-                l += p;
-                const float* vi = vs[i];
-                for (long long d = 0; d < hs; d++) acc[d] += p * vi[d];
-            }
+            for (long long i = 0; i < n; i++)
+                for (long long g = 0; g < G; g++) {
+                    float p = s[g][i];
+                    const float* vi = vs[i];
+                    for (long long d = 0; d < hs; d++) acc[g][d] += p * vi[d];
+                }
         }
-        for (long long d = 0; d < hs; d++) out[task * hs + d] = acc[d] / l;  // out (B, nh, 1, hs)
+        float* o0 = out + (b * nh + h0) * hs;  // out (B, nh, 1, hs)
+        for (long long g = 0; g < G; g++)
+            for (long long d = 0; d < hs; d++) o0[g * hs + d] = acc[g][d] / l[g];
     }
 }

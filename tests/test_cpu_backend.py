@@ -160,13 +160,14 @@ def test_decode_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, pe
 
 
 @settings(max_examples=60)
-@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 3), n_kv=st.integers(1, 3), g=st.sampled_from([1, 2, 4]),
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 3), n_kv=st.integers(1, 3), g=st.sampled_from([1, 2, 4, 7, 9, 17]),
        hs=st.sampled_from([1, 8, 20, 64, 80, 520]), S=st.integers(1, 70), spare=st.integers(0, 9),
        options=st.fixed_dictionaries(OPTIONS))
 def test_decode_attention_over_a_kv_cache_matches_the_numpy_twin(cpu, seed, B, n_kv, g, hs, S, spare, options):
     """The keys as KVCache hands them over: the first S slots of a longer buffer (B, n_kv, max_len, hs), a view whose
     heads and rows are not adjacent; the query at slot S - 1. S up to 70 spans three of the kernel's chunks of 32
-    keys; head sizes that are not a multiple of its 16-float vectors, and one past its largest (512: NumPy's)."""
+    keys; head sizes that are not a multiple of its 16-float vectors, and one past its largest (512: NumPy's); query
+    groups past the 8 heads one task takes (9, 17: split among tasks; multi-query models share one head among 71)."""
     rng = np.random.default_rng(seed)
     k_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)
     v_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)
