@@ -82,6 +82,8 @@ RE_SPELLINGS = {
     R50K_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?[\p{L}]+| ?[\p{N}]+| ?[^\s\p{L}\p{N}]+|[\s]+$|[\s]+(?![^\s])|[\s]""",
     CL100K_PATTERN: r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?[\p{L}]+|[\p{N}]{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                     r"""[\s]+$|[\s]*[\r\n]|[\s]+(?![^\s])|[\s]""",
+    LLAMA3_PATTERN: r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}]+|[\p{N}]{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+                    r"""[\s]*[\r\n]+|[\s]+(?![^\s])|[\s]+""",
 }
 BMP_END = 0x10000  # re tests a class fast only for characters below this (the Basic Multilingual Plane)
 ASTRAL = regex.compile(r"[\U00010000-\U0010FFFF]")  # emoji, historic scripts, rare CJK, math letters
@@ -91,7 +93,8 @@ BYTE_TOKENS = [bytes([b]) for b in range(256)]  # byte value -> the one-byte sym
 # random characters, cl100k, whole vs cut: 3 whitespace 0.10 vs 0.12 s, 8 letters 0.46 vs 0.58, 16: 1.95 vs 2.21.
 UNCUT_MAX_CHARACTERS = 8
 # The parts a short non-ASCII word starts as (bpe.TokenBoundaries); ASCII joins the next character, as " 请" merges.
-NON_ASCII_PARTS = regex.compile(r"[\x00-\x7f]*[^\x00-\x7f]|[\x00-\x7f]+")  # " 请设!" -> [" 请", "设", "!"]
+# Python's re, which cuts the corpus's 1,700 such words in 3.7 ms where regex takes 5.8.
+NON_ASCII_PARTS = re.compile(r"[\x00-\x7f]*[^\x00-\x7f]|[\x00-\x7f]+")  # " 请设!" -> [" 请", "设", "!"]
 NAMED_PATTERNS = {
     "gpt2": GPT2_PATTERN,
     "r50k": R50K_PATTERN,
