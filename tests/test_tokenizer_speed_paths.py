@@ -19,6 +19,7 @@ from nanollm.tokenizer.bpe import (
     _join,
     _pairs_present,
     bpe_merge,
+    distinct_characters,
     edge_symbols,
     heap_merge,
     merge_in_rounds,
@@ -84,6 +85,18 @@ def test_pairs_are_found_by_search_or_by_a_pass_alike():
     assert _pairs_present("abba", {"ab": 0}.get) == {"ab"}  # unranked pairs are not searched for
     many = "abcdefghij" * 3
     assert _pairs_present(many, rank_all) == {a + b for a, b in pairwise(many)}
+
+
+@settings(max_examples=60)
+@given(st.text(alphabet="ab \n日🤗", max_size=50), st.integers(0, 7))
+@example("abba", 2)
+@example("abc", 2)
+@example("", 0)
+def test_distinct_characters_are_the_set_of_the_text_up_to_the_limit(text, limit):
+    """distinct_characters (one str.replace pass per kind of character) is set(text) when that holds at most limit
+    characters, and None when it holds more."""
+    expected = set(text) if len(set(text)) <= limit else None
+    assert distinct_characters(text, limit) == expected
 
 
 SYMBOLS = ["a", "b", "aa", "ab", "ba", "bb", "aab", "abb"]

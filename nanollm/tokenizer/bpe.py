@@ -32,7 +32,7 @@ WORD_CACHE_LIMIT = 100_000  # words; a word and its ids take ~200 bytes, so a fu
 ROUNDS_MIN_SYMBOLS = 256  # inputs at least this long try merge_in_rounds first (measured: see make bench-tokenizer)
 ROUND_CHARS_PER_MERGE = 1000  # a round may read this many characters per merge it makes (~ one heap merge's cost)
 FREE_ROUNDS = 4  # rounds' worth of reading allowed before the rounds must pay for themselves
-SEARCHED_PAIRS_MAX = 64  # a string with at most 8 distinct characters finds its pairs by search (_pairs_present)
+SEARCHED_CHARACTERS_MAX = 8  # a string with at most 8 distinct characters finds its pairs by search (_pairs_present)
 
 
 def bpe_merge(symbols: Sequence[Symbol], pair_ranks: dict[tuple[Hashable, Hashable], float]) -> list[Symbol]:
@@ -182,12 +182,30 @@ def _pairs_present(codes: str, rank_of: Callable[[str], float | None]) -> set[st
     A pass over the pairs costs ~70 ns a character in Python; a substring search (``in``, in C) reads at ~1 ns a
     character and stops at the first occurrence. So when the string has few distinct characters (a megabyte of mixed
     whitespace: 3, so 9 candidate pairs) each ranked candidate is searched for instead: at most
-    ``SEARCHED_PAIRS_MAX`` reads, no more than the one pass, and usually far less, as pairs present are found at once.
+    ``SEARCHED_CHARACTERS_MAX`` squared reads, no more than the one pass, and usually far less, as pairs present are
+    found at once.
     """
-    chars = set(codes)
-    if len(chars) ** 2 > SEARCHED_PAIRS_MAX:
+    chars = distinct_characters(codes, SEARCHED_CHARACTERS_MAX)
+    if chars is None:
         return {a + b for a, b in pairwise(codes)}
     return {pair for a in chars for b in chars if rank_of(pair := a + b) is not None and pair in codes}
+
+
+def distinct_characters(text: str, limit: int) -> set[str] | None:
+    """The distinct characters of ``text`` if there are at most ``limit`` of them, else None: "abba", 2 -> {"a", "b"};
+    "abc", 2 -> None.
+
+    Why not ``set(text)``: that reads a megabyte a character at a time, ~10 ms. Deleting one character everywhere
+    (``str.replace``, in C) takes ~1 ms, so a string of few kinds of character (a megabyte of spaces: 1) is done in
+    as few passes, and one of many stops after ``limit`` passes, each on a shorter string.
+    """
+    chars = set()
+    while text:
+        if len(chars) == limit:
+            return None
+        chars.add(text[0])
+        text = text.replace(text[0], "")
+    return chars
 
 
 def _created_pairs(pieces: list[str], pair: str, code: str) -> set[str]:

@@ -28,14 +28,15 @@ from __future__ import annotations
 
 import base64
 import re
-from functools import cache
+from functools import cache, reduce
 from itertools import chain, compress, pairwise
+from operator import iadd
 from pathlib import Path
 
 import regex
 
-from .bpe import (ROUNDS_MIN_SYMBOLS, TokenBoundaries, WordCache, heap_merge, merge_codes_in_rounds,
-                  pair_ranks_from_token_ranks)
+from .bpe import (ROUNDS_MIN_SYMBOLS, TokenBoundaries, WordCache, distinct_characters, heap_merge,
+                  merge_codes_in_rounds, pair_ranks_from_token_ranks)
 from .errors import Place, TokenizerError, check_vocab, read_bytes, read_json_object, read_text
 from .guards import TimedPattern, repair_surrogates
 
@@ -321,14 +322,16 @@ class ByteLevelBPE:
         """Ids for ``text`` with no special-token handling. ``at_start``: whether ``text`` begins the input (it is
         not a segment after a special token), for the pre-tokenizer steps that ask."""
         words = self.pre_tokenizer.words(repair_surrogates(text), at_start)
-        return list(chain.from_iterable(map(self._word_ids.__getitem__, words)))
+        # list += tuple extends in one C call a word: bench corpus 9.9 ms where list(chain(...)) takes 12.7, and a
+        # 1 MB word's million ids 1 ms where chain reads them one by one in 4
+        return reduce(iadd, map(self._word_ids.__getitem__, words), [])
 
     def _encode_word(self, word: str) -> tuple[int, ...]:
         if self.whole_word_first:
             whole = self.token_ids.get(word.encode("utf-8"))
             if whole is not None:
                 return (whole,)
-        if len(word) >= ROUNDS_MIN_SYMBOLS and len(set(word)) > UNCUT_MAX_CHARACTERS:
+        if len(word) >= ROUNDS_MIN_SYMBOLS and distinct_characters(word, UNCUT_MAX_CHARACTERS) is None:
             return tuple(chain.from_iterable(map(self._part_ids.__getitem__, self._cuts.parts(word))))
         if word.isascii():  # English letters merge with their neighbours: parts would only be joined again
             return self._merge(word)
