@@ -28,6 +28,7 @@ from nanollm.tokenizer.byte_level import (
     BYTE_TOKENS,
     CL100K_PATTERN,
     GPT2_PATTERN,
+    NAMED_PATTERNS,
     NON_ASCII_PARTS,
     R50K_PATTERN,
     RE_SPELLINGS,
@@ -328,8 +329,8 @@ def test_non_ascii_text_gives_tiktokens_ids(text):
 
 # -- the shipped patterns run by re ------------------------------------------------------------------------------
 
-PATTERN_TEXT = st.lists(st.sampled_from([*"aZé日 \t\r\n\u00a0\u3000\u001c\u00850٣²Ⅻ'!.-ſ", "'s", "'LL", "'ve", "'d", "'t",
-                                         "🤗", "👍🏽", "𝐀", "𠀀", "𝟙", "\U0001e950"]),
+PATTERN_TEXT = st.lists(st.sampled_from([*"aZé日 \t\r\n\u00a0\u3000\u001c\u00850٣²Ⅻ'!.-ſ", "'s", "'LL", "'ve",
+                                         "'d", "'t", "🤗", "👍🏽", "𝐀", "𠀀", "𝟙", "\U0001e950"]),
                         max_size=60).map("".join)
 
 
@@ -361,3 +362,9 @@ def test_text_with_an_astral_letter_goes_to_regex():
     shipped = ShippedPattern(GPT2_PATTERN)
     assert shipped.bmp.findall("a𝐀b") == ["a", "𝐀", "b"]
     assert shipped.findall("a𝐀b") == ["a𝐀b"]
+
+
+def test_patterns_run_by_re_are_shipped_ones_without_a_time_limit():
+    """re has no timeout: only patterns nanollm ships and runs without the limit may go to it."""
+    assert set(RE_SPELLINGS) <= set(NAMED_PATTERNS.values())
+    assert all(not compile_pattern(pattern).limited for pattern in RE_SPELLINGS)

@@ -12,9 +12,11 @@ GPT-2's files do not store bytes. They store each byte as a printable character 
 that the files are readable text with no spaces or control characters in them (the space byte is "Ġ", newline is
 "Ċ"). We undo that map at load time and work on real bytes everywhere else.
 
-Speed: encoding is dominated by the regex and a dictionary lookup per word. Text repeats words, so each instance keeps
-its words' ids in a ``bpe.WordCache``; a word never seen before is merged (``ByteLevelBPE``: non-ASCII words as parts
-checked by ``bpe.TokenBoundaries``, long ones in rounds or cut by ``SpanFreeCuts``, so that no input is quadratic).
+Speed: encoding is dominated by the regex and a dictionary lookup per word. The patterns nanollm ships run on Python's
+own ``re`` where the text allows (``ShippedPattern``: twice as fast as ``regex``). Text repeats words, so each
+instance keeps its words' ids in a ``bpe.WordCache``; a word never seen before is merged (``ByteLevelBPE``: non-ASCII
+words as parts checked by ``bpe.TokenBoundaries``, long ones in rounds or cut by ``SpanFreeCuts``, so that no input
+is quadratic).
 
 Unicode versions: what counts as a letter (\\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
@@ -83,8 +85,8 @@ RE_SPELLINGS = {
     R50K_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?[\p{L}]+| ?[\p{N}]+| ?[^\s\p{L}\p{N}]+|[\s]+$|[\s]+(?![^\s])|[\s]""",
     CL100K_PATTERN: r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?[\p{L}]+|[\p{N}]{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
                     r"""[\s]+$|[\s]*[\r\n]|[\s]+(?![^\s])|[\s]""",
-    LLAMA3_PATTERN: r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}]+|[\p{N}]{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-                    r"""[\s]*[\r\n]+|[\s]+(?![^\s])|[\s]+""",
+    LLAMA3_PATTERN: r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}]+|[\p{N}]{1,3}|"""
+                    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|[\s]*[\r\n]+|[\s]+(?![^\s])|[\s]+""",
 }
 BMP_END = 0x10000  # re tests a class fast only for characters below this (the Basic Multilingual Plane)
 ASTRAL = regex.compile(r"[\U00010000-\U0010FFFF]")  # emoji, historic scripts, rare CJK, math letters
@@ -158,6 +160,8 @@ class ShippedPattern:
     emoji and symbol (what the corpus has), wrong for a letter (𝐀, rare CJK) or a number. So ``findall`` first looks
     for those (two scans in C, ~1 ms a megabyte) and hands text that has one to ``regex``. ``finditer`` and ``sub``
     (a tokenizer.json may use a shipped pattern in a Split of another behavior, or a Replace) stay with ``regex``.
+    ``timeout`` is taken for ``TimedPattern``'s sake and passed on only to ``regex``: every pattern here is one of the
+    ``NAMED_PATTERNS``, which run without a limit (guards.py; a test checks).
     """
 
     def __init__(self, published: str):
