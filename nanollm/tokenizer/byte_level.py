@@ -12,11 +12,10 @@ GPT-2's files do not store bytes. They store each byte as a printable character 
 that the files are readable text with no spaces or control characters in them (the space byte is "Ġ", newline is
 "Ċ"). We undo that map at load time and work on real bytes everywhere else.
 
-Speed: encoding is dominated by the regex and a dictionary lookup per word. The patterns nanollm ships run on Python's
-own ``re`` where the text allows (``ShippedPattern``: twice as fast as ``regex``). Text repeats words, so each
-instance keeps its words' ids in a ``bpe.WordCache``; a word never seen before is merged (``ByteLevelBPE``: non-ASCII
-words as parts checked by ``bpe.TokenBoundaries``, long ones in rounds or cut by ``SpanFreeCuts``, so that no input
-is quadratic).
+Speed: encoding is dominated by the regex (the shipped ones run on Python's ``re``: ``ShippedPattern``) and a
+dictionary lookup per word. Text repeats words, so each instance keeps its words' ids in a ``bpe.WordCache``; a word
+never seen before is merged (``ByteLevelBPE``: non-ASCII words as parts checked by ``bpe.TokenBoundaries``, long
+ones in rounds or cut by ``SpanFreeCuts``, so that no input is quadratic).
 
 Unicode versions: what counts as a letter (\\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
@@ -54,19 +53,11 @@ CL100K_PATTERN = (
     r"""\s+(?!\S)|\s"""
 )
 # GPT-4o's o200k_base: words split at case changes, contractions attached to the word before them.
-O200K_PATTERN = "|".join(
-    [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"""
-        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"""
-        r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]
-)
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""", r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""", r"""\s*[\r\n]+""", r"""\s+(?!\S)""", r"""\s+""",
+])
 # Llama 3's pattern (meta-llama/llama3 tokenizer.py): cl100k's family, written without possessive quantifiers.
 LLAMA3_PATTERN = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
@@ -75,11 +66,10 @@ LLAMA3_PATTERN = (
 # Qwen 2, 2.5 and 3 (transformers' Qwen2Tokenizer, and their tokenizer.json): Llama 3's with each digit on its own.
 # Not among the NAMED_PATTERNS below, so it runs under the time limit of patterns nanollm does not ship (guards.py).
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
-# The same matches for Python's own ``re``, which runs them ~2x faster than ``regex`` (bench corpus, GPT-2's: 60 ->
-# 30 ms; tiktoken's whole encode ~55) but knows no \p{...} classes. So each class is written out as ranges
-# (``ShippedPattern``): \p{L}, \p{N} and \s below become the ranges ``regex`` itself gives them (its Unicode
-# version, not Python's), and \S is written [^\s]. No possessive quantifiers: each ends its branch, or what follows
-# cannot match what it would give back (a letter after "[^\r\n\p{L}\p{N}]?", the end after "\s+"). Tests compare them.
+# The same matches for Python's ``re``, ~2x faster than ``regex`` (bench corpus, GPT-2's: 60 -> 30 ms; tiktoken's whole
+# encode ~55) but without \p{...}: \p{L}, \p{N}, \s become the ranges ``regex`` gives them (its Unicode version, not
+# Python's; ``ShippedPattern``), \S is [^\s]. No possessive quantifiers: each ends its branch, or what follows cannot
+# match what it would give back (a letter after "[^\r\n\p{L}\p{N}]?", the end after "\s+"). Tests compare them.
 RE_SPELLINGS = {
     GPT2_PATTERN: r"""'(?:s|t|re|ve|m|ll|d)| ?[\p{L}]+| ?[\p{N}]+| ?[^\s\p{L}\p{N}]+|[\s]+(?![^\s])|[\s]+""",
     R50K_PATTERN: r"""'(?:[sdmt]|ll|ve|re)| ?[\p{L}]+| ?[\p{N}]+| ?[^\s\p{L}\p{N}]+|[\s]+$|[\s]+(?![^\s])|[\s]""",
@@ -96,25 +86,15 @@ BYTE_TOKENS = [bytes([b]) for b in range(256)]  # byte value -> the one-byte sym
 # random characters, cl100k, whole vs cut: 3 whitespace 0.10 vs 0.12 s, 8 letters 0.46 vs 0.58, 16: 1.95 vs 2.21.
 UNCUT_MAX_CHARACTERS = 8
 # The parts a short non-ASCII word starts as (bpe.TokenBoundaries); ASCII joins the next character, as " 请" merges.
-# Python's re, which cuts the corpus's 1,700 such words in 3.7 ms where regex takes 5.8.
+# (re: the corpus's 1,700 such words in 3.7 ms, regex 5.8.)
 NON_ASCII_PARTS = re.compile(r"[\x00-\x7f]*[^\x00-\x7f]|[\x00-\x7f]+")  # " 请设!" -> [" 请", "设", "!"]
-NAMED_PATTERNS = {
-    "gpt2": GPT2_PATTERN,
-    "r50k": R50K_PATTERN,
-    "cl100k": CL100K_PATTERN,
-    "o200k": O200K_PATTERN,
-    "llama3": LLAMA3_PATTERN,
-}
+NAMED_PATTERNS = {"gpt2": GPT2_PATTERN, "r50k": R50K_PATTERN, "cl100k": CL100K_PATTERN, "o200k": O200K_PATTERN,
+                  "llama3": LLAMA3_PATTERN}
 # The special tokens tiktoken's encodings of these names carry (tiktoken_ext/openai_public.py).
 TIKTOKEN_SPECIAL_TOKENS = {
     "r50k": {"<|endoftext|>": 50256},
-    "cl100k": {
-        "<|endoftext|>": 100257,
-        "<|fim_prefix|>": 100258,
-        "<|fim_middle|>": 100259,
-        "<|fim_suffix|>": 100260,
-        "<|endofprompt|>": 100276,
-    },
+    "cl100k": {"<|endoftext|>": 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
+               "<|endofprompt|>": 100276},
     "o200k": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
 }
 
@@ -150,18 +130,16 @@ def resolve_pattern(pattern: str) -> str:
 
 
 class ShippedPattern:
-    r"""One of ``RE_SPELLINGS``' patterns: run by ``re`` (its spelling there, classes written out for the BMP) on text
-    with no letter or number beyond the BMP, and by ``regex`` (as published) on other text.
+    r"""One of ``RE_SPELLINGS``' patterns: run by ``re`` (classes written out for the BMP) on text with no letter or
+    number beyond the BMP, else by ``regex`` (as published).
 
-    Why the BMP: ``re`` tests a class of BMP characters in one table lookup, but one beyond it against each of its
-    ranges in turn (\p{L} has ~300 there), and that test runs several times a word: written out in full, the ``re``
-    pattern took 160 ms on the bench's corpus, where ``regex`` takes 60 and the BMP classes 30. Beyond the BMP, the
-    BMP classes hold no character, so such a character counts as neither letter, number nor space: right for every
-    emoji and symbol (what the corpus has), wrong for a letter (𝐀, rare CJK) or a number. So ``findall`` first looks
-    for those (two scans in C, ~1 ms a megabyte) and hands text that has one to ``regex``. ``finditer`` and ``sub``
-    (a tokenizer.json may use a shipped pattern in a Split of another behavior, or a Replace) stay with ``regex``.
-    ``timeout`` is taken for ``TimedPattern``'s sake and passed on only to ``regex``: every pattern here is one of the
-    ``NAMED_PATTERNS``, which run without a limit (guards.py; a test checks).
+    Why the BMP: ``re`` tests a class of BMP characters by one table lookup, a character beyond it against each range
+    in turn (\p{L} has ~300 there), several times a word: written out in full, the ``re`` pattern took 160 ms on the
+    bench's corpus, ``regex`` 60, the BMP classes 30. To the BMP classes a character beyond is neither letter, number
+    nor space: right for emoji and symbols, wrong for a letter (𝐀, rare CJK) or number, so ``findall`` looks for
+    those first (two scans in C, ~1 ms a megabyte). ``finditer`` and ``sub`` (a tokenizer.json's Split of another
+    behavior, or Replace) are ``regex``'s. ``timeout`` only reaches ``regex``: every pattern here is a NAMED_PATTERNS
+    one, run without a limit (guards.py; a test checks).
     """
 
     def __init__(self, published: str):
@@ -220,34 +198,6 @@ def compile_pattern(pattern: str, origin: str = "pre-tokenizer") -> TimedPattern
     return compiled
 
 
-def split_words(pattern: TimedPattern, text: str) -> list[str]:
-    """The words a pre-tokenizer regex makes of ``text``: each match, and each run of text between two matches.
-
-    That is tokenizers' Split with behavior "Isolated". tiktoken keeps only the matches, silently dropping text that
-    no alternative matches; the two agree for every pattern that matches all text, as all of tiktoken's and
-    ``NAMED_PATTERNS`` do. Those patterns take the first line: when the matches' lengths add up to the text's, the
-    matches are the whole text (they come in order and never overlap) and nothing needs to be filled in.
-
-    Example: pattern "a", text "bab" -> ["b", "a", "b"]  (tiktoken: ["a"]).
-
-    A pattern with capturing groups (a tokenizer.json's Split may have them) skips the first line: findall would
-    return the groups' text instead of the whole matches.
-    """
-    if not pattern.groups:
-        words = pattern.findall(text)
-        if sum(map(len, words)) == len(text):
-            return words
-    words, position = [], 0
-    for match in pattern.finditer(text):
-        if match.start() > position:
-            words.append(text[position : match.start()])
-        words.append(match.group())
-        position = match.end()
-    if position < len(text):
-        words.append(text[position:])
-    return words
-
-
 class SpanFreeCuts:
     """Where a word can be cut into parts that merge alone: between two characters that no token spans.
 
@@ -302,14 +252,8 @@ class ByteLevelBPE:
     Parts have a cache of their own, and are merged, never looked up whole: only a whole word may be one token.
     """
 
-    def __init__(
-        self,
-        *,
-        token_ids: dict[bytes, int],
-        pair_ranks: dict[tuple[bytes, bytes], float],
-        pre_tokenizer,
-        whole_word_first: bool,
-    ):
+    def __init__(self, *, token_ids: dict[bytes, int], pair_ranks: dict[tuple[bytes, bytes], float], pre_tokenizer,
+                 whole_word_first: bool):
         missing = [b for b in range(256) if bytes([b]) not in token_ids]
         if missing:
             raise TokenizerError(f"byte-level vocabulary lacks single-byte tokens for bytes {missing[:8]}...")
@@ -326,8 +270,7 @@ class ByteLevelBPE:
         """Ids for ``text`` with no special-token handling. ``at_start``: whether ``text`` begins the input (it is
         not a segment after a special token), for the pre-tokenizer steps that ask."""
         words = self.pre_tokenizer.words(repair_surrogates(text), at_start)
-        # list += tuple extends in one C call a word: bench corpus 9.9 ms where list(chain(...)) takes 12.7, and a
-        # 1 MB word's million ids 1 ms where chain reads them one by one in 4
+        # list += tuple: one C call a word (chain takes ids one by one: corpus 12.7 ms, not 9.9; a 1 MB word 4, not 1)
         return reduce(iadd, map(self._word_ids.__getitem__, words), [])
 
     def _encode_word(self, word: str) -> tuple[int, ...]:

@@ -29,7 +29,7 @@ piece away from it.
 
 The cuts are tokenizers' own algorithm: the text as consecutive spans, each a match or the text between matches
 (``find_matches`` in ``tokenizer/pattern.rs``), folded by the behavior (``NormalizedString::split`` in
-``tokenizer/normalizer.rs``). Isolated keeps every span as it is, which is ``byte_level.split_words``, the fast path
+``tokenizer/normalizer.rs``). Isolated keeps every span as it is, which is ``split_words``, the fast path
 that GPT-2's, tiktoken's and Llama 3's regexes take. Digits is a Split with a pattern nanollm writes: tokenizers
 matches each numeric character alone and joins adjacent ones (Contiguous), which is Isolated with ``\\p{N}+``.
 
@@ -39,11 +39,31 @@ from __future__ import annotations
 
 import regex
 
-from .byte_level import GPT2_PATTERN, compile_pattern, compile_regex, split_words
+from .byte_level import GPT2_PATTERN, compile_pattern, compile_regex
 from .errors import Place, get
 from .guards import TimedPattern
 
 BEHAVIORS = ("Isolated", "Contiguous", "Removed", "MergedWithPrevious", "MergedWithNext")
+
+
+def split_words(pattern: TimedPattern, text: str) -> list[str]:
+    """The words a pre-tokenizer regex makes of ``text``: each match, and each run of text between two matches.
+
+    That is tokenizers' Split with behavior "Isolated". tiktoken keeps only the matches, silently dropping text that
+    no alternative matches; the two agree for every pattern that matches all text, as all of tiktoken's and
+    ``byte_level.NAMED_PATTERNS`` do. Those take the first line: when the matches' lengths add up to the text's, the
+    matches are the whole text (they come in order and never overlap) and nothing needs to be filled in.
+
+    Example: pattern "a", text "bab" -> ["b", "a", "b"]  (tiktoken: ["a"]).
+
+    A pattern with capturing groups (a tokenizer.json's Split may have them) skips the first line: findall would
+    return the groups' text instead of the whole matches.
+    """
+    if not pattern.groups:
+        words = pattern.findall(text)
+        if sum(map(len, words)) == len(text):
+            return words
+    return [text[start:end] for start, end, _ in _spans(pattern, text)]
 
 
 def cut(text: str, pattern: TimedPattern, behavior: str) -> tuple[list[str], bool]:
