@@ -58,64 +58,6 @@ static inline float dot(const float* a, const float* b, long long n) {
     return s;
 }
 
-// One task: query heads h0 .. h0 + G - 1 of sequence b, all reading key/value head kv_head. HS is the head size
-// when it is one of the common ones (64, 128), so that the compiler unrolls every loop over a head and keeps a
-// single head's query and sum in vector registers (measured: 15% faster with one query head per key/value head, 28%
-// with three); 0 for any other size, read from hs.
-template <long long HS>
-static void attend_task(const float* q, const float* k, const float* v, float* out, const int* table, long long L,
-                        long long hs_any, long long h0, long long G, long long kv_head, long long bs,
-                        long long block_stride, long long head_stride, long long slot_stride, float scale,
-                        float softcap, long long window) {
-    const long long hs = HS ? HS : hs_any;
-    float qs[MAX_GROUP][MAX_HEAD_DIM], acc[MAX_GROUP][MAX_HEAD_DIM];  // scaled queries, running value sums
-    float m[MAX_GROUP], l[MAX_GROUP];                                 // running maximum and sum of exp(s - m)
-    for (long long g = 0; g < G; g++) {
-        for (long long d = 0; d < hs; d++) qs[g][d] = q[(h0 + g) * hs + d] * scale, acc[g][d] = 0.0f;
-        m[g] = -INFINITY, l[g] = 0.0f;
-    }
-    long long first = window > 0 && L > window ? L - window : 0;
-    const long long head_offset = kv_head * head_stride;
-    long long block = first / bs, offset = first % bs;  // where slot j lies, advanced with j: no division per key
-    for (long long j0 = first; j0 < L; j0 += CHUNK) {
-        long long n = L - j0 < CHUNK ? L - j0 : CHUNK;
-        const float* vs[CHUNK];  // the chunk's value rows, found while scoring its keys
-        float s[MAX_GROUP][CHUNK];
-        for (long long i = 0; i < n; i++) {
-            long long at = table[block] * block_stride + head_offset + offset * slot_stride;
-            if (++offset == bs) offset = 0, block++;
-            vs[i] = v + at;
-            for (long long g = 0; g < G; g++) {
-                float si = dot(qs[g], k + at, hs);
-                s[g][i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
-            }
-        }
-        for (long long g = 0; g < G; g++) {
-            float chunk_max = -INFINITY;
-            for (long long i = 0; i < n; i++) chunk_max = s[g][i] > chunk_max ? s[g][i] : chunk_max;
-            if (chunk_max > m[g]) {  // a new maximum: the sums so far are rescaled to it (exp(-inf) = 0 at first)
-                float shrink = std::exp(m[g] - chunk_max);
-                l[g] *= shrink;
-                for (long long d = 0; d < hs; d++) acc[g][d] *= shrink;
-                m[g] = chunk_max;
-            }
-            for (long long i = 0; i < n; i++) {
-                s[g][i] = std::exp(s[g][i] - m[g]);  // the score becomes its weight
-                l[g] += s[g][i];
-            }
-        }
-        for (long long i = 0; i < n; i++)
-            for (long long g = 0; g < G; g++) {
-                float p = s[g][i];
-                const float* vi = vs[i];
-                for (long long d = 0; d < hs; d++) acc[g][d] += p * vi[d];
-            }
-    }
-    for (long long g = 0; g < G; g++)
-        for (long long d = 0; d < hs; d++) out[(h0 + g) * hs + d] = acc[g][d] / l[g];
-}
-
-// q (B, nh, 1, hs), out (B, nh, 1, hs), tables (B, table_width), lengths (B,); k, v as described in the header.
 extern "C" void attention_decode(const float* q, const float* k, const float* v, float* out, const int* tables,
                                  long long table_width, const int* lengths, long long B, long long nh,
                                  long long n_kv, long long hs, long long bs, long long block_stride,
@@ -124,13 +66,59 @@ extern "C" void attention_decode(const float* q, const float* k, const float* v,
     long long group = nh / n_kv;                            // query heads per key/value head
     long long parts = (group + MAX_GROUP - 1) / MAX_GROUP;  // tasks per (sequence, key/value head)
     long long tasks = B * n_kv * parts;
-    auto attend = hs == 64 ? attend_task<64> : hs == 128 ? attend_task<128> : attend_task<0>;
     #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
     for (long long task = 0; task < tasks; task++) {
         long long b = task / (n_kv * parts), kv_head = task / parts % n_kv, part = task % parts;
-        long long h0 = kv_head * group + part * MAX_GROUP;  // the task's first query head
+        long long h0 = kv_head * group + part * MAX_GROUP;   // this task's first query head
         long long G = group - part * MAX_GROUP < MAX_GROUP ? group - part * MAX_GROUP : MAX_GROUP;
-        attend(q + b * nh * hs, k, v, out + b * nh * hs, tables + b * table_width, lengths[b], hs, h0, G, kv_head, bs,
-               block_stride, head_stride, slot_stride, scale, softcap, window);
+        const float* q0 = q + (b * nh + h0) * hs;            // q (B, nh, 1, hs): the task's G query rows
+        float qs[MAX_GROUP][MAX_HEAD_DIM], acc[MAX_GROUP][MAX_HEAD_DIM];  // scaled queries, running value sums
+        float m[MAX_GROUP], l[MAX_GROUP];                    // running maximum and sum of exp(s - m), per head
+        for (long long g = 0; g < G; g++) {
+            for (long long d = 0; d < hs; d++) qs[g][d] = q0[g * hs + d] * scale, acc[g][d] = 0.0f;
+            m[g] = -INFINITY, l[g] = 0.0f;
+        }
+        long long L = lengths[b];
+        long long first = window > 0 && L > window ? L - window : 0;
+        const int* table = tables + b * table_width;
+        const long long head_offset = kv_head * head_stride;
+        long long block = first / bs, offset = first % bs;  // where slot j lies, advanced with j: no division per key
+        for (long long j0 = first; j0 < L; j0 += CHUNK) {
+            long long n = L - j0 < CHUNK ? L - j0 : CHUNK;
+            const float* vs[CHUNK];  // the chunk's value rows, found while scoring its keys
+            float s[MAX_GROUP][CHUNK];
+            for (long long i = 0; i < n; i++) {
+                long long at = table[block] * block_stride + head_offset + offset * slot_stride;
+                if (++offset == bs) offset = 0, block++;
+                vs[i] = v + at;
+                for (long long g = 0; g < G; g++) {
+                    float si = dot(qs[g], k + at, hs);
+                    s[g][i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
+                }
+            }
+            for (long long g = 0; g < G; g++) {
+                float chunk_max = -INFINITY;
+                for (long long i = 0; i < n; i++) chunk_max = s[g][i] > chunk_max ? s[g][i] : chunk_max;
+                if (chunk_max > m[g]) {  // a new maximum: the sums so far are rescaled to it (exp(-inf) = 0 at first)
+                    float shrink = std::exp(m[g] - chunk_max);
+                    l[g] *= shrink;
+                    for (long long d = 0; d < hs; d++) acc[g][d] *= shrink;
+                    m[g] = chunk_max;
+                }
+                for (long long i = 0; i < n; i++) {
+                    s[g][i] = std::exp(s[g][i] - m[g]);  // the score becomes its weight
+                    l[g] += s[g][i];
+                }
+            }
+            for (long long i = 0; i < n; i++)
+                for (long long g = 0; g < G; g++) {
+                    float p = s[g][i];
+                    const float* vi = vs[i];
+                    for (long long d = 0; d < hs; d++) acc[g][d] += p * vi[d];
+                }
+        }
+        float* o0 = out + (b * nh + h0) * hs;  // out (B, nh, 1, hs)
+        for (long long g = 0; g < G; g++)
+            for (long long d = 0; d < hs; d++) o0[g * hs + d] = acc[g][d] / l[g];
     }
 }
