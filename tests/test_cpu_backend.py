@@ -1,13 +1,13 @@
-"""The cpu backend: kernels/linear_cpu.cpp, attention_cpu.cpp, norms_cpu.cpp and rope_cpu.cpp against their NumPy
-twins, the panel layout, and whole models against numpy.
+"""The cpu backend: kernels/linear_cpu.cpp, attention_cpu.cpp, norms_cpu.cpp, rope_cpu.cpp and activations_cpu.cpp
+against their NumPy twins, the panel layout, and whole models against numpy.
 
 Tolerance of the matrix product. The kernel sums each column in k order in float32; BLAS sums in blocks: neither is
 the exact sum, and they differ from each other. Both must be within the classic bound of a float32 dot product of
 length K (Higham, Accuracy and Stability of Numerical Algorithms, 3.1): |computed - exact| <= K u (|x| @ |w|), with
 u = 2^-24, the exact value taken in float64. A kernel that dropped a term, or summed the wrong rows, fails it by
 orders of magnitude. Decode attention: the kernel tests' ATTENTION_RTOL (tests/kernel_harness.py: scores summed in
-another order, an online softmax). Norms and RoPE: the kernel tests' FLOAT32_RTOL (sums in another order; a
-multiply-add the compiler may fuse). Whole models: logits within 1e-4 of the numpy backend's (max over B x T x V), as the emulator's
+another order, an online softmax). Norms, RoPE and activations: the kernel tests' FLOAT32_RTOL (sums in another
+order; a multiply-add the compiler may fuse; the activations' exp is the kernel's own, a few ulp from NumPy's). Whole models: logits within 1e-4 of the numpy backend's (max over B x T x V), as the emulator's
 forward test; greedy tokens equal.
 """
 import subprocess
@@ -131,6 +131,34 @@ def test_rope_matches_the_numpy_twin(cpu, B, n, T, half, passed, fused, seed):
     assert np.array_equal(got[..., 2 * half :], x[..., 2 * half :])  # passed through bit for bit
 
 
+@settings(max_examples=60)
+@given(shape=st.sampled_from([(1,), (15,), (16,), (17,), (2, 3, 50), (1, 1, 3072)]),
+       scale=st.sampled_from([1e-3, 1.0, 5.0, 30.0, 100.0]), seed=st.integers(0, 2**32 - 1))
+def test_activations_match_the_numpy_twins(cpu, shape, scale, seed):
+    """Sizes around the kernel's 16-float vectors (its padded tail), inputs from near zero (tanh's cancellation) to
+    far past exp's float32 range (x = +-100 s: under- and overflow), and planted inf, -inf, NaN and zeros: NaN where
+    NumPy gives NaN (gelu(-inf) is 0 * inf there too), inf where it gives inf."""
+    rng = np.random.default_rng(seed)
+    x, up = (rng.standard_normal((2, *shape)) * scale).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[rng.integers(0, flat.size, min(4, flat.size))] = rng.choice([np.inf, -np.inf, np.nan, 0.0], min(4, flat.size))
+    with np.errstate(invalid="ignore", over="ignore"):
+        for name, got, want in (("gelu", cpu.gelu(x), NumpyBackend().gelu(x)),
+                                ("silu_mul", cpu.silu_mul(x, up), NumpyBackend().silu_mul(x, up)),
+                                ("gelu_mul", cpu.gelu_mul(x, up), NumpyBackend().gelu_mul(x, up))):
+            assert got.shape == x.shape and got.dtype == np.float32
+            assert_close(got, want, FLOAT32_RTOL, f"{name} of {x.shape} at scale {scale}")
+
+
+def test_the_activations_exp_is_within_a_few_ulp():
+    """exp16 (activations_cpu.cpp) seen through silu(x) = x / (1 + exp(-x)) with up = 1, against float64 over
+    x in [-87, 87]: within 4 ulp (2.4e-7) relative, where NumPy's own float32 exp is within 1."""
+    x = np.linspace(-87, 87, 200_001, dtype=np.float32)
+    got = CpuBackend().silu_mul(x, np.ones_like(x)).astype(np.float64)
+    exact = x.astype(np.float64) / (1 + np.exp(-x.astype(np.float64)))
+    assert np.max(np.abs(got - exact) / np.abs(exact).clip(1e-300)) < 4 * 2.0**-24
+
+
 def test_odd_shapes_get_numpys_answer(cpu):
     """What the kernels do not take (tables that broadcast over the batch, weights of another width) is NumPy's:
     the same broadcast, or the same error, never a read past an array's end."""
@@ -142,6 +170,7 @@ def test_odd_shapes_get_numpys_answer(cpu):
         cpu.layer_norm(x, np.ones(5, np.float32), np.zeros(5, np.float32), 1e-5)
     with pytest.raises(ValueError, match="broadcast"):
         cpu.rms_norm(x, np.ones(9, np.float32), 1e-5)
+    np.testing.assert_array_equal(cpu.silu_mul(x, x[:1]), NumpyBackend().silu_mul(x, x[:1]))  # up broadcast
 
 
 @settings(max_examples=60)

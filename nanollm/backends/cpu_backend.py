@@ -4,10 +4,11 @@ What this adds over numpy_backend.py: every weight matrix is stored once, at loa
 `linear` multiplies by it in kernels/linear_cpu.cpp (read that file's header: why OpenBLAS is slow for the few rows of
 a decode step, and how the kernel reads each weight once for up to 8 rows); a decode step's attention, over a KVCache
 or a paged pool, runs in kernels/attention_cpu.cpp, on every core and reading the keys where they lie. The norms
-(kernels/norms_cpu.cpp) and RoPE (kernels/rope_cpu.cpp) are compiled for another reason: a decode step makes 25 norms
-and 24 ropes of one row each, and NumPy's several calls per op cost more than the arithmetic (~15 us each, a tenth of
-a step's time besides its products). Everything else (prefill attention, activations, sampling) is the NumPy
-reference unchanged, so this backend is the numpy one, faster, and its results agree with it to float32 rounding
+(kernels/norms_cpu.cpp), RoPE (kernels/rope_cpu.cpp) and the MLP's activations (kernels/activations_cpu.cpp) are
+compiled for another reason: a decode step makes 25 norms, 24 ropes and 12 activations of one row each, and NumPy's
+several calls per op cost more than the arithmetic (~15 us each, a tenth of a step's time besides its products); in
+a prefill each of NumPy's passes streams the whole activation through memory again. Everything else (prefill
+attention, the exact GELU, sampling) is the NumPy reference unchanged, so this backend is the numpy one, faster, and its results agree with it to float32 rounding
 (sums in another order), tested in tests/test_cpu_backend.py.
 
 Building: the kernels are compiled into one library at the first use with the host C++ compiler, found and
@@ -43,7 +44,7 @@ from nanollm.kernels.emulator import build_digest, cache_root, compiler_version,
 from ..paged_cache import check_paged_args
 from .numpy_backend import NumpyBackend
 
-SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope"))
+SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope", "activations"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
 MAX_HEAD_DIM = 512  # the largest head attention_cpu.cpp takes (its local arrays); larger ones go to NumPy
@@ -69,7 +70,8 @@ def cpu_identity() -> str:
 
 @lru_cache(maxsize=None)
 def load_kernel() -> ctypes.CDLL:
-    """The compiled library (`linear_panels`, `attention_decode`, `layer_norm_rows`, `rms_norm_rows`, `rope_rows`), built at the first call and cached on disk (see the
+    """The compiled library (`linear_panels`, `attention_decode`, `layer_norm_rows`, `rms_norm_rows`, `rope_rows`,
+    `gelu_rows`, `silu_mul_rows`, `gelu_mul_rows`), built at the first call and cached on disk (see the
     module docstring)."""
     try:
         compiler = find_compiler()
@@ -96,7 +98,10 @@ def load_kernel() -> ctypes.CDLL:
     lib.layer_norm_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
     lib.rms_norm_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
     lib.rope_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 8
-    for f in (lib.linear_panels, lib.attention_decode, lib.layer_norm_rows, lib.rms_norm_rows, lib.rope_rows):
+    lib.gelu_rows.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_longlong]
+    lib.silu_mul_rows.argtypes = lib.gelu_mul_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong]
+    for f in (lib.linear_panels, lib.attention_decode, lib.layer_norm_rows, lib.rms_norm_rows, lib.rope_rows,
+              lib.gelu_rows, lib.silu_mul_rows, lib.gelu_mul_rows):
         f.restype = None
     return lib
 
@@ -270,6 +275,27 @@ class CpuBackend(NumpyBackend):
         sb, sn, st = x.strides[:3]
         self._lib.rope_rows(address(x), address(f32(cos)), address(f32(sin)), address(y), B, n, T, hs, half,
                             sb // 4, sn // 4, st // 4)
+        return y
+
+    def gelu(self, x):
+        """GELU (tanh form) by kernels/activations_cpu.cpp. (...) -> (...)"""
+        x = f32(x)
+        y = np.empty_like(x)
+        self._lib.gelu_rows(address(x), address(y), x.size)
+        return y
+
+    def silu_mul(self, gate, up):
+        """silu(gate) * up by kernels/activations_cpu.cpp. (..., H) x2 -> (..., H). Shapes that differ: NumPy's rules."""
+        return self._gated(self._lib.silu_mul_rows, gate, up) if gate.shape == up.shape else super().silu_mul(gate, up)
+
+    def gelu_mul(self, gate, up):
+        """gelu(gate) * up by kernels/activations_cpu.cpp. (..., H) x2 -> (..., H). Shapes that differ: NumPy's rules."""
+        return self._gated(self._lib.gelu_mul_rows, gate, up) if gate.shape == up.shape else super().gelu_mul(gate, up)
+
+    def _gated(self, kernel, gate, up):
+        gate, up = f32(gate), f32(up)
+        y = np.empty_like(gate)
+        kernel(address(gate), address(up), address(y), gate.size)
         return y
 
     def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
