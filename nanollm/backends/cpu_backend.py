@@ -221,9 +221,10 @@ class CpuBackend(NumpyBackend):
         single_threaded_blas()
 
     def weight(self, a):
-        """Matrices as Panels (the layout of the kernel), vectors (norms, biases) as float32 arrays."""
+        """Matrices as Panels (the layout of the kernel), vectors (norms, biases) as float32 arrays of their own: a
+        read-only one (a view of a memory-mapped file) would cost `address` its slow way at every call."""
         a = np.asarray(a, dtype=np.float32)
-        return Panels(a) if a.ndim == 2 else np.ascontiguousarray(a)
+        return Panels(a) if a.ndim == 2 else np.array(a, order="C")
 
     def tied_table(self, table):
         """See TiedTable: the one copy of the table is laid out for the output projection."""
