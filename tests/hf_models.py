@@ -67,3 +67,12 @@ def build_checkpoint(directory, o: Options):
     # The reference reads the stored (possibly rounded) weights back and computes in float32, as nanollm does.
     reference = type(model).from_pretrained(directory, dtype=torch.float32).eval()
     return Path(directory), reference
+
+
+def cached_step(model, token, out):
+    """One decode step of `model` on its own cache, the one `out` (the step before's output) holds, in whichever API
+    the installed transformers has: `cache` since it deprecated `past_key_values` (a FutureWarning now), which older
+    versions, such as a GPU machine's preinstalled one (`make gpu-check`), take instead."""
+    if hasattr(out, "cache"):
+        return model(token, cache=out.cache, use_cache=True)
+    return model(token, past_key_values=out.past_key_values, use_cache=True)

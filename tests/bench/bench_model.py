@@ -51,6 +51,7 @@ from transformers import (
 import nanollm
 from nanollm.loader import DEMO_MODEL
 from nanollm.memory import keep_freed_memory
+from tests.hf_models import cached_step
 
 PROMPT_TOKENS, DECODE_STEPS, HF_DECODE_STEPS = 128, 32, 32
 BATCHES = (1, 2, 4, 8, 16)
@@ -155,7 +156,7 @@ def transformers_seconds(model, prompt) -> tuple[float, float]:
     out = model(ids, use_cache=True, logits_to_keep=1)
     t1 = time.perf_counter()
     for _ in range(HF_DECODE_STEPS):
-        out = model(out.logits[:, -1].argmax(-1, keepdim=True), cache=out.cache, use_cache=True)
+        out = cached_step(model, out.logits[:, -1].argmax(-1, keepdim=True), out)
     return t1 - t0, (time.perf_counter() - t1) / HF_DECODE_STEPS
 
 

@@ -23,6 +23,7 @@ import torch
 import nanollm
 from tests.bench.bench_kernels import peaks
 from tests.bench.bench_model import SHAPES as BENCH_SHAPES
+from tests.hf_models import cached_step
 
 PROMPT_TOKENS, NEW_TOKENS, REPEATS = 128, 128, 3
 SHAPES = {name: BENCH_SHAPES[name] for name in ("GPT-2 124M", "Qwen2.5-0.5B shape")}  # as make bench builds them
@@ -56,7 +57,7 @@ def time_transformers(model, prompt: np.ndarray) -> tuple[float, float]:
     t1 = time.perf_counter()
     for _ in range(NEW_TOKENS):
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
-        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+        out = cached_step(model, token, out)
     finished(model.device)
     return t1 - t0, (time.perf_counter() - t1) / NEW_TOKENS
 

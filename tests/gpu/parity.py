@@ -35,7 +35,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import nanollm
-from tests.hf_models import Options, build_checkpoint
+from tests.hf_models import Options, build_checkpoint, cached_step
 from tests.kernel_harness import ATTENTION_RTOL
 
 TOLERANCES = {np.dtype(np.float32): ATTENTION_RTOL, np.dtype(np.float16): 1e-2}
@@ -89,7 +89,7 @@ def greedy_transformers(model, prompt: np.ndarray, steps: int) -> tuple[np.ndarr
         rows.append(out.logits[0, -1].float().cpu().numpy())
         token = out.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
         tokens.append(int(token))
-        out = model(token, past_key_values=out.past_key_values, use_cache=True)
+        out = cached_step(model, token, out)
     return np.array(tokens), np.stack(rows)
 
 
