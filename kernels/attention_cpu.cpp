@@ -1,15 +1,22 @@
-// attention_cpu.cpp: one decode step's attention on the CPU, the cpu backend's (nanollm/backends/cpu_backend.py).
+// attention_cpu.cpp: attention over the KV cache on the CPU, the cpu backend's (nanollm/backends/cpu_backend.py):
+// a decode step's one query per sequence, and a prefill's T.
 //
 // Why: at a decode step each sequence's one query reads every key and value it has, so a batch's attention reads the
-// whole KV cache: 8 GPT-2 sequences of 160 tokens read 94 MB a step, a fifth of the weights' 495 MB. NumPy does it as one
-// small matrix product per sequence and key/value head on one core (OpenBLAS does not thread products this small),
-// and the paged cache first copies each sequence's blocks into one array. Here every (sequence, key/value head) is one
-// task, the tasks are shared among OpenMP threads, and the keys are read where they lie. A task attends for all the
-// query heads that share its key/value head (grouped-query attention: 3 in the Llama shape, 7 in Qwen2.5-0.5B), so
-// each key and value is read from memory once, not once per query head; groups larger than MAX_GROUP (multi-query
-// models: Falcon-7B's 71 heads share one) are split among several tasks.
+// whole KV cache: 8 GPT-2 sequences of 160 tokens read 94 MB a step, a fifth of the weights' 495 MB. NumPy does it as
+// one small matrix product per sequence and key/value head on one core (OpenBLAS does not thread products this
+// small), and the paged cache first copies each sequence's blocks into one array. In a prefill NumPy makes the whole
+// (T, S) score matrix of every head, masks it and takes its softmax in several passes, again on one core: 12% of a
+// GPT-2 prefill of 128 tokens. Here the work is cut into tasks, shared among OpenMP threads, with the keys read where
+// they lie.
 //
-// NumPy twins: NumpyBackend.attention with T = 1 and NumpyBackend.paged_attention with T = 1
+// A task is up to MAX_ROWS query rows of one sequence that read the same key/value head: the query heads of its
+// group (grouped-query attention: 3 in the Llama shape, 7 in Qwen2.5-0.5B; Hugging Face's repeat_kv) at one or more
+// positions, position-major: (t, h0), (t, h0+1), ..., (t+1, h0), ... So each key and value a task reads from memory
+// serves all its rows (a decode step reads the cache once per group, not once per query head; a prefill reads each
+// key once per 8 rows), and a group too large for one task (multi-query models: Falcon-7B's 71 heads share one) is
+// split among several.
+//
+// NumPy twins: NumpyBackend.attention (no key mask) and NumpyBackend.paged_attention
 // (nanollm/backends/numpy_backend.py); tests/test_cpu_backend.py compares them.
 //
 // Where the keys lie, one description for both caches. Slot j of sequence b is row j % bs of block
@@ -17,16 +24,19 @@
 //     k + block * block_stride + head * head_stride + (j % bs) * slot_stride     (in floats; v the same)
 //   paged pool (n_blocks, n_kv, bs, hs):      the table is the sequence's block table
 //   KVCache buffer (B, n_kv, max_len, hs):    row b is one block of max_len slots, its table [b]
+//   a pass's own keys (no cache):             the same, with the strides of the q/k/v projection's view
 //
-// The math, for query head h of sequence b, whose length is L (its query is its slot L - 1) and whose key/value
-// head is h / (nh / n_kv) (grouped-query attention, as Hugging Face's repeat_kv):
+// The math, for the query of head h at position t of sequence b, whose length is L (its T queries are its last T
+// slots, so this one is slot L - T + t and sees the L_t = L - T + t + 1 slots up to it) and whose key/value head is
+// h / (nh / n_kv):
 //     s_j = scale * q . k_j   (then softcap * tanh(s_j / softcap) when softcap > 0: Gemma 2)
-//     out = sum_j softmax(s)_j v_j   over j in [L - window, L) (window 0: every slot, 0 .. L-1)
-// as an online softmax taken a chunk of keys at a time (flash-decoding's form): the scores of CHUNK keys are computed
-// into a small local array, then the running maximum m, the running sum l of exp(s - m) and the running weighted sum
-// of values are brought up to date once for the chunk, rescaled by exp(m_old - m_new) when its maximum is larger
-// (Milakov and Gimelshein 2018). Nothing of length L is stored, and the branch and rescale are paid once per chunk
-// instead of once per key. Float32 throughout.
+//     out = sum_j softmax(s)_j v_j   over j in [L_t - window, L_t) (window 0: every slot, 0 .. L_t - 1)
+// as an online softmax taken a chunk of keys at a time (flash attention's form): the scores of CHUNK keys are
+// computed into a small local array, then each row's running maximum m, running sum l of exp(s - m) and running
+// weighted sum of values are brought up to date once for the chunk, rescaled by exp(m_old - m_new) when its maximum
+// is larger (Milakov and Gimelshein 2018). Nothing of length L is stored, and the branch and rescale are paid once
+// per chunk instead of once per key. A key a row may not see (after its own slot, or before its window) scores -inf
+// and weighs 0. Float32 throughout.
 //
 // What made the first version of this file slow (35 us for the Llama shape's 12 heads over 130 keys, 15 us now, in
 // cache): finding slot j's block by j / bs and j % bs, two 64-bit divisions per key (tens of cycles each), and a
@@ -40,7 +50,7 @@ typedef float vec8 __attribute__((vector_size(32), aligned(4)));
 typedef float vec4 __attribute__((vector_size(16), aligned(4)));
 
 constexpr long long CHUNK = 32;           // keys scored before the running sums are updated
-constexpr long long MAX_GROUP = 8;        // query heads one task attends for
+constexpr long long MAX_ROWS = 8;         // query rows one task attends for
 constexpr long long MAX_HEAD_DIM = 512;  // the local arrays' size; larger heads go to the NumPy twin (cpu_backend.py)
 
 // a . b over n floats: 16 products side by side in one vector (a single running sum would chain every add on the one
@@ -58,67 +68,81 @@ static inline float dot(const float* a, const float* b, long long n) {
     return s;
 }
 
-extern "C" void attention_decode(const float* q, const float* k, const float* v, float* out, const int* tables,
-                                 long long table_width, const int* lengths, long long B, long long nh,
+// q (B, nh, T, hs), out (B, nh, T, hs), tables (B, table_width), lengths (B,); k, v as described in the header.
+extern "C" void attention_cached(const float* q, const float* k, const float* v, float* out, const int* tables,
+                                 long long table_width, const int* lengths, long long B, long long nh, long long T,
                                  long long n_kv, long long hs, long long bs, long long block_stride,
                                  long long head_stride, long long slot_stride, float scale, float softcap,
                                  long long window) {
-    long long group = nh / n_kv;                            // query heads per key/value head
-    long long parts = (group + MAX_GROUP - 1) / MAX_GROUP;  // tasks per (sequence, key/value head)
-    long long tasks = B * n_kv * parts;
+    long long group = nh / n_kv;                             // query heads per key/value head
+    long long tiles = (T * group + MAX_ROWS - 1) / MAX_ROWS;  // tasks per (sequence, key/value head)
+    long long tasks = B * n_kv * tiles;
     #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
     for (long long task = 0; task < tasks; task++) {
-        long long b = task / (n_kv * parts), kv_head = task / parts % n_kv, part = task % parts;
-        long long h0 = kv_head * group + part * MAX_GROUP;   // this task's first query head
-        long long G = group - part * MAX_GROUP < MAX_GROUP ? group - part * MAX_GROUP : MAX_GROUP;
-        const float* q0 = q + (b * nh + h0) * hs;            // q (B, nh, 1, hs): the task's G query rows
-        float qs[MAX_GROUP][MAX_HEAD_DIM], acc[MAX_GROUP][MAX_HEAD_DIM];  // scaled queries, running value sums
-        float m[MAX_GROUP], l[MAX_GROUP];                    // running maximum and sum of exp(s - m), per head
-        for (long long g = 0; g < G; g++) {
-            for (long long d = 0; d < hs; d++) qs[g][d] = q0[g * hs + d] * scale, acc[g][d] = 0.0f;
-            m[g] = -INFINITY, l[g] = 0.0f;
+        long long b = task / (n_kv * tiles), kv_head = task / tiles % n_kv, tile = task % tiles;
+        long long r0 = tile * MAX_ROWS, R = T * group - r0 < MAX_ROWS ? T * group - r0 : MAX_ROWS;
+        const float* q_row[MAX_ROWS];
+        float* out_row[MAX_ROWS];
+        long long first[MAX_ROWS], last[MAX_ROWS];  // the slots row r sees: first[r] .. last[r] - 1
+        float qs[MAX_ROWS][MAX_HEAD_DIM], acc[MAX_ROWS][MAX_HEAD_DIM];  // scaled queries, running value sums
+        float m[MAX_ROWS], l[MAX_ROWS];                                 // running maximum and sum of exp(s - m)
+        long long lo = lengths[b], hi = 0;  // the slots any row sees
+        for (long long r = 0; r < R; r++) {
+            long long t = (r0 + r) / group, h = kv_head * group + (r0 + r) % group;
+            q_row[r] = q + ((b * nh + h) * T + t) * hs;
+            out_row[r] = out + ((b * nh + h) * T + t) * hs;
+            last[r] = lengths[b] - T + t + 1;
+            first[r] = window > 0 && last[r] > window ? last[r] - window : 0;
+            lo = first[r] < lo ? first[r] : lo, hi = last[r] > hi ? last[r] : hi;
+            for (long long d = 0; d < hs; d++) qs[r][d] = q_row[r][d] * scale, acc[r][d] = 0.0f;
+            m[r] = -INFINITY, l[r] = 0.0f;
         }
-        long long L = lengths[b];
-        long long first = window > 0 && L > window ? L - window : 0;
         const int* table = tables + b * table_width;
         const long long head_offset = kv_head * head_stride;
-        long long block = first / bs, offset = first % bs;  // where slot j lies, advanced with j: no division per key
-        for (long long j0 = first; j0 < L; j0 += CHUNK) {
-            long long n = L - j0 < CHUNK ? L - j0 : CHUNK;
+        long long block = lo / bs, offset = lo % bs;  // where slot j lies, advanced with j: no division per key
+        for (long long j0 = lo; j0 < hi; j0 += CHUNK) {
+            long long n = hi - j0 < CHUNK ? hi - j0 : CHUNK;
             const float* vs[CHUNK];  // the chunk's value rows, found while scoring its keys
-            float s[MAX_GROUP][CHUNK];
+            float s[MAX_ROWS][CHUNK];
             for (long long i = 0; i < n; i++) {
                 long long at = table[block] * block_stride + head_offset + offset * slot_stride;
                 if (++offset == bs) offset = 0, block++;
                 vs[i] = v + at;
-                for (long long g = 0; g < G; g++) {
-                    float si = dot(qs[g], k + at, hs);
-                    s[g][i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
+                for (long long r = 0; r < R; r++) {
+                    if (j0 + i < first[r] || j0 + i >= last[r]) {
+                        s[r][i] = -INFINITY;  // a slot this row may not see
+                        continue;
+                    }
+                    float si = dot(qs[r], k + at, hs);
+                    s[r][i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
                 }
             }
-            for (long long g = 0; g < G; g++) {
+            for (long long r = 0; r < R; r++) {
                 float chunk_max = -INFINITY;
-                for (long long i = 0; i < n; i++) chunk_max = s[g][i] > chunk_max ? s[g][i] : chunk_max;
-                if (chunk_max > m[g]) {  // a new maximum: the sums so far are rescaled to it (exp(-inf) = 0 at first)
-                    float shrink = std::exp(m[g] - chunk_max);
-                    l[g] *= shrink;
-                    for (long long d = 0; d < hs; d++) acc[g][d] *= shrink;
-                    m[g] = chunk_max;
+                for (long long i = 0; i < n; i++) chunk_max = s[r][i] > chunk_max ? s[r][i] : chunk_max;
+                if (chunk_max == -INFINITY) {  // nothing this row sees: it adds nothing (and exp(-inf - -inf) is NaN)
+                    for (long long i = 0; i < n; i++) s[r][i] = 0.0f;
+                    continue;
+                }
+                if (chunk_max > m[r]) {  // a new maximum: the sums so far are rescaled to it (exp(-inf) = 0 at first)
+                    float shrink = std::exp(m[r] - chunk_max);
+                    l[r] *= shrink;
+                    for (long long d = 0; d < hs; d++) acc[r][d] *= shrink;
+                    m[r] = chunk_max;
                 }
                 for (long long i = 0; i < n; i++) {
-                    s[g][i] = std::exp(s[g][i] - m[g]);  // the score becomes its weight
-                    l[g] += s[g][i];
+                    s[r][i] = std::exp(s[r][i] - m[r]);  // the score becomes its weight (0 for an unseen slot)
+                    l[r] += s[r][i];
                 }
             }
             for (long long i = 0; i < n; i++)
-                for (long long g = 0; g < G; g++) {
-                    float p = s[g][i];
+                for (long long r = 0; r < R; r++) {
+                    float p = s[r][i];
                     const float* vi = vs[i];
-                    for (long long d = 0; d < hs; d++) acc[g][d] += p * vi[d];
+                    for (long long d = 0; d < hs; d++) acc[r][d] += p * vi[d];
                 }
         }
-        float* o0 = out + (b * nh + h0) * hs;  // out (B, nh, 1, hs)
-        for (long long g = 0; g < G; g++)
-            for (long long d = 0; d < hs; d++) o0[g * hs + d] = acc[g][d] / l[g];
+        for (long long r = 0; r < R; r++)
+            for (long long d = 0; d < hs; d++) out_row[r][d] = acc[r][d] / l[r];
     }
 }

@@ -175,10 +175,10 @@ def test_odd_shapes_get_numpys_answer(cpu):
 
 @settings(max_examples=60)
 @given(seed=st.integers(0, 2**32 - 1), peaked=st.booleans(), data=st.data())
-def test_decode_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, peaked, data):
+def test_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, peaked, data):
     """Ragged lengths, blocks scattered through the pool in random order, block sizes from 1 to 40, grouped-query
-    ratios, every option (scale, softcap, window); peaked: queries 10x larger (near one-hot weights). A prefill chunk
-    (T > 1) goes to the NumPy reference, and must still be equal."""
+    ratios, every option (scale, softcap, window); peaked: queries 10x larger (near one-hot weights). Decode steps
+    (T = 1) and prefill chunks (T > 1: each sequence's last T slots)."""
     T, lengths, s, options = draw_case(data, 100, [1, 5, 64, 128], [1, 3, 16, 40])
     rng = np.random.default_rng(seed)
     _, _, k_pool, v_pool, tables = paged_batch(rng, lengths, s["n_kv"], s["hs"], s["block_size"])
@@ -190,21 +190,44 @@ def test_decode_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, pe
 
 @settings(max_examples=60)
 @given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 3), n_kv=st.integers(1, 3), g=st.sampled_from([1, 2, 4, 7, 9, 17]),
-       hs=st.sampled_from([1, 8, 20, 64, 80, 520]), S=st.integers(1, 70), spare=st.integers(0, 9),
-       options=st.fixed_dictionaries(OPTIONS))
-def test_decode_attention_over_a_kv_cache_matches_the_numpy_twin(cpu, seed, B, n_kv, g, hs, S, spare, options):
+       hs=st.sampled_from([1, 8, 20, 64, 80, 520]), S=st.integers(1, 70), T=st.sampled_from([1, 1, 2, 7, 70]),
+       spare=st.integers(0, 9), options=st.fixed_dictionaries(OPTIONS))
+def test_attention_over_a_kv_cache_matches_the_numpy_twin(cpu, seed, B, n_kv, g, hs, S, T, spare, options):
     """The keys as KVCache hands them over: the first S slots of a longer buffer (B, n_kv, max_len, hs), a view whose
-    heads and rows are not adjacent; the query at slot S - 1. S up to 70 spans three of the kernel's chunks of 32
-    keys; head sizes that are not a multiple of its 16-float vectors, and one past its largest (512: NumPy's); query
-    groups past the 8 heads one task takes (9, 17: split among tasks; multi-query models share one head among 71)."""
+    heads and rows are not adjacent; the queries at slots S - T .. S - 1 (T = 1: a decode step; more: a prefill,
+    each query seeing a different number of keys, so the kernel's tasks of 8 query rows mix rows that stop at
+    different keys). S up to 70 spans three of its chunks of 32 keys; head sizes that are not a multiple of its
+    16-float vectors, and one past its largest (512: NumPy's); query groups past the 8 rows one task takes (9, 17:
+    split among tasks; multi-query models share one head among 71)."""
+    T = min(T, S)
     rng = np.random.default_rng(seed)
     k_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)
     v_buf = rng.standard_normal((B, n_kv, S + spare, hs)).astype(np.float32)
-    q = rng.standard_normal((B, n_kv * g, 1, hs)).astype(np.float32)
+    q = rng.standard_normal((B, n_kv * g, T, hs)).astype(np.float32)
     k, v, options = k_buf[:, :, :S], v_buf[:, :, :S], {k: v for k, v in options.items() if v is not None}
-    got = cpu.attention(q, k, v, S - 1, **options)
-    want = NumpyBackend().attention(q, k, v, S - 1, **options)
-    assert_close(got, want, ATTENTION_RTOL, f"attention B={B} n_kv={n_kv} g={g} hs={hs} S={S} {options}")
+    got = cpu.attention(q, k, v, S - T, **options)
+    want = NumpyBackend().attention(q, k, v, S - T, **options)
+    assert_close(got, want, ATTENTION_RTOL, f"attention B={B} n_kv={n_kv} g={g} hs={hs} S={S} T={T} {options}")
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32 - 1), B=st.integers(1, 2), n_kv=st.integers(1, 3), g=st.sampled_from([1, 3]),
+       T=st.integers(1, 40), options=st.fixed_dictionaries(OPTIONS))
+def test_attention_of_a_stateless_pass_reads_the_projection_in_place(cpu, seed, B, n_kv, g, T, options):
+    """Without a cache the keys and values are views of the pass's own q/k/v projection (B, T, nh + 2 n_kv, hs),
+    transposed: heads hs floats apart, positions a whole projection row apart. The kernel reads them through those
+    strides; padding (a key mask) goes to NumPy, the same answer either way."""
+    rng = np.random.default_rng(seed)
+    nh, hs = n_kv * g, 16
+    qkv = rng.standard_normal((B, T, nh + 2 * n_kv, hs)).astype(np.float32).transpose(0, 2, 1, 3)
+    q, k, v = qkv[:, :nh], qkv[:, nh : nh + n_kv], qkv[:, nh + n_kv :]  # (B, n, T, hs) views, as transformer.py
+    options = {k: v for k, v in options.items() if v is not None}
+    assert_close(cpu.attention(q, k, v, 0, **options), NumpyBackend().attention(q, k, v, 0, **options),
+                 ATTENTION_RTOL, f"stateless attention B={B} n_kv={n_kv} g={g} T={T} {options}")
+    mask = rng.random((B, T)) < 0.8
+    mask[:, 0] = True  # every query sees at least one key
+    assert_close(cpu.attention(q, k, v, 0, mask, **options), NumpyBackend().attention(q, k, v, 0, mask, **options),
+                 ATTENTION_RTOL, "with a key mask")
 
 
 def test_paged_decode_on_the_cpu_backend_matches_numpy():

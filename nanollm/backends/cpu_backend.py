@@ -2,13 +2,14 @@
 
 What this adds over numpy_backend.py: every weight matrix is stored once, at load, as column panels (`Panels`), and
 `linear` multiplies by it in kernels/linear_cpu.cpp (read that file's header: why OpenBLAS is slow for the few rows of
-a decode step, and how the kernel reads each weight once for up to 8 rows); a decode step's attention, over a KVCache
-or a paged pool, runs in kernels/attention_cpu.cpp, on every core and reading the keys where they lie. The norms
-(kernels/norms_cpu.cpp), RoPE (kernels/rope_cpu.cpp) and the MLP's activations (kernels/activations_cpu.cpp) are
-compiled for another reason: a decode step makes 25 norms, 24 ropes and 12 activations of one row each, and NumPy's
-several calls per op cost more than the arithmetic (~15 us each, a tenth of a step's time besides its products); in
-a prefill each of NumPy's passes streams the whole activation through memory again. Everything else (prefill
-attention, the exact GELU, sampling) is the NumPy reference unchanged, so this backend is the numpy one, faster, and its results agree with it to float32 rounding
+a decode step, and how the kernel reads each weight once for up to 8 rows); attention, a decode step's or a
+prefill's, over a KVCache, a paged pool or a pass's own keys, runs in kernels/attention_cpu.cpp, on every core and
+reading the keys where they lie. The norms (kernels/norms_cpu.cpp), RoPE (kernels/rope_cpu.cpp) and the MLP's
+activations (kernels/activations_cpu.cpp) are compiled for another reason: a decode step makes 25 norms, 24 ropes and
+12 activations of one row each, and NumPy's several calls per op cost more than the arithmetic (~15 us each, a tenth
+of a step's time besides its products); in a prefill each of NumPy's passes streams the whole activation through
+memory again. Everything else (attention with padding, the exact GELU, sampling) is the NumPy reference unchanged,
+so this backend is the numpy one, faster, and its results agree with it to float32 rounding
 (sums in another order), tested in tests/test_cpu_backend.py.
 
 Building: the kernels are compiled into one library at the first use with the host C++ compiler, found and
@@ -70,7 +71,7 @@ def cpu_identity() -> str:
 
 @lru_cache(maxsize=None)
 def load_kernel() -> ctypes.CDLL:
-    """The compiled library (`linear_panels`, `attention_decode`, `layer_norm_rows`, `rms_norm_rows`, `rope_rows`,
+    """The compiled library (`linear_panels`, `attention_cached`, `layer_norm_rows`, `rms_norm_rows`, `rope_rows`,
     `gelu_rows`, `silu_mul_rows`, `gelu_mul_rows`), built at the first call and cached on disk (see the
     module docstring)."""
     try:
@@ -93,14 +94,14 @@ def load_kernel() -> ctypes.CDLL:
             os.replace(built, library)  # whole or absent: a process sharing the cache never loads half a file
     lib = ctypes.CDLL(str(library))
     lib.linear_panels.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
-    lib.attention_decode.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_void_p]
-                                     + [ctypes.c_longlong] * 8 + [ctypes.c_float] * 2 + [ctypes.c_longlong])
+    lib.attention_cached.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_void_p]
+                                     + [ctypes.c_longlong] * 9 + [ctypes.c_float] * 2 + [ctypes.c_longlong])
     lib.layer_norm_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
     lib.rms_norm_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
     lib.rope_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 8
     lib.gelu_rows.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_longlong]
     lib.silu_mul_rows.argtypes = lib.gelu_mul_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong]
-    for f in (lib.linear_panels, lib.attention_decode, lib.layer_norm_rows, lib.rms_norm_rows, lib.rope_rows,
+    for f in (lib.linear_panels, lib.attention_cached, lib.layer_norm_rows, lib.rms_norm_rows, lib.rope_rows,
               lib.gelu_rows, lib.silu_mul_rows, lib.gelu_mul_rows):
         f.restype = None
     return lib
@@ -301,21 +302,23 @@ class CpuBackend(NumpyBackend):
 
     def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
                   softcap: float | None = None, window: int | None = None):
-        """A decode step (T = 1, no padding) by kernels/attention_cpu.cpp, reading the cache's buffers in place (each
-        row of the batch one block of its slots); anything else by the NumPy reference."""
+        """Attention without padding by kernels/attention_cpu.cpp, a decode step's or a prefill's, reading the keys
+        where they lie (a KVCache's buffer, each row of the batch one block of its slots, or a pass's own projection);
+        with a key mask (left padding) by the NumPy reference."""
         B, nh, T, hs = q.shape
-        if T != 1 or hs > MAX_HEAD_DIM or key_mask is not None or k.strides != v.strides or k.strides[-1] != 4:
+        if (key_mask is not None or hs > MAX_HEAD_DIM or k.shape[2] < q_start + T or k.dtype != np.float32
+                or k.strides != v.strides or k.strides[-1] != 4):
             return super().attention(q, k, v, q_start, key_mask, scale=scale, softcap=softcap, window=window)
         tables = np.arange(B, dtype=np.int32)[:, None]  # (B, 1): sequence b is block b
-        lengths = np.full(B, q_start + 1, dtype=np.int32)  # (B,) the query sees slots 0 .. q_start
+        lengths = np.full(B, q_start + T, dtype=np.int32)  # (B,) the queries are slots q_start .. q_start + T - 1
         strides = [n // 4 for n in k.strides[:3]]  # floats between sequences (blocks), heads, slots
         return self._attend(q, k, v, tables, lengths, k.shape[2], strides, scale, softcap, window)
 
     def paged_attention(self, q, k_pool, v_pool, block_tables, lengths, *, scale: float | None = None,
                         softcap: float | None = None, window: int | None = None):
-        """A decode step (T = 1) by kernels/attention_cpu.cpp, reading the blocks in place through the table (no
-        gather); a prefill by the NumPy reference."""
-        if q.shape[2] != 1 or q.shape[3] > MAX_HEAD_DIM:
+        """Attention over a paged pool by kernels/attention_cpu.cpp, reading the blocks in place through the table
+        (no gather); each sequence's queries are its last T slots."""
+        if q.shape[3] > MAX_HEAD_DIM:
             return super().paged_attention(q, k_pool, v_pool, block_tables, lengths, scale=scale, softcap=softcap,
                                            window=window)
         tables, lengths = check_paged_args(q.shape, k_pool.shape, v_pool.shape, block_tables, lengths)
@@ -325,13 +328,13 @@ class CpuBackend(NumpyBackend):
                             softcap, window)
 
     def _attend(self, q, k, v, tables, lengths, bs: int, strides, scale, softcap, window):
-        """attention_decode over keys at the blocks of `tables` (see the kernel's header). -> (B, nh, 1, hs)"""
-        B, nh, _, hs = q.shape
-        q = f32(q)  # (B, nh, 1, hs)
+        """attention_cached over keys at the blocks of `tables` (see the kernel's header). -> (B, nh, T, hs)"""
+        B, nh, T, hs = q.shape
+        q = f32(q)  # (B, nh, T, hs)
         tables = np.ascontiguousarray(tables, dtype=np.int32)  # (B, table_width)
         lengths = np.ascontiguousarray(lengths, dtype=np.int32)  # (B,)
-        out = np.empty_like(q)  # (B, nh, 1, hs)
-        self._lib.attention_decode(address(q), address(k), address(v), address(out), address(tables),
-                                   tables.shape[1], address(lengths), B, nh, k.shape[1], hs, bs, *strides,
+        out = np.empty_like(q)  # (B, nh, T, hs)
+        self._lib.attention_cached(address(q), address(k), address(v), address(out), address(tables),
+                                   tables.shape[1], address(lengths), B, nh, T, k.shape[1], hs, bs, *strides,
                                    1.0 / math.sqrt(hs) if scale is None else scale, softcap or 0.0, window or 0)
         return out
