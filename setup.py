@@ -14,7 +14,7 @@ setup(
     # The kernel sources ship with the package: the CuPy backend and the CPU emulator compile the CUDA ones at run
     # time, the cpu backend its own (*_cpu.cpp).
     package_data={
-        "nanollm.kernels": ["*.cu", "*.cuh", "*.cpp"],
+        "nanollm.kernels": ["*.cu", "*.cuh", "*.cpp", "*.h"],
         "nanollm.kernels.emulator": ["*.h", "*.cpp"],
         # The offline demo model (weights_tools/train_demo.py trains it): `python -m nanollm.generate` with no
         # network still produces text.

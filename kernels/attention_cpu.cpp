@@ -43,9 +43,8 @@
 // maximum test per key. Here the slots are walked with a block counter and an offset in it, and the queries
 // (pre-multiplied by the scale) and the value sums are small local arrays, in the core's first-level cache.
 
-#include <cmath>
+#include "simd_cpu.h"
 
-typedef float vec16 __attribute__((vector_size(64), aligned(4)));  // 16 floats, as in linear_cpu.cpp
 typedef float vec8 __attribute__((vector_size(32), aligned(4)));
 typedef float vec4 __attribute__((vector_size(16), aligned(4)));
 
@@ -117,6 +116,8 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
                     s[r][i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
                 }
             }
+            for (long long i = n; i < CHUNK; i++)  // past the last key: no weight (exp16 takes the chunk whole)
+                for (long long r = 0; r < R; r++) s[r][i] = -INFINITY;
             for (long long r = 0; r < R; r++) {
                 float chunk_max = -INFINITY;
                 for (long long i = 0; i < n; i++) chunk_max = s[r][i] > chunk_max ? s[r][i] : chunk_max;
@@ -130,10 +131,9 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
                     for (long long d = 0; d < hs; d++) acc[r][d] *= shrink;
                     m[r] = chunk_max;
                 }
-                for (long long i = 0; i < n; i++) {
-                    s[r][i] = std::exp(s[r][i] - m[r]);  // the score becomes its weight (0 for an unseen slot)
-                    l[r] += s[r][i];
-                }
+                for (long long c = 0; c < CHUNK; c += 16)  // each score becomes its weight (0 for an unseen slot)
+                    *(vec16*)(s[r] + c) = exp16(*(vec16*)(s[r] + c) - m[r]);
+                for (long long i = 0; i < n; i++) l[r] += s[r][i];
             }
             for (long long i = 0; i < n; i++)
                 for (long long r = 0; r < R; r++) {

@@ -19,11 +19,10 @@
 // follows) and multiplies them into all 8 rows (16 fused multiply-adds). So up to 8 rows cost one read of the
 // weights; more rows take the next group while the panel (K x 128 bytes: 96 KiB for K = 768) is still in the cache.
 // Past a few rows the product is bound by arithmetic, not memory: 8 rows make 16 FLOP of each 4-byte weight, and 2
-// cores at ~190 GFLOP/s peak keep up with ~47 GB/s only at full FMA rate (`make bench` records what is reached).
+// cores at ~215 GFLOP/s peak keep up with ~50 GB/s only at nearly full FMA rate (`make bench` records what is
+// reached).
 //
-// The vectors are GCC/Clang vector extensions (`vector_size(64)`: 16 floats), which the compiler maps to the
-// machine's own width (one AVX-512 register, two AVX2 registers, four NEON registers), so the source has no
-// intrinsics. `aligned(4)` lets a vector load/store any float address: NumPy guarantees no more.
+// The vectors are vec16 (kernels/simd_cpu.h): 16 floats, mapped by the compiler to the machine's own vector width.
 //
 // Threads: OpenMP, as many as the machine has (OMP_NUM_THREADS to change it), only when the product is large
 // enough to pay for waking them (a tiny model runs on one thread, so it never gets slower when batched). Panels are
@@ -36,9 +35,7 @@
 // Sums are float32, in k order within each column: a different order from BLAS's, so results agree with NumPy's
 // x @ W to float32 rounding (tests/test_cpu_backend.py states the tolerance), not bit for bit.
 
-#include <cstddef>
-
-typedef float vec16 __attribute__((vector_size(64), aligned(4)));
+#include "simd_cpu.h"
 
 constexpr long long PANEL = 32;        // columns per panel: two vectors of 16
 constexpr int GROUP = 8;               // rows of x per pass over a panel: 2 x 8 = 16 accumulator vectors

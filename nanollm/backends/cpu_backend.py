@@ -46,6 +46,7 @@ from ..paged_cache import check_paged_args
 from .numpy_backend import NumpyBackend
 
 SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope", "activations"))
+HEADERS = (KERNELS_DIR / "simd_cpu.h",)  # included by the sources: part of the build's digest, not compiled alone
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
 MAX_HEAD_DIM = 512  # the largest head attention_cpu.cpp takes (its local arrays); larger ones go to NumPy
@@ -80,7 +81,7 @@ def load_kernel() -> ctypes.CDLL:
         raise CpuKernelError("no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's kernels "
                              "(kernels/linear_cpu.cpp, attention_cpu.cpp) at their first use: install one (e.g. "
                              "`apt install g++`) or set CXX") from None
-    digest = build_digest(sources=[p.read_text() for p in SOURCES], flags=FLAGS,
+    digest = build_digest(sources=[p.read_text() for p in SOURCES + HEADERS], flags=FLAGS,
                           compiler=[compiler, compiler_version(compiler)], cpu=cpu_identity())
     library = cache_root() / "cpu" / f"cpu_kernels-{digest}.so"
     if not library.is_file():
