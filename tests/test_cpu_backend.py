@@ -306,5 +306,5 @@ def test_the_command_line_falls_back_to_numpy_without_a_compiler(tmp_path):
     assert out.returncode == 0, out.stderr
     notices = [line for line in out.stderr.splitlines() if "cpu backend" in line]
     assert notices == ["nanollm: the cpu backend is not available (no C++ compiler found ($CXX, g++, c++ or clang++) "
-                       "to build the cpu backend's kernels (kernels/linear_cpu.cpp, attention_cpu.cpp) at their "
-                       "first use: install one (e.g. `apt install g++`) or set CXX); using the numpy backend (slower)"]
+                       "to build the cpu backend's kernels (kernels/*_cpu.cpp) at their first use: install one "
+                       "(e.g. `apt install g++`) or set CXX); using the numpy backend (slower)"]

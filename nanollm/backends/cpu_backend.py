@@ -79,7 +79,7 @@ def load_kernel() -> ctypes.CDLL:
         compiler = find_compiler()
     except RuntimeError:  # the emulator's CompilerNotFound
         raise CpuKernelError("no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's kernels "
-                             "(kernels/linear_cpu.cpp, attention_cpu.cpp) at their first use: install one (e.g. "
+                             "(kernels/*_cpu.cpp) at their first use: install one (e.g. "
                              "`apt install g++`) or set CXX") from None
     digest = build_digest(sources=[p.read_text() for p in SOURCES + HEADERS], flags=FLAGS,
                           compiler=[compiler, compiler_version(compiler)], cpu=cpu_identity())
