@@ -296,6 +296,7 @@ class CpuBackend(NumpyBackend):
         return self._gated(self._lib.gelu_mul_rows, gate, up) if gate.shape == up.shape else super().gelu_mul(gate, up)
 
     def _gated(self, kernel, gate, up):
+        """kernel(gate, up) -> y elementwise, the two gated activations' one call. (..., H) x2 -> (..., H)"""
         gate, up = f32(gate), f32(up)
         y = np.empty_like(gate)
         kernel(address(gate), address(up), address(y), gate.size)
