@@ -19,7 +19,8 @@ seconds at a time (a wall-clock figure from another run means little):
                      matrix streams at a third of a 154 MB one's rate), and decode over those products alone (what
                      attention, norms, the KV cache and Python add). Each step is followed by one of each, so the
                      three see the same state of the machine.
-  batch B / batch 1  decode tokens/s of B sequences over that of one (B x t1 / tB). Target: batch 8 >= 6.
+  batch B / batch 1  decode tokens/s of B sequences over that of one (B x t1 / tB), the batch sizes taking turns
+                     step by step. Target: batch 8 >= 6.
   prefill / matmuls  a 128-token prefill over its matrix products alone (x @ w for every weight matrix at the same
                      shapes): what attention, norms and activations add. Target <= 1.3.
   vs transformers    prefill and decode time per token, transformers (torch, same threads) as the reference.
@@ -117,15 +118,19 @@ def decode_and_gemv_seconds(model, prompt, gemv) -> tuple[float, float, float]:
     return statistics.median(steps), statistics.median(gemvs), statistics.median(products)
 
 
-def decode_seconds(model, batch: int, prompt) -> float:
-    """Mean time of a decode step for `batch` sequences after a prefill of the prompt (the same for each row)."""
-    cache = model.new_cache(batch_size=batch, max_len=PROMPT_TOKENS + DECODE_STEPS + 1)
-    logits = model.step(np.repeat(prompt, batch, axis=0), cache)  # (B, 1, V)
-    token = logits[:, -1].argmax(-1)[:, None]  # (B, 1)
-    t0 = time.perf_counter()
+def decode_step_seconds(model, prompt) -> dict[int, float]:
+    """The median decode step of each batch size in BATCHES, after a prefill of the prompt (the same for each row).
+    The batch sizes take turns step by step: the machine's bandwidth level moves every few seconds, and a ratio of two
+    sizes timed one after the other (a second each) could compare two levels; taking turns, they see the same ones."""
+    caches = {b: model.new_cache(batch_size=b, max_len=PROMPT_TOKENS + DECODE_STEPS + 1) for b in BATCHES}
+    tokens = {b: model.step(np.repeat(prompt, b, axis=0), caches[b])[:, -1].argmax(-1)[:, None] for b in BATCHES}
+    times = {b: [] for b in BATCHES}
     for _ in range(DECODE_STEPS):
-        token = model.step(token, cache)[:, -1].argmax(-1)[:, None]  # (B, 1)
-    return (time.perf_counter() - t0) / DECODE_STEPS
+        for b in BATCHES:
+            t0 = time.perf_counter()
+            tokens[b] = model.step(tokens[b], caches[b])[:, -1].argmax(-1)[:, None]  # (b, 1)
+            times[b].append(time.perf_counter() - t0)
+    return {b: statistics.median(t) for b, t in times.items()}
 
 
 def prefill_seconds(model, prompt) -> float:
@@ -174,7 +179,7 @@ def bench(name, hf_model):
     reference = large_gemv(ours, matrix)
     measures = {
         "decode vs gemv": lambda: decode_and_gemv_seconds(ours, prompt, reference),
-        **{f"decode {b}": (lambda b=b: decode_seconds(ours, b, prompt)) for b in BATCHES},
+        "decode by batch": lambda: decode_step_seconds(ours, prompt),
         "prefill": lambda: prefill_seconds(ours, prompt),
         "matmuls": lambda: matmul_floor_seconds(ours, PROMPT_TOKENS),
         "transformers": lambda: transformers_seconds(hf_model, prompt),
@@ -185,7 +190,8 @@ def bench(name, hf_model):
     for _ in range(REPEATS):
         for k, fn in measures.items():
             runs[k].append(fn())
-    med = {k: statistics.median(v) for k, v in runs.items() if k not in ("transformers", "decode vs gemv")}
+    med = {k: statistics.median(v) for k, v in runs.items() if k in ("prefill", "matmuls")}
+    med.update({f"decode {b}": statistics.median(run[b] for run in runs["decode by batch"]) for b in BATCHES})
     step, gemv, products = (statistics.median(run[i] for run in runs["decode vs gemv"]) for i in (0, 1, 2))
     hf_prefill = statistics.median(p for p, _ in runs["transformers"])
     hf_decode = statistics.median(d for _, d in runs["transformers"])
@@ -226,12 +232,9 @@ def bench_small_batches():
     still pay (more sequences per call), never cost: BLAS threads on tiny matrices can make a batch slower."""
     demo = nanollm.load(DEMO_MODEL, backend=BACKEND)
     prompt = np.random.default_rng(3).integers(0, demo.config.vocab_size, (1, PROMPT_TOKENS))
-    times = {b: [] for b in BATCHES}
-    for b in BATCHES:
-        decode_seconds(demo, b, prompt)  # warm-up
-    for _ in range(REPEATS):
-        for b in BATCHES:
-            times[b].append(decode_seconds(demo, b, prompt))
+    decode_step_seconds(demo, prompt)  # warm-up
+    runs = [decode_step_seconds(demo, prompt) for _ in range(REPEATS)]
+    times = {b: [run[b] for run in runs] for b in BATCHES}
     t1 = statistics.median(times[1])
     print(f"demo model (shipped, {demo.config.n_layer} layers, width {demo.config.n_embd}): "
           f"decode step {t1 * 1e3:.2f} ms")
