@@ -42,7 +42,7 @@ def parse_args(argv):
     p.add_argument("--model", help="a model directory (config.json + *.safetensors), a llama2.c .bin, or a hub "
                                    "name (default: GPT-2 from the cache or the hub, else the small demo model shipped "
                                    "inside nanollm)")
-    p.add_argument("--backend", help="cpu (the default where a C++ compiler builds its kernel, else numpy), "
+    p.add_argument("--backend", help="cpu (the default where a C++ compiler builds its kernels, else numpy), "
                                      "numpy (the reference), cupy (a GPU) or emulator")
     src = p.add_argument_group("prompts (several make a batch)")
     src.add_argument("--prompt", action="append", default=[], help="a prompt; repeat for a batch")

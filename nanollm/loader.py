@@ -63,7 +63,7 @@ def default_model_path(*, stderr=None) -> Path:
 
 
 def default_backend(*, stderr=None) -> str:
-    """The command line's backend when none is named: "cpu" (the fast path) where its kernel builds, which needs a C++
+    """The command line's backend when none is named: "cpu" (the fast path) where its kernels build, which needs a C++
     compiler at the first use; else a one-line notice and "numpy", which needs nothing but NumPy."""
     try:
         load_kernel()

@@ -1,7 +1,7 @@
 """Backends: where each op of the layer API runs.
 
   numpy     the reference, plain NumPy in float32 (numpy_backend.py): read this one first
-  cpu       the numpy backend with its matrix product compiled for the CPU (cpu_backend.py): the fast CPU path
+  cpu       the numpy backend with its heavy and frequent ops compiled for the CPU (cpu_backend.py): the fast path
   cupy      the same ops as hand-written CUDA kernels on a GPU, through CuPy (cupy_backend.py)
   emulator  the same CUDA kernels run on the CPU by nanollm's emulator of the CUDA execution model
 

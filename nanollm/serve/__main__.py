@@ -46,7 +46,7 @@ def parse_args(argv):
                                    "(default: GPT-2 from the cache or the hub, else the demo model)")
     p.add_argument("--served-model-name", metavar="NAME",
                    help="the name clients send as `model` (default: --model as given), as vLLM's flag")
-    p.add_argument("--backend", help="cpu (the default where a C++ compiler builds its kernel, else numpy), "
+    p.add_argument("--backend", help="cpu (the default where a C++ compiler builds its kernels, else numpy), "
                                      "numpy (the reference), cupy (a GPU) or emulator")
     p.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1: this machine "
                                                        "only; 0.0.0.0 opens it to the network)")
