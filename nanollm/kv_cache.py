@@ -31,10 +31,10 @@ class KVCache:
         (batch size and length come from flags and the config: they can ask for terabytes)."""
         check_fits(kv_cache_bytes(cfg, batch_size, max_len),
                    f"a KV cache of {batch_size} sequence(s) x {max_len:,} positions ({cfg.n_layer} layers)")
-        shape = (batch_size, cfg.n_kv_head, max_len, cfg.head_dim)
+        keys_values = backend.zeros((2, cfg.n_layer, batch_size, cfg.n_kv_head, max_len, cfg.head_dim))
         return cls(
-            k=[backend.zeros(shape) for _ in range(cfg.n_layer)],
-            v=[backend.zeros(shape) for _ in range(cfg.n_layer)],
+            k=list(keys_values[0]),  # one buffer for every layer: one large allocation (the cpu backend's 2 MiB pages)
+            v=list(keys_values[1]),
             ids=np.zeros((batch_size, max_len), dtype=np.int64),
             positions=np.zeros((batch_size, max_len), dtype=np.int64),
         )

@@ -4,6 +4,8 @@ What this adds over transformer.py (the forward pass): checking what comes in (t
 need), stepping a KV cache (prefill, then one decode step at a time), and `generate`, the front door to
 generation.py. nanollm.load (loader.py) is the one place that builds a Model from files.
 """
+from dataclasses import replace
+
 import numpy as np
 
 from .config import ModelConfig
@@ -27,9 +29,11 @@ class Model:
                              f"holds ({limit}); the numpy backend runs any head size")
         self.config = cfg
         self.backend = backend
-        self.weights = weights.map(backend.weight)
-        if self.weights.lm_head is None:  # tied: the output projection is tok_emb.T, laid out as the backend likes
-            self.weights.tok_emb = backend.tied_table(self.weights.tok_emb)
+        if weights.lm_head is None:  # tied: the output projection is tok_emb.T, laid out as the backend likes
+            self.weights = replace(weights, tok_emb=None).map(backend.weight)
+            self.weights.tok_emb = backend.tied_table(weights.tok_emb)
+        else:
+            self.weights = weights.map(backend.weight)
         self.tokenizer = tokenizer
         self.generation_defaults = generation_defaults or {}
 

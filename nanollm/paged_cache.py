@@ -117,9 +117,8 @@ class PagedKVCache:
                 raise ValueError(f"{name} must be a positive whole number, got {value!r}")
         check_fits(n_blocks * block_bytes(cfg, block_size),
                    f"a paged KV cache of {n_blocks:,} blocks x {block_size} slots ({cfg.n_layer} layers)")
-        shape = (n_blocks, cfg.n_kv_head, block_size, cfg.head_dim)
-        return cls(k=[backend.zeros(shape) for _ in range(cfg.n_layer)],
-                   v=[backend.zeros(shape) for _ in range(cfg.n_layer)])
+        pools = backend.zeros((2, cfg.n_layer, n_blocks, cfg.n_kv_head, block_size, cfg.head_dim))
+        return cls(k=list(pools[0]), v=list(pools[1]))  # one buffer for every layer, as KVCache.allocate
 
     # -- requests arrive, grow and leave ---------------------------------------------------------------------------
 

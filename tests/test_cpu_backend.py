@@ -19,7 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanollm.backends import get_backend
+from nanollm.backends import huge_pages
 from nanollm.backends.cpu_backend import CpuBackend, Panels, TiedTable, load_kernel
+from nanollm.backends.huge_pages import HUGE_PAGE, PanelMemory, huge_page_zeros
+from nanollm.kv_cache import KVCache
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.model import Model
 from nanollm.paged_runner import PagedRunner
@@ -247,6 +250,70 @@ def test_paged_decode_on_the_cpu_backend_matches_numpy():
                 last[i] = tokens[i][-1]
         runs.append(tokens)
     assert runs[0] == runs[1]
+
+
+def mapping_flags(a: np.ndarray) -> list[str]:
+    """The VmFlags of the memory mapping that holds a's first byte (Linux's /proc/self/smaps); "hg" is the mark
+    madvise(MADV_HUGEPAGE) leaves."""
+    at, inside = a.ctypes.data, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            first = line.split(" ", 1)[0]
+            if "-" in first and not first.endswith(":"):
+                lo, hi = (int(x, 16) for x in first.split("-"))
+                inside = lo <= at < hi
+            elif inside and line.startswith("VmFlags:"):
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds address {at:#x}")
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="smaps and MADV_HUGEPAGE are Linux's")
+
+
+@linux_only
+@pytest.mark.parametrize("n", [1, 1000, 3 * 2**20 + 5])
+def test_huge_page_zeros_are_fresh_aligned_and_marked(n):
+    a = huge_page_zeros(n)
+    assert a.dtype == np.float32 and a.shape == (n,) and not a.any()
+    assert a.ctypes.data % HUGE_PAGE == 0 and a.flags.writeable and a.flags.c_contiguous
+    assert "hg" in mapping_flags(a)
+    a[:] = 7  # the memory is its own, and outlives the call that mapped it
+    assert (a == 7).all()
+
+
+@given(sizes=st.lists(st.tuples(st.integers(1, 9), st.integers(1, 300)), min_size=1, max_size=12))
+def test_panel_memory_hands_out_zeroed_aligned_stretches_that_never_overlap(sizes):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(huge_pages, "MAPPING_FLOATS", 1000)  # small mappings: a few stretches fill one, a large one
+        memory, blocks = PanelMemory(), []                # gets its own
+        for shape in sizes:
+            block = memory.take(shape)
+            assert block.shape == shape and block.dtype == np.float32 and not block.any()
+            assert block.ctypes.data % 64 == 0
+            block[...] = 1  # a later stretch must not see this
+            blocks.append(block)
+    spans = sorted((b.ctypes.data, b.ctypes.data + b.nbytes) for b in blocks)
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
+
+
+@linux_only
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_models_matrices_and_kv_cache_sit_in_memory_marked_for_huge_pages(arch):
+    """Every matrix, the tied table too, in the backend's huge-page mappings; a KV cache's keys and values, every
+    layer, in one buffer marked so. (Whether 2 MiB pages then come is the kernel's choice: its THP settings.)"""
+    cpu = CpuBackend()
+    cfg = small_config(arch, vocab_size=75)
+    model = Model(cfg, random_weights(cfg, seed=3), cpu)
+    w = model.weights
+    matrices = [a for layer in w.layers for a in vars(layer).values() if isinstance(a, Panels)]
+    matrices += [a.T if isinstance(a, TiedTable) else a for a in (w.tok_emb, w.pos_emb, w.lm_head) if a is not None]
+    assert isinstance(w.tok_emb, TiedTable) == (arch == "gpt2")
+    for panels in matrices:
+        assert panels.data.ctypes.data % 64 == 0 and "hg" in mapping_flags(panels.data)
+    cache = KVCache.allocate(cpu, model.config, batch_size=2, max_len=4096)
+    first, last = cache.k[0], cache.v[-1]
+    assert "hg" in mapping_flags(first)
+    assert last.ctypes.data - first.ctypes.data == (2 * cfg.n_layer - 1) * first.nbytes  # one buffer, layer by layer
 
 
 def test_same_api_as_numpy():

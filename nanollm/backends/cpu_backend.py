@@ -43,6 +43,7 @@ from nanollm.kernels import KERNELS_DIR
 from nanollm.kernels.emulator import build_digest, cache_root, compiler_version, find_compiler
 
 from ..paged_cache import check_paged_args
+from .huge_pages import HUGE_PAGE, PanelMemory, huge_page_zeros
 from .numpy_backend import NumpyBackend
 
 SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope", "activations"))
@@ -148,10 +149,11 @@ class Panels:
     Panel p holds columns 32p .. 32p+31, row after row, so the kernel streams it front to back.
     """
 
-    def __init__(self, a: np.ndarray):
+    def __init__(self, a: np.ndarray, memory: PanelMemory | None = None):
         K, N = a.shape
         n_panels, full = -(-N // PANEL), N // PANEL
-        data = np.zeros((n_panels, K, PANEL), dtype=np.float32)  # (P, K, 32)
+        shape = (n_panels, K, PANEL)
+        data = np.zeros(shape, dtype=np.float32) if memory is None else memory.take(shape)  # (P, K, 32)
         data[:full] = a[:, : full * PANEL].reshape(K, full, PANEL).transpose(1, 0, 2)
         if full < n_panels:
             data[full, :, : N - full * PANEL] = a[:, full * PANEL :]  # the narrower last panel
@@ -194,8 +196,8 @@ class Panels:
 class TiedTable:
     """The embedding table (V, C) of a tied model, stored as the panels of its transpose, the output projection."""
 
-    def __init__(self, table: np.ndarray):
-        self.T = Panels(np.asarray(table).T)  # (C, V): what linear multiplies by
+    def __init__(self, table: np.ndarray, memory: PanelMemory | None = None):
+        self.T = Panels(np.asarray(table, dtype=np.float32).T, memory)  # (C, V): what linear multiplies by
         self.shape = table.shape
 
     dtype, ndim, itemsize = Panels.dtype, 2, 4
@@ -221,16 +223,25 @@ class CpuBackend(NumpyBackend):
     def __init__(self):
         self._lib = load_kernel()  # built (or found in the cache) now, so a missing compiler is said at load
         single_threaded_blas()
+        self._panel_memory = PanelMemory()  # where `weight` and `tied_table` lay out matrices: 2 MiB pages
 
     def weight(self, a):
-        """Matrices as Panels (the layout of the kernel), vectors (norms, biases) as float32 arrays of their own: a
-        read-only one (a view of a memory-mapped file) would cost `address` its slow way at every call."""
+        """Matrices as Panels (the layout of the kernel, on 2 MiB pages), vectors (norms, biases) as float32 arrays of
+        their own: a read-only one (a view of a memory-mapped file) would cost `address` its slow way at every call."""
         a = np.asarray(a, dtype=np.float32)
-        return Panels(a) if a.ndim == 2 else np.array(a, order="C")
+        return Panels(a, self._panel_memory) if a.ndim == 2 else np.array(a, order="C")
 
     def tied_table(self, table):
         """See TiedTable: the one copy of the table is laid out for the output projection."""
-        return TiedTable(np.asarray(table))
+        return TiedTable(table, self._panel_memory)
+
+    def zeros(self, shape, dtype=np.float32):
+        """Zeros; a float32 array of 2 MiB or more (a KV cache: one buffer for all its layers) on 2 MiB pages of its
+        own (see huge_page_zeros): attention reads all of it every step."""
+        n = math.prod(shape)
+        if np.dtype(dtype) != np.float32 or n * 4 < HUGE_PAGE:
+            return super().zeros(shape, dtype)
+        return huge_page_zeros(n).reshape(shape)
 
     def linear(self, x, w, b=None):
         """x @ w + b by kernels/linear_cpu.cpp. (..., in), (in, out) Panels, (out,) -> (..., out).

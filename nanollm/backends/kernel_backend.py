@@ -100,9 +100,9 @@ class KernelBackend:
         return self.asarray(a)
 
     def tied_table(self, table):
-        """The embedding table of a tied model, as it is: the embedding kernel reads rows of a row-major table, and
-        cuBLAS reads the transposed view as the output projection at full speed."""
-        return table
+        """The embedding table of a tied model, as `weight` stores it: the embedding kernel reads rows of a row-major
+        table, and cuBLAS reads the transposed view as the output projection at full speed."""
+        return self.weight(table)
 
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
