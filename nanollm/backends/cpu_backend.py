@@ -301,11 +301,13 @@ class CpuBackend(NumpyBackend):
         return y
 
     def silu_mul(self, gate, up):
-        """silu(gate) * up by kernels/activations_cpu.cpp. (..., H) x2 -> (..., H). Shapes that differ: NumPy's rules."""
+        """silu(gate) * up by kernels/activations_cpu.cpp. (..., H) x2 -> (..., H).
+        Shapes that differ: NumPy's rules."""
         return self._gated(self._lib.silu_mul_rows, gate, up) if gate.shape == up.shape else super().silu_mul(gate, up)
 
     def gelu_mul(self, gate, up):
-        """gelu(gate) * up by kernels/activations_cpu.cpp. (..., H) x2 -> (..., H). Shapes that differ: NumPy's rules."""
+        """gelu(gate) * up by kernels/activations_cpu.cpp. (..., H) x2 -> (..., H).
+        Shapes that differ: NumPy's rules."""
         return self._gated(self._lib.gelu_mul_rows, gate, up) if gate.shape == up.shape else super().gelu_mul(gate, up)
 
     def _gated(self, kernel, gate, up):

@@ -37,10 +37,11 @@ class NumpyBackend:
 
     def tied_table(self, table) -> np.ndarray:
         """The embedding table (V, C) of a model whose output projection is its transpose (the checkpoint's tensor,
-        in place of `weight`), stored as this backend reads it best. Column-major here, so that the projection `table.T` is a row-major (C, V) matrix: OpenBLAS
-        streams x @ w with a row-major w 10-25% faster than with the transposed view of a row-major table (GPT-2's
-        head: 24 vs 20 GB/s), and every decode step reads the whole projection, while the embedding gathers one
-        row per token (C scattered reads, nothing beside a step). One copy in memory either way.
+        in place of `weight`), stored as this backend reads it best. Column-major here, so that the projection
+        `table.T` is a row-major (C, V) matrix: OpenBLAS streams x @ w with a row-major w 10-25% faster than with the
+        transposed view of a row-major table (GPT-2's head: 24 vs 20 GB/s), and every decode step reads the whole
+        projection, while the embedding gathers one row per token (C scattered reads, nothing beside a step). One copy
+        in memory either way.
         """
         return np.asfortranarray(table, dtype=np.float32)  # (V, C), column-major
 

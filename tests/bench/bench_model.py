@@ -294,13 +294,13 @@ SHAPES = {  # random-weight checkpoints of real shapes (tests/gpu/decode.py time
 def compare_gemv_references():
     """OpenBLAS's gemv on every thread against the cpu kernel's, alternated, before a CpuBackend exists (it sets
     OpenBLAS to one thread): shows that the kernel's gemv, the reference on the cpu backend, is not the weaker."""
-    from nanollm.backends.cpu_backend import Panels, load_kernel
+    from nanollm.backends.cpu_backend import Panels, address, load_kernel
 
     kernel = load_kernel().linear_panels
     matrix = gemv_matrix()  # (768, 50257)
     packed, x, y = Panels(matrix), np.ones((1, GEMV_SHAPE[0]), np.float32), np.empty((1, GEMV_SHAPE[1]), np.float32)
     runs = {"OpenBLAS": lambda: x @ matrix,
-            "cpu kernel": lambda: kernel(x.ctypes.data, packed.data.ctypes.data, None, y.ctypes.data, 1, *matrix.shape)}
+            "cpu kernel": lambda: kernel(address(x), packed.address, None, address(y), 1, *matrix.shape)}
     times = {k: [] for k in runs}
     for _ in range(20):
         for k, fn in runs.items():
