@@ -40,6 +40,7 @@ from nanollm.tokenizer.byte_level import (
     load_tiktoken_ranks,
     resolve_pattern,
 )
+from nanollm.tokenizer.merge_together import MAX_SYMBOLS, PairTable, merge_together
 from nanollm.tokenizer.pre_tokenizers import PreTokenizer
 from nanollm.tokenizer.train import train_bpe
 from tests.bench.bench_tokenizer import pathological_inputs
@@ -121,6 +122,62 @@ def test_rounds_then_heap_equal_the_heap_alone(text, ranks):
         assert symbols == expected
 
 
+# -- merging many words together ----------------------------------------------------------------------------------
+
+
+def _byte_table(pair_ranks: dict) -> tuple[dict, PairTable]:
+    """A byte-level vocabulary: the 256 bytes and every join of ``pair_ranks`` (ids in order of first sight)."""
+    token_ids = {bytes([b]): b for b in range(256)}
+    for left, right in pair_ranks:
+        token_ids.setdefault(left + right, len(token_ids))
+    return token_ids, PairTable(token_ids, pair_ranks)
+
+
+def test_merge_together_docstring_example():
+    """Three words, one merge each per step: "the" -> th e -> the, "cat" -> c at -> cat, "on" -> on."""
+    ranks = {(b"t", b"h"): 2, (b"h", b"e"): 9, (b"c", b"a"): 7, (b"a", b"t"): 4, (b"o", b"n"): 5, (b"th", b"e"): 10,
+             (b"c", b"at"): 11}
+    token_ids, table = _byte_table(ranks)
+    assert merge_together([b"the", b"cat", b"on", b"x"], table) == [
+        (token_ids[b"the"],), (token_ids[b"cat"],), (token_ids[b"on"],), (token_ids[b"x"],)]
+
+
+BYTE_SYMBOLS = [b"a", b"b", b"aa", b"ab", b"ba", b"bb", b"aab", b"abb"]
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.binary(min_size=1, max_size=30).map(lambda data: bytes(b"ab"[b % 2] for b in data)), max_size=12),
+    st.dictionaries(st.tuples(st.sampled_from(BYTE_SYMBOLS), st.sampled_from(BYTE_SYMBOLS)), st.integers(0, 2),
+                    max_size=10),
+)
+@example([b"baab", b"ab"], {(b"a", b"a"): 0, (b"a", b"b"): 0})  # a tie: the leftmost pair, (a, a), merges first
+@example([b"aaaa"], {(b"a", b"a"): 1, (b"aa", b"a"): 0})  # the merge makes a better pair: it goes next
+def test_words_merged_together_equal_each_merged_alone(words, ranks):
+    """merge_together against heap_merge, word by word: random ranks over a few short symbols (ties between pairs
+    are common, and merges that make a better-ranked pair), several words at once that finish at different steps."""
+    token_ids, table = _byte_table(ranks)
+    alone = [tuple(token_ids[symbol] for symbol in heap_merge([word[i : i + 1] for i in range(len(word))], ranks))
+             for word in words]
+    assert merge_together(words, table) == alone
+
+
+def test_pair_table_ids_are_the_vocabularys():
+    """Symbols are numbered apart from the ids, so a vocabulary that gives two tokens one id (a vocab.json may)
+    still merges right, and a pair whose join is not a token is never made."""
+    token_ids = {bytes([b]): b for b in range(256)} | {b"ab": 300, b"cd": 300}
+    table = PairTable(token_ids, {(b"a", b"b"): 0, (b"c", b"d"): 1, (b"a", b"c"): 2})
+    assert merge_together([b"abcd", b"ac"], table) == [(300, 300), (ord("a"), ord("c"))]
+
+
+def test_merge_together_refuses_what_it_is_not_for():
+    _, table = _byte_table({})
+    assert merge_together([], table) == []
+    for words in ([b""], [b"x" * (MAX_SYMBOLS + 1)]):
+        with pytest.raises(ValueError, match="non-empty words of at most"):
+            merge_together(words, table)
+
+
 # -- cutting words where no token spans --------------------------------------------------------------------------
 
 
@@ -182,6 +239,16 @@ RUNS = st.lists(st.tuples(st.sampled_from(["x", "ab", " ", "\n", "\t", "0", "9",
 @settings(max_examples=40)
 @given(st.one_of(RUNS, st.text(max_size=300)))
 def test_encoder_gives_tiktokens_ids_on_any_text(text):
+    for case in (_cl100k, _gpt2):
+        ours, reference = case()
+        assert _fresh(ours).encode_ordinary(text) == reference.encode_ordinary(text)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz AZ09é日", min_size=256, max_size=3000).map(
+    lambda text: text.replace(" ", "")))
+def test_long_words_of_many_letters_give_tiktokens_ids(text):
+    """Long words of many distinct letters: cut, and their short parts merged together (ByteLevelBPE._merge_parts)."""
     for case in (_cl100k, _gpt2):
         ours, reference = case()
         assert _fresh(ours).encode_ordinary(text) == reference.encode_ordinary(text)

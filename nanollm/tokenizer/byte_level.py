@@ -15,7 +15,7 @@ that the files are readable text with no spaces or control characters in them (t
 Speed: encoding is dominated by the regex (the shipped ones run on Python's ``re``: ``ShippedPattern``) and a
 dictionary lookup per word. Text repeats words, so each instance keeps its words' ids in a ``bpe.WordCache``; a word
 never seen before is merged (``ByteLevelBPE``: non-ASCII words as parts checked by ``bpe.TokenBoundaries``, long
-ones in rounds or cut by ``SpanFreeCuts``, so that no input is quadratic).
+ones in rounds or cut by ``SpanFreeCuts`` and their parts merged all together, so that no input is quadratic).
 
 Unicode versions: what counts as a letter (\\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import base64
 import re
-from functools import cache, reduce
+from functools import cache, cached_property, reduce
 from itertools import chain, compress
 from operator import iadd
 from pathlib import Path
@@ -40,6 +40,7 @@ from .bpe import (ROUNDS_MIN_SYMBOLS, TokenBoundaries, WordCache, distinct_chara
                   merge_codes_in_rounds, pair_ranks_from_token_ranks)
 from .errors import Place, TokenizerError, check_vocab, read_bytes, read_json_object, read_text
 from .guards import TimedPattern, repair_surrogates
+from .merge_together import MAX_SYMBOLS, PairTable, merge_together
 
 # GPT-2's pre-tokenizer pattern as published in encoder.py, which Hugging Face's ByteLevel pre-tokenizer also uses.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -213,7 +214,8 @@ class SpanFreeCuts:
     only where no token can span it, whatever surrounds the pair.
 
     Measured (``make bench-tokenizer``, cl100k): a 1 MB word of random letters is cut every ~38 letters, and merging
-    the parts takes 1.1 s where merging the word whole took 4.1 s (tiktoken: 0.4-0.6 s). Short words are not cut:
+    the parts one by one took 1.1 s where merging the word whole took 4.1 s (tiktoken: 0.4-0.6 s); merged all together
+    (``merge_together``) they take 0.5 s, 0.2 s of it making the table on first use. Short words are not cut:
     on the bench's corpus the 1,963 words that need merging hold 116 KB and their distinct parts only 21 KB, but
     deciding the 34,000 distinct character pairs cost more than the merging saved (cold encoding 0.19 s, not 0.18).
     """
@@ -250,7 +252,8 @@ class ByteLevelBPE:
 
     A word not seen before is merged whole when ASCII, as parts that ``bpe.TokenBoundaries`` checks when not, and,
     when long with many distinct characters (``UNCUT_MAX_CHARACTERS``), cut where no token spans (``SpanFreeCuts``).
-    Parts have a cache of their own, and are merged, never looked up whole: only a whole word may be one token.
+    Parts are merged, never looked up whole: only a whole word may be one token. Parts of non-ASCII words have a cache
+    of their own; the parts of one long word are merged all together (``merge_together.merge_together``).
     """
 
     def __init__(self, *, token_ids: dict[bytes, int], pair_ranks: dict[tuple[bytes, bytes], float], pre_tokenizer,
@@ -280,11 +283,26 @@ class ByteLevelBPE:
             if whole is not None:
                 return (whole,)
         if len(word) >= ROUNDS_MIN_SYMBOLS and distinct_characters(word, UNCUT_MAX_CHARACTERS) is None:
-            return tuple(chain.from_iterable(map(self._part_ids.__getitem__, self._cuts.parts(word))))
+            return self._merge_parts(self._cuts.parts(word))
         if word.isascii():  # English letters merge with their neighbours: parts would only be joined again
             return self._merge(word)
         ids = self._boundaries.merge(NON_ASCII_PARTS.findall(word), self._part_ids.__getitem__)
         return self._merge(word) if ids is None else ids
+
+    def _merge_parts(self, parts: list[str]) -> tuple[int, ...]:
+        """The ids of the word that ``parts`` make, each part merged alone (they are cut where no token spans). The
+        distinct short parts are merged all together (``merge_together``: 1 MB of random letters is ~84,000 distinct
+        parts of ~11 bytes, 0.23 s, where merging each alone took 0.71 s); the few long ones one by one."""
+        encoded = {part: part.encode("utf-8") for part in dict.fromkeys(parts)}
+        short = [part for part, data in encoded.items() if len(data) <= MAX_SYMBOLS]
+        ids_of = dict(zip(short, merge_together([encoded[part] for part in short], self._pair_table)))
+        ids_of.update((part, self._merge(part)) for part in encoded if part not in ids_of)
+        return tuple(chain.from_iterable(map(ids_of.__getitem__, parts)))
+
+    @cached_property
+    def _pair_table(self) -> PairTable:
+        """Made on first use, since only a long word needs it (cl100k: 0.28 s)."""
+        return PairTable(self.token_ids, self.pair_ranks)
 
     def _merge(self, text: str) -> tuple[int, ...]:
         """``bpe.bpe_merge`` of the text's bytes, as ids. A long text goes through ``bpe.merge_codes_in_rounds`` first,
