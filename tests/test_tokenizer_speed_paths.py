@@ -34,13 +34,12 @@ from nanollm.tokenizer.byte_level import (
     RE_SPELLINGS,
     ByteLevelBPE,
     ShippedPattern,
-    SpanFreeCuts,
     bmp_ranges,
     compile_pattern,
     load_tiktoken_ranks,
     resolve_pattern,
 )
-from nanollm.tokenizer.merge_together import MAX_SYMBOLS, PairTable, merge_together
+from nanollm.tokenizer.long_words import MAX_SYMBOLS, PairTable, SpanFreeCuts, merge_together
 from nanollm.tokenizer.pre_tokenizers import PreTokenizer
 from nanollm.tokenizer.train import train_bpe
 from tests.bench.bench_tokenizer import pathological_inputs

@@ -7,7 +7,7 @@ the edges, and the data every layer shares:
     errors.py         TokenizerError, and reading a tokenizer's files: each value checked for the type it must have
     guards.py         surrogates repaired as tiktoken does; patterns from files run under a time limit
     bpe.py            the merge algorithm every format shares, and the word cache in front of it
-    merge_together.py the same merges for many short words at once, in NumPy (the parts of a huge word)
+    long_words.py     a huge word cut where no token spans, its parts merged all together in NumPy
     decoding.py       ids -> bytes -> text, whole or streamed token by token
     special.py        special tokens and the policy that keeps user text from injecting them
     parts.py          TokenizerParts: what every format is read into, and all a Tokenizer is built from

@@ -15,7 +15,7 @@ that the files are readable text with no spaces or control characters in them (t
 Speed: encoding is dominated by the regex (the shipped ones run on Python's ``re``: ``ShippedPattern``) and a
 dictionary lookup per word. Text repeats words, so each instance keeps its words' ids in a ``bpe.WordCache``; a word
 never seen before is merged (``ByteLevelBPE``: non-ASCII words as parts checked by ``bpe.TokenBoundaries``, long
-ones in rounds or cut by ``SpanFreeCuts`` and their parts merged all together, so that no input is quadratic).
+ones in rounds or cut and their parts merged all together (``long_words.py``), so that no input is quadratic).
 
 Unicode versions: what counts as a letter (\\p{L}) comes from the ``regex`` package's Unicode tables, which are
 newer than those of tiktoken's and tokenizers' Rust regex engines. A character assigned only in a recent Unicode
@@ -30,7 +30,7 @@ from __future__ import annotations
 import base64
 import re
 from functools import cache, cached_property, reduce
-from itertools import chain, compress
+from itertools import chain
 from operator import iadd
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from .bpe import (ROUNDS_MIN_SYMBOLS, TokenBoundaries, WordCache, distinct_chara
                   merge_codes_in_rounds, pair_ranks_from_token_ranks)
 from .errors import Place, TokenizerError, check_vocab, read_bytes, read_json_object, read_text
 from .guards import TimedPattern, repair_surrogates
-from .merge_together import MAX_SYMBOLS, PairTable, merge_together
+from .long_words import MAX_SYMBOLS, PairTable, SpanFreeCuts, merge_together
 
 # GPT-2's pre-tokenizer pattern as published in encoder.py, which Hugging Face's ByteLevel pre-tokenizer also uses.
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -199,48 +199,6 @@ def compile_pattern(pattern: str, origin: str = "pre-tokenizer") -> TimedPattern
     return compiled
 
 
-class SpanFreeCuts:
-    """Where a word can be cut into parts that merge alone: between two characters that no token spans.
-
-    Merging only ever makes tokens of the vocabulary, so a merge can cross the point between two bytes only if some
-    token holds the bytes on both sides of it. Where none does, the merges on the left and on the right never meet:
-    merging each part alone gives the same symbols as merging the word (each part's merges are the word's merges
-    there, in the same order). Cutting there lets a part seen before come from a cache, and keeps each merge run short.
-
-    A cut is decided for each pair of adjacent characters (c1, c2), once, and remembered (``bpe.WordCache``), so a
-    word is cut by a loop that runs in C. With u the last byte of c1 and v the first of c2, a token spanning the cut
-    is u v itself, or holds the two bytes before the cut and v, or u and the two bytes after it. When c1 is one byte,
-    the byte before it is not known from the pair, so any byte counts (likewise after a one-byte c2): a cut is made
-    only where no token can span it, whatever surrounds the pair.
-
-    Measured (``make bench-tokenizer``, cl100k): a 1 MB word of random letters is cut every ~38 letters, and merging
-    the parts one by one took 1.1 s where merging the word whole took 4.1 s (tiktoken: 0.4-0.6 s); merged all together
-    (``merge_together``) they take 0.5 s, 0.2 s of it making the table on first use. Short words are not cut:
-    on the bench's corpus the 1,963 words that need merging hold 116 KB and their distinct parts only 21 KB, but
-    deciding the 34,000 distinct character pairs cost more than the merging saved (cold encoding 0.19 s, not 0.18).
-    """
-
-    def __init__(self, tokens):
-        self._tokens = tokens
-        self._trigrams = {token[i : i + 3] for token in tokens for i in range(len(token) - 2)}  # 0.06 s for cl100k
-        self._after_a_byte = {trigram[1:] for trigram in self._trigrams}  # byte pairs some token has a byte before
-        self._before_a_byte = {trigram[:2] for trigram in self._trigrams}  # byte pairs some token has a byte after
-        self._cut = WordCache(self._is_cut)  # (c1, c2) -> whether to cut between them
-
-    def parts(self, word: str) -> list[str]:
-        """``word`` cut where no token spans: "a日本" -> ["a", "日本"] if no token holds a and 日's first bytes. (zip
-        reuses its pair tuple, pairwise does not: a 1 MB word's pairs are decided in 85 ms, not 99.)"""
-        cuts = list(compress(range(1, len(word)), map(self._cut.__getitem__, zip(word, word[1:]))))
-        return list(map(word.__getitem__, map(slice, [0, *cuts], [*cuts, len(word)])))
-
-    def _is_cut(self, pair: tuple[str, str]) -> bool:
-        left, right = pair[0].encode("utf-8"), pair[1].encode("utf-8")
-        u_v = left[-1:] + right[:1]
-        before = left[-2:] + right[:1] in self._trigrams if len(left) > 1 else u_v in self._after_a_byte
-        after = left[-1:] + right[:2] in self._trigrams if len(right) > 1 else u_v in self._before_a_byte
-        return not (before or after or u_v in self._tokens)
-
-
 class ByteLevelBPE:
     """Encode text into ids with byte-level BPE: cut into words, UTF-8 encode each word, merge by ``pair_ranks``.
 
@@ -253,7 +211,7 @@ class ByteLevelBPE:
     A word not seen before is merged whole when ASCII, as parts that ``bpe.TokenBoundaries`` checks when not, and,
     when long with many distinct characters (``UNCUT_MAX_CHARACTERS``), cut where no token spans (``SpanFreeCuts``).
     Parts are merged, never looked up whole: only a whole word may be one token. Parts of non-ASCII words have a cache
-    of their own; the parts of one long word are merged all together (``merge_together.merge_together``).
+    of their own; the parts of one long word are merged all together (``long_words.merge_together``).
     """
 
     def __init__(self, *, token_ids: dict[bytes, int], pair_ranks: dict[tuple[bytes, bytes], float], pre_tokenizer,
