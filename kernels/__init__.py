@@ -3,8 +3,9 @@ without a GPU is the subpackage `nanollm.kernels.emulator` (kernels/emulator/).
 
 The .cu files are compiled by NVRTC through CuPy on a GPU (nanollm/backends/cupy_backend.py) and by the host C++
 compiler for the CPU emulator (kernels/emulator/: __init__.py, cuda_emulator.h, cuda_emulator.cpp). The
-*_cpu.cpp files (and simd_cpu.h, which they include) are not CUDA: they are the cpu backend's matrix product,
-attention, norms, RoPE and activations, plain C++ with OpenMP, compiled by the host compiler at first use
+*_cpu.cpp files (and simd_cpu.h and pool_cpu.h, which they include) are not CUDA: they are the cpu backend's matrix
+product, attention, norms, RoPE and activations, plain C++ with a thread pool of their own, compiled by the host
+compiler at first use
 (nanollm/backends/cpu_backend.py).
 `python kernels/build.py --nvcc` (= `make kernels`) checks the .cu files with nvcc.
 

@@ -12,6 +12,7 @@
 // (kernels/simd_cpu.h: the C library's expf is scalar, and a loop of it ran 6x slower than NumPy); tanh comes from
 // it: tanh(u) = 1 - 2 / (exp(2u) + 1).
 
+#include "pool_cpu.h"
 #include "simd_cpu.h"
 
 constexpr long long PARALLEL_ELEMENTS = 1 << 16;  // below this many elements, one thread (waking more costs more)
@@ -28,11 +29,11 @@ static inline vec16 silu16(vec16 x) { return x / (1.0f + exp16(-x)); }
 template <vec16 (*f)(vec16)>
 static void apply(const float* a, const float* b, float* y, long long n) {
     long long full = n / 16 * 16;
-    #pragma omp parallel for if (n > PARALLEL_ELEMENTS)
-    for (long long i = 0; i < full; i += 16) {
+    for_each_static(n > PARALLEL_ELEMENTS, full / 16, [&](long long chunk) {
+        long long i = chunk * 16;
         vec16 out = f(*(const vec16*)(a + i));
         *(vec16*)(y + i) = b ? out * *(const vec16*)(b + i) : out;
-    }
+    });
     if (full < n) {
         vec16 va = {}, vb = {};
         for (long long i = full; i < n; i++) va[i - full] = a[i], vb[i - full] = b ? b[i] : 1.0f;

@@ -6,8 +6,8 @@
 // one small matrix product per sequence and key/value head on one core (OpenBLAS does not thread products this
 // small), and the paged cache first copies each sequence's blocks into one array. In a prefill NumPy makes the whole
 // (T, S) score matrix of every head, masks it and takes its softmax in several passes, again on one core: 12% of a
-// GPT-2 prefill of 128 tokens. Here the work is cut into tasks, shared among OpenMP threads, with the keys read where
-// they lie.
+// GPT-2 prefill of 128 tokens. Here the work is cut into tasks, shared among the pool's threads (kernels/pool_cpu.h)
+// as they come free, with the keys read where they lie.
 //
 // A task is up to MAX_ROWS query rows of one sequence that read the same key/value head: the query heads of its
 // group (grouped-query attention: 3 in the Llama shape, 7 in Qwen2.5-0.5B; Hugging Face's repeat_kv) at one or more
@@ -43,6 +43,7 @@
 // maximum test per key. Here the slots are walked with a block counter and an offset in it, and the queries
 // (pre-multiplied by the scale) and the value sums are small local arrays, in the core's first-level cache.
 
+#include "pool_cpu.h"
 #include "simd_cpu.h"
 
 typedef float vec8 __attribute__((vector_size(32), aligned(4)));
@@ -76,8 +77,7 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
     long long group = nh / n_kv;                             // query heads per key/value head
     long long tiles = (T * group + MAX_ROWS - 1) / MAX_ROWS;  // tasks per (sequence, key/value head)
     long long tasks = B * n_kv * tiles;
-    #pragma omp parallel for schedule(dynamic, 1) if (tasks > 1)
-    for (long long task = 0; task < tasks; task++) {
+    for_each_dynamic(tasks > 1, tasks, 1, [&](long long task) {
         long long b = task / (n_kv * tiles), kv_head = task / tiles % n_kv, tile = task % tiles;
         long long r0 = tile * MAX_ROWS, R = T * group - r0 < MAX_ROWS ? T * group - r0 : MAX_ROWS;
         const float* q_row[MAX_ROWS];
@@ -144,5 +144,5 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
         }
         for (long long r = 0; r < R; r++)
             for (long long d = 0; d < hs; d++) out_row[r][d] = acc[r][d] / l[r];
-    }
+    });
 }

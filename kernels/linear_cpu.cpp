@@ -24,22 +24,28 @@
 //
 // The vectors are vec16 (kernels/simd_cpu.h): 16 floats, mapped by the compiler to the machine's own vector width.
 //
-// Threads: OpenMP, as many as the machine has (OMP_NUM_THREADS to change it), only when the product is large
-// enough to pay for waking them (a tiny model runs on one thread, so it never gets slower when batched). Panels are
-// handed out as threads come free in runs that start long and shrink (OpenMP's guided schedule: each run is a share
-// of the panels left), not split in fixed halves: on a busy machine one thread may lose its core for a while, and a
-// fixed split would make every product wait for it. Long runs first, because a thread reading one long stretch of
-// memory is read faster than one hopping between short ones (the hardware prefetcher follows a stream): measured
-// against runs of two panels, one row 0.91x the time, eight rows 0.85-0.89x (`make bench`'s matrices).
+// Threads: the pool of kernels/pool_cpu.h, one per core, only when the product is large enough to pay for waking
+// them (a tiny model runs on one thread, so it never gets slower when batched). Each thread starts with a fixed share
+// of the first three quarters of the panels, read as one long stretch (a thread reading one stretch of memory is
+// read faster than one hopping between short ones: the hardware prefetcher follows a stream), then the last quarter
+// goes two panels at a time to whichever thread is free: on a busy machine one thread may lose its core for a while,
+// and a split fixed to the end would make every product wait for it. The fixed shares are also what the pool's idle
+// worker reads ahead while Python runs between two products: the caller names the matrix a product will be followed
+// by (the backend remembers the order of the last step's products), and the worker prefetches its share's start.
 //
 // Sums are float32, in k order within each column: a different order from BLAS's, so results agree with NumPy's
 // x @ W to float32 rounding (tests/test_cpu_backend.py states the tolerance), not bit for bit.
 
+#include "pool_cpu.h"
 #include "simd_cpu.h"
 
 constexpr long long PANEL = 32;        // columns per panel: two vectors of 16
 constexpr int GROUP = 8;               // rows of x per pass over a panel: 2 x 8 = 16 accumulator vectors
 constexpr long long PARALLEL_MACS = 1 << 18;  // below this many multiply-adds, one thread (waking more costs more)
+constexpr long long TAIL_CHUNK = 2;   // panels a thread takes at a time from the shared last quarter
+
+// The panels split in fixed shares, one per thread (the first three quarters); the rest go to whoever is free.
+static inline long long fixed_panels(long long n_panels) { return n_panels * 3 / 4; }
 
 // One panel times R rows of x (R <= GROUP), written to those rows of y. R is a template parameter so that the
 // compiler unrolls the row loop and keeps all 2R accumulators in registers; with R known only at run time it kept
@@ -72,17 +78,30 @@ static const PanelTimesRows BY_ROWS[GROUP + 1] = {nullptr, panel_times_rows<1>, 
                                                   panel_times_rows<3>, panel_times_rows<4>, panel_times_rows<5>,
                                                   panel_times_rows<6>, panel_times_rows<7>, panel_times_rows<8>};
 
-// x (rows, K), panels (ceil(N/32), K, 32), bias (N,) or null, y (rows, N): all float32, C order.
+// x (rows, K), panels (ceil(N/32), K, 32), bias (N,) or null, y (rows, N): all float32, C order. next_panels
+// (next_K, next_N): the matrix the next product will read (null: unknown), which idle workers read ahead.
 extern "C" void linear_panels(const float* x, const float* panels, const float* bias, float* y,
-                              long long rows, long long K, long long N) {
-    long long n_panels = (N + PANEL - 1) / PANEL;
-    #pragma omp parallel for schedule(guided) if (rows * K * N > PARALLEL_MACS)
-    for (long long p = 0; p < n_panels; p++) {
+                              long long rows, long long K, long long N, const float* next_panels, long long next_K,
+                              long long next_N) {
+    Pool& pool = Pool::get();
+    if (next_panels != nullptr)
+        pool.read_ahead(next_panels, fixed_panels((next_N + PANEL - 1) / PANEL) * next_K * PANEL * 4,
+                        pool.threads());
+    long long n_panels = (N + PANEL - 1) / PANEL, fixed = fixed_panels(n_panels);
+    auto panel = [&](long long p) {
         long long col = p * PANEL;                           // the panel's first column of W
         long long width = N - col < PANEL ? N - col : PANEL;  // the last panel may be narrower
         for (long long r0 = 0; r0 < rows; r0 += GROUP) {     // GROUP rows of x at a time
             int n_rows = rows - r0 < GROUP ? (int)(rows - r0) : GROUP;
             BY_ROWS[n_rows](panels + p * K * PANEL, x + r0 * K, bias, y + r0 * N, K, N, col, width);
         }
-    }
+    };
+    std::atomic<long long> next{fixed};  // the shared rest: TAIL_CHUNK panels at a time, to whoever is free
+    pool.run(rows * K * N > PARALLEL_MACS, [&](int t, int threads) {
+        long long begin, end;
+        share_of(fixed, t, threads, begin, end);
+        for (long long p = begin; p < end; p++) panel(p);
+        for (long long p = next.fetch_add(TAIL_CHUNK); p < n_panels; p = next.fetch_add(TAIL_CHUNK))
+            for (long long q = p; q < p + TAIL_CHUNK && q < n_panels; q++) panel(q);
+    });
 }

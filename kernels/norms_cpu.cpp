@@ -14,6 +14,8 @@
 
 #include <cmath>
 
+#include "pool_cpu.h"
+
 constexpr long long PARALLEL_ELEMENTS = 1 << 15;  // below this many elements in all, one thread (waking more costs more)
 
 // The sum of f(x[j]) over j < C in 16 running parts (see the header).
@@ -32,23 +34,21 @@ static inline float row_sum(const float* x, long long C, F f) {
 // x (rows, C), w (C,), b (C,), y (rows, C): float32, C order.
 extern "C" void layer_norm_rows(const float* x, const float* w, const float* b, float* y, long long rows, long long C,
                                 float eps) {
-    #pragma omp parallel for if (rows * C > PARALLEL_ELEMENTS)
-    for (long long r = 0; r < rows; r++) {
+    for_each_static(rows * C > PARALLEL_ELEMENTS, rows, [&](long long r) {
         const float* row = x + r * C;
         float* out = y + r * C;
         float mean = row_sum(row, C, [](float v) { return v; }) / (float)C;
         float var = row_sum(row, C, [mean](float v) { return (v - mean) * (v - mean); }) / (float)C;  // two passes
         float inv_std = 1.0f / std::sqrt(var + eps);
         for (long long j = 0; j < C; j++) out[j] = (row[j] - mean) * inv_std * w[j] + b[j];
-    }
+    });
 }
 
 extern "C" void rms_norm_rows(const float* x, const float* w, float* y, long long rows, long long C, float eps) {
-    #pragma omp parallel for if (rows * C > PARALLEL_ELEMENTS)
-    for (long long r = 0; r < rows; r++) {
+    for_each_static(rows * C > PARALLEL_ELEMENTS, rows, [&](long long r) {
         const float* row = x + r * C;
         float* out = y + r * C;
         float inv_rms = 1.0f / std::sqrt(row_sum(row, C, [](float v) { return v * v; }) / (float)C + eps);
         for (long long j = 0; j < C; j++) out[j] = row[j] * inv_rms * w[j];
-    }
+    });
 }

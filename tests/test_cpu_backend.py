@@ -316,6 +316,57 @@ def test_a_models_matrices_and_kv_cache_sit_in_memory_marked_for_huge_pages(arch
     assert last.ctypes.data - first.ctypes.data == (2 * cfg.n_layer - 1) * first.nbytes  # one buffer, layer by layer
 
 
+# -- the thread pool (kernels/pool_cpu.h) --------------------------------------------------------------------------
+
+
+def product_of_many_rows_agrees(cpu, seed: int) -> bool:
+    """A product large enough to run on every thread of the pool, against float64."""
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal((16, 256), dtype=np.float32), rng.standard_normal((256, 1000), dtype=np.float32)
+    return bool(np.allclose(cpu.linear(x, cpu.weight(w)), x.astype(np.float64) @ w, rtol=1e-4, atol=1e-3))
+
+
+def test_a_forked_child_computes_with_a_pool_of_its_own(cpu):
+    """A forked child has none of its parent's threads: had it kept the parent's pool, its first parallel product
+    would wait forever for a worker that is not there. (The parent has used the pool before forking.)"""
+    import multiprocessing
+
+    assert product_of_many_rows_agrees(cpu, 0)
+    child = multiprocessing.get_context("fork").Process(target=lambda: sys.exit(0 if product_of_many_rows_agrees(
+        CpuBackend(), 1) else 1))
+    child.start()
+    child.join(timeout=60)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
+
+
+def test_python_threads_can_call_kernels_at_once(cpu):
+    """ctypes lets go of the GIL, so two Python threads can be in kernels together: the one that finds the pool busy
+    computes on its own thread, and both get the right answers."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as threads:
+        assert all(threads.map(lambda seed: product_of_many_rows_agrees(cpu, seed), range(40)))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_each_matrix_knows_the_one_the_next_product_reads(arch):
+    """What the pool's worker reads ahead: after a step, following `next` from the first layer's first matrix
+    visits the products in the forward pass's order (q/k/v, output, MLP up (and gate), down; layer by layer; then
+    the output projection, followed again by the first layer's q/k/v)."""
+    cpu = CpuBackend()
+    cfg = small_config(arch, vocab_size=75)
+    model = Model(cfg, random_weights(cfg, seed=3), cpu)
+    w = model.weights
+    model.forward(np.zeros((1, 3), dtype=np.int64))
+    model.forward(np.zeros((1, 3), dtype=np.int64))
+    order = [m for layer in w.layers for m in (layer.w_qkv, layer.w_o, layer.w_up, layer.w_gate, layer.w_down)
+             if m is not None]
+    order.append(w.tok_emb.T if w.lm_head is None else w.lm_head)
+    assert [m.next for m in order] == order[1:] + order[:1]
+
+
 def test_same_api_as_numpy():
     assert_same_api(CpuBackend)
 

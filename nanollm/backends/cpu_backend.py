@@ -13,15 +13,17 @@ so this backend is the numpy one, faster, and its results agree with it to float
 (sums in another order), tested in tests/test_cpu_backend.py.
 
 Building: the kernels are compiled into one library at the first use with the host C++ compiler, found and
-cached as the emulator does it (kernels/emulator: $CXX, else g++, c++ or clang++), with -O3 -march=native -fopenmp,
+cached as the emulator does it (kernels/emulator: $CXX, else g++, c++ or clang++), with -O3 -march=native -pthread,
 under `$NANOLLM_CACHE/cpu` (default `~/.cache/nanollm/cpu`), named by the sha256 of the sources, the flags, the
 compiler's version and this CPU's model and features (-march=native code may not run on another CPU sharing the
 cache). No compiler: one error that says so (the numpy backend needs none).
 
-Threads: the kernel runs on OpenMP threads, one per core; OpenBLAS, which NumPy still calls for attention's small
-products, has a pool of its own, whose threads keep spinning for a while after each call. Two pools spinning on
-the same cores stall each other (a GPT-2 prefill measured 9x slower with both), so this backend sets OpenBLAS to
-one thread for the process when it starts (`single_threaded_blas`): the heavy products are the kernel's now.
+Threads: the kernels share one pool of threads, one per core (kernels/pool_cpu.h, which also says why not OpenMP:
+its idle worker reads the next matrix ahead while Python runs between two products, and `linear` tells it which);
+OpenBLAS, which NumPy still calls for attention's small products, has a pool of its own, whose threads keep spinning for a while after each call. Two pools spinning on
+the same cores stall each other (a GPT-2 prefill measured 9x slower with both, then with OpenMP's pool), so this
+backend sets OpenBLAS to one thread for the process when it starts (`single_threaded_blas`): the heavy products are
+the kernel's now.
 
 Where the matrices live. `weight` packs every 2-D tensor (a linear weight, and the embedding tables too, which the
 embedding gathers rows of: `Panels[ids]`). A tied model's output projection is its embedding table transposed; the
@@ -49,8 +51,8 @@ from .huge_pages import HUGE_PAGE, PanelMemory, huge_page_zeros
 from .numpy_backend import NumpyBackend
 
 SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope", "activations"))
-HEADERS = (KERNELS_DIR / "simd_cpu.h",)  # included by the sources: part of the build's digest, not compiled alone
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
+HEADERS = (KERNELS_DIR / "simd_cpu.h", KERNELS_DIR / "pool_cpu.h")  # included by the sources: part of the build's digest, not compiled alone
+FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-fPIC", "-shared")
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
 MAX_HEAD_DIM = 512  # the largest head attention_cpu.cpp takes (its local arrays); larger ones go to NumPy
 
@@ -97,7 +99,7 @@ def load_kernel() -> ctypes.CDLL:
                 raise CpuKernelError(f"compiling the cpu backend's kernels failed:\n{result.stderr}")
             os.replace(built, library)  # whole or absent: a process sharing the cache never loads half a file
     lib = ctypes.CDLL(str(library))
-    lib.linear_panels.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3
+    lib.linear_panels.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3 + [ctypes.c_void_p] + [ctypes.c_longlong] * 2
     lib.attention_cached.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_void_p]
                                      + [ctypes.c_longlong] * 9 + [ctypes.c_float] * 2 + [ctypes.c_longlong])
     lib.layer_norm_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
@@ -161,6 +163,7 @@ class Panels:
             data[full, :, : N - full * PANEL] = a[:, full * PANEL :]  # the narrower last panel
         self.data, self.shape = data, (K, N)
         self.address = address(data)  # for the kernel, found once
+        self.next = None  # the matrix a product read right after this one last time (see CpuBackend.linear)
 
     dtype = np.dtype(np.float32)
     ndim, itemsize = 2, 4
@@ -226,6 +229,7 @@ class CpuBackend(NumpyBackend):
         self._lib = load_kernel()  # built (or found in the cache) now, so a missing compiler is said at load
         single_threaded_blas()
         self._panel_memory = PanelMemory()  # where `weight` and `tied_table` lay out matrices: 2 MiB pages
+        self._last_read = None  # the Panels of the latest product
 
     def weight(self, a):
         """Matrices as Panels (the layout of the kernel, on 2 MiB pages), vectors (norms, biases) as float32 arrays of
@@ -254,8 +258,13 @@ class CpuBackend(NumpyBackend):
         rows = f32(x.reshape(-1, K))  # (R, K)
         bias = None if b is None else f32(b)
         y = np.empty((len(rows), N), dtype=np.float32)  # (R, N)
-        self._lib.linear_panels(address(rows), w.address, None if bias is None else address(bias),
-                                address(y), len(rows), K, N)
+        # A decode step reads its matrices in the same order every time: the one read after w last time is the one
+        # the kernel's idle threads read ahead while Python runs until the next product (kernels/pool_cpu.h).
+        if self._last_read is not None:
+            self._last_read.next = w
+        self._last_read, after = w, w.next
+        self._lib.linear_panels(address(rows), w.address, None if bias is None else address(bias), address(y),
+                                len(rows), K, N, *((None, 0, 0) if after is None else (after.address, *after.shape)))
         return y.reshape(*x.shape[:-1], N)
 
     def layer_norm(self, x, w, b, eps: float):

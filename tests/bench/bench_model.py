@@ -309,7 +309,7 @@ def compare_gemv_references():
     matrix = gemv_matrix()  # (768, 50257)
     packed, x, y = Panels(matrix), np.ones((1, GEMV_SHAPE[0]), np.float32), np.empty((1, GEMV_SHAPE[1]), np.float32)
     runs = {"OpenBLAS": lambda: x @ matrix,
-            "cpu kernel": lambda: kernel(address(x), packed.address, None, address(y), 1, *matrix.shape)}
+            "cpu kernel": lambda: kernel(address(x), packed.address, None, address(y), 1, *matrix.shape, None, 0, 0)}
     times = {k: [] for k in runs}
     for _ in range(20):
         for k, fn in runs.items():
