@@ -19,11 +19,11 @@ compiler's version and this CPU's model and features (-march=native code may not
 cache). No compiler: one error that says so (the numpy backend needs none).
 
 Threads: the kernels share one pool of threads, one per core (kernels/pool_cpu.h, which also says why not OpenMP:
-its idle worker reads the next matrix ahead while Python runs between two products, and `linear` tells it which);
-OpenBLAS, which NumPy still calls for attention's small products, has a pool of its own, whose threads keep spinning for a while after each call. Two pools spinning on
-the same cores stall each other (a GPT-2 prefill measured 9x slower with both, then with OpenMP's pool), so this
-backend sets OpenBLAS to one thread for the process when it starts (`single_threaded_blas`): the heavy products are
-the kernel's now.
+its idle worker reads the next matrix ahead while Python runs between two products, and `linear` tells it which).
+OpenBLAS, which NumPy still calls for attention's small products, has a pool of its own, whose threads keep
+spinning for a while after each call. Two pools spinning on the same cores stall each other (a GPT-2 prefill
+measured 9x slower with both, then with OpenMP's pool), so this backend sets OpenBLAS to one thread for the process
+when it starts (`single_threaded_blas`): the heavy products are the kernel's now.
 
 Where the matrices live. `weight` packs every 2-D tensor (a linear weight, and the embedding tables too, which the
 embedding gathers rows of: `Panels[ids]`). A tied model's output projection is its embedding table transposed; the
@@ -51,7 +51,8 @@ from .huge_pages import HUGE_PAGE, PanelMemory, huge_page_zeros
 from .numpy_backend import NumpyBackend
 
 SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope", "activations"))
-HEADERS = (KERNELS_DIR / "simd_cpu.h", KERNELS_DIR / "pool_cpu.h")  # included by the sources: part of the build's digest, not compiled alone
+# Included by the sources: part of the build's digest, not compiled alone.
+HEADERS = (KERNELS_DIR / "simd_cpu.h", KERNELS_DIR / "pool_cpu.h")
 FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-fPIC", "-shared")
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
 MAX_HEAD_DIM = 512  # the largest head attention_cpu.cpp takes (its local arrays); larger ones go to NumPy
@@ -99,7 +100,8 @@ def load_kernel() -> ctypes.CDLL:
                 raise CpuKernelError(f"compiling the cpu backend's kernels failed:\n{result.stderr}")
             os.replace(built, library)  # whole or absent: a process sharing the cache never loads half a file
     lib = ctypes.CDLL(str(library))
-    lib.linear_panels.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3 + [ctypes.c_void_p] + [ctypes.c_longlong] * 2
+    lib.linear_panels.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3  # x, panels, bias, y; R, K, N
+                                  + [ctypes.c_void_p] + [ctypes.c_longlong] * 2)  # the next product's panels, K, N
     lib.attention_cached.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_void_p]
                                      + [ctypes.c_longlong] * 9 + [ctypes.c_float] * 2 + [ctypes.c_longlong])
     lib.layer_norm_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
