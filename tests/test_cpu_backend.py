@@ -350,6 +350,17 @@ def test_python_threads_can_call_kernels_at_once(cpu):
         assert all(threads.map(lambda seed: product_of_many_rows_agrees(cpu, seed), range(40)))
 
 
+def test_an_idle_pool_sleeps(cpu):
+    """A worker spins 2 ms after its last job (and reads ahead), then sleeps: a loaded model that is not computing
+    (a server between requests) costs no CPU. Spinning through the half second would cost half a second of CPU."""
+    import time
+
+    assert product_of_many_rows_agrees(cpu, 2)
+    cpu_before = time.process_time()
+    time.sleep(0.5)
+    assert time.process_time() - cpu_before < 0.2
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_each_matrix_knows_the_one_the_next_product_reads(arch):
     """What the pool's worker reads ahead: after a step, following `next` from the first layer's first matrix
