@@ -75,13 +75,18 @@ class Pool {
     // The process's pool, made at first use (and again in a forked child, whose parent's threads are gone). Never
     // destroyed: its workers are detached and end with the process.
     static Pool& get() {
-        static Pool* pool = nullptr;
-        static pid_t owner = 0;
-        if (pool == nullptr || owner != getpid()) {
-            pool = new Pool(thread_count());
-            owner = getpid();
+        static std::atomic<Pool*> pool{nullptr};
+        static std::atomic<pid_t> owner{0};  // the process the pool's threads belong to, set after `pool`
+        static std::mutex making;            // two threads' first kernels at once make one pool
+        pid_t pid = getpid();
+        if (owner.load(std::memory_order_acquire) != pid) {
+            std::lock_guard<std::mutex> lock(making);
+            if (owner.load(std::memory_order_acquire) != pid) {
+                pool.store(new Pool(thread_count()), std::memory_order_release);
+                owner.store(pid, std::memory_order_release);
+            }
         }
-        return *pool;
+        return *pool.load(std::memory_order_acquire);
     }
 
   private:
