@@ -84,9 +84,8 @@ extern "C" void linear_panels(const float* x, const float* panels, const float* 
                               long long rows, long long K, long long N, const float* next_panels, long long next_K,
                               long long next_N) {
     Pool& pool = Pool::get();
-    if (next_panels != nullptr)
-        pool.read_ahead(next_panels, fixed_panels((next_N + PANEL - 1) / PANEL) * next_K * PANEL * 4,
-                        pool.threads());
+    if (next_panels != nullptr)  // its fixed shares, one panel (next_K x 32 floats) an item
+        pool.read_ahead(next_panels, fixed_panels((next_N + PANEL - 1) / PANEL), next_K * PANEL * 4);
     long long n_panels = (N + PANEL - 1) / PANEL, fixed = fixed_panels(n_panels);
     auto panel = [&](long long p) {
         long long col = p * PANEL;                           // the panel's first column of W
@@ -101,7 +100,6 @@ extern "C" void linear_panels(const float* x, const float* panels, const float* 
         long long begin, end;
         share_of(fixed, t, threads, begin, end);
         for (long long p = begin; p < end; p++) panel(p);
-        for (long long p = next.fetch_add(TAIL_CHUNK); p < n_panels; p = next.fetch_add(TAIL_CHUNK))
-            for (long long q = p; q < p + TAIL_CHUNK && q < n_panels; q++) panel(q);
+        take_chunks(next, n_panels, TAIL_CHUNK, panel);
     });
 }

@@ -24,9 +24,9 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
+#include <pthread.h>
 #include <sched.h>
 #include <thread>
-#include <unistd.h>
 
 constexpr double SPIN_SECONDS = 0.002;           // an idle worker's spin before it sleeps (a step's gaps are us)
 constexpr long long READ_AHEAD_BYTES = 1 << 21;  // of the worker's share: its L2 and some of L3 (1 and 4 MiB: less)
@@ -38,6 +38,12 @@ static inline void cpu_relax() {  // tell the core this thread is spinning (the 
 #elif defined(__aarch64__)
     asm volatile("yield");
 #endif
+}
+
+// The first and last item of thread t's share when n items are split in `threads` contiguous, near-equal parts.
+static inline void share_of(long long n, int t, int threads, long long& begin, long long& end) {
+    begin = n * t / threads;
+    end = n * (t + 1) / threads;
 }
 
 class Pool {
@@ -61,35 +67,36 @@ class Pool {
         while (running_.load(std::memory_order_acquire) > 0) cpu_relax();
     }
 
-    // Ask idle workers to prefetch the first READ_AHEAD_BYTES of their own shares of `bytes` at `start`, cut in
-    // `parts` equal shares (thread t's is share t, as in the next job).
-    void read_ahead(const void* start, long long bytes, int parts) {
+    // Ask idle workers to prefetch the first READ_AHEAD_BYTES of their own shares of `items` items of `item_bytes`
+    // each at `start`, shared as the next job will share them (share_of).
+    void read_ahead(const void* start, long long items, long long item_bytes) {
         ahead_start_.store(static_cast<const char*>(start), std::memory_order_relaxed);
-        ahead_bytes_.store(bytes, std::memory_order_relaxed);
-        ahead_parts_.store(parts, std::memory_order_relaxed);
+        ahead_items_.store(items, std::memory_order_relaxed);
+        ahead_item_bytes_.store(item_bytes, std::memory_order_relaxed);
         ahead_.fetch_add(1, std::memory_order_release);
     }
 
-    int threads() const { return threads_; }
-
-    // The process's pool, made at first use (and again in a forked child, whose parent's threads are gone). Never
-    // destroyed: its workers are detached and end with the process.
+    // The process's pool, made at first use, and again in a forked child: its parent's threads are gone, so the
+    // child forgets the pool as it starts (pthread_atfork) and makes its own. Never destroyed: its workers are
+    // detached and end with the process.
     static Pool& get() {
-        static std::atomic<Pool*> pool{nullptr};
-        static std::atomic<pid_t> owner{0};  // the process the pool's threads belong to, set after `pool`
-        static std::mutex making;            // two threads' first kernels at once make one pool
-        pid_t pid = getpid();
-        if (owner.load(std::memory_order_acquire) != pid) {
-            std::lock_guard<std::mutex> lock(making);
-            if (owner.load(std::memory_order_acquire) != pid) {
-                pool.store(new Pool(thread_count()), std::memory_order_release);
-                owner.store(pid, std::memory_order_release);
-            }
-        }
-        return *pool.load(std::memory_order_acquire);
+        Pool* pool = current().load(std::memory_order_acquire);
+        if (pool != nullptr) return *pool;
+        static std::mutex making;  // two threads' first kernels at once make one pool
+        std::lock_guard<std::mutex> lock(making);
+        static bool forgotten_in_children = pthread_atfork(nullptr, nullptr, [] { current().store(nullptr); }) == 0;
+        (void)forgotten_in_children;
+        if (current().load(std::memory_order_acquire) == nullptr)
+            current().store(new Pool(thread_count()), std::memory_order_release);
+        return *current().load(std::memory_order_acquire);
     }
 
   private:
+    static std::atomic<Pool*>& current() {
+        static std::atomic<Pool*> pool{nullptr};
+        return pool;
+    }
+
     explicit Pool(int threads) : threads_(threads) {
         for (int t = 1; t < threads_; t++) std::thread([this, t] { work(t); }).detach();
     }
@@ -114,8 +121,9 @@ class Pool {
         long long ahead_seen = 0, done = 0;  // the read-ahead request this worker is on, and how far it has come
         double idle_since = now();
         for (;;) {
-            if (generation_.load(std::memory_order_acquire) != seen) {
-                seen = generation_.load(std::memory_order_acquire);
+            long long generation = generation_.load(std::memory_order_acquire);
+            if (generation != seen) {
+                seen = generation;
                 job_(ctx_, t, threads_);
                 running_.fetch_sub(1, std::memory_order_release);
                 idle_since = now();
@@ -144,13 +152,13 @@ class Pool {
     bool read_ahead_lines(int t, long long offset) {
         // (A request made meanwhile can mix old and new fields: a prefetch of any address is harmless, never a fault.)
         const char* start = ahead_start_.load(std::memory_order_relaxed);
-        long long bytes = ahead_bytes_.load(std::memory_order_relaxed);
-        long long parts = ahead_parts_.load(std::memory_order_relaxed);
-        if (start == nullptr || t >= parts) return false;
-        long long share = bytes / parts;
-        if (offset >= share) return false;
+        long long item_bytes = ahead_item_bytes_.load(std::memory_order_relaxed);
+        long long begin, end;
+        share_of(ahead_items_.load(std::memory_order_relaxed), t, threads_, begin, end);
+        long long share = (end - begin) * item_bytes;
+        if (start == nullptr || offset >= share) return false;
         for (long long line = 0; line < 16 * LINE && offset + line < share; line += LINE)
-            __builtin_prefetch(start + t * share + offset + line, 0, 3);
+            __builtin_prefetch(start + begin * item_bytes + offset + line, 0, 3);
         return true;
     }
 
@@ -165,23 +173,21 @@ class Pool {
     std::mutex run_mutex_;
     std::atomic<long long> ahead_{0};
     std::atomic<const char*> ahead_start_{nullptr};
-    std::atomic<long long> ahead_bytes_{0};
-    std::atomic<long long> ahead_parts_{0};
+    std::atomic<long long> ahead_items_{0};
+    std::atomic<long long> ahead_item_bytes_{0};
 };
 
-// The first and last item of thread t's share when n items are split in `threads` contiguous, near-equal parts.
-static inline void share_of(long long n, int t, int threads, long long& begin, long long& end) {
-    begin = n * t / threads;
-    end = n * (t + 1) / threads;
+// body(i) for the items from `next` up to n, taken `chunk` at a time by whichever thread calls this (the counter is
+// shared: each item is done once).
+template <class Body> void take_chunks(std::atomic<long long>& next, long long n, long long chunk, Body&& body) {
+    for (long long i = next.fetch_add(chunk); i < n; i = next.fetch_add(chunk))
+        for (long long j = i; j < i + chunk && j < n; j++) body(j);
 }
 
 // Items 0 .. n-1 taken `chunk` at a time from a shared counter: for work of uneven cost (attention's rows).
 template <class Body> void for_each_dynamic(bool parallel, long long n, long long chunk, Body&& body) {
     std::atomic<long long> next{0};
-    Pool::get().run(parallel, [&](int, int) {
-        for (long long i = next.fetch_add(chunk); i < n; i = next.fetch_add(chunk))
-            for (long long j = i; j < i + chunk && j < n; j++) body(j);
-    });
+    Pool::get().run(parallel, [&](int, int) { take_chunks(next, n, chunk, body); });
 }
 
 // Items 0 .. n-1 in one contiguous share per thread: for work of even cost (norms, activations, RoPE's rows).
