@@ -43,6 +43,8 @@
 // maximum test per key. Here the slots are walked with a block counter and an offset in it, and the queries
 // (pre-multiplied by the scale) and the value sums are small local arrays, in the core's first-level cache.
 
+#include <cstring>
+
 #include "pool_cpu.h"
 #include "simd_cpu.h"
 
@@ -145,4 +147,19 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
         for (long long r = 0; r < R; r++)
             for (long long d = 0; d < hs; d++) out_row[r][d] = acc[r][d] / l[r];
     });
+}
+
+// write_slots: a pass's keys (or values) into the cache. src (B, n, T, hs) is read through its strides (sb, sn, st) in
+// floats (a view of the q/k/v projection, or rope's output); row (b, h, t) goes to slot first + t of head h of
+// sequence b in dst, whose strides are (db, dn, dt) (a KVCache layer's (B, n_kv, max_len, hs) buffer), where
+// first = *start (no start: 0, a plain strided copy). The slot is read from memory, not passed: a recorded decode
+// step (kernels/replay_cpu.cpp) writes at the slot its cell says each time. NumPy twin: NumpyBackend.write_slots.
+extern "C" void write_slots(const float* src, long long sb, long long sn, long long st, float* dst, long long db,
+                            long long dn, long long dt, long long B, long long n, long long T, long long hs,
+                            const int* start) {
+    long long first = start ? *start : 0;
+    for (long long b = 0; b < B; b++)
+        for (long long h = 0; h < n; h++)
+            for (long long t = 0; t < T; t++)
+                std::memcpy(dst + b * db + h * dn + (first + t) * dt, src + b * sb + h * sn + t * st, hs * 4);
 }

@@ -10,7 +10,7 @@ sequence: for Gemma 3 at a 32k context with a 1024 window, its sliding layers' c
 the whole model. It would cost attention a second notion of where a key sits (slot = position mod window); nanollm
 keeps one cache layout for every layer instead, and says so here.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,8 @@ class KVCache:
     ids: np.ndarray  # (B, max_len) int64: the token in each slot (what a recomputation needs: see Model.step)
     positions: np.ndarray  # (B, max_len) int64: each slot's position in its own sequence
     length: int = 0  # slots held; changed only here (append, truncate, restart, copy_prefix), as llama2.c's `pos`
+    replayed: object = field(default=None, compare=False, repr=False)  # a decode step recorded on these buffers
+    # (nanollm/replayed_step.py: the cpu backend's), which Model.step replays
 
     @classmethod
     def allocate(cls, backend, cfg, batch_size: int, max_len: int) -> "KVCache":
@@ -47,13 +49,14 @@ class KVCache:
     def nbytes(self) -> int:
         return sum(int(a.nbytes) for a in self.k + self.v)
 
-    def update(self, layer: int, k, v, start: int):
-        """Write k, v (B, n_kv, T, hs) at slots start .. start+T-1; return the views of slots 0 .. start+T-1."""
+    def update(self, be, layer: int, k, v, start: int):
+        """Write k, v (B, n_kv, T, hs) at slots start .. start+T-1, by the backend's write_slots (the cpu backend's
+        is a kernel, which a recorded decode step replays); return the views of slots 0 .. start+T-1."""
         end = start + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; writing up to {end} does not fit")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
+        be.write_slots(self.k[layer], k, start)
+        be.write_slots(self.v[layer], v, start)
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]  # (B, n_kv, end, hs) x2
 
     def append(self, ids: np.ndarray, positions: np.ndarray) -> int:
@@ -114,9 +117,9 @@ class CacheStep:
     start: int  # the slot of the pass's first position (prefill 0, decode the cache's length before the step)
     key_mask: object | None = None  # (B, start+T) bool: False marks padding slots no query may attend to
 
-    def write(self, layer: int, k, v) -> None:
+    def write(self, be, layer: int, k, v) -> None:
         """Layer's keys and values of this pass's positions into their slots. (B, n_kv, T, hs) x2"""
-        self.cache.update(layer, k, v, self.start)
+        self.cache.update(be, layer, k, v, self.start)
 
     def attend(self, be, layer: int, q, **options):
         """Causal attention of this pass's queries over every slot up to theirs. (B, nh, T, hs) -> (B, nh, T, hs)
@@ -130,7 +133,7 @@ class NoCache:
     """A stateless full pass (Model.forward): nothing outlives it. A layer's keys and values are held only until its
     own queries have read them, so the T positions attend to one another alone. Same calls as CacheStep."""
 
-    def write(self, layer: int, k, v) -> None:
+    def write(self, be, layer: int, k, v) -> None:
         self.k, self.v = k, v  # (B, n_kv, T, hs) x2: this layer's, replaced by the next layer's
 
     def attend(self, be, layer: int, q, **options):

@@ -14,7 +14,7 @@ from pathlib import Path
 from weights_tools import convert, hub, llama2c  # modules, not names: see weights_tools/__init__.py
 
 from .backends import get_backend
-from .backends.cpu_backend import CpuKernelError, load_kernel
+from .backends.cpu_kernels import CpuKernelError, load_kernel
 from .model import Model
 from .request import OPTIONS, SAMPLING_FIELDS, GenerationSettings, Option, SamplingParams
 from .tokenizer import load_tokenizer

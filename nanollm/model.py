@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .generation import generate
 from .kv_cache import CacheStep, KVCache
 from .memory import check_fits
+from .replayed_step import ReplayedStep
 from .rope import long_factors_begin
 from .transformer import forward
 from .weights import LayerWeights, ModelWeights
@@ -82,8 +83,13 @@ class Model:
         if cache.length == 0:  # the prefill; a decode step returns no more than it did, and stays off /proc
             self.check_logits_fit(B, 1 if last_only else ids.shape[1])
         start = cache.append(ids, positions)
-        logits = forward(self.backend, self.config, self.weights, ids, positions, CacheStep(cache, start, key_mask),
-                         last_only)
+        step = CacheStep(cache, start, key_mask)
+        if self.backend.records_steps and ids.shape[1] == 1 and last_only and key_mask is None:
+            # a decode step: the cpu backend replays its kernel calls from C, recorded once per cache
+            if cache.replayed is None or not cache.replayed.fits(self.weights, ids):
+                cache.replayed = ReplayedStep(self.weights, B)
+            return cache.replayed.step(self, ids, positions, step)  # (B, 1, V)
+        logits = forward(self.backend, self.config, self.weights, ids, positions, step, last_only)
         return self.backend.to_numpy(logits)[:, -T:]  # (B, T|1, V): this call's positions only
 
     def long_rope_begins(self, cache: KVCache, positions) -> bool:

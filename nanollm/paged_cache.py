@@ -311,7 +311,7 @@ class PagedStep:
         slots = [cache.slots(seq_id, n - T, n) for seq_id, n in zip(seq_ids, lengths.tolist())]  # (T,) each
         return cls(cache, np.concatenate(slots), tables, lengths)
 
-    def write(self, layer: int, k, v) -> None:
+    def write(self, be, layer: int, k, v) -> None:
         """Layer's keys and values of the new positions into their slots. (B, n_kv, T, hs) x2"""
         B, n_kv, T, hs = k.shape
         k, v = (a.transpose(0, 2, 1, 3).reshape(B * T, n_kv, hs) for a in (k, v))  # (B*T, n_kv, hs): slot order

@@ -105,7 +105,7 @@ def attention(p: Pass, i: int, layer: LayerWeights, x):
     rope = p.ropes.get(cfg.layer_rope(i))
     if rope is not None:
         q, k = be.rope(q, *rope), be.rope(k, *rope)  # (B, nh, T, hs), (B, n_kv, T, hs): positions enter here
-    p.cache.write(i, k, v)  # (B, n_kv, T, hs) x2 into this pass's slots, wherever the cache keeps them
+    p.cache.write(be, i, k, v)  # (B, n_kv, T, hs) x2 into this pass's slots, wherever the cache keeps them
     window = cfg.sliding_window if cfg.layer_type(i) == "sliding" else None
     y = p.cache.attend(be, i, q, scale=cfg.attn_scale, softcap=cfg.attn_softcap, window=window)  # (B, nh, T, hs)
     y = y.transpose(0, 2, 1, 3).reshape(B, T, nh * hs)  # (B, T, nh*hs): heads side by side again
@@ -136,6 +136,29 @@ def rope_tables(be, cfg: ModelConfig, positions) -> dict:
     return {rope: tuple(be.asarray(a) for a in rope_cos_sin(rope, positions)) for rope in ropes}
 
 
+def embed(be, cfg: ModelConfig, w: ModelWeights, ids, positions):
+    """Token ids -> the residual stream's first value: each token's embedding row (GPT-2: plus its position's).
+    int (B, T) -> (B, T, C)"""
+    x = be.embedding(w.tok_emb, ids, cfg.embed_scale)  # (B, T, C)
+    if cfg.positions == "learned":
+        x = be.add(x, be.embedding(w.pos_emb, positions))  # (B, T, C) learned absolute positions
+    return x
+
+
+def transform(p: Pass, w: ModelWeights, x, last_only=False):
+    """The residual stream through every layer, then to next-token logits. (B, T, C) -> (B, T, V), or (B, 1, V)
+    with last_only. Between two decode steps of a cache only x, the RoPE tables and the slot change: the part of a
+    pass the cpu backend records once and replays (nanollm/replayed_step.py)."""
+    for i, layer in enumerate(w.layers):
+        x = block(p, i, layer, x)  # (B, T, C)
+    if last_only:
+        x = x[:, -1:]  # (B, 1, C)
+    x = norm(p, x, w.norm_f_w, w.norm_f_b)  # (B, T, C)
+    lm_head = w.tok_emb.T if w.lm_head is None else w.lm_head  # (C, V)
+    logits = p.be.linear(x, lm_head, w.b_lm_head)  # (B, T, V); a bias only in GPT-J and phi-2
+    return logits if p.cfg.final_softcap is None else p.be.softcap(logits, p.cfg.final_softcap)  # Gemma 2
+
+
 def forward(be, cfg: ModelConfig, w: ModelWeights, ids, positions, cache=None, last_only=False):
     """Token ids -> next-token logits. int (B, T) -> (B, T, V), or (B, 1, V) with last_only.
 
@@ -146,15 +169,6 @@ def forward(be, cfg: ModelConfig, w: ModelWeights, ids, positions, cache=None, l
     last_only: project only the last position to the vocabulary, all that generation needs (saves a (T, C) x (C, V)
     matmul in prefill).
     """
-    x = be.embedding(w.tok_emb, ids, cfg.embed_scale)  # (B, T, C)
-    if cfg.positions == "learned":
-        x = be.add(x, be.embedding(w.pos_emb, positions))  # (B, T, C) learned absolute positions
+    x = embed(be, cfg, w, ids, positions)  # (B, T, C)
     p = Pass(be, cfg, NoCache() if cache is None else cache, rope_tables(be, cfg, positions))
-    for i, layer in enumerate(w.layers):
-        x = block(p, i, layer, x)  # (B, T, C)
-    if last_only:
-        x = x[:, -1:]  # (B, 1, C)
-    x = norm(p, x, w.norm_f_w, w.norm_f_b)  # (B, T, C)
-    lm_head = w.tok_emb.T if w.lm_head is None else w.lm_head  # (C, V)
-    logits = be.linear(x, lm_head, w.b_lm_head)  # (B, T, V); a bias only in GPT-J and phi-2
-    return logits if cfg.final_softcap is None else be.softcap(logits, cfg.final_softcap)  # Gemma 2
+    return transform(p, w, x, last_only)  # (B, T|1, V)

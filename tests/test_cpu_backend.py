@@ -1,5 +1,5 @@
 """The cpu backend: kernels/linear_cpu.cpp, attention_cpu.cpp, norms_cpu.cpp, rope_cpu.cpp and activations_cpu.cpp
-against their NumPy twins, the panel layout, and whole models against numpy.
+against their NumPy twins, the panel layout, and whole models against numpy. (replay_cpu.cpp: test_replayed_step.py)
 
 Tolerance of the matrix product. The kernel sums each column in k order in float32; BLAS sums in blocks: neither is
 the exact sum, and they differ from each other. Both must be within the classic bound of a float32 dot product of
@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nanollm.backends import get_backend, huge_pages
-from nanollm.backends.cpu_backend import CpuBackend, Panels, TiedTable, load_kernel
+from nanollm.backends.cpu_backend import CpuBackend, Panels, TiedTable
+from nanollm.backends.cpu_kernels import load_kernel
 from nanollm.backends.huge_pages import HUGE_PAGE, PanelMemory, huge_page_zeros
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.kv_cache import KVCache
@@ -138,19 +139,57 @@ def test_rope_matches_the_numpy_twin(cpu, B, n, T, half, passed, fused, seed):
 @given(shape=st.sampled_from([(1,), (15,), (16,), (17,), (2, 3, 50), (1, 1, 3072)]),
        scale=st.sampled_from([1e-3, 1.0, 5.0, 30.0, 100.0]), seed=st.integers(0, 2**32 - 1))
 def test_activations_match_the_numpy_twins(cpu, shape, scale, seed):
-    """Sizes around the kernel's 16-float vectors (its padded tail), inputs from near zero (tanh's cancellation) to
-    far past exp's float32 range (x = +-100 s: under- and overflow), and planted inf, -inf, NaN and zeros: NaN where
-    NumPy gives NaN (gelu(-inf) is 0 * inf there too), inf where it gives inf."""
+    """The activations and Gemma 2's softcap (cap 30: tanh's absolute error times 30, within the tolerance's share
+    of the largest value). Sizes around the kernel's 16-float vectors (its padded tail), inputs from near zero (tanh's
+    cancellation) to far past exp's float32 range (x = +-100 s: under- and overflow), and planted inf, -inf, NaN and
+    zeros: NaN where NumPy gives NaN (gelu(-inf) is 0 * inf there too), inf where it gives inf."""
     rng = np.random.default_rng(seed)
     x, up = (rng.standard_normal((2, *shape)) * scale).astype(np.float32)
     flat = x.reshape(-1)
     flat[rng.integers(0, flat.size, min(4, flat.size))] = rng.choice([np.inf, -np.inf, np.nan, 0.0], min(4, flat.size))
     with np.errstate(invalid="ignore", over="ignore"):
         for name, got, want in (("gelu", cpu.gelu(x), NumpyBackend().gelu(x)),
+                                ("gelu_exact", cpu.gelu_exact(x), NumpyBackend().gelu_exact(x)),
                                 ("silu_mul", cpu.silu_mul(x, up), NumpyBackend().silu_mul(x, up)),
-                                ("gelu_mul", cpu.gelu_mul(x, up), NumpyBackend().gelu_mul(x, up))):
+                                ("gelu_mul", cpu.gelu_mul(x, up), NumpyBackend().gelu_mul(x, up)),
+                                ("softcap", cpu.softcap(x, 30.0), NumpyBackend().softcap(x, 30.0))):
             assert got.shape == x.shape and got.dtype == np.float32
             assert_close(got, want, FLOAT32_RTOL, f"{name} of {x.shape} at scale {scale}")
+
+
+@settings(max_examples=40)
+@given(shape=st.sampled_from([(1,), (17,), (2, 3, 50), (1, 1, 768), (3, 40000)]), seed=st.integers(0, 2**32 - 1))
+def test_the_residual_add_is_numpys_exactly(cpu, shape, seed):
+    """One float32 addition per element on both sides: equal bit for bit, inf and NaN included; the largest shape
+    is split among the pool's threads."""
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((2, *shape)).astype(np.float32)
+    x.reshape(-1)[rng.integers(0, x.size, 3)] = [np.inf, -np.inf, np.nan]
+    with np.errstate(invalid="ignore"):
+        want = NumpyBackend().add(x, y)
+    got = cpu.add(x, y)
+    assert got.dtype == np.float32 and np.array_equal(got, want, equal_nan=True)
+
+
+@settings(max_examples=60)
+@given(B=st.integers(1, 3), n=st.integers(1, 4), T=st.integers(1, 5), hs=st.sampled_from([1, 8, 64]),
+       S=st.integers(5, 12), view=st.booleans(), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_write_slots_matches_the_numpy_twin(cpu, B, n, T, hs, S, view, seed, data):
+    """Keys into slots start .. start+T-1 of a cache layer, read from a view of a q/k/v projection (the strides
+    write_slots reads through) or a C-order array: the buffers equal the twin's byte for byte, other slots untouched."""
+    start = data.draw(st.integers(0, S - T)) if S >= T else None
+    if start is None:
+        return
+    rng = np.random.default_rng(seed)
+    if view:  # (B, n, T, hs) out of a (B, T, 3n, hs) projection: its k part
+        x = rng.standard_normal((B, T, 3 * n, hs), dtype=np.float32).transpose(0, 2, 1, 3)[:, n : 2 * n]
+    else:
+        x = rng.standard_normal((B, n, T, hs), dtype=np.float32)
+    buffers = [rng.standard_normal((B, n, S, hs), dtype=np.float32) for _ in range(2)]
+    buffers[1][:] = buffers[0]
+    NumpyBackend().write_slots(buffers[0], x, start)
+    cpu.write_slots(buffers[1], x, start)
+    assert np.array_equal(buffers[1], buffers[0])
 
 
 def test_the_activations_exp_is_within_a_few_ulp(cpu):
@@ -379,7 +418,8 @@ def test_each_matrix_knows_the_one_the_next_product_reads(arch):
 
 
 def test_same_api_as_numpy():
-    assert_same_api(CpuBackend)
+    """Besides the layer API, the method Model.step's replay of decode steps uses when `records_steps` is true."""
+    assert_same_api(CpuBackend, beyond={"recording_calls"})
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
@@ -403,7 +443,8 @@ def test_backend_by_name():
 def test_no_compiler_is_one_clear_error(tmp_path):
     """Without a compiler the backend says what it needs (the numpy backend needs none); run in a fresh process so
     the cache of built kernels and of the compiler's lookup start empty."""
-    code = ("from nanollm.backends.cpu_backend import CpuBackend, CpuKernelError\n"
+    code = ("from nanollm.backends.cpu_backend import CpuBackend\n"
+            "from nanollm.backends.cpu_kernels import CpuKernelError\n"
             "try:\n    CpuBackend()\nexcept CpuKernelError as e:\n    print('ERROR', e)\n")
     env = {"CXX": str(tmp_path / "no-such-compiler"), "NANOLLM_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

@@ -205,14 +205,15 @@ def test_truncate_leaves_the_cache_as_if_the_rejected_slots_were_never_written(k
     ids and positions included, equals the other's, byte for byte."""
     cfg = small_config("llama")
     rng = np.random.default_rng(seed)
-    caches = [KVCache.allocate(NumpyBackend(), cfg, batch_size=2, max_len=16) for _ in range(2)]
+    be = NumpyBackend()
+    caches = [KVCache.allocate(be, cfg, batch_size=2, max_len=16) for _ in range(2)]
     shape = (2, cfg.n_kv_head, kept + written, cfg.head_dim)
     k, v = rng.standard_normal(shape, dtype=np.float32), rng.standard_normal(shape, dtype=np.float32)
     ids, positions = rng.integers(1, 50, (2, kept + written)), rng.integers(1, 50, (2, kept + written))
     for cache, n in zip(caches, (kept + written, kept)):
         start = cache.append(ids[:, :n], positions[:, :n])
         for layer in range(cfg.n_layer):
-            cache.update(layer, k[:, :, :n], v[:, :, :n], start)
+            cache.update(be, layer, k[:, :, :n], v[:, :, :n], start)
     caches[0].truncate(kept)
     a, b = caches
     assert a.length == b.length == kept

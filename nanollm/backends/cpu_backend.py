@@ -8,15 +8,9 @@ reading the keys where they lie. The norms (kernels/norms_cpu.cpp), RoPE (kernel
 activations (kernels/activations_cpu.cpp) are compiled for another reason: a decode step makes 25 norms, 24 ropes and
 12 activations of one row each, and NumPy's several calls per op cost more than the arithmetic (~15 us each, a tenth
 of a step's time besides its products); in a prefill each of NumPy's passes streams the whole activation through
-memory again. Everything else (attention with padding, the exact GELU, sampling) is the NumPy reference unchanged,
+memory again. Everything else (attention with padding, sampling) is the NumPy reference unchanged,
 so this backend is the numpy one, faster, and its results agree with it to float32 rounding
 (sums in another order), tested in tests/test_cpu_backend.py.
-
-Building: the kernels are compiled into one library at the first use with the host C++ compiler, found and
-cached as the emulator does it (kernels/emulator: $CXX, else g++, c++ or clang++), with -O3 -march=native -pthread,
-under `$NANOLLM_CACHE/cpu` (default `~/.cache/nanollm/cpu`), named by the sha256 of the sources, the flags, the
-compiler's version and this CPU's model and features (-march=native code may not run on another CPU sharing the
-cache). No compiler: one error that says so (the numpy backend needs none).
 
 Threads: the kernels share one pool of threads, one per core (kernels/pool_cpu.h, which also says why not OpenMP:
 its idle worker reads the next matrix ahead while Python runs between two products, and `linear` tells it which).
@@ -31,119 +25,28 @@ numpy backend serves it as a view, here `tied_table` stores the table as the pan
 (`TiedTable`: `.T` is the projection, `[ids]` gathers the embedding's rows from its columns). One copy either way.
 The panels are laid out one after another, in load order, in large mappings on 2 MiB pages, and a KV cache's buffer
 (`zeros`) is another: huge_pages.py says why (a decode step took 0.85-0.93x the time).
+
+Recording. A decode step makes the same ~100 kernel calls at every step of a cache, and the Python around them cost
+~12% of a GPT-2 step at ~60 GB/s: `recording_calls` keeps them (backends/recording.py) so that
+nanollm/replayed_step.py can replay them from C (kernels/replay_cpu.cpp). For that every op of a step is a kernel
+here, the residual add (`add`) and the cache's write (`write_slots`) included, and each array a kernel needs besides
+its inputs (its result, a view copied to C order, a slot number) is made by `_empty`, `_made`, `_c_order` or
+`_slots`, which hand it to a recording.
 """
-import ctypes
 import math
-import os
-import platform
-import subprocess
-import tempfile
-from functools import lru_cache
-from pathlib import Path
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 
-from nanollm.kernels import KERNELS_DIR
-from nanollm.kernels.emulator import build_digest, cache_root, compiler_version, find_compiler
-
 from ..paged_cache import check_paged_args
+from .cpu_kernels import address, f32, float_strides, load_kernel, single_threaded_blas
 from .huge_pages import HUGE_PAGE, PanelMemory, huge_page_zeros
 from .numpy_backend import NumpyBackend
+from .recording import Recording
 
-SOURCES = tuple(KERNELS_DIR / f"{name}_cpu.cpp" for name in ("linear", "attention", "norms", "rope", "activations"))
-# Included by the sources: part of the build's digest, not compiled alone.
-HEADERS = (KERNELS_DIR / "simd_cpu.h", KERNELS_DIR / "pool_cpu.h")
-FLAGS = ("-O3", "-march=native", "-pthread", "-std=c++17", "-fPIC", "-shared")
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
 MAX_HEAD_DIM = 512  # the largest head attention_cpu.cpp takes (its local arrays); larger ones go to NumPy
-
-
-class CpuKernelError(RuntimeError):
-    """The cpu backend's kernel could not be built (no compiler, or the compiler failed)."""
-
-
-# -- building ----------------------------------------------------------------------------------------------------
-
-
-def cpu_identity() -> str:
-    """This CPU's model and feature flags (Linux), else the platform's name: code built with -march=native for one
-    CPU may use instructions another lacks."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))]
-    return "\n".join(sorted(set(lines)))
-
-
-@lru_cache(maxsize=None)
-def load_kernel() -> ctypes.CDLL:
-    """The compiled library (`linear_panels`, `attention_cached`, `layer_norm_rows`, `rms_norm_rows`, `rope_rows`,
-    `gelu_rows`, `silu_mul_rows`, `gelu_mul_rows`), built at the first call and cached on disk (see the
-    module docstring)."""
-    try:
-        compiler = find_compiler()
-    except RuntimeError:  # the emulator's CompilerNotFound
-        raise CpuKernelError("no C++ compiler found ($CXX, g++, c++ or clang++) to build the cpu backend's kernels "
-                             "(kernels/*_cpu.cpp) at their first use: install one (e.g. "
-                             "`apt install g++`) or set CXX") from None
-    digest = build_digest(sources=[p.read_text() for p in SOURCES + HEADERS], flags=FLAGS,
-                          compiler=[compiler, compiler_version(compiler)], cpu=cpu_identity())
-    library = cache_root() / "cpu" / f"cpu_kernels-{digest}.so"
-    if not library.is_file():
-        library.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=library.parent, prefix="build-") as tmp:
-            built = Path(tmp) / library.name
-            result = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(built)], capture_output=True,
-                                    text=True)
-            if result.returncode != 0:
-                raise CpuKernelError(f"compiling the cpu backend's kernels failed:\n{result.stderr}")
-            os.replace(built, library)  # whole or absent: a process sharing the cache never loads half a file
-    lib = ctypes.CDLL(str(library))
-    lib.linear_panels.argtypes = ([ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 3  # x, panels, bias, y; R, K, N
-                                  + [ctypes.c_void_p] + [ctypes.c_longlong] * 2)  # the next product's panels, K, N
-    lib.attention_cached.argtypes = ([ctypes.c_void_p] * 5 + [ctypes.c_longlong, ctypes.c_void_p]
-                                     + [ctypes.c_longlong] * 9 + [ctypes.c_float] * 2 + [ctypes.c_longlong])
-    lib.layer_norm_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
-    lib.rms_norm_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong] * 2 + [ctypes.c_float]
-    lib.rope_rows.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_longlong] * 8
-    lib.gelu_rows.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_longlong]
-    lib.silu_mul_rows.argtypes = lib.gelu_mul_rows.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_longlong]
-    for f in (lib.linear_panels, lib.attention_cached, lib.layer_norm_rows, lib.rms_norm_rows, lib.rope_rows,
-              lib.gelu_rows, lib.silu_mul_rows, lib.gelu_mul_rows):
-        f.restype = None
-    return lib
-
-
-def single_threaded_blas() -> None:
-    """Set every OpenBLAS loaded in this process to one thread, by its own C function (Linux: the libraries are found
-    in /proc/self/maps; NumPy's wheels ship OpenBLAS under prefixed names). Elsewhere this does nothing."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return
-    for path in sorted({line.split()[-1] for line in maps.splitlines() if "openblas" in line.lower()}):
-        lib = ctypes.CDLL(path)
-        for name in ("openblas_set_num_threads", "openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "scipy_openblas_set_num_threads64_"):
-            if hasattr(lib, name):
-                getattr(lib, name)(1)
-
-
-def address(a: np.ndarray) -> int:
-    """Where a C-contiguous array's elements are, for a kernel. `a.ctypes.data` says it too but costs a microsecond
-    (it builds a dictionary each call), and a decode step passes ~300 arrays: ctypes' view of the array's buffer
-    costs a quarter of that. That view takes only writable, non-empty buffers: the others (a read-only memory-mapped
-    weight) go the slow way."""
-    try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(a))
-    except (TypeError, ValueError):
-        return a.ctypes.data
-
-
-def f32(a) -> np.ndarray:
-    """a as the kernels read it: float32, C order (itself when it is already)."""
-    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 # -- the panel layout --------------------------------------------------------------------------------------------
@@ -228,10 +131,48 @@ class CpuBackend(NumpyBackend):
     name = "cpu"
 
     def __init__(self):
-        self._lib = load_kernel()  # built (or found in the cache) now, so a missing compiler is said at load
+        self._kernels = load_kernel()  # built (or found in the cache) now, so a missing compiler is said at load
         single_threaded_blas()
         self._panel_memory = PanelMemory()  # where `weight` and `tied_table` lay out matrices: 2 MiB pages
         self._last_read = None  # the Panels of the latest product
+        self._thread = threading.local()  # .recording: the Recording this thread's step is kept in, if any
+
+    records_steps = True  # see recording_calls
+
+    @property
+    def _recording(self):
+        return getattr(self._thread, "recording", None)
+
+    @property
+    def _lib(self):
+        """The compiled library; while this thread records a step, the Recording, which runs each call and keeps it
+        (another thread's calls are not the step's)."""
+        return self._kernels if self._recording is None else self._recording
+
+    @contextmanager
+    def recording_calls(self, start: int, known: list, inputs: list):
+        """Inside the block every kernel call this thread makes is also kept, in the Recording this yields
+        (backends/recording.py), with the arrays the backend makes for the calls (results, slot numbers).
+        start: the step's first slot; known: the weights' and cache's arrays; inputs: the step's inputs."""
+        self._thread.recording = Recording(self._kernels, start, known, inputs)
+        try:
+            yield self._thread.recording
+        finally:
+            self._thread.recording = None
+
+    def _made(self, a: np.ndarray) -> np.ndarray:
+        """An array the backend made for a kernel to read or write (a recording keeps it)."""
+        return a if self._recording is None else self._recording.output(a)
+
+    def _empty(self, shape) -> np.ndarray:
+        """A float32 array for a kernel's result."""
+        return self._made(np.empty(shape, dtype=np.float32))
+
+    def _slots(self, value: int, n: int = 1) -> np.ndarray:
+        """n copies of a slot number as int32, for a kernel that reads it from memory (a recording sets it anew for
+        each step it replays)."""
+        a = np.full(n, value, dtype=np.int32)
+        return a if self._recording is None else self._recording.cell(a, value)
 
     def weight(self, a):
         """Matrices as Panels (the layout of the kernel, on 2 MiB pages), vectors (norms, biases) as float32 arrays of
@@ -259,7 +200,7 @@ class CpuBackend(NumpyBackend):
         K, N = w.shape
         rows = f32(x.reshape(-1, K))  # (R, K)
         bias = None if b is None else f32(b)
-        y = np.empty((len(rows), N), dtype=np.float32)  # (R, N)
+        y = self._empty((len(rows), N))  # (R, N)
         # A decode step reads its matrices in the same order every time: the one read after w last time is the one
         # the kernel's idle threads read ahead while Python runs until the next product (kernels/pool_cpu.h).
         if self._last_read is not None:
@@ -274,8 +215,8 @@ class CpuBackend(NumpyBackend):
         C = x.shape[-1]
         if w is None or b is None or w.shape != (C,) or b.shape != (C,):
             return super().layer_norm(x, w, b, eps)
-        x = f32(x)
-        y = np.empty_like(x)  # (..., C)
+        x = self._c_order(x)
+        y = self._empty(x.shape)  # (..., C)
         self._lib.layer_norm_rows(address(x), address(f32(w)), address(f32(b)), address(y), x.size // C, C, eps)
         return y
 
@@ -284,8 +225,8 @@ class CpuBackend(NumpyBackend):
         C = x.shape[-1]
         if w is None or w.shape != (C,):
             return super().rms_norm(x, w, eps)
-        x = f32(x)
-        y = np.empty_like(x)  # (..., C)
+        x = self._c_order(x)
+        y = self._empty(x.shape)  # (..., C)
         self._lib.rms_norm_rows(address(x), address(f32(w)), address(y), x.size // C, C, eps)
         return y
 
@@ -298,7 +239,7 @@ class CpuBackend(NumpyBackend):
             return super().rope(x, cos, sin)
         if x.dtype != np.float32 or x.strides[-1] != 4 or any(s % 4 for s in x.strides):
             x = f32(x)
-        y = np.empty((B, n, T, hs), dtype=np.float32)
+        y = self._empty((B, n, T, hs))
         sb, sn, st = x.strides[:3]
         self._lib.rope_rows(address(x), address(f32(cos)), address(f32(sin)), address(y), B, n, T, hs, half,
                             sb // 4, sn // 4, st // 4)
@@ -307,8 +248,22 @@ class CpuBackend(NumpyBackend):
     def gelu(self, x):
         """GELU (tanh form) by kernels/activations_cpu.cpp. (...) -> (...)"""
         x = f32(x)
-        y = np.empty_like(x)
+        y = self._empty(x.shape)
         self._lib.gelu_rows(address(x), address(y), x.size)
+        return y
+
+    def gelu_exact(self, x):
+        """GELU (exact form, the NumPy twin's erfc) by kernels/activations_cpu.cpp. (...) -> (...)"""
+        x = f32(x)
+        y = self._empty(x.shape)
+        self._lib.gelu_exact_rows(address(x), address(y), x.size)
+        return y
+
+    def softcap(self, x, cap: float):
+        """cap * tanh(x / cap) by kernels/activations_cpu.cpp (Gemma 2's final logits). (...) -> (...)"""
+        x = f32(x)
+        y = self._empty(x.shape)
+        self._lib.softcap_rows(address(x), address(y), x.size, cap)
         return y
 
     def silu_mul(self, gate, up):
@@ -324,8 +279,38 @@ class CpuBackend(NumpyBackend):
     def _gated(self, kernel, gate, up):
         """kernel(gate, up) -> y elementwise, the two gated activations' one call. (..., H) x2 -> (..., H)"""
         gate, up = f32(gate), f32(up)
-        y = np.empty_like(gate)
+        y = self._empty(gate.shape)
         kernel(address(gate), address(up), address(y), gate.size)
+        return y
+
+    def add(self, x, y):
+        """The residual add by kernels/activations_cpu.cpp. (B, T, C) x2 -> (B, T, C). Shapes that differ (a
+        broadcast): NumPy's rules."""
+        if x.shape != y.shape:
+            return super().add(x, y)
+        x, y = f32(x), f32(y)
+        out = self._empty(x.shape)
+        self._lib.add_rows(address(x), address(y), address(out), x.size)
+        return out
+
+    def write_slots(self, buffer, x, start: int):
+        """x (B, n, T, hs) into slots start .. start+T-1 of buffer (B, n, S, hs), by kernels/attention_cpu.cpp, both
+        read through their strides; the kernel reads start from memory (`_slots`)."""
+        src, dst = float_strides(x), float_strides(buffer)
+        if src is None or dst is None or src[-1] != 1 or dst[-1] != 1 or buffer.shape[2] < start + x.shape[2]:
+            return super().write_slots(buffer, x, start)
+        self._lib.write_slots(address(x), *src[:3], address(buffer), *dst[:3], *x.shape, address(self._slots(start)))
+
+    def _c_order(self, x):
+        """x as a C-order float32 array: itself when it is one; a view whose last axis is contiguous (a head of the
+        q/k/v projection) copied by write_slots, so that a recorded step holds the copy too; else NumPy's copy."""
+        strides = float_strides(x)
+        if x.flags.c_contiguous or strides is None or strides[-1] != 1 or not 1 <= x.ndim <= 4:
+            return f32(x)
+        y = self._empty(x.shape)
+        lead = 4 - x.ndim  # as (B, n, T, hs), with leading axes of one
+        self._lib.write_slots(address(x), *([0] * lead + strides)[:3], address(y), *([0] * lead + float_strides(y))[:3],
+                              *(1,) * lead, *x.shape, None)
         return y
 
     def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
@@ -337,10 +322,12 @@ class CpuBackend(NumpyBackend):
         if (key_mask is not None or hs > MAX_HEAD_DIM or k.shape[2] < q_start + T or k.dtype != np.float32
                 or k.strides != v.strides or k.strides[-1] != 4):
             return super().attention(q, k, v, q_start, key_mask, scale=scale, softcap=softcap, window=window)
-        tables = np.arange(B, dtype=np.int32)[:, None]  # (B, 1): sequence b is block b
-        lengths = np.full(B, q_start + T, dtype=np.int32)  # (B,) the queries are slots q_start .. q_start + T - 1
+        tables = self._made(np.arange(B, dtype=np.int32)[:, None])  # (B, 1): sequence b is block b
+        lengths = self._slots(q_start + T, B)  # (B,) the queries are slots q_start .. q_start + T - 1
         strides = [n // 4 for n in k.strides[:3]]  # floats between sequences (blocks), heads, slots
-        return self._attend(q, k, v, tables, lengths, k.shape[2], strides, scale, softcap, window)
+        # Block size: any number past the last slot (the sequence is one block); not k.shape[2], the step's length,
+        # which a recorded step would keep.
+        return self._attend(q, k, v, tables, lengths, 1 << 40, strides, scale, softcap, window)
 
     def paged_attention(self, q, k_pool, v_pool, block_tables, lengths, *, scale: float | None = None,
                         softcap: float | None = None, window: int | None = None):
@@ -358,10 +345,10 @@ class CpuBackend(NumpyBackend):
     def _attend(self, q, k, v, tables, lengths, bs: int, strides, scale, softcap, window):
         """attention_cached over keys at the blocks of `tables` (see the kernel's header). -> (B, nh, T, hs)"""
         B, nh, T, hs = q.shape
-        q = f32(q)  # (B, nh, T, hs)
+        q = self._c_order(q)  # (B, nh, T, hs)
         tables = np.ascontiguousarray(tables, dtype=np.int32)  # (B, table_width)
         lengths = np.ascontiguousarray(lengths, dtype=np.int32)  # (B,)
-        out = np.empty_like(q)  # (B, nh, T, hs)
+        out = self._empty(q.shape)  # (B, nh, T, hs)
         self._lib.attention_cached(address(q), address(k), address(v), address(out), address(tables),
                                    tables.shape[1], address(lengths), B, nh, T, k.shape[1], hs, bs, *strides,
                                    1.0 / math.sqrt(hs) if scale is None else scale, softcap or 0.0, window or 0)

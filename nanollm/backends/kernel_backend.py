@@ -72,6 +72,7 @@ class KernelBackend:
 
     name = "kernels"
     max_head_dim = MAX_HEAD_DIM  # Model refuses larger heads at load, not at the first attention call
+    records_steps = False  # a CUDA graph would be the GPU's recording; not built
 
     def __init__(self, xp, load_module, *, attention_warps: int = 4, decode_chunk: int = 256):
         if decode_chunk <= 0 or decode_chunk % TILE_KEYS:
@@ -167,6 +168,10 @@ class KernelBackend:
         out = self.xp.empty_like(inputs[0])
         self._launch_elementwise(name, out.size, (*inputs, out, np.int64(out.size), *scalars))
         return out
+
+    def write_slots(self, buffer, x, start: int):
+        """x (B, n, T, hs) into slots start .. start+T-1 of buffer (B, n, S, hs): a strided copy on the device."""
+        buffer[:, :, start : start + x.shape[2]] = x
 
     def add(self, x, y):
         """(B, T, C) x2 -> (B, T, C).  elementwise.cu: residual_add."""

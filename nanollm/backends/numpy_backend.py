@@ -24,6 +24,7 @@ ERFC_COEFFS = (-1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806, 0.2
 class NumpyBackend:
     name = "numpy"
     max_head_dim = None  # any head size: the kernel backends hold a head in a warp's registers, 256 at most
+    records_steps = False  # the cpu backend records a decode step's kernel calls to replay them (replayed_step.py)
 
     # -- moving data ---------------------------------------------------------------------------------------------
 
@@ -76,6 +77,11 @@ class NumpyBackend:
         if b is not None:
             y += b
         return y
+
+    def write_slots(self, buffer, x, start: int):
+        """x (B, n, T, hs) into slots start .. start+T-1 of buffer (B, n, S, hs) (a KV cache layer's keys or values).
+        Kernel: write_slots in kernels/attention_cpu.cpp (the cpu backend's)."""
+        buffer[:, :, start : start + x.shape[2]] = x
 
     def add(self, x, y):
         """Residual add. (B, T, C), (B, T, C) -> (B, T, C).  Kernel: residual_add in kernels/elementwise.cu."""

@@ -14,9 +14,8 @@ for decode, the bytes each step reads against the time it took: the memory bandw
 byte feeds, which is what "decode is memory-bound" means as a number. With speculative decoding (speculative.py) a
 pass after the prefill verifies proposals: what was proposed, how many were kept, the model's own token after them.
 
-Times are the wrapped backend's own: on a GPU a kernel launch returns before the kernel runs, so the tracer waits for
-the device after each op, and each op's time is its own. A pass's time is its ops' plus the model's Python between
-them; the tracer's own bookkeeping is left out.
+Times are the wrapped backend's own (on a GPU the tracer waits for the device after each op: a launch returns before
+its kernel runs). A pass's time is its ops' plus the model's Python between them, not the tracer's bookkeeping.
 """
 import copy
 import time
@@ -142,13 +141,14 @@ def shape_of(a) -> tuple:
 
 
 class TracingBackend:
-    """A backend that records the ops of the one it wraps, and otherwise is it: every attribute of `inner` is
-    reachable, and each op returns exactly what `inner`'s returns.
+    """A backend that records the ops of the one it wraps, and otherwise is it (`inner`'s attributes and results).
 
     weight_names: memory_key -> name, from `weight_names(model.weights)`. max_passes: record the first N passes only
     (later ones pass through unrecorded). listener(record, args, kwargs), if given, is called after each recorded op
     with the op's own arguments (attention.py reads the attention op's queries and keys this way).
     """
+
+    records_steps = False  # so every decode step's ops pass here: the cpu backend would replay them from C
 
     def __init__(self, inner, weight_names: dict[tuple, str], *, max_passes: int | None = None, listener=None):
         self.inner, self.names = inner, weight_names

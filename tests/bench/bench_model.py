@@ -303,7 +303,8 @@ SHAPES = {  # random-weight checkpoints of real shapes (tests/gpu/decode.py time
 def compare_gemv_references():
     """OpenBLAS's gemv on every thread against the cpu kernel's, alternated, before a CpuBackend exists (it sets
     OpenBLAS to one thread): shows that the kernel's gemv, the reference on the cpu backend, is not the weaker."""
-    from nanollm.backends.cpu_backend import Panels, address, load_kernel
+    from nanollm.backends.cpu_backend import Panels
+    from nanollm.backends.cpu_kernels import address, load_kernel
 
     kernel = load_kernel().linear_panels
     matrix = gemv_matrix()  # (768, 50257)

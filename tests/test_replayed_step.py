@@ -1,0 +1,167 @@
+"""A decode step replayed from C (nanollm/replayed_step.py, backends/recording.py, kernels/replay_cpu.cpp).
+
+The reference is the same step run from Python on the same backend: the same kernels on the same numbers, so every
+replayed step's logits must equal it bit for bit (no tolerance), over every family, batch sizes 1 to 3, and a cache
+cut back in the middle (speculative decoding's rollback). A recording must also refuse what it could not replay
+right (memory NumPy made, logits not made by a kernel), and a replay that differs from Python must be dropped.
+"""
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import nanollm
+import nanollm.backends.recording as recording_module
+from nanollm.backends.cpu_backend import CpuBackend
+from nanollm.kernels import KERNELS_DIR
+from nanollm.model import Model
+from nanollm.views.trace import traced
+from tests.hf_families import CLASSIC_FAMILIES, FAMILIES, STRATEGIES, build_family
+from tests.test_backend_forward import random_weights, small_config
+
+
+def steps_both_ways(model, prompt, n_steps: int, cut_at: int):
+    """Prefill, then n_steps greedy decode steps (the cache cut back by two slots after step cut_at), once from
+    Python and once replayed. -> (python logits, replayed logits, the replayed cache)"""
+    runs = []
+    for replay in (False, True):
+        model.backend.records_steps = replay  # this instance only
+        cache = model.new_cache(len(prompt), prompt.shape[1] + n_steps + 1)
+        token = model.step(prompt, cache)[:, -1].argmax(-1)[:, None]  # (B, 1)
+        logits = []
+        for i in range(n_steps):
+            logits.append(model.step(token, cache))  # (B, 1, V)
+            token = logits[-1][:, -1].argmax(-1)[:, None]
+            if i == cut_at:
+                cache.truncate(cache.length - 2)
+        runs.append((logits, cache))
+    del model.backend.records_steps
+    (python, _), (replayed, cache) = runs
+    return python, replayed, cache
+
+
+def assert_same_steps(python, replayed):
+    for step, (want, got) in enumerate(zip(python, replayed)):
+        assert got.dtype == np.float32 and np.array_equal(got, want), f"step {step} differs from Python"
+
+
+@settings(max_examples=12, deadline=None)
+@given(arch=st.sampled_from(["gpt2", "llama"]), B=st.integers(1, 3), T=st.integers(1, 6), n_kv=st.sampled_from([1, 2]),
+       seed=st.integers(0, 2**16), cut_at=st.integers(0, 5))
+def test_a_replayed_step_is_the_step_from_python_bit_for_bit(arch, B, T, n_kv, seed, cut_at):
+    """GPT-2 (LayerNorm, GELU, learned positions, biases, a tied output projection) and Llama (RMSNorm, RoPE,
+    SwiGLU, grouped-query heads): from the third step on every step is replayed, and each equals Python's."""
+    overrides = {} if arch == "gpt2" else {"n_kv_head": n_kv}
+    cfg = small_config(arch, vocab_size=75, **overrides)
+    model = Model(cfg, random_weights(cfg, seed), CpuBackend())
+    prompt = np.random.default_rng(seed).integers(0, cfg.vocab_size, (B, T))
+    python, replayed, cache = steps_both_ways(model, prompt, n_steps=7, cut_at=cut_at)
+    assert_same_steps(python, replayed)
+    assert cache.replayed.refused is None and cache.replayed.trusted
+
+
+@pytest.mark.parametrize("family", FAMILIES + CLASSIC_FAMILIES)
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), B=st.integers(1, 3))
+def test_every_family_replays(tmp_path_factory, family, data, B):
+    """Each family's checkpoint, written by transformers (parallel residuals, sandwich and post norms, q/k norms,
+    sliding windows, partial rotary, Gemma 2's logit softcap, the exact GELU): every op of a decode step is
+    a kernel, so the recording is trusted, and the replayed steps equal Python's."""
+    directory, _ = build_family(tmp_path_factory.mktemp(family), family, data.draw(STRATEGIES[family]()))
+    model = nanollm.load(directory, backend="cpu")
+    prompt = np.random.default_rng(B).integers(0, model.config.vocab_size, (B, 5))
+    python, replayed, cache = steps_both_ways(model, prompt, n_steps=6, cut_at=3)
+    assert_same_steps(python, replayed)
+    assert cache.replayed.refused is None and cache.replayed.trusted
+
+
+def test_a_recording_refuses_memory_it_does_not_hold():
+    """A kernel reading an array NumPy made during the step (here: a product of a fallback) would read it stale at
+    the next replay: the recording names the call. Arrays it holds (inputs, the backend's results) are fine."""
+    be = CpuBackend()
+    x = np.ones((1, 1, 16), np.float32)
+    with be.recording_calls(start=0, known=[], inputs=[x]) as recording:
+        be.gelu(be.gelu(x))  # an input, then a kernel's result
+        assert recording.problem is None and len(recording.calls) == 2
+        be.gelu(x * 2)  # NumPy's temporary
+    assert recording.problem.startswith("gelu_rows's argument 0 is memory the recording does not hold")
+    with be.recording_calls(start=0, known=[], inputs=[]) as recording:
+        be.gelu(x)  # x was not declared an input
+    assert recording.problem is not None
+
+
+def test_another_threads_calls_are_not_recorded():
+    """The recording is this thread's: a kernel call from another thread while it records runs as usual and is not
+    kept (it would be replayed with the step otherwise)."""
+    import threading
+
+    be = CpuBackend()
+    x = np.ones((1, 1, 16), np.float32)
+    with be.recording_calls(start=0, known=[], inputs=[x]) as recording:
+        other = threading.Thread(target=lambda: be.gelu(np.full((1, 1, 16), 2, np.float32)))
+        other.start()
+        other.join()
+        be.gelu(x)
+    assert recording.problem is None and len(recording.calls) == 1
+
+
+def test_a_replay_that_differs_from_python_is_dropped(monkeypatch):
+    """What a recording cannot see: Python changing a kernel's result in place between two calls (here, a mutation
+    of the residual add). The replay lacks the change, so the check at the second step finds its logits differ,
+    drops the recording, writes that step's keys again, and every step the caller gets is still Python's."""
+    add = CpuBackend.add
+
+    def add_then_change(self, x, y):
+        out = add(self, x, y)
+        out += np.float32(0.5)  # NumPy, in place: no kernel call to record
+        return out
+
+    monkeypatch.setattr(CpuBackend, "add", add_then_change)
+    cfg = small_config("llama", vocab_size=75)
+    model = Model(cfg, random_weights(cfg, 1), CpuBackend())
+    prompt = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 4))
+    python, replayed, cache = steps_both_ways(model, prompt, n_steps=5, cut_at=99)
+    assert_same_steps(python, replayed)
+    assert cache.replayed.refused == "a replay differed from the step run from Python"
+
+
+def test_steps_unlike_the_recorded_one_run_from_python():
+    """Left padding (a key mask) and several tokens at once (a speculative verification) are not replayed; the
+    recording made by a plain decode step survives them."""
+    cfg = small_config("llama", vocab_size=75)
+    model = Model(cfg, random_weights(cfg, 2), CpuBackend())
+    cache = model.new_cache(1, 20)
+    model.step(np.array([[1, 2, 3]]), cache)
+    mask = np.ones((1, 4), bool)
+    model.step(np.array([[4]]), cache, key_mask=mask)
+    assert cache.replayed is None
+    model.step(np.array([[5]]), cache)
+    recorded = cache.replayed
+    model.step(np.array([[6, 7]]), cache)
+    model.step(np.array([[8]]), cache)
+    assert cache.replayed is recorded and recorded.trusted
+
+
+def test_the_kernel_numbers_are_the_c_switchs():
+    """recording.KERNELS[i] is the function kernels/replay_cpu.cpp calls for `enum Kernel` value i (read from the
+    source: the enum's order, and each case's call), and CALL is its struct Call: 20 integers, then 2 floats."""
+    source = (KERNELS_DIR / "replay_cpu.cpp").read_text()
+    enum = re.search(r"enum Kernel : long long \{([^}]*)\}", source).group(1)
+    names = [name.strip() for name in enum.split(",")]
+    calls = dict(re.findall(r"case (\w+):\s*(\w+)\(", source))
+    assert [calls[name] for name in names] == list(recording_module.KERNELS)
+    assert "long long a[20];" in source and "float f[2];" in source
+    assert recording_module.CALL.itemsize == 8 + 20 * 8 + 2 * 4 and recording_module.CALL.fields["f"][1] == 168
+
+
+def test_a_traced_model_runs_every_decode_step_from_python():
+    """The tracer sees a step's ops as they go through the backend; a replayed step would show none. Every decode
+    step it records has the first decode step's ops, on the cpu backend too."""
+    cfg = small_config("gpt2", vocab_size=75)
+    model = Model(cfg, random_weights(cfg, 4), CpuBackend())
+    with traced(model) as tracer:
+        model.generate([1, 2, 3], max_new_tokens=6, temperature=0)
+    steps = [[op.op for op in p.ops] for p in tracer.passes if p.name.startswith("decode")]
+    assert len(steps) == 5 and "linear" in steps[0] and all(ops == steps[0] for ops in steps)
