@@ -20,7 +20,9 @@
 #include "pool_cpu.h"
 #include "simd_cpu.h"
 
-constexpr long long PARALLEL_ELEMENTS = 1 << 16;  // below this many elements, one thread (waking more costs more)
+// Below this many elements, one thread: waking the other costs more. Measured for GELU: 12288 elements (a batch of
+// 4) took 9.9 us on one thread, 6.8 on two; 3072 (one row) 4.9 either way.
+constexpr long long PARALLEL_ELEMENTS = 1 << 13;
 
 static inline vec16 gelu16(vec16 x) {
     vec16 u = 0.7978845608f * (x + 0.044715f * x * x * x);  // sqrt(2/pi) (x + 0.044715 x^3)
