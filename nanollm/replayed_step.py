@@ -9,7 +9,7 @@ Per cache, the way a CUDA graph is captured and then checked before it is truste
   later steps       Python computes only what changes, the tokens' embeddings and the RoPE tables (transformer.embed,
                     rope_tables: a few small NumPy ops), copies them into the recording's inputs, and replays
 A step unlike the recorded one (another batch size or model) runs from Python, and so does every step of a cache
-whose recording was refused (an op fell back to NumPy: Gemma 2's logit softcap, heads over 512 wide, ...).
+whose recording was refused (an op that fell back to NumPy: a head over 512 wide, a norm weight of another shape).
 """
 import numpy as np
 

@@ -43,7 +43,7 @@ class Recording:
     """
 
     def __init__(self, lib, start: int, known: list, inputs: list):
-        self.lib, self.start, self.inputs = lib, start, inputs
+        self.lib, self.start = lib, start
         self.spans = sorted(span(a) for a in known + inputs)  # where a call may read or write: (first, end)
         self.outputs, self.cells, self.calls = [], [], []  # kept arrays; (cell, offset); (kernel, ints, floats)
         self.problem = None  # why this recording cannot be replayed; None while it can
@@ -108,7 +108,7 @@ class Replay:
     def __init__(self, recording: Recording):
         if recording.problem is not None:
             raise ValueError(recording.problem)
-        self.lib, self.inputs, self.cells = recording.lib, recording.inputs, recording.cells
+        self.lib, self.cells = recording.lib, recording.cells
         self.outputs = recording.outputs  # kept alive: the table names them
         self.calls = recording.table()
 
