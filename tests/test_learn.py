@@ -375,3 +375,17 @@ def test_numbers_lesson(printed, reference):
     rate = float(re.search(r"throughput +(\S+) tokens/s", out).group(1))
     assert tpot > 0 and 1000 / rate == pytest.approx(tpot, abs=0.0051)  # TPOT is printed to 0.01 ms
     assert float(re.search(r"TTFT +(\S+) ms", out).group(1)) > 0
+
+
+def test_replay_lesson_counts_a_steps_calls_and_finds_the_replay_equal(printed):
+    """The demo model (GPT-2's layout, 4 layers) makes 12 calls a layer (2 norms, 4 products, 2 cache writes,
+    attention, 2 adds, GELU) and 2 after them (the final norm, the logits); the lesson counts them from a recording
+    and compares replayed logits with Python's."""
+    out = " ".join(printed(15).split())  # the prose, unwrapped
+    calls = int(re.search(r"decode step makes (\d+) kernel calls", out).group(1))
+    kinds = dict((name, int(n)) for n, name in re.findall(r"(\d+) (\w+_\w+)", out.split("kernel calls: ")[1]))
+    assert calls == 12 * 4 + 2 == sum(kinds.values())
+    assert kinds["linear_panels"] == 4 * 4 + 1 and kinds["attention_cached"] == 4 and kinds["write_slots"] == 8
+    assert "equal bit for bit: True" in out and "at every one of the 40 steps: True" in out
+    python_ms, replay_ms = (float(x) for x in re.search(r"from Python (\S+) ms, replayed (\S+) ms", out).groups())
+    assert python_ms > 0 and replay_ms > 0

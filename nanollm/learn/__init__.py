@@ -20,8 +20,9 @@ The lessons, one module per stage (lesson.py holds what they share):
     chat.py        12  chat templates
     costs.py       13  TTFT, TPOT, throughput, memory
     speculation.py 14  speculative decoding: k proposals checked in one pass
+    replay.py      15  a decode step's kernel calls, recorded once and replayed from C
 """
-from . import attention, beams, chat, choosing, costs, decoding, penalties, positions, speculation, tokens
+from . import attention, beams, chat, choosing, costs, decoding, penalties, positions, replay, speculation, tokens
 from .lesson import Lesson
 
 LESSONS = (
@@ -54,6 +55,8 @@ LESSONS = (
     Lesson("Speculative decoding", "a pass of k positions timed against one; prompt lookup on greedy's loop, the "
            "same tokens in fewer passes; tokens per pass by acceptance rate", speculation.run,
            ("nanollm/speculative.py", "Speculator.step")),
+    Lesson("Replaying a decode step from C", "the kernel calls of a step, recorded once, checked bit for bit, "
+           "replayed; the Python they cost", replay.run, ("nanollm/replayed_step.py", "ReplayedStep.step")),
 )
 
 __all__ = ["LESSONS", "Lesson"]
