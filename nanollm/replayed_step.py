@@ -10,6 +10,7 @@ Per cache, the way a CUDA graph is captured and then checked before it is truste
                     rope_tables: a few small NumPy ops), copies them into the recording's inputs, and replays
 A step unlike the recorded one (another batch size or model) runs from Python, and so does every step of a cache
 whose recording was refused (an op that fell back to NumPy: a head over 512 wide, a norm weight of another shape).
+`model.backend.records_steps = False` runs every step from Python (lesson 15 times the two ways).
 """
 import numpy as np
 
