@@ -13,7 +13,7 @@
 // exp and tanh use the vector units) but 12-17 us a call at a decode step, and in a prefill the passes stream the
 // (T, 3072) array through memory again and again. One pass here, 16 elements at a time, with exp16
 // (kernels/simd_cpu.h: the C library's expf is scalar, and a loop of it ran 6x slower than NumPy); tanh comes from
-// it: tanh(u) = 1 - 2 / (exp(2u) + 1).
+// it: tanh16(u) = 1 - 2 / (exp(2u) + 1).
 
 #include <algorithm>
 
@@ -24,10 +24,11 @@
 // 4) took 9.9 us on one thread, 6.8 on two; 3072 (one row) 4.9 either way.
 constexpr long long PARALLEL_ELEMENTS = 1 << 13;
 
+static inline vec16 tanh16(vec16 u) { return 1.0f - 2.0f / (exp16(2.0f * u) + 1.0f); }
+
 static inline vec16 gelu16(vec16 x) {
     vec16 u = 0.7978845608f * (x + 0.044715f * x * x * x);  // sqrt(2/pi) (x + 0.044715 x^3)
-    vec16 tanh_u = 1.0f - 2.0f / (exp16(2.0f * u) + 1.0f);
-    return 0.5f * x * (1.0f + tanh_u);
+    return 0.5f * x * (1.0f + tanh16(u));
 }
 
 static inline vec16 silu16(vec16 x) { return x / (1.0f + exp16(-x)); }
@@ -38,17 +39,17 @@ static inline vec16 silu16(vec16 x) { return x / (1.0f + exp16(-x)); }
 static inline vec16 gelu_exact16(vec16 x) {
     static const float c[10] = {-1.26551223f, 1.00002368f, 0.37409196f, 0.09678418f, -0.18628806f,
                                 0.27886807f,  -1.13520398f, 1.48851587f, -0.82215223f, 0.17087277f};  // ERFC_COEFFS
-    vec16 negative = x < 0.0f ? 1.0f : 0.0f;
-    vec16 t = 1.0f / (1.0f + (negative > 0.0f ? -x : x) * 0.35355339059327373f);  // 0.5 / sqrt(2)
+    ivec16 negative = x < 0.0f;
+    vec16 t = 1.0f / (1.0f + (negative ? -x : x) * 0.35355339059327373f);  // 0.5 / sqrt(2)
     vec16 p = t * c[9];
     for (int i = 8; i >= 1; i--) p = (p + c[i]) * t;
     vec16 h = exp16(p + c[0]) * t * exp16(x * x * -0.5f) * 0.5f;
-    return (negative > 0.0f ? h : 1.0f - h) * x;
+    return (negative ? h : 1.0f - h) * x;
 }
 
 // y[i] = f(a[i]) * (b ? b[i] : 1) for i < n, 16 at a time; the last n % 16 through a zero-padded vector.
-template <vec16 (*f)(vec16)>
-static void apply(const float* a, const float* b, float* y, long long n) {
+template <class F>
+static void apply(F f, const float* a, const float* b, float* y, long long n) {
     long long full = n / 16 * 16;
     for_each_static(n > PARALLEL_ELEMENTS, full / 16, [&](long long chunk) {
         long long i = chunk * 16;
@@ -63,24 +64,21 @@ static void apply(const float* a, const float* b, float* y, long long n) {
     }
 }
 
-extern "C" void gelu_rows(const float* x, float* y, long long n) { apply<gelu16>(x, nullptr, y, n); }
-extern "C" void gelu_exact_rows(const float* x, float* y, long long n) { apply<gelu_exact16>(x, nullptr, y, n); }
-extern "C" void silu_mul_rows(const float* gate, const float* up, float* y, long long n) { apply<silu16>(gate, up, y, n); }
-extern "C" void gelu_mul_rows(const float* gate, const float* up, float* y, long long n) { apply<gelu16>(gate, up, y, n); }
+extern "C" void gelu_rows(const float* x, float* y, long long n) { apply(gelu16, x, nullptr, y, n); }
+extern "C" void gelu_exact_rows(const float* x, float* y, long long n) { apply(gelu_exact16, x, nullptr, y, n); }
+extern "C" void silu_mul_rows(const float* gate, const float* up, float* y, long long n) {
+    apply(silu16, gate, up, y, n);
+}
+extern "C" void gelu_mul_rows(const float* gate, const float* up, float* y, long long n) {
+    apply(gelu16, gate, up, y, n);
+}
 
-// Gemma 2's final-logit soft-capping, y = tanh(x * (1/cap)) * cap, tanh from exp16 as above. 1/cap is rounded in
-// double, then to float, as the twin (NumpyBackend.softcap) does. That tanh keeps its absolute error, not its
-// relative one, where tanh is near 0 (1 - 2 / (e^2u + 1) cancels): y is within ~cap * 2e-7 of NumPy's.
+// Gemma 2's final-logit soft-capping, y = tanh(x * (1/cap)) * cap. 1/cap is rounded in double, then to float, as
+// the twin (NumpyBackend.softcap) does. tanh16 keeps its absolute error, not its relative one, where tanh is near 0
+// (1 - 2 / (e^2u + 1) cancels): y is within ~cap * 2e-7 of NumPy's.
 extern "C" void softcap_rows(const float* x, float* y, long long n, float cap) {
     float inverse = (float)(1.0 / (double)cap);
-    long long chunks = (n + 15) / 16;
-    for_each_static(n > PARALLEL_ELEMENTS, chunks, [&](long long chunk) {
-        long long i = chunk * 16, m = std::min(16LL, n - i);
-        vec16 u = {};
-        for (long long j = 0; j < m; j++) u[j] = x[i + j] * inverse;
-        vec16 out = (1.0f - 2.0f / (exp16(2.0f * u) + 1.0f)) * cap;
-        for (long long j = 0; j < m; j++) y[i + j] = out[j];
-    });
+    apply([=](vec16 v) { return tanh16(v * inverse) * cap; }, x, nullptr, y, n);
 }
 
 // The residual add, y = a + b. NumPy's x + y is one pass too; compiled so that every op of a decode step is a kernel
