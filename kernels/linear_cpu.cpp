@@ -30,7 +30,7 @@
 // read faster than one hopping between short ones: the hardware prefetcher follows a stream), then the last quarter
 // goes two panels at a time to whichever thread is free: on a busy machine one thread may lose its core for a while,
 // and a split fixed to the end would make every product wait for it. The fixed shares are also what the pool's idle
-// worker reads ahead while Python runs between two products: the caller names the matrix a product will be followed
+// worker reads ahead while the caller runs alone between two products: the caller names the matrix a product will be followed
 // by (the backend remembers the order of the last step's products), and the worker prefetches its share's start.
 //
 // Sums are float32, in k order within each column: a different order from BLAS's, so results agree with NumPy's

@@ -9,7 +9,9 @@
 // the shared tail of the panels sooner. Measured, decode steps alternating in one process (`make bench`'s shapes):
 // 2.5-3.5% less time for GPT-2 and 3.5-4.3% for the Llama shape, at both of the machine's bandwidth levels (~35 and
 // ~57 GB/s). Prefetching the caller's share too (into the worker's cache) made steps 3% slower at ~57 GB/s, and
-// without reading ahead again after each job (attention's keys push the lines out) GPT-2 gained nothing.
+// without reading ahead again after each job (attention's keys push the lines out) GPT-2 gained nothing. (Those
+// figures predate the replay of decode steps from C, nanollm/replayed_step.py, which leaves no Python between two
+// kernels: the gaps left are the one-thread kernels between two products, norms and the cache's writes.)
 //
 // The pool: the caller is thread 0 and each other core gets a worker (the cores this process may use, or
 // OMP_NUM_THREADS, as OpenMP read it). A job is published by bumping `generation_`; the caller does its own share,

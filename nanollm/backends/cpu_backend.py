@@ -13,8 +13,8 @@ so this backend is the numpy one, faster, and its results agree with it to float
 (sums in another order), tested in tests/test_cpu_backend.py.
 
 Threads: the kernels share one pool of threads, one per core (kernels/pool_cpu.h, which also says why not OpenMP:
-its idle worker reads the next matrix ahead while Python runs between two products, and `linear` tells it which).
-OpenBLAS, which NumPy still calls for attention's small products, has a pool of its own, whose threads keep
+its idle worker reads the next matrix ahead while the caller runs alone between two products, and `linear` tells it
+which). OpenBLAS, which NumPy still calls for attention's small products, has a pool of its own, whose threads keep
 spinning for a while after each call. Two pools spinning on the same cores stall each other (a GPT-2 prefill
 measured 9x slower with both, then with OpenMP's pool), so this backend sets OpenBLAS to one thread for the process
 when it starts (`single_threaded_blas`): the heavy products are the kernel's now.
@@ -202,7 +202,7 @@ class CpuBackend(NumpyBackend):
         bias = None if b is None else f32(b)
         y = self._empty((len(rows), N))  # (R, N)
         # A decode step reads its matrices in the same order every time: the one read after w last time is the one
-        # the kernel's idle threads read ahead while Python runs until the next product (kernels/pool_cpu.h).
+        # the kernel's idle threads read ahead until the next product (kernels/pool_cpu.h).
         if self._last_read is not None:
             self._last_read.next = w
         self._last_read, after = w, w.next

@@ -47,9 +47,8 @@ def cpu_identity() -> str:
 
 @lru_cache(maxsize=None)
 def load_kernel() -> ctypes.CDLL:
-    """The compiled library (`linear_panels`, `attention_cached`, `layer_norm_rows`, `rms_norm_rows`, `rope_rows`,
-    `gelu_rows`, `silu_mul_rows`, `gelu_mul_rows`), built at the first call and cached on disk (see the
-    module docstring)."""
+    """The compiled library (every `extern "C"` function of kernels/*_cpu.cpp, the ones `KERNELS` in recording.py
+    names and `replay_calls`), built at the first call and cached on disk (see the module docstring)."""
     try:
         compiler = find_compiler()
     except RuntimeError:  # the emulator's CompilerNotFound
