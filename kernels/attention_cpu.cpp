@@ -149,17 +149,24 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
     });
 }
 
-// write_slots: a pass's keys (or values) into the cache. src (B, n, T, hs) is read through its strides (sb, sn, st) in
-// floats (a view of the q/k/v projection, or rope's output); row (b, h, t) goes to slot first + t of head h of
-// sequence b in dst, whose strides are (db, dn, dt) (a KVCache layer's (B, n_kv, max_len, hs) buffer), where
-// first = *start (no start: 0, a plain strided copy). The slot is read from memory, not passed: a recorded decode
-// step (kernels/replay_cpu.cpp) writes at the slot its cell says each time. NumPy twin: NumpyBackend.write_slots.
-extern "C" void write_slots(const float* src, long long sb, long long sn, long long st, float* dst, long long db,
-                            long long dn, long long dt, long long B, long long n, long long T, long long hs,
-                            const int* start) {
-    long long first = start ? *start : 0;
+// write_slots: a pass's keys (or values) into the cache, at the slots attention reads them from, found as attention
+// finds them (the header: tables, block size, strides). src (B, n, T, hs) is read through its strides (sb, sn, st)
+// in floats (a view of the q/k/v projection, or rope's output); its row (b, h, t) is the key of head h at slot
+// lengths[b] - T + t of sequence b: the sequence's last T slots, as attention's queries are. No tables: sequence b is
+// block b (a KVCache layer's (B, n_kv, max_len, hs) buffer, block_stride its row's). No lengths: T (slots 0 .. T-1:
+// a plain strided copy, which cpu_backend.py's _c_order makes of a view). Both are read from memory, not passed: a
+// recorded decode step (kernels/replay_cpu.cpp) writes where they say at each step. NumPy twins:
+// NumpyBackend.write_slots and NumpyBackend.paged_write.
+extern "C" void write_slots(const float* src, long long sb, long long sn, long long st, float* dst, const int* tables,
+                            long long table_width, const int* lengths, long long B, long long n, long long T,
+                            long long hs, long long bs, long long block_stride, long long head_stride,
+                            long long slot_stride) {
     for (long long b = 0; b < B; b++)
-        for (long long h = 0; h < n; h++)
-            for (long long t = 0; t < T; t++)
-                std::memcpy(dst + b * db + h * dn + (first + t) * dt, src + b * sb + h * sn + t * st, hs * 4);
+        for (long long t = 0; t < T; t++) {
+            long long j = (lengths ? lengths[b] : T) - T + t;  // the slot
+            long long block = tables ? tables[b * table_width + j / bs] : b;
+            float* row = dst + block * block_stride + (j % bs) * slot_stride;
+            for (long long h = 0; h < n; h++)
+                std::memcpy(row + h * head_stride, src + b * sb + h * sn + t * st, hs * 4);
+        }
 }

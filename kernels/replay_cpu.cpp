@@ -29,8 +29,9 @@ void silu_mul_rows(const float* gate, const float* up, float* y, long long n);
 void gelu_mul_rows(const float* gate, const float* up, float* y, long long n);
 void add_rows(const float* a, const float* b, float* y, long long n);
 void softcap_rows(const float* x, float* y, long long n, float cap);
-void write_slots(const float* src, long long sb, long long sn, long long st, float* dst, long long db, long long dn,
-                 long long dt, long long B, long long n, long long T, long long hs, const int* start);
+void write_slots(const float* src, long long sb, long long sn, long long st, float* dst, const int* tables,
+                 long long table_width, const int* lengths, long long B, long long n, long long T, long long hs,
+                 long long bs, long long block_stride, long long head_stride, long long slot_stride);
 }
 
 // The kernels a call may name, in the order of KERNELS in nanollm/backends/recording.py.
@@ -67,7 +68,8 @@ extern "C" void replay_calls(const Call* calls, long long n) {
         case ADD: add_rows(in(0), in(1), out(2), a[3]); break;
         case SOFTCAP: softcap_rows(in(0), out(1), a[2], f[0]); break;
         case WRITE_SLOTS:
-            write_slots(in(0), a[1], a[2], a[3], out(4), a[5], a[6], a[7], a[8], a[9], a[10], a[11], ints(12));
+            write_slots(in(0), a[1], a[2], a[3], out(4), ints(5), a[6], ints(7), a[8], a[9], a[10], a[11], a[12], a[13],
+                        a[14], a[15]);
             break;
         }
     }

@@ -116,6 +116,8 @@ class CacheStep:
     cache: KVCache
     start: int  # the slot of the pass's first position (prefill 0, decode the cache's length before the step)
     key_mask: object | None = None  # (B, start+T) bool: False marks padding slots no query may attend to
+    inputs = ()  # what a recorded decode step reads anew at each replay besides the tokens and RoPE tables: nothing
+    # (nanollm/replayed_step.py; the slot the keys go to is a number the replay sets from `start`)
 
     def write(self, be, layer: int, k, v) -> None:
         """Layer's keys and values of this pass's positions into their slots. (B, n_kv, T, hs) x2"""

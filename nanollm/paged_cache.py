@@ -86,9 +86,9 @@ def block_bytes(cfg, block_size: int) -> int:
 class PagedKVCache:
     """The pools (per layer k and v: (n_blocks, n_kv, block_size, hs)) and the bookkeeping of who holds which block.
 
-    The life of a request (a scheduler drives it; `write` is what the forward pass calls):
+    The life of a request (a scheduler drives it; a PagedStep is what the forward pass calls):
         hits = cache.add_sequence(rid, prompt_ids)     # slots for the prompt; hits: leading tokens already cached
-        slots = cache.slots(rid, hits, len(prompt))    # where the forward pass writes the rest (cache.write, per layer)
+        step = PagedStep.last_slots(cache, [rid])      # a pass over the rest writes their keys (be.paged_write)
         cache.commit(rid)                              # every claimed slot is written: full blocks become shareable
         cache.append(rid, token); ...; cache.commit(rid)   # one decode step: a slot for the new token, then written
         tables, lengths = cache.block_tables([rid, ...])   # what paged_attention reads
@@ -226,23 +226,12 @@ class PagedKVCache:
         j = np.arange(start, end)  # (T,)
         return np.asarray(seq.table, dtype=np.int64)[j // self.block_size] * self.block_size + j % self.block_size
 
-    def write(self, layer: int, slots: np.ndarray, k, v) -> None:
-        """Write layer's keys and values of N positions into their slots. int (N,), (N, n_kv, hs) x2
-
-        A batched decode step writes one slot per sequence, a prefill a sequence's T slots: the caller flattens
-        its (B, n_kv, T, hs) keys to (B*T, n_kv, hs) in the order of its slots."""
-        n_kv, hs = self.k[layer].shape[1], self.k[layer].shape[3]
-        if tuple(k.shape) != (len(slots), n_kv, hs) or tuple(v.shape) != tuple(k.shape):
-            raise ValueError(f"write takes k and v of shape (N, n_kv, hs) = ({len(slots)}, {n_kv}, {hs}), got "
-                             f"{tuple(k.shape)} and {tuple(v.shape)}")
-        blocks, rows = np.divmod(slots, self.block_size)  # (N,) x2
-        self.k[layer][blocks, :, rows] = k  # pool[blocks, :, rows] is (N, n_kv, hs)
-        self.v[layer][blocks, :, rows] = v
-
-    def block_tables(self, seq_ids) -> tuple[np.ndarray, np.ndarray]:
-        """The tables and lengths paged_attention reads. -> int32 (B, max_blocks) padded with -1, int32 (B,)"""
+    def block_tables(self, seq_ids, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The tables and lengths paged_attention reads. -> int32 (B, max_blocks) padded with -1, int32 (B,)
+        width: max_blocks (default: the longest table), at least that."""
         seqs = [self._sequence(s) for s in seq_ids]
-        tables = np.full((len(seqs), max((len(s.table) for s in seqs), default=0)), -1, dtype=np.int32)
+        longest = max((len(s.table) for s in seqs), default=0)
+        tables = np.full((len(seqs), longest if width is None else max(width, longest)), -1, dtype=np.int32)
         for b, seq in enumerate(seqs):
             tables[b, : len(seq.table)] = seq.table
         return tables, np.array([len(s.tokens) for s in seqs], dtype=np.int32)
@@ -296,26 +285,30 @@ class PagedStep:
     decode step: T = 1 for every running sequence; a prefill: one sequence's uncached tail). It answers
     transformer.attention's two calls as kv_cache.CacheStep does, so the forward pass is the same over both caches.
 
-    Example, block_size 4: a sequence of 6 slots in blocks [7, 2] decoding its 6th token writes slot 2*4 + 1 = 9
-    (row 1 of block 2) and its query reads slots 0 .. 5 through table [7, 2], length 6."""
+    Example, block_size 4: a sequence of 6 slots in blocks [7, 2] decoding its 6th token writes slot 5, row 1 of
+    block 2, and its query reads slots 0 .. 5 through table [7, 2], length 6."""
 
     cache: PagedKVCache
-    slots: np.ndarray  # int64 (B*T,): the pool slot of each new position, sequence after sequence
     tables: np.ndarray  # int32 (B, max_blocks): each sequence's block table, padded with -1
     lengths: np.ndarray  # int32 (B,): the slots each sequence holds, its T new ones included
+    start = 0  # no slot number for a recorded step to set (CacheStep's start): the tables and lengths say where
 
     @classmethod
-    def last_slots(cls, cache: PagedKVCache, seq_ids, T: int) -> "PagedStep":
-        """The step over each sequence's last T claimed slots (claimed by add_sequence, append or append_step)."""
-        tables, lengths = cache.block_tables(seq_ids)
-        slots = [cache.slots(seq_id, n - T, n) for seq_id, n in zip(seq_ids, lengths.tolist())]  # (T,) each
-        return cls(cache, np.concatenate(slots), tables, lengths)
+    def last_slots(cls, cache: PagedKVCache, seq_ids, width: int | None = None) -> "PagedStep":
+        """The step over each sequence's last T claimed slots (claimed by add_sequence, append or append_step; T is
+        the pass's). width: the tables' (block_tables)."""
+        return cls(cache, *cache.block_tables(seq_ids, width))
+
+    @property
+    def inputs(self) -> tuple:
+        """What a recorded decode step reads anew at each replay besides the tokens and RoPE tables (see
+        nanollm/replayed_step.py): the tables and lengths, which the kernels read from memory."""
+        return self.tables, self.lengths
 
     def write(self, be, layer: int, k, v) -> None:
         """Layer's keys and values of the new positions into their slots. (B, n_kv, T, hs) x2"""
-        B, n_kv, T, hs = k.shape
-        k, v = (a.transpose(0, 2, 1, 3).reshape(B * T, n_kv, hs) for a in (k, v))  # (B*T, n_kv, hs): slot order
-        self.cache.write(layer, self.slots, k, v)
+        be.paged_write(self.cache.k[layer], k, self.tables, self.lengths)
+        be.paged_write(self.cache.v[layer], v, self.tables, self.lengths)
 
     def attend(self, be, layer: int, q, **options):
         """Each sequence's queries over its slots, read through its block table. (B, nh, T, hs) -> (B, nh, T, hs)
@@ -371,3 +364,20 @@ def check_paged_args(q_shape, k_pool_shape, v_pool_shape, block_tables, lengths)
                          f"(0 .. {n_blocks - 1})")
     return np.where(used, tables, -1).astype(np.int32), lengths.astype(np.int32)  # padding: -1, whatever it was
 
+
+def last_slot_places(tables: np.ndarray, lengths: np.ndarray, T: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each sequence's last T slots lie, as the backends' paged_write writes them: int32 tables (B, max_blocks)
+    and lengths (B,) checked by check_paged_args. -> blocks, rows: int (B, T) each; slot lengths[b] - T + t of
+    sequence b is row rows[b, t] of block blocks[b, t]."""
+    j = lengths[:, None].astype(np.int64) - T + np.arange(T)  # (B, T) the slots
+    return np.take_along_axis(tables, j // block_size, axis=1), j % block_size
+
+
+def check_paged_write(x_shape, pool_shape, block_tables, lengths) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse paged_write arguments that would write outside the pool: check_paged_args' checks, and keys (B, n_kv,
+    T, hs) with the pool's heads and head size (a kernel would write a wider row into the next slot's). -> host int32
+    tables and lengths."""
+    if len(x_shape) != 4 or len(pool_shape) != 4 or (x_shape[1], x_shape[3]) != (pool_shape[1], pool_shape[3]):
+        raise ValueError(f"paged_write takes keys (B, n_kv, T, hs) with the n_kv and hs of its pool (n_blocks, n_kv, "
+                         f"bs, hs), got {tuple(x_shape)} and {tuple(pool_shape)}")
+    return check_paged_args(x_shape, pool_shape, pool_shape, block_tables, lengths)

@@ -28,6 +28,7 @@ import numpy as np
 
 from .config import LongRopeScaling
 from .paged_cache import PagedKVCache, PagedStep, PoolStats
+from .replayed_step import ReplayedStep
 from .transformer import forward
 
 
@@ -43,6 +44,8 @@ class PagedRunner:
                              "when a sequence passes the original context, so blocks cannot be shared or batched")
         self.model = model
         self.cache = PagedKVCache.allocate(model.backend, cfg, n_blocks, block_size)
+        self.table_width = -(-cfg.max_seq_len // block_size)  # blocks of the longest sequence the model takes
+        self.replayed = {}  # batch size -> its recorded decode step (ReplayedStep)
 
     def add(self, request_id, prompt_ids) -> np.ndarray:
         """A request joins: slots for its prompt (sharing cached prefix blocks) and a prefill of the rest.
@@ -87,13 +90,23 @@ class PagedRunner:
         return self.cache.stats()
 
     def _run(self, request_ids: list, ids: np.ndarray) -> np.ndarray:
-        """One forward pass over each request's last T claimed slots, then commit them. int (B, T) -> (B, V)"""
-        T = ids.shape[1]
-        step = PagedStep.last_slots(self.cache, request_ids, T)
-        positions = (step.lengths[:, None] - T + np.arange(T)).astype(np.int64)  # (B, T): no padding, slot = position
+        """One forward pass over each request's last T claimed slots, then commit them. int (B, T) -> (B, V)
+
+        A decode step on the cpu backend replays the recording of its batch size (nanollm/replayed_step.py): its
+        tables are as wide as the longest sequence the model takes, so their shape, which the recording keeps, does
+        not change as the sequences grow."""
+        B, T = ids.shape
         m = self.model
-        logits = forward(m.backend, m.config, m.weights, ids, positions, step, last_only=True)  # (B, 1, V)
-        logits = m.backend.to_numpy(logits)[:, -1]  # (B, V)
+        replays = m.backend.records_steps and T == 1
+        step = PagedStep.last_slots(self.cache, request_ids, self.table_width if replays else None)
+        positions = (step.lengths[:, None] - T + np.arange(T)).astype(np.int64)  # (B, T): no padding, slot = position
+        if replays:
+            if B not in self.replayed:
+                self.replayed[B] = ReplayedStep(m.weights, B)
+            logits = self.replayed[B].step(m, ids, positions, step)[:, -1]  # (B, V)
+        else:
+            logits = forward(m.backend, m.config, m.weights, ids, positions, step, last_only=True)  # (B, 1, V)
+            logits = m.backend.to_numpy(logits)[:, -1]  # (B, V)
         for request_id in request_ids:
             self.cache.commit(request_id)  # their keys are written: full blocks become shareable
         return logits

@@ -202,6 +202,33 @@ def test_write_slots_matches_the_numpy_twin(cpu, B, n, T, hs, S, view, seed, dat
     assert np.array_equal(buffers[1], buffers[0])
 
 
+@settings(max_examples=60)
+@given(T=st.integers(1, 4), n_kv=st.integers(1, 3), hs=st.sampled_from([1, 8, 64]),
+       block_size=st.sampled_from([1, 3, 16]), view=st.booleans(), int64=st.booleans(), seed=st.integers(0, 2**32 - 1), data=st.data())
+def test_paged_write_matches_the_numpy_twin(cpu, T, n_kv, hs, block_size, view, int64, seed, data):
+    """Each sequence's keys of its last T slots into a paged pool through its block table (blocks in random order),
+    from a view of a projection or a C-order array, tables as int32 (read in place) or int64 (checked copies): the
+    pool equals the twin's byte for byte, and the twin put row (b, h, t) at slot lengths[b] - T + t, the slot
+    paged_attention reads for it; every other row of the pool is untouched."""
+    lengths = data.draw(st.lists(st.integers(T, 40), min_size=1, max_size=4))
+    rng = np.random.default_rng(seed)
+    _, _, pool, _, tables = paged_batch(rng, lengths, n_kv, hs, block_size)
+    B = len(lengths)
+    if view:  # (B, n_kv, T, hs) out of a (B, T, 3 n_kv, hs) projection: its k part
+        x = rng.standard_normal((B, T, 3 * n_kv, hs), dtype=np.float32).transpose(0, 2, 1, 3)[:, n_kv : 2 * n_kv]
+    else:
+        x = rng.standard_normal((B, n_kv, T, hs), dtype=np.float32)
+    want, got = pool.copy(), pool.copy()
+    NumpyBackend().paged_write(want, x, tables.astype(np.int64) if int64 else tables, np.array(lengths))
+    cpu.paged_write(got, x, tables.astype(np.int64) if int64 else tables, np.array(lengths, np.int32))
+    assert np.array_equal(got, want)
+    for b, L in enumerate(lengths):  # the twin against the slots written out one by one
+        for t in range(T):
+            j = L - T + t
+            pool[tables[b, j // block_size], :, j % block_size] = x[b, :, t]
+    assert np.array_equal(want, pool)
+
+
 def test_the_activations_exp_is_within_a_few_ulp(cpu):
     """exp16 (simd_cpu.h) seen through silu(x) = x / (1 + exp(-x)) with up = 1, against float64 over
     x in [-87, 87]: within 4 ulp (2.4e-7) relative, where NumPy's own float32 exp is within 1."""

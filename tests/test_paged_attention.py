@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from nanollm.backends import kernel_backend
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.kernels import KERNELS_DIR
-from nanollm.paged_cache import PagedKVCache
+from nanollm.paged_cache import PagedKVCache, PagedStep
 from tests.kernel_harness import ATTENTION_RTOL, KERNEL_BACKENDS, assert_close, make_backend
 from tests.test_paged_cache import config
 
@@ -110,7 +110,8 @@ def test_paged_attention_through_the_cache():
         v = rng.standard_normal((len(prompt) + 1, 2, 8)).astype(np.float32)
         if hits:  # the shared prefix was computed by A: the same keys
             k[:hits], v[:hits] = rows["A"][0][:hits], rows["A"][1][:hits]
-        cache.write(1, cache.slots(seq_id, hits, len(prompt) + 1), k[hits:], v[hits:])
+        new_k, new_v = (a[None, hits:].transpose(0, 2, 1, 3) for a in (k, v))  # (1, n_kv, T, hs): after the prefix
+        PagedStep.last_slots(cache, [seq_id]).write(REF, 1, new_k, new_v)
         cache.commit(seq_id)
         rows[seq_id] = (k, v)
     assert cache.sequences["B"].table[:2] == cache.sequences["A"].table[:2]

@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from nanollm.backends.numpy_backend import NumpyBackend
 from nanollm.config import ModelConfig
-from nanollm.paged_cache import PagedKVCache, PoolExhausted, block_bytes, block_hash
+from nanollm.paged_cache import PagedKVCache, PagedStep, PoolExhausted, block_bytes, block_hash
 
 
 def gather(pool, table, length: int):
@@ -44,12 +44,12 @@ def compute(cache: PagedKVCache, seq_id) -> None:
     """What a forward pass does for a sequence: write its uncomputed slots at every layer, then commit."""
     seq = cache.sequences[seq_id]
     start, end = seq.computed, len(seq.tokens)
-    slots = cache.slots(seq_id, start, end)
+    step = PagedStep.last_slots(cache, [seq_id])  # its last end - start slots
     for layer in range(len(cache.k)):
         kv = [content(seq.tokens[: j + 1], layer) for j in range(start, end)]
-        k = np.array([k for k, _ in kv], np.float32).reshape(end - start, 1, 2)  # (N, n_kv, hs)
-        v = np.array([v for _, v in kv], np.float32).reshape(end - start, 1, 2)
-        cache.write(layer, slots, k, v)
+        k = np.array([k for k, _ in kv], np.float32).reshape(1, 1, end - start, 2)  # (1, n_kv, T, hs)
+        v = np.array([v for _, v in kv], np.float32).reshape(1, 1, end - start, 2)
+        step.write(NumpyBackend(), layer, k, v)
     cache.commit(seq_id)
 
 
@@ -269,8 +269,8 @@ def test_write_places_each_row_in_its_slot():
     cache.add_sequence("A", [1, 2, 3, 4, 5])
     assert cache.sequences["A"].table == [2, 0]
     assert cache.slots("A", 0, 5).tolist() == [6, 7, 8, 0, 1]
-    k = np.arange(10, dtype=np.float32).reshape(5, 1, 2)
-    cache.write(1, cache.slots("A", 0, 5), k, -k)
+    k = np.arange(10, dtype=np.float32).reshape(1, 1, 5, 2)  # (B, n_kv, T, hs)
+    PagedStep.last_slots(cache, ["A"]).write(NumpyBackend(), 1, k, -k)
     assert cache.k[1][0, 0, 1].tolist() == [8.0, 9.0] and cache.v[1][2, 0, 0].tolist() == [-0.0, -1.0]
     tables, lengths = cache.block_tables(["A"])
     assert tables.tolist() == [[2, 0]] and lengths.tolist() == [5]
@@ -303,8 +303,9 @@ def test_a_pool_larger_than_memory_is_refused_before_allocating():
     (lambda c: c.append("A", True), "token ids must be whole numbers >= 0, got True"),
     (lambda c: c.append("Z", 1), "no sequence 'Z' in the paged KV cache"),
     (lambda c: c.slots("A", 0, 9), r"sequence 'A' holds 3 slots; positions 0 .. 8 are not all claimed"),
-    (lambda c: c.write(0, np.array([0]), np.zeros((1, 2, 2)), np.zeros((1, 2, 2))),
-     r"write takes k and v of shape \(N, n_kv, hs\) = \(1, 1, 2\)"),
+    (lambda c: PagedStep.last_slots(c, ["A"]).write(NumpyBackend(), 0, *np.zeros((2, 1, 2, 1, 2), np.float32)),
+     r"paged_write takes keys \(B, n_kv, T, hs\) with the n_kv and hs of its pool \(n_blocks, n_kv, bs, hs\), got "
+     r"\(1, 2, 1, 2\) and \(4, 1, 2, 2\)"),
 ])  # fmt: skip
 def test_bad_requests_are_one_clear_error_and_change_nothing(operation, message):
     cache = PagedKVCache.allocate(NumpyBackend(), CFG, n_blocks=4, block_size=2)

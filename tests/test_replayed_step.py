@@ -1,9 +1,10 @@
 """A decode step replayed from C (nanollm/replayed_step.py, backends/recording.py, kernels/replay_cpu.cpp).
 
 The reference is the same step run from Python on the same backend: the same kernels on the same numbers, so every
-replayed step's logits must equal it bit for bit (no tolerance), over every family, batch sizes 1 to 3, and a cache
-cut back in the middle (speculative decoding's rollback). A recording must also refuse what it could not replay
-right (memory NumPy made, logits not made by a kernel), and a replay that differs from Python must be dropped.
+replayed step's logits must equal it bit for bit (no tolerance), over every family, batch sizes 1 to 3, a cache cut
+back in the middle (speculative decoding's rollback), and the paged runner's traffic (requests joining and leaving).
+A recording must also refuse what it could not replay right (memory NumPy made, logits not made by a kernel), and a
+replay that differs from Python must be dropped.
 """
 import re
 
@@ -17,6 +18,7 @@ import nanollm.backends.recording as recording_module
 from nanollm.backends.cpu_backend import CpuBackend
 from nanollm.kernels import KERNELS_DIR
 from nanollm.model import Model
+from nanollm.paged_runner import PagedRunner
 from nanollm.views.trace import traced
 from tests.hf_families import CLASSIC_FAMILIES, FAMILIES, STRATEGIES, build_family
 from tests.test_backend_forward import random_weights, small_config
@@ -75,6 +77,55 @@ def test_every_family_replays(tmp_path_factory, family, data, B):
     python, replayed, cache = steps_both_ways(model, prompt, n_steps=6, cut_at=3)
     assert_same_steps(python, replayed)
     assert cache.replayed.refused is None and cache.replayed.trusted
+
+
+def paged_traffic(model, events, block_size: int) -> tuple[list, PagedRunner]:
+    """Requests through a PagedRunner as a server's scheduler drives them: each event either adds a request (its
+    prompt; prompts share prefixes, so blocks are shared), steps every running request with its greedy token, or
+    removes the oldest. -> (the logits of every step, the runner)"""
+    runner, running, tokens, logits = PagedRunner(model, n_blocks=64, block_size=block_size), [], {}, []
+    for i, (kind, prompt) in enumerate(events):
+        if kind == "add":
+            tokens[i] = int(runner.add(i, prompt).argmax())
+            running.append(i)
+        elif kind == "remove" and running:
+            runner.remove(running.pop(0))
+        elif kind == "step" and running:
+            logits.append(runner.step(running, [tokens[r] for r in running]))  # (B, V)
+            tokens.update(zip(running, logits[-1].argmax(-1).tolist()))
+    return logits, runner
+
+
+@settings(max_examples=10, deadline=None)
+@given(arch=st.sampled_from(["gpt2", "llama"]), block_size=st.sampled_from([1, 2, 4, 16]), seed=st.integers(0, 2**16),
+       events=st.lists(st.tuples(st.sampled_from(["add", "step", "step", "step", "remove"]),
+                                 st.lists(st.integers(0, 3), min_size=1, max_size=9)), min_size=8, max_size=30))
+def test_a_paged_decode_step_replays_bit_for_bit(arch, block_size, seed, events):
+    """The paged runner's decode steps (the server's): requests join, grow and leave, so the batch changes its size
+    and members and each sequence has its own length and block table. Replayed from the third step of each batch
+    size on, every step's logits equal the same traffic's from Python, bit for bit."""
+    cfg = small_config(arch, vocab_size=75, **({} if arch == "gpt2" else {"n_kv_head": 1}))
+    model = Model(cfg, random_weights(cfg, seed), CpuBackend())
+    model.backend.records_steps = False
+    python, _ = paged_traffic(model, events, block_size)
+    del model.backend.records_steps
+    replayed, runner = paged_traffic(model, events, block_size)
+    assert_same_steps(python, replayed)
+    assert all(step.refused is None for step in runner.replayed.values())
+
+
+def test_a_paged_recording_serves_any_sequences_of_its_batch_size():
+    """One recording per batch size, not per set of requests: two new requests in the place of two that left, at
+    other lengths and in other blocks, are replayed by the recording the first two made (trusted: no new check)."""
+    cfg = small_config("llama", vocab_size=75)
+    model = Model(cfg, random_weights(cfg, 3), CpuBackend())
+    events = [("add", [1, 2, 3]), ("add", [4] * 9)] + [("step", [0])] * 3 + [("remove", [0])] * 2
+    events += [("add", [5] * 20), ("add", [6, 7])] + [("step", [0])] * 2
+    logits, runner = paged_traffic(model, events, block_size=4)
+    assert list(runner.replayed) == [2] and runner.replayed[2].trusted
+    model.backend.records_steps = False
+    python, _ = paged_traffic(model, events, block_size=4)
+    assert_same_steps(python, logits)
 
 
 def test_a_recording_refuses_memory_it_does_not_hold():

@@ -39,7 +39,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from ..paged_cache import check_paged_args
+from ..paged_cache import check_paged_args, check_paged_write
 from .cpu_kernels import address, f32, float_strides, load_kernel, single_threaded_blas
 from .huge_pages import HUGE_PAGE, PanelMemory, huge_page_zeros
 from .numpy_backend import NumpyBackend
@@ -295,11 +295,34 @@ class CpuBackend(NumpyBackend):
 
     def write_slots(self, buffer, x, start: int):
         """x (B, n, T, hs) into slots start .. start+T-1 of buffer (B, n, S, hs), by kernels/attention_cpu.cpp, both
-        read through their strides; the kernel reads start from memory (`_slots`)."""
+        read through their strides; the kernel reads where from memory (`_slots`: each row's length after the write)."""
         src, dst = float_strides(x), float_strides(buffer)
         if src is None or dst is None or src[-1] != 1 or dst[-1] != 1 or buffer.shape[2] < start + x.shape[2]:
             return super().write_slots(buffer, x, start)
-        self._lib.write_slots(address(x), *src[:3], address(buffer), *dst[:3], *x.shape, address(self._slots(start)))
+        B, n, T, hs = x.shape
+        self._lib.write_slots(address(x), *src[:3], address(buffer), None, 0, address(self._slots(start + T, B)),
+                              B, n, T, hs, 1 << 40, *dst[:3])  # no tables: row b is block b, of any size
+
+    def paged_write(self, pool, x, block_tables, lengths):
+        """x (B, n_kv, T, hs), each sequence's last T slots, into the pool (n_blocks, n_kv, bs, hs) through the block
+        tables, by kernels/attention_cpu.cpp (write_slots), reading x through its strides."""
+        src, dst = float_strides(x), float_strides(pool)
+        if src is None or dst is None or src[-1] != 1 or dst[-1] != 1:
+            return super().paged_write(pool, x, block_tables, lengths)
+        checked = check_paged_write(x.shape, pool.shape, block_tables, lengths)
+        tables, lengths = self._own(checked, block_tables, lengths)
+        B, n, T, hs = x.shape
+        self._lib.write_slots(address(x), *src[:3], address(pool), address(tables), tables.shape[1], address(lengths),
+                              B, n, T, hs, pool.shape[2], *dst[:3])
+
+    @staticmethod
+    def _own(checked, block_tables, lengths):
+        """The tables and lengths a kernel reads, once checked (`checked`, check_paged_args' int32 copies): the
+        caller's own arrays when they are int32 in C order already, so that a recorded decode step names them and
+        each replay reads them anew (the paged runner refills them at every step: nanollm/replayed_step.py)."""
+        own = all(isinstance(a, np.ndarray) and a.dtype == np.int32 and a.flags.c_contiguous
+                  for a in (block_tables, lengths))
+        return (block_tables, lengths) if own else checked
 
     def _c_order(self, x):
         """x as a C-order float32 array: itself when it is one; a view whose last axis is contiguous (a head of the
@@ -309,8 +332,8 @@ class CpuBackend(NumpyBackend):
             return f32(x)
         y = self._empty(x.shape)
         lead = 4 - x.ndim  # as (B, n, T, hs), with leading axes of one
-        self._lib.write_slots(address(x), *([0] * lead + strides)[:3], address(y), *([0] * lead + float_strides(y))[:3],
-                              *(1,) * lead, *x.shape, None)
+        self._lib.write_slots(address(x), *([0] * lead + strides)[:3], address(y), None, 0, None, *(1,) * lead,
+                              *x.shape, 1 << 40, *([0] * lead + float_strides(y))[:3])
         return y
 
     def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
@@ -336,7 +359,8 @@ class CpuBackend(NumpyBackend):
         if q.shape[3] > MAX_HEAD_DIM:
             return super().paged_attention(q, k_pool, v_pool, block_tables, lengths, scale=scale, softcap=softcap,
                                            window=window)
-        tables, lengths = check_paged_args(q.shape, k_pool.shape, v_pool.shape, block_tables, lengths)
+        checked = check_paged_args(q.shape, k_pool.shape, v_pool.shape, block_tables, lengths)
+        tables, lengths = self._own(checked, block_tables, lengths)
         k_pool, v_pool = np.ascontiguousarray(k_pool), np.ascontiguousarray(v_pool)  # (n_blocks, n_kv, bs, hs)
         n_kv, bs, hs = k_pool.shape[1:]
         return self._attend(q, k_pool, v_pool, tables, lengths, bs, [n_kv * bs * hs, bs * hs, hs], scale,

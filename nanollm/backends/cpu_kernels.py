@@ -78,8 +78,9 @@ def load_kernel() -> ctypes.CDLL:
     lib.gelu_rows.argtypes = lib.gelu_exact_rows.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_longlong]
     lib.silu_mul_rows.argtypes = lib.gelu_mul_rows.argtypes = lib.add_rows.argtypes = ([ctypes.c_void_p] * 3
                                                                                        + [ctypes.c_longlong])
-    lib.write_slots.argtypes = ([ctypes.c_void_p] + [ctypes.c_longlong] * 3 + [ctypes.c_void_p]
-                                + [ctypes.c_longlong] * 7 + [ctypes.c_void_p])  # src, its strides, dst, ..., start
+    lib.write_slots.argtypes = ([ctypes.c_void_p] + [ctypes.c_longlong] * 3  # src, its strides
+                                + [ctypes.c_void_p] * 2 + [ctypes.c_longlong, ctypes.c_void_p]  # dst, tables, W, lens
+                                + [ctypes.c_longlong] * 8)  # B, n, T, hs, bs, dst's strides
     lib.softcap_rows.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_longlong, ctypes.c_float]
     lib.replay_calls.argtypes = [ctypes.c_void_p, ctypes.c_longlong]
     for f in (lib.linear_panels, lib.attention_cached, lib.layer_norm_rows, lib.rms_norm_rows, lib.rope_rows,

@@ -24,7 +24,7 @@ import numpy as np
 
 from nanollm.kernels import KERNELS_DIR
 
-from ..paged_cache import check_paged_args
+from ..paged_cache import check_paged_args, check_paged_write, last_slot_places
 from ..sampling import refuse_nan
 
 WARP = 32
@@ -172,6 +172,14 @@ class KernelBackend:
     def write_slots(self, buffer, x, start: int):
         """x (B, n, T, hs) into slots start .. start+T-1 of buffer (B, n, S, hs): a strided copy on the device."""
         buffer[:, :, start : start + x.shape[2]] = x
+
+    def paged_write(self, pool, x, block_tables, lengths):
+        """x (B, n_kv, T, hs) into the pool (n_blocks, n_kv, bs, hs) through the block tables, the twin's slots:
+        a scatter on the device, its indices found on the host."""
+        tables, lengths = check_paged_write(x.shape, pool.shape, self.to_numpy(block_tables),
+                                            self.to_numpy(lengths))
+        blocks, rows = last_slot_places(tables, lengths, x.shape[2], pool.shape[2])  # (B, T) x2
+        pool[self.xp.asarray(blocks), :, self.xp.asarray(rows)] = x.transpose(0, 2, 1, 3)
 
     def add(self, x, y):
         """(B, T, C) x2 -> (B, T, C).  elementwise.cu: residual_add."""

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ..paged_cache import check_paged_args
+from ..paged_cache import check_paged_args, check_paged_write, last_slot_places
 from ..sampling import draw, filtered_probs, refuse_nan
 
 # erfc(z) ~ t exp(-z^2 + P(t)) with t = 1 / (1 + z/2), z >= 0; P's coefficients from the constant term up to t^9.
@@ -82,6 +82,14 @@ class NumpyBackend:
         """x (B, n, T, hs) into slots start .. start+T-1 of buffer (B, n, S, hs) (a KV cache layer's keys or values).
         Kernel: write_slots in kernels/attention_cpu.cpp (the cpu backend's)."""
         buffer[:, :, start : start + x.shape[2]] = x
+
+    def paged_write(self, pool, x, block_tables, lengths):
+        """x (B, n_kv, T, hs), each sequence's keys (or values) of its last T slots, into the pool
+        (n_blocks, n_kv, bs, hs) at the slots paged_attention reads them from, through the block tables.
+        Kernel: write_slots in kernels/attention_cpu.cpp (the cpu backend's)."""
+        tables, lengths = check_paged_write(x.shape, pool.shape, block_tables, lengths)
+        blocks, rows = last_slot_places(tables, lengths, x.shape[2], pool.shape[2])  # (B, T) x2
+        pool[blocks, :, rows] = x.transpose(0, 2, 1, 3)  # pool[blocks, :, rows] is (B, T, n_kv, hs)
 
     def add(self, x, y):
         """Residual add. (B, T, C), (B, T, C) -> (B, T, C).  Kernel: residual_add in kernels/elementwise.cu."""

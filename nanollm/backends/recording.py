@@ -6,11 +6,11 @@ memory. That is right only if every address a call names means the same thing at
 accepts four kinds of memory and no other:
 
   known     arrays that outlive the step unchanged in place: the weights, the KV cache's buffers
-  inputs    the step's inputs (the embedded tokens, RoPE's cos and sin): the recording keeps them, and the caller
-            fills them again before each replay
+  inputs    the step's inputs (the embedded tokens, RoPE's cos and sin, a paged step's block tables and lengths):
+            the recording keeps them, and the caller fills them again before each replay
   outputs   the arrays the backend made for the calls' results (`output`): kept, and written again by each replay
-  cells     the two numbers that change from one decode step to the next, the slot the keys go to and the length
-            attention reads (`cell`): small int32 arrays, set to start + their offset before each replay
+  cells     the numbers a KV cache's decode step changes, each row's length after the step, where the keys go and
+            how far attention reads (`cell`): small int32 arrays, set to start + their offset before each replay
 
 An address in none of them belongs to NumPy (an op that fell back to the NumPy reference, a copy made on the way):
 a replay would read it stale, so the recording is refused and `problem` names the call. What this cannot see is
