@@ -257,8 +257,10 @@ def test_odd_shapes_get_numpys_answer(cpu):
 def test_attention_over_a_paged_pool_matches_the_numpy_twin(cpu, seed, peaked, data):
     """Ragged lengths, blocks scattered through the pool in random order, block sizes from 1 to 40, grouped-query
     ratios, every option (scale, softcap, window); peaked: queries 10x larger (near one-hot weights). Decode steps
-    (T = 1) and prefill chunks (T > 1: each sequence's last T slots)."""
+    (T = 1) and prefill chunks (T > 1: each sequence's last T slots). 1 to 12 key/value heads: where a head's rows
+    are few, a task takes several heads (12 heads of one row: two tasks of 6; 5 heads of 2 rows: 3 and 2)."""
     T, lengths, s, options = draw_case(data, 100, [1, 5, 64, 128], [1, 3, 16, 40])
+    s["n_kv"] = data.draw(st.sampled_from([1, 2, 3, 5, 12]), label="n_kv")
     rng = np.random.default_rng(seed)
     _, _, k_pool, v_pool, tables = paged_batch(rng, lengths, s["n_kv"], s["hs"], s["block_size"])
     q = rng.standard_normal((len(lengths), s["n_kv"] * s["g"], T, s["hs"])).astype(np.float32) * (10 if peaked else 1)
