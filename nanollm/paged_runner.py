@@ -24,12 +24,20 @@ retry the step without it, and add it again later with its prompt plus the token
 cheap while its prefix blocks are still cached); ValueError for an unknown or repeated request id, a token outside
 the vocabulary, or a request that already fills the model's context (it finishes with "length" instead).
 """
+from collections import OrderedDict
+
 import numpy as np
 
 from .config import LongRopeScaling
 from .paged_cache import PagedKVCache, PagedStep, PoolStats
 from .replayed_step import ReplayedStep
 from .transformer import forward
+
+
+# Recorded decode steps a runner keeps, one per batch size, the most recently used: each holds every intermediate
+# array of its step and its (B, V) logits (~7 MB for GPT-2 at batch 8, ~22 MB for Qwen2.5-0.5B), and a server's batch
+# takes any size up to max-batch x 16 sequences. A batch size past these is recorded again (two steps from Python).
+RECORDINGS = 4
 
 
 class PagedRunner:
@@ -45,7 +53,7 @@ class PagedRunner:
         self.model = model
         self.cache = PagedKVCache.allocate(model.backend, cfg, n_blocks, block_size)
         self.table_width = -(-cfg.max_seq_len // block_size)  # blocks of the longest sequence the model takes
-        self.replayed = {}  # batch size -> its recorded decode step (ReplayedStep)
+        self.replayed = OrderedDict()  # batch size -> its recorded decode step (ReplayedStep), latest used last
 
     def add(self, request_id, prompt_ids) -> np.ndarray:
         """A request joins: slots for its prompt (sharing cached prefix blocks) and a prefill of the rest.
@@ -103,6 +111,9 @@ class PagedRunner:
         if replays:
             if B not in self.replayed:
                 self.replayed[B] = ReplayedStep(m.weights, B)
+                if len(self.replayed) > RECORDINGS:
+                    self.replayed.popitem(last=False)  # the batch size used longest ago
+            self.replayed.move_to_end(B)
             logits = self.replayed[B].step(m, ids, positions, step)[:, -1]  # (B, V)
         else:
             logits = forward(m.backend, m.config, m.weights, ids, positions, step, last_only=True)  # (B, 1, V)

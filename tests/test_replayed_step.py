@@ -18,7 +18,7 @@ import nanollm.backends.recording as recording_module
 from nanollm.backends.cpu_backend import CpuBackend
 from nanollm.kernels import KERNELS_DIR
 from nanollm.model import Model
-from nanollm.paged_runner import PagedRunner
+from nanollm.paged_runner import RECORDINGS, PagedRunner
 from nanollm.views.trace import traced
 from tests.hf_families import CLASSIC_FAMILIES, FAMILIES, STRATEGIES, build_family
 from tests.test_backend_forward import random_weights, small_config
@@ -99,7 +99,7 @@ def paged_traffic(model, events, block_size: int) -> tuple[list, PagedRunner]:
 @settings(max_examples=10, deadline=None)
 @given(arch=st.sampled_from(["gpt2", "llama"]), block_size=st.sampled_from([1, 2, 4, 16]), seed=st.integers(0, 2**16),
        events=st.lists(st.tuples(st.sampled_from(["add", "step", "step", "step", "remove"]),
-                                 st.lists(st.integers(0, 3), min_size=1, max_size=9)), min_size=8, max_size=30))
+                                 st.lists(st.integers(0, 3), min_size=1, max_size=9)), min_size=8, max_size=40))
 def test_a_paged_decode_step_replays_bit_for_bit(arch, block_size, seed, events):
     """The paged runner's decode steps (the server's): requests join, grow and leave, so the batch changes its size
     and members and each sequence has its own length and block table. Replayed from the third step of each batch
@@ -111,7 +111,7 @@ def test_a_paged_decode_step_replays_bit_for_bit(arch, block_size, seed, events)
     del model.backend.records_steps
     replayed, runner = paged_traffic(model, events, block_size)
     assert_same_steps(python, replayed)
-    assert all(step.refused is None for step in runner.replayed.values())
+    assert all(step.refused is None for step in runner.replayed.values()) and len(runner.replayed) <= RECORDINGS
 
 
 def test_a_paged_recording_serves_any_sequences_of_its_batch_size():
@@ -125,6 +125,19 @@ def test_a_paged_recording_serves_any_sequences_of_its_batch_size():
     assert list(runner.replayed) == [2] and runner.replayed[2].trusted
     model.backend.records_steps = False
     python, _ = paged_traffic(model, events, block_size=4)
+    assert_same_steps(python, logits)
+
+
+def test_a_runner_keeps_the_recordings_of_its_latest_batch_sizes():
+    """Batch sizes 1 to 6 in turn, three steps each: the runner holds the recordings of the last RECORDINGS sizes
+    (each holds its step's arrays: memory), and every step still equals Python's."""
+    cfg = small_config("gpt2", vocab_size=75)
+    model = Model(cfg, random_weights(cfg, 5), CpuBackend())
+    events = [event for n in range(6) for event in [("add", [n + 1, 2])] + [("step", [0])] * 3]
+    logits, runner = paged_traffic(model, events, block_size=2)
+    assert list(runner.replayed) == list(range(7 - RECORDINGS, 7)) and all(r.trusted for r in runner.replayed.values())
+    model.backend.records_steps = False
+    python, _ = paged_traffic(model, events, block_size=2)
     assert_same_steps(python, logits)
 
 

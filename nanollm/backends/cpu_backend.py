@@ -26,12 +26,12 @@ numpy backend serves it as a view, here `tied_table` stores the table as the pan
 The panels are laid out one after another, in load order, in large mappings on 2 MiB pages, and a KV cache's buffer
 (`zeros`) is another: huge_pages.py says why (a decode step took 0.85-0.93x the time).
 
-Recording. A decode step makes the same ~100 kernel calls at every step of a cache, and the Python around them cost
-~12% of a GPT-2 step at ~60 GB/s: `recording_calls` keeps them (backends/recording.py) so that
-nanollm/replayed_step.py can replay them from C (kernels/replay_cpu.cpp). For that every op of a step is a kernel
-here, the residual add (`add`) and the cache's write (`write_slots`) included, and each array a kernel needs besides
-its inputs (its result, a view copied to C order, a slot number) is made by `_empty`, `_made`, `_c_order` or
-`_slots`, which hand it to a recording.
+Recording. A decode step makes the same ~100 kernel calls at every step of a cache (and of the paged runner's batches
+of one size), and the Python around them cost ~12% of a GPT-2 step at ~60 GB/s: `recording_calls` keeps them
+(backends/recording.py) so that nanollm/replayed_step.py can replay them from C (kernels/replay_cpu.cpp). For that
+every op of a step is a kernel here, the residual add (`add`) and the caches' writes (`write_slots`, `paged_write`)
+included, and each array a kernel needs besides its inputs (its result, a view copied to C order, a slot number) is
+made by `_empty`, `_made`, `_c_order` or `_slots`, which hand it to a recording.
 """
 import math
 import threading
