@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 import nanollm
 import nanollm.backends.recording as recording_module
 from nanollm.backends.cpu_backend import CpuBackend
+from nanollm.config import LongRopeScaling
 from nanollm.kernels import KERNELS_DIR
 from nanollm.model import Model
 from nanollm.paged_runner import RECORDINGS, PagedRunner
@@ -70,13 +71,22 @@ def test_a_replayed_step_is_the_step_from_python_bit_for_bit(arch, B, T, n_kv, s
 def test_every_family_replays(tmp_path_factory, family, data, B):
     """Each family's checkpoint, written by transformers (parallel residuals, sandwich and post norms, q/k norms,
     sliding windows, partial rotary, Gemma 2's logit softcap, the exact GELU): every op of a decode step is
-    a kernel, so the recording is trusted, and the replayed steps equal Python's."""
+    a kernel, so the recording is trusted, and the replayed steps equal Python's, over a KV cache and over the paged
+    runner's pool."""
     directory, _ = build_family(tmp_path_factory.mktemp(family), family, data.draw(STRATEGIES[family]()))
     model = nanollm.load(directory, backend="cpu")
     prompt = np.random.default_rng(B).integers(0, model.config.vocab_size, (B, 5))
     python, replayed, cache = steps_both_ways(model, prompt, n_steps=6, cut_at=3)
     assert_same_steps(python, replayed)
     assert cache.replayed.refused is None and cache.replayed.trusted
+    if not any(isinstance(getattr(rope, "scaling", None), LongRopeScaling) for rope in (model.config.rope,
+                                                                                        model.config.rope_local)):
+        events = [("add", [1, 2, 3]), ("add", [4, 5])] + [("step", [0])] * 4  # the server's steps (no LongRoPE there)
+        replayed, runner = paged_traffic(model, events, block_size=2)
+        model.backend.records_steps = False
+        python, _ = paged_traffic(model, events, block_size=2)
+        assert_same_steps(python, replayed)
+        assert runner.replayed[2].trusted
 
 
 def paged_traffic(model, events, block_size: int) -> tuple[list, PagedRunner]:
