@@ -389,3 +389,5 @@ def test_replay_lesson_counts_a_steps_calls_and_finds_the_replay_equal(printed):
     assert "equal bit for bit: True" in out and "at every one of the 40 steps: True" in out
     python_ms, replay_ms = (float(x) for x in re.search(r"from Python (\S+) ms, replayed (\S+) ms", out).groups())
     assert python_ms > 0 and replay_ms > 0
+    assert "this runner recorded batch sizes [2]" in out and "(trusted: True)" in out
+    assert "Every request's tokens equal the same traffic's run from Python: True" in out

@@ -6,6 +6,7 @@ import numpy as np
 
 from ..backends.cpu_kernels import CpuKernelError
 from ..backends.recording import KERNELS
+from ..paged_runner import PagedRunner
 from .decoding import PROMPT
 from .lesson import demo_model, heading, say
 
@@ -65,3 +66,33 @@ def run() -> None:
         "at ~60 GB/s (README, \"Measured\"): it is what kept decode below the memory's speed. A GPU engine has the "
         "same problem with its kernel launches, and the same answer: vLLM captures a decode step as a CUDA graph and "
         "replays it.")
+
+    heading("4. A server's batch: one recording per batch size")
+    runner, tokens = serve_a_little(model, ids)
+    model.backend.records_steps = False
+    _, python_tokens = serve_a_little(model, ids)
+    del model.backend.records_steps
+    say("The server runs its requests through a paged KV cache (nanollm/paged_runner.py), each sequence at its own "
+        "length, with its own block table, in one decode step for all of them. Those tables and lengths are arrays "
+        "the kernels read from memory, so a replay refills them like the tokens, and one recording serves any "
+        f"requests of one batch size: this runner recorded batch sizes {list(runner.replayed)}. Request \"c\" took "
+        "\"a\"'s place at another length and in other blocks, and the recording of 2 kept replaying (trusted: "
+        f"{runner.replayed[2].trusted}). Every request's tokens equal the same traffic's run from Python: "
+        f"{tokens == python_tokens}.")
+
+
+def serve_a_little(model, ids: list[int]):
+    """Requests "a" and "b" decode 4 steps together, "a" leaves, "c" (a shorter prompt) joins, 4 more steps.
+    -> (the runner, each request's greedy tokens)"""
+    runner = PagedRunner(model, n_blocks=32)
+    tokens = {rid: [int(runner.add(rid, prompt).argmax())] for rid, prompt in (("a", ids), ("b", ids[:5]))}
+    for joins in (None, "c"):
+        if joins:
+            runner.remove("a")
+            tokens["c"] = [int(runner.add("c", ids[:3]).argmax())]
+        running = ["b", joins or "a"]
+        for _ in range(4):
+            logits = runner.step(running, [tokens[rid][-1] for rid in running])  # (2, V)
+            for rid, row in zip(running, logits):
+                tokens[rid].append(int(row.argmax()))
+    return runner, tokens
