@@ -147,19 +147,19 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
                 at[i] = table[block] * block_stride + offset * slot_stride;
                 if (++offset == bs) offset = 0, block++;
             }
-            float s[MAX_ROWS][CHUNK];
             for (long long r = 0; r < R; r++) {  // row after row: a head's keys of the chunk, then the next head's
                 const float* kr = k + head_at[r];
+                float s[CHUNK];  // the row's scores of the chunk, then their weights
                 for (long long i = 0; i < CHUNK; i++) {
                     if (i >= n || j0 + i < first[r] || j0 + i >= last[r]) {
-                        s[r][i] = -INFINITY;  // past the last key, or a slot this row may not see: no weight
+                        s[i] = -INFINITY;  // past the last key, or a slot this row may not see: no weight
                         continue;
                     }
                     float si = dot(qs[r], kr + at[i], hs);
-                    s[r][i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
+                    s[i] = softcap > 0.0f ? softcap * std::tanh(si / softcap) : si;  // Gemma 2
                 }
                 float chunk_max = -INFINITY;
-                for (long long i = 0; i < n; i++) chunk_max = s[r][i] > chunk_max ? s[r][i] : chunk_max;
+                for (long long i = 0; i < n; i++) chunk_max = s[i] > chunk_max ? s[i] : chunk_max;
                 if (chunk_max == -INFINITY) continue;  // nothing this row sees: it adds nothing (exp(-inf - -inf) NaN)
                 if (chunk_max > m[r]) {  // a new maximum: the sums so far are rescaled to it (exp(-inf) = 0 at first)
                     float shrink = std::exp(m[r] - chunk_max);
@@ -168,9 +168,9 @@ extern "C" void attention_cached(const float* q, const float* k, const float* v,
                     m[r] = chunk_max;
                 }
                 for (long long c = 0; c < CHUNK; c += 16)  // each score becomes its weight (0 for an unseen slot)
-                    *(vec16*)(s[r] + c) = exp16(*(vec16*)(s[r] + c) - m[r]);
-                for (long long i = 0; i < n; i++) l[r] += s[r][i];
-                add_weighted(acc[r], v + head_at[r], at, s[r], n, hs);
+                    *(vec16*)(s + c) = exp16(*(vec16*)(s + c) - m[r]);
+                for (long long i = 0; i < n; i++) l[r] += s[i];
+                add_weighted(acc[r], v + head_at[r], at, s, n, hs);
             }
         }
         for (long long r = 0; r < R; r++)
