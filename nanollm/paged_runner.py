@@ -38,6 +38,9 @@ from .transformer import forward
 # array of its step and its (B, V) logits (~7 MB for GPT-2 at batch 8, ~22 MB for Qwen2.5-0.5B), and a server's batch
 # takes any size up to max-batch x 16 sequences. A batch size past these is recorded again (two steps from Python).
 RECORDINGS = 4
+# The largest batch recorded: the Python of a step is the same ~1-2 ms at any batch size, 5% of a GPT-2 step of 16
+# rows and less above, while a recording's arrays grow with the rows.
+MAX_RECORDED_BATCH = 16
 
 
 class PagedRunner:
@@ -100,12 +103,12 @@ class PagedRunner:
     def _run(self, request_ids: list, ids: np.ndarray) -> np.ndarray:
         """One forward pass over each request's last T claimed slots, then commit them. int (B, T) -> (B, V)
 
-        A decode step on the cpu backend replays the recording of its batch size (nanollm/replayed_step.py): its
-        tables are as wide as the longest sequence the model takes, so their shape, which the recording keeps, does
-        not change as the sequences grow."""
+        A decode step (of up to MAX_RECORDED_BATCH sequences) on the cpu backend replays the recording of its batch
+        size (nanollm/replayed_step.py): its tables are as wide as the longest sequence the model takes, so their
+        shape, which the recording keeps, does not change as the sequences grow."""
         B, T = ids.shape
         m = self.model
-        replays = m.backend.records_steps and T == 1
+        replays = m.backend.records_steps and T == 1 and B <= MAX_RECORDED_BATCH
         step = PagedStep.last_slots(self.cache, request_ids, self.table_width if replays else None)
         positions = (step.lengths[:, None] - T + np.arange(T)).astype(np.int64)  # (B, T): no padding, slot = position
         if replays:

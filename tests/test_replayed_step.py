@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import nanollm
 import nanollm.backends.recording as recording_module
+from nanollm import paged_runner
 from nanollm.backends.cpu_backend import CpuBackend
 from nanollm.config import LongRopeScaling
 from nanollm.kernels import KERNELS_DIR
@@ -136,6 +137,17 @@ def test_a_paged_recording_serves_any_sequences_of_its_batch_size():
     model.backend.records_steps = False
     python, _ = paged_traffic(model, events, block_size=4)
     assert_same_steps(python, logits)
+
+
+def test_a_batch_larger_than_the_recorded_ones_runs_from_python(monkeypatch):
+    """Past MAX_RECORDED_BATCH sequences a step's Python is a small part of it and a recording's arrays large: such
+    steps run from Python, unrecorded (here the limit is lowered to 2 and 3 sequences step)."""
+    monkeypatch.setattr(paged_runner, "MAX_RECORDED_BATCH", 2)
+    cfg = small_config("gpt2", vocab_size=75)
+    model = Model(cfg, random_weights(cfg, 6), CpuBackend())
+    events = [("add", [1, 2]), ("add", [3, 4]), ("add", [5, 6])] + [("step", [0])] * 3
+    _, runner = paged_traffic(model, events, block_size=2)
+    assert not runner.replayed
 
 
 def test_a_runner_keeps_the_recordings_of_its_latest_batch_sizes():
