@@ -217,15 +217,6 @@ class PagedKVCache:
 
     # -- what the forward pass and attention read ------------------------------------------------------------------
 
-    def slots(self, seq_id, start: int, end: int) -> np.ndarray:
-        """Pool slots of the sequence's positions start .. end-1, as block * block_size + row. -> int64 (end-start,)"""
-        seq = self._sequence(seq_id)
-        if not 0 <= start <= end <= len(seq.tokens):
-            raise ValueError(f"sequence {seq_id!r} holds {len(seq.tokens)} slots; positions {start} .. {end - 1} are "
-                             f"not all claimed")
-        j = np.arange(start, end)  # (T,)
-        return np.asarray(seq.table, dtype=np.int64)[j // self.block_size] * self.block_size + j % self.block_size
-
     def block_tables(self, seq_ids, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The tables and lengths paged_attention reads. -> int32 (B, max_blocks) padded with -1, int32 (B,)
         width: max_blocks (default: the longest table), at least that."""

@@ -262,13 +262,12 @@ def test_block_hash_chains_the_parent():
 
 
 def test_write_places_each_row_in_its_slot():
-    """Slots are block * block_size + row: a sequence in blocks [2, 0] (block size 3) writes position 4 at block 0,
-    row 1, i.e. slot 1."""
+    """Position j of a sequence is row j % block_size of block table[j // block_size]: in blocks [2, 0] (block size
+    3) position 4 is row 1 of block 0, position 0 row 0 of block 2."""
     cache = PagedKVCache.allocate(NumpyBackend(), CFG, n_blocks=3, block_size=3)
     cache.free_blocks.rotate(1)  # the next blocks taken are 2, then 0
     cache.add_sequence("A", [1, 2, 3, 4, 5])
     assert cache.sequences["A"].table == [2, 0]
-    assert cache.slots("A", 0, 5).tolist() == [6, 7, 8, 0, 1]
     k = np.arange(10, dtype=np.float32).reshape(1, 1, 5, 2)  # (B, n_kv, T, hs)
     PagedStep.last_slots(cache, ["A"]).write(NumpyBackend(), 1, k, -k)
     assert cache.k[1][0, 0, 1].tolist() == [8.0, 9.0] and cache.v[1][2, 0, 0].tolist() == [-0.0, -1.0]
@@ -302,7 +301,6 @@ def test_a_pool_larger_than_memory_is_refused_before_allocating():
     (lambda c: c.add_sequence("B", "ab"), "token ids must be whole numbers >= 0, got 'a'"),
     (lambda c: c.append("A", True), "token ids must be whole numbers >= 0, got True"),
     (lambda c: c.append("Z", 1), "no sequence 'Z' in the paged KV cache"),
-    (lambda c: c.slots("A", 0, 9), r"sequence 'A' holds 3 slots; positions 0 .. 8 are not all claimed"),
     (lambda c: PagedStep.last_slots(c, ["A"]).write(NumpyBackend(), 0, *np.zeros((2, 1, 2, 1, 2), np.float32)),
      r"paged_write takes keys \(B, n_kv, T, hs\) with the n_kv and hs of its pool \(n_blocks, n_kv, bs, hs\), got "
      r"\(1, 2, 1, 2\) and \(4, 1, 2, 2\)"),
