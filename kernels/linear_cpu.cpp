@@ -30,8 +30,9 @@
 // read faster than one hopping between short ones: the hardware prefetcher follows a stream), then the last quarter
 // goes two panels at a time to whichever thread is free: on a busy machine one thread may lose its core for a while,
 // and a split fixed to the end would make every product wait for it. The fixed shares are also what the pool's idle
-// worker reads ahead while the caller runs alone between two products: the caller names the matrix a product will be followed
-// by (the backend remembers the order of the last step's products), and the worker prefetches its share's start.
+// worker reads ahead while the caller runs alone between two products: the caller names the matrix the next product
+// will read (the backend remembers the order of the last step's products), and the worker prefetches its share's
+// start.
 //
 // Sums are float32, in k order within each column: a different order from BLAS's, so results agree with NumPy's
 // x @ W to float32 rounding (tests/test_cpu_backend.py states the tolerance), not bit for bit.

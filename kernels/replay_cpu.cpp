@@ -5,12 +5,12 @@
 // Why: a GPT-2 decode step makes ~100 kernel calls, and the Python around them (the forward pass, the backend's
 // checks, ctypes' conversion of each argument) takes ~1.2 ms a step with the caches cold (0.55 ms when they are warm:
 // streaming 495 MB of weights evicts the interpreter's own data), 12% of a step at ~60 GB/s. Every decode step of a
-// cache makes the same calls on the same buffers; only two things change, and both are read from memory the backend
-// owns: the slot each layer's keys go to (write_slots' *start) and how many slots attention reads (its lengths). So
-// the calls are kept as a table, `Call` below, one row per call, its arguments in the kernel's order: integers and
-// addresses in a[], the floats in f[] (the C calling convention passes them in other registers); this file calls each
-// row's kernel with them. No NumPy twin: tests/test_replayed_step.py compares a replayed step with the same step run
-// from Python, bit for bit.
+// cache makes the same calls on the same buffers; what changes is read from memory the backend owns: each sequence's
+// length, which says where write_slots puts the keys and how many slots attention reads (and, in a paged pool's step,
+// the block tables). So the calls are kept as a table, `Call` below, one row per call, its arguments in the kernel's
+// order: integers and addresses in a[], the floats in f[] (the C calling convention passes them in other registers);
+// this file calls each row's kernel with them. No NumPy twin: tests/test_replayed_step.py compares a replayed step with
+// the same step run from Python, bit for bit.
 
 extern "C" {
 void linear_panels(const float* x, const float* panels, const float* bias, float* y, long long rows, long long K,

@@ -47,6 +47,9 @@ from .recording import Recording
 
 PANEL = 32  # columns per panel: PANEL in linear_cpu.cpp
 MAX_HEAD_DIM = 512  # the largest head attention_cpu.cpp takes (its local arrays); larger ones go to NumPy
+# The block size that makes each sequence one block (a KVCache row, a C-order copy): any number past its last slot.
+# Not the buffer's length, which a recorded step would keep.
+WHOLE_ROW = 1 << 40
 
 
 # -- the panel layout --------------------------------------------------------------------------------------------
@@ -301,7 +304,7 @@ class CpuBackend(NumpyBackend):
             return super().write_slots(buffer, x, start)
         B, n, T, hs = x.shape
         self._lib.write_slots(address(x), *src[:3], address(buffer), None, 0, address(self._slots(start + T, B)),
-                              B, n, T, hs, 1 << 40, *dst[:3])  # no tables: row b is block b, of any size
+                              B, n, T, hs, WHOLE_ROW, *dst[:3])  # no tables: row b is block b
 
     def paged_write(self, pool, x, block_tables, lengths):
         """x (B, n_kv, T, hs), each sequence's last T slots, into the pool (n_blocks, n_kv, bs, hs) through the block
@@ -333,7 +336,7 @@ class CpuBackend(NumpyBackend):
         y = self._empty(x.shape)
         lead = 4 - x.ndim  # as (B, n, T, hs), with leading axes of one
         self._lib.write_slots(address(x), *([0] * lead + strides)[:3], address(y), None, 0, None, *(1,) * lead,
-                              *x.shape, 1 << 40, *([0] * lead + float_strides(y))[:3])
+                              *x.shape, WHOLE_ROW, *([0] * lead + float_strides(y))[:3])
         return y
 
     def attention(self, q, k, v, q_start: int, key_mask=None, *, scale: float | None = None,
@@ -348,9 +351,7 @@ class CpuBackend(NumpyBackend):
         tables = self._made(np.arange(B, dtype=np.int32)[:, None])  # (B, 1): sequence b is block b
         lengths = self._slots(q_start + T, B)  # (B,) the queries are slots q_start .. q_start + T - 1
         strides = [n // 4 for n in k.strides[:3]]  # floats between sequences (blocks), heads, slots
-        # Block size: any number past the last slot (the sequence is one block); not k.shape[2], the step's length,
-        # which a recorded step would keep.
-        return self._attend(q, k, v, tables, lengths, 1 << 40, strides, scale, softcap, window)
+        return self._attend(q, k, v, tables, lengths, WHOLE_ROW, strides, scale, softcap, window)
 
     def paged_attention(self, q, k_pool, v_pool, block_tables, lengths, *, scale: float | None = None,
                         softcap: float | None = None, window: int | None = None):
@@ -367,11 +368,10 @@ class CpuBackend(NumpyBackend):
                             softcap, window)
 
     def _attend(self, q, k, v, tables, lengths, bs: int, strides, scale, softcap, window):
-        """attention_cached over keys at the blocks of `tables` (see the kernel's header). -> (B, nh, T, hs)"""
+        """attention_cached over keys at the blocks of `tables` (see the kernel's header): int32 C-order tables
+        (B, table_width) and lengths (B,), the arrays a recorded step names. -> (B, nh, T, hs)"""
         B, nh, T, hs = q.shape
         q = self._c_order(q)  # (B, nh, T, hs)
-        tables = np.ascontiguousarray(tables, dtype=np.int32)  # (B, table_width)
-        lengths = np.ascontiguousarray(lengths, dtype=np.int32)  # (B,)
         out = self._empty(q.shape)  # (B, nh, T, hs)
         self._lib.attention_cached(address(q), address(k), address(v), address(out), address(tables),
                                    tables.shape[1], address(lengths), B, nh, T, k.shape[1], hs, bs, *strides,
